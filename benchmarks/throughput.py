@@ -1,0 +1,270 @@
+"""Training throughput of SimCLR, measured side by side in one process.
+
+For each precision (fp32; bf16 autocast), both in channels_last as selfsup trains ResNets by
+default, it measures images/s of
+  * end to end: the production path, ``Trainer.train_step`` fed by the in-memory loader
+    (uint8 batch -> kornia views on the device -> forward/backward/step), and
+  * model only: the same ``train_step`` replaying pre-made view tensors (no data, no
+    augmentation): the compute limit of this model on this machine;
+and, when the ``lightly`` package is installed (``pip install -e .[bench]``), the same
+network (ResNet-18 small stem + the same projection head, NT-Xent) through lightly's
+standard pipeline: a torch Dataset of PIL images with ``SimCLRTransform``, a DataLoader
+with workers, lightly's ``NTXentLoss``, a plain loop as in lightly's examples: once as
+lightly documents it (fp32, default memory format), and once with selfsup's precision and
+memory format, which isolates the data pipeline from the arithmetic.
+
+The variants run interleaved (A B C ... A B C ...) and each reports its median over
+repeats, since these machines are noisy; ratios are taken within one run.
+
+    python benchmarks/throughput.py                       # Fashion-MNIST, batch 256, ResNet-18
+    python benchmarks/throughput.py --setting stl10-like  # 96 px colour images, ImageNet stem
+    python benchmarks/throughput.py --steps 3 --repeats 1 --batch-size 128   # quicker
+
+Settings: ``fashion-mnist`` (28 px grayscale, small stem, configs/simclr_fashion_mnist.yaml)
+and ``stl10-like`` (5,000 random 96 px RGB images in memory, standing in for STL-10, with
+configs/simclr_stl10.yaml: ImageNet stem, full colour jitter, grayscale, blur). Pixel
+content does not change the cost of either pipeline.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from selfsup.config import apply_overrides, read_yaml, resolve
+from selfsup.runtime import describe_device, library_versions
+from selfsup.trainer import Trainer
+from selfsup.views import ReplayViews
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def make_trainer(args: argparse.Namespace, precision: str, run_dir: Path) -> Trainer:
+    preset = "simclr_fashion_mnist" if args.setting == "fashion-mnist" else "simclr_stl10"
+    raw = read_yaml(ROOT / "configs" / f"{preset}.yaml")
+    overrides = [f"train.batch_size={args.batch_size}", f"train.precision={precision}", "train.knn_every=0",
+                 f"backbone.width={args.width}", f"train.device={args.device}", "train.log_every=1000000"]
+    if args.data_root:
+        overrides.append(f"data.root={args.data_root}")
+    if args.setting == "stl10-like":
+        overrides += ["data.name=tensors", f"data.root={stl10_like(run_dir.parent)}", "data.train_split=train"]
+    return Trainer(resolve(apply_overrides(raw, overrides)), run_dir, quiet=True)
+
+
+def stl10_like(folder: Path) -> Path:
+    path = folder / "stl10-like.npz"
+    if not path.is_file():
+        import numpy as np
+
+        rng = np.random.default_rng(0)
+        np.savez(path, images=rng.integers(0, 256, (5000, 96, 96, 3), dtype=np.uint8),
+                 targets=rng.integers(0, 10, 5000))
+    return path
+
+
+def timed(steps: int, warmup: int, step_fn) -> float:  # noqa: ANN001
+    """Images/s over ``steps`` calls of ``step_fn`` after ``warmup`` calls (it returns the batch size)."""
+    for _ in range(warmup):
+        step_fn()
+    synchronize()
+    start, images = time.perf_counter(), 0
+    for _ in range(steps):
+        images += step_fn()
+    synchronize()
+    return images / (time.perf_counter() - start)
+
+
+def synchronize() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def ours_end_to_end(trainer: Trainer):  # noqa: ANN201
+    batches = iter(())
+
+    def step() -> int:
+        nonlocal batches
+        try:
+            images, _, index = next(batches)
+        except StopIteration:
+            trainer.loader.set_epoch(trainer.step)
+            batches = trainer.loader.iterate()
+            images, _, index = next(batches)
+        trainer.train_step(images, index)
+        return len(images)
+
+    return step
+
+
+def ours_model_only(trainer: Trainer):  # noqa: ANN201
+    images, _, index = next(trainer.loader.iterate())
+    with torch.no_grad():
+        views = trainer.method.views(images)
+    if trainer.channels_last:
+        views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+    replay = ReplayViews(views)
+    real_views = trainer.method.views
+
+    def step() -> int:
+        trainer.method.views = replay  # swapped in only for this variant's steps
+        try:
+            trainer.train_step(images, index)
+        finally:
+            trainer.method.views = real_views
+        return len(images)
+
+    return step
+
+
+def lightly_pipeline(trainer: Trainer, args: argparse.Namespace, workers: int, precision: str,  # noqa: ANN201
+                     channels_last: bool):
+    """lightly's documented SimCLR recipe around the same network; None when lightly is absent."""
+    try:
+        from lightly.loss import NTXentLoss
+        from lightly.models.modules import SimCLRProjectionHead
+        from lightly.transforms import SimCLRTransform
+    except ImportError:
+        return None
+    from PIL import Image
+    from torch import nn
+
+    dataset = trainer.train_set
+    mean, std = trainer.data_info["mean"], trainer.data_info["std"]
+    views = trainer.config.views
+    jitter = views["jitter"]
+    transform = SimCLRTransform(
+        input_size=dataset.image_size, cj_prob=views["jitter_p"], cj_strength=0.5, cj_bright=jitter[0] / 0.5,
+        cj_contrast=jitter[1] / 0.5, cj_sat=jitter[2] / 0.5, cj_hue=jitter[3] / 0.5, min_scale=views["crop_scale"][0],
+        random_gray_scale=views["grayscale_p"], gaussian_blur=views["blur_p"], normalize={"mean": mean, "std": std})
+
+    class PILDataset(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return len(dataset)
+
+        def __getitem__(self, i: int):  # noqa: ANN204
+            pixels = dataset.images[i].permute(1, 2, 0).numpy()
+            image = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
+            return transform(image), int(dataset.targets[i])
+
+    loader = torch.utils.data.DataLoader(PILDataset(), batch_size=args.batch_size, shuffle=True, drop_last=True,
+                                         num_workers=workers, persistent_workers=workers > 0)
+    device = trainer.device
+    backbone = trainer.method.backbone  # the same network as ours, fresh head and optimiser
+    head = SimCLRProjectionHead(backbone.num_features, trainer.config.method["proj_hidden_dim"],
+                                trainer.config.method["proj_dim"])
+    model = nn.Sequential(backbone, head).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    criterion = NTXentLoss(temperature=trainer.config.method["temperature"])
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.06, momentum=0.9, weight_decay=5e-4)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    batches = iter(())
+
+    def step() -> int:
+        nonlocal batches
+        try:
+            (x0, x1), _ = next(batches)
+        except StopIteration:
+            batches = iter(loader)
+            (x0, x1), _ = next(batches)
+        x0, x1 = x0.to(device), x1.to(device)
+        if channels_last:
+            x0, x1 = (x.contiguous(memory_format=torch.channels_last) for x in (x0, x1))
+        with autocast:
+            loss = criterion(model(x0), model(x1))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        return len(x0)
+
+    return step
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--setting", choices=["fashion-mnist", "stl10-like"], default="fashion-mnist")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--width", type=int, default=64, help="ResNet-18 width (64 = torchvision's)")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per measurement")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=2, help="interleaved rounds; the median is reported")
+    parser.add_argument("--lightly-workers", type=int, nargs="*", default=[0, 2])
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--data-root", default=None)
+    parser.add_argument("--out", default=None, help="default benchmarks/out/throughput-SETTING.json")
+    args = parser.parse_args()
+    args.out = args.out or str(ROOT / "benchmarks" / "out" / f"throughput-{args.setting}.json")
+
+    scratch = Path(tempfile.mkdtemp(prefix="selfsup-bench-"))
+    variants = {}
+    for precision in ("fp32", "bf16"):
+        trainer = make_trainer(args, precision, scratch / precision)
+        variants[f"selfsup end-to-end {precision}"] = ours_end_to_end(trainer)
+        variants[f"selfsup model-only {precision}"] = ours_model_only(trainer)
+    lightly_setups = {"lightly default (fp32)": ("fp32", False),
+                      "lightly + selfsup settings (fp32, channels_last)": ("fp32", True),
+                      "lightly + selfsup settings (bf16, channels_last)": ("bf16", True)}
+    for label, (precision, channels_last) in lightly_setups.items():
+        for workers in args.lightly_workers:
+            trainer = make_trainer(args, precision, scratch / f"{label}{workers}")
+            step = lightly_pipeline(trainer, args, workers, precision, channels_last)
+            if step is not None:
+                variants[f"{label} workers={workers}"] = step
+    results: dict[str, list[float]] = {name: [] for name in variants}
+    for round_index in range(args.repeats):
+        for name, step in variants.items():
+            results[name].append(timed(args.steps, args.warmup, step))
+            print(f"round {round_index + 1}: {name:40s} {results[name][-1]:7.1f} img/s", flush=True)
+    median = {name: statistics.median(values) for name, values in results.items()}
+
+    device = trainer.device
+    report = {
+        "date": datetime.date.today().isoformat(), "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "machine": describe_device(device), "platform": platform.platform(), "versions": library_versions(),
+        "setting": args.setting, "batch_size": args.batch_size, "width": args.width, "steps": args.steps, "repeats": args.repeats,
+        "img_per_s": {k: round(v, 1) for k, v in median.items()}, "all_rounds": results,
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+    }
+    ratios = {}
+    for precision in ("fp32", "bf16"):
+        ratios[f"end-to-end / model-only ({precision})"] = \
+            median[f"selfsup end-to-end {precision}"] / median[f"selfsup model-only {precision}"]
+
+    def best(prefix: str) -> float | None:  # lightly at its best worker count
+        values = [v for k, v in median.items() if k.startswith(prefix)]
+        return max(values) if values else None
+
+    comparisons = {
+        "selfsup default (bf16) / lightly default (fp32)": ("bf16", "lightly default (fp32)"),
+        "selfsup fp32 / lightly default (fp32)": ("fp32", "lightly default (fp32)"),
+        "selfsup fp32 / lightly + selfsup settings (fp32)": ("fp32", "lightly + selfsup settings (fp32"),
+        "selfsup bf16 / lightly + selfsup settings (bf16)": ("bf16", "lightly + selfsup settings (bf16"),
+    }
+    for name, (precision, prefix) in comparisons.items():
+        if best(prefix):
+            ratios[name] = median[f"selfsup end-to-end {precision}"] / best(prefix)
+    report["ratios"] = {k: round(v, 3) for k, v in ratios.items()}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\n{report['machine']}, {args.setting}, batch {args.batch_size}, ResNet-18 width {args.width}, "
+          f"{report['date']}")
+    print("| variant | img/s (median) |\n|---|---|")
+    for name, value in median.items():
+        print(f"| {name} | {value:.1f} |")
+    print("\n| ratio | value |\n|---|---|")
+    for name, value in ratios.items():
+        print(f"| {name} | {value:.2f} |")
+    print(f"\nwritten to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

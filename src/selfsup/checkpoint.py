@@ -1,0 +1,103 @@
+"""Checkpoints that survive anything: atomic writes, safe loads, clear errors.
+
+A checkpoint is a plain dict of tensors and Python literals written with ``torch.save``
+to a temporary file, flushed to disk and renamed over the old one, so a ``kill -9`` at
+any moment leaves either the old or the new file, never half of one. Loading uses
+``torch.load(weights_only=True)``: a checkpoint cannot execute code.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import SelfsupError
+
+FORMAT = "selfsup-checkpoint"
+VERSION = 1
+
+
+def save_atomic(state: dict[str, Any], path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(temporary, "wb") as handle:
+            torch.save(state, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except OSError as err:
+        temporary.unlink(missing_ok=True)
+        raise SelfsupError(f"could not write checkpoint {path}: {err.strerror or err}. "
+                           "Free disk space or choose another --run-dir; the previous checkpoint is intact.") from None
+    # Make the rename itself durable.
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+def load(path: str | Path) -> dict[str, Any]:
+    """Read a selfsup checkpoint (never unpickling code); raise a clear error otherwise."""
+    path = Path(path)
+    if path.is_dir():
+        candidates = [path / "checkpoints" / "last.pt", path / "last.pt"]
+        path = next((c for c in candidates if c.is_file()), candidates[0])
+    if not path.is_file():
+        raise SelfsupError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - truncation, bad zip, refused globals...
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise SelfsupError(
+            f"{path} is not a readable checkpoint ({reason[:200]}). It is corrupt, truncated, or not a "
+            f"selfsup/PyTorch weights file; it was left untouched. Resume from another checkpoint "
+            f"(best.pt, or an earlier copy) or start a new run directory.") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise SelfsupError(f"{path} is a PyTorch file but not a selfsup checkpoint (no '{FORMAT}' marker). "
+                           "To start from torchvision weights, load them into the backbone yourself.")
+    if state.get("version", 0) > VERSION:
+        raise SelfsupError(f"{path} was written by a newer selfsup (format {state['version']}); upgrade selfsup.")
+    state["path"] = str(path)
+    return state
+
+
+def architecture(config: dict[str, Any]) -> dict[str, Any]:
+    """What must agree between a checkpoint and a model for the weights to fit."""
+    return {"method": config["method"], "backbone": config["backbone"]}
+
+
+def check_compatible(state: dict[str, Any], config: dict[str, Any]) -> None:
+    """Refuse a checkpoint of another architecture, naming what differs."""
+    saved, wanted = architecture(state["config"]), architecture(config)
+    differences = []
+    for section in ("method", "backbone"):
+        for key in sorted(set(saved[section]) | set(wanted[section])):
+            if saved[section].get(key) != wanted[section].get(key):
+                differences.append(f"{section}.{key}: checkpoint {saved[section].get(key)!r}, "
+                                   f"config {wanted[section].get(key)!r}")
+    if differences:
+        raise SelfsupError(f"checkpoint {state['path']} was trained with another architecture ("
+                           + "; ".join(differences) + "). Use the checkpoint's own config, or a new run directory.")
+
+
+def load_weights(module: nn.Module, weights: dict[str, torch.Tensor], source: str) -> None:
+    """``load_state_dict`` with an error that names the keys and shapes that do not fit."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in weights]
+    unexpected = [k for k in weights if k not in own]
+    wrong_shape = [f"{k} {tuple(weights[k].shape)} vs {tuple(own[k].shape)}" for k in own
+                   if k in weights and weights[k].shape != own[k].shape]
+    if missing or unexpected or wrong_shape:
+        parts = []
+        for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", wrong_shape)):
+            if items:
+                parts.append(f"{label}: {', '.join(items[:4])}{' ...' if len(items) > 4 else ''}")
+        raise SelfsupError(f"the weights in {source} do not fit this model ({'; '.join(parts)}). "
+                           "They come from another architecture.")
+    module.load_state_dict(weights)

@@ -1,0 +1,274 @@
+"""The ``selfsup`` command line. Configuration stops here: below, everything is typed arguments."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from .errors import SelfsupError
+
+REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+EPILOG_PRETRAIN = """\
+examples:
+  selfsup pretrain --list-methods
+  selfsup pretrain -c simclr_fashion_mnist --epochs 10
+  selfsup pretrain -c simclr_cifar10 --set optim.lr=0.6 --set train.batch_size=512
+  selfsup pretrain --run-dir runs/simclr-fmnist --resume          # continue after a crash
+  torchrun --nproc_per_node 2 -m selfsup pretrain -c simclr_fashion_mnist   # 2 processes
+
+Any config key can be set with --set section.key=value (values are YAML); unknown keys are
+refused with the closest valid key. The resolved config, git revision and library versions
+are saved in the run directory.
+"""
+
+
+def find_config(name: str) -> Path:
+    """A config path, or a preset name looked up in configs/ (repository or working directory)."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    for folder in (REPO_CONFIGS, Path("configs")):
+        for candidate in (folder / name, folder / f"{name}.yaml"):
+            if candidate.is_file():
+                return candidate
+    presets = ", ".join(list_presets()) or "none found"
+    raise SelfsupError(f"config '{name}' not found (presets: {presets})")
+
+
+def list_presets() -> list[str]:
+    folder = REPO_CONFIGS if REPO_CONFIGS.is_dir() else Path("configs")
+    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+
+
+def _config_from_args(args: argparse.Namespace):  # noqa: ANN202
+    from .config import apply_overrides, read_yaml, resolve
+
+    raw = read_yaml(find_config(args.config)) if args.config else {}
+    shortcuts = {"method": "method.name", "epochs": "train.epochs", "batch_size": "train.batch_size",
+                 "device": "train.device", "precision": "train.precision", "data": "data.name",
+                 "data_root": "data.root"}
+    overrides = [f"{key}={getattr(args, flag)}" for flag, key in shortcuts.items()
+                 if getattr(args, flag, None) is not None]
+    if args.method and isinstance(raw.get("method"), dict) and raw["method"].get("name") != args.method:
+        raw["method"] = {"name": args.method}  # another method's hyper-parameters do not carry over
+    return resolve(apply_overrides(raw, overrides + list(args.set)))
+
+
+def _add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-c", "--config", help="YAML preset: a path or a name in configs/ (e.g. simclr_fashion_mnist)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. --set optim.lr=0.3 (repeatable)")
+    parser.add_argument("--data", help="dataset name (shortcut for --set data.name=...)")
+    parser.add_argument("--data-root", help="dataset folder or file (data.root)")
+    parser.add_argument("--device", help="auto, cpu, cuda, cuda:N (train.device)")
+    parser.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"], help="train.precision")
+
+
+# ---------------------------------------------------------------- pretrain
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from . import dist
+    from .config import to_yaml
+    from .methods import describe_methods
+
+    if args.list_methods:
+        print("methods (selfsup pretrain --method NAME, or a preset with -c):")
+        for name, summary in describe_methods():
+            presets = [p for p in list_presets() if p.startswith(name + "_")]
+            print(f"  {name:14s} {summary}")
+            if presets:
+                print(f"  {'':14s} presets: {', '.join(presets)}")
+        return 0
+    config = _config_from_args(args)
+    if args.print_config:
+        print(to_yaml(config), end="")
+        return 0
+    from .trainer import pretrain
+
+    run_dir = args.run_dir or f"runs/{config.method_name}-{config.data.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if args.run_dir is None and dist.launched_by_torchrun():
+        raise SelfsupError("under torchrun pass --run-dir, so that every process writes to the same run")
+    pretrain(config, run_dir, resume=args.resume, quiet=args.quiet, command=sys.argv)
+    return 0
+
+
+# ---------------------------------------------------------------- eval
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .eval.run import checkpoint_evaluator, pixel_evaluator, run_protocols
+
+    protocols = ["knn", "linear"] if args.protocol == "all" else [args.protocol]
+    overrides = list(args.set)
+    if args.k is not None:
+        overrides.append(f"eval.knn_k={args.k}")
+    if args.temperature is not None:
+        overrides.append(f"eval.knn_temperature={args.temperature}")
+    for flag, key in (("data", "data.name"), ("data_root", "data.root"), ("device", "train.device"),
+                      ("precision", "train.precision")):
+        if getattr(args, flag) is not None:
+            overrides.append(f"{key}={getattr(args, flag)}")
+    if args.pixels:
+        from .config import apply_overrides, read_yaml, resolve
+
+        raw = read_yaml(find_config(args.config)) if args.config else {}
+        config = resolve(apply_overrides(raw, overrides))
+        evaluator = pixel_evaluator(config, Path(args.out or "runs/pixels/eval"), quiet=args.quiet)
+    else:
+        if not args.checkpoint:
+            raise SelfsupError("give a checkpoint (or run directory) to evaluate, or --pixels for the raw-pixel baseline")
+        evaluator, config = checkpoint_evaluator(args.checkpoint, overrides,
+                                                 Path(args.out) if args.out else None, args.quiet)
+    results = run_protocols(evaluator, protocols, config.eval, config.train.seed)
+    for protocol in protocols:
+        print(f"{evaluator.name}  {protocol}: top-1 {results[evaluator.name][protocol]['top1']:.2f}%")
+    print(f"results: {evaluator.out_dir / 'results.json'}")
+    return 0
+
+
+# ---------------------------------------------------------------- data
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from .data import DATASETS, USER_FORMATS, describe, find_root, load_dataset
+
+    if args.action == "list":
+        for name, spec in DATASETS.items():
+            print(f"  {name:14s} {spec.description}")
+        for name, text in USER_FORMATS.items():
+            print(f"  {name:14s} {text}")
+        return 0
+    if args.name is None:
+        raise SelfsupError(f"data {args.action} needs a dataset name (see `selfsup data list`)")
+    if args.action == "prepare":
+        if args.name in USER_FORMATS:
+            raise SelfsupError(f"{args.name} data is read from data.root; nothing to prepare")
+        root = find_root(args.name, args.root, download=args.download, quiet=args.quiet)
+        for split in DATASETS[args.name].splits:
+            if "+" not in split:
+                load_dataset(args.name, split, root, quiet=True)  # proves the files are readable
+        if not args.quiet:
+            print(f"{args.name} is ready in {root}")
+        return 0
+    dataset = load_dataset(args.name, args.split, args.root, args.image_size, args.download, quiet=args.quiet)
+    info = describe(dataset)
+    print(json.dumps(info, indent=2))
+    if args.grid:
+        from .report import image_grid
+
+        image_grid(dataset, args.grid)
+        print(f"sample grid: {args.grid}")
+    return 0
+
+
+# ---------------------------------------------------------------- export, report, demo
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_backbone
+
+    info = export_backbone(args.checkpoint, args.out)
+    print(f"wrote {args.out} and {Path(args.out).with_suffix('.json')}\nload it in plain torchvision with:\n")
+    print(info["recipe"])
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    print(f"wrote {write_report(args.run_dir)}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(args.run_dir, find_config(args.config), list(args.set), quiet=args.quiet)
+    return 0
+
+
+# ---------------------------------------------------------------- parser
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="selfsup", description="Self-supervised visual representation learning: pretrain, evaluate, export.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version="selfsup 0.1.0")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = commands.add_parser("pretrain", help="pretrain an encoder with a self-supervised method",
+                            epilog=EPILOG_PRETRAIN, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_config_args(p)
+    p.add_argument("--method", help="method name (see --list-methods)")
+    p.add_argument("--epochs", type=int, help="train.epochs")
+    p.add_argument("--batch-size", type=int, help="train.batch_size (global, over all processes)")
+    p.add_argument("--run-dir", help="where config, metrics, checkpoints and report go (default runs/<method>-<data>-<time>)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --run-dir from checkpoints/last.pt (start it if none exists)")
+    p.add_argument("--list-methods", action="store_true", help="list the methods and their presets, then exit")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config, then exit")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_pretrain)
+
+    p = commands.add_parser("eval", help="evaluate a checkpoint: kNN, linear probe")
+    p.add_argument("protocol", choices=["knn", "linear", "all"],
+                   help="knn: weighted kNN (k=200, T=0.07); linear: logistic regression on frozen features")
+    p.add_argument("checkpoint", nargs="?", help="checkpoint file or run directory (its checkpoints/last.pt)")
+    _add_config_args(p)
+    p.add_argument("--pixels", action="store_true", help="evaluate raw pixels instead (the baseline)")
+    p.add_argument("--k", type=int, help="neighbours for kNN (eval.knn_k)")
+    p.add_argument("--temperature", type=float, help="kNN vote temperature (eval.knn_temperature)")
+    p.add_argument("--out", help="output folder (default: RUN/eval)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_eval)
+
+    p = commands.add_parser("data", help="list, prepare (find or download) or inspect datasets")
+    p.add_argument("action", choices=["list", "prepare", "inspect"])
+    p.add_argument("name", nargs="?", help="dataset name (see `selfsup data list`)")
+    p.add_argument("--root", help="folder holding the dataset (or to download into)")
+    p.add_argument("--split", default="train")
+    p.add_argument("--image-size", type=int, help="resize (imagefolder default: 64)")
+    p.add_argument("--download", action="store_true", help="fetch from the official URL when not found")
+    p.add_argument("--grid", help="write a PNG grid of sample images per class (inspect)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_data)
+
+    p = commands.add_parser("export", help="write backbone weights loadable into a plain torchvision model")
+    p.add_argument("checkpoint", help="checkpoint file or run directory")
+    p.add_argument("--out", default="backbone.safetensors", help=".safetensors (default) or .pt")
+    p.set_defaults(func=cmd_export)
+
+    p = commands.add_parser("report", help="(re)write the plots and summary of a run directory")
+    p.add_argument("run_dir")
+    p.set_defaults(func=cmd_report)
+
+    p = commands.add_parser("demo", help="pretrain SimCLR on Fashion-MNIST for a few minutes, evaluate, compare")
+    p.add_argument("--run-dir", default="runs/demo")
+    p.add_argument("-c", "--config", default="demo", help="preset to run (default configs/demo.yaml)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except SelfsupError as err:
+        from . import dist
+
+        prefix = f"[rank {dist.rank()}] " if dist.world_size() > 1 else ""
+        print(f"{prefix}error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted. Continue a pretraining run with --resume.", file=sys.stderr)
+        return 130
+    finally:
+        from . import dist
+
+        dist.destroy()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""Batches of ``(uint8 images, targets, indices)`` straight from the in-memory tensor.
+
+No worker processes and no per-image Python: a batch is one index operation on a tensor
+that lives on the training device when it fits (views are made there too, see
+``selfsup.views``). The order comes from :class:`~torch.utils.data.DistributedSampler`,
+so each rank sees a disjoint shard, the shuffle depends only on (seed, epoch), and a run
+resumed mid-epoch continues with exactly the batches it had not seen.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch.utils.data import DistributedSampler
+
+from .dataset import ImageDataset
+
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+class BatchLoader:
+    def __init__(self, dataset: ImageDataset, batch_size: int, device: torch.device, on_device: bool = True,
+                 seed: int = 0, rank: int = 0, world_size: int = 1, shuffle: bool = True) -> None:
+        self.batch_size, self.device = batch_size, device
+        self.store = dataset.images.to(device) if on_device else dataset.images
+        if not on_device and device.type == "cuda":
+            self.store = self.store.pin_memory()  # asynchronous host-to-device copies
+        self.targets = dataset.targets.to(self.store.device)
+        # The sampler only needs len(); drop_last keeps every rank at the same number of batches.
+        self.sampler = DistributedSampler(range(len(dataset)), num_replicas=world_size, rank=rank,
+                                          shuffle=shuffle, seed=seed, drop_last=True)
+
+    def __len__(self) -> int:
+        """Full batches per epoch on this rank (the last partial batch is dropped)."""
+        return len(self.sampler) // self.batch_size
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def iterate(self, start: int = 0) -> Iterator[Batch]:
+        """The epoch's batches from batch number ``start`` on."""
+        order = torch.tensor(list(self.sampler), dtype=torch.long)
+        for batch in range(start, len(self)):
+            index = order[batch * self.batch_size:(batch + 1) * self.batch_size].to(self.store.device)
+            images, targets = self.store[index], self.targets[index]
+            yield (images.to(self.device, non_blocking=True), targets.to(self.device, non_blocking=True),
+                   index.to(self.device, non_blocking=True))
+
+    def __iter__(self) -> Iterator[Batch]:
+        return self.iterate()

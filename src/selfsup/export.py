@@ -1,0 +1,76 @@
+"""``selfsup export``: backbone weights that load into a plain torchvision model.
+
+The weights file holds the state dict of ``torchvision.models.resnetNN`` (without ``fc``);
+the sidecar JSON holds the architecture, the normalisation the encoder expects, and the
+few lines of torchvision code that build the matching model. Nothing of selfsup is
+needed to use them.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from .errors import SelfsupError
+from .eval.run import load_checkpoint_model
+from .models.backbones import ResNet
+
+
+def torchvision_recipe(arch: dict, weights_file: str) -> str:
+    """Python source that builds the torchvision ResNet matching ``arch`` and loads ``weights_file``."""
+    depth, channels, small_stem, width = arch["depth"], arch["in_channels"], arch["small_stem"], arch["width"]
+    lines = ["import torch", "import torchvision", "from torch import nn", ""]
+    if weights_file.endswith(".safetensors"):
+        lines.insert(0, "from safetensors.torch import load_file")
+    lines.append(f"model = torchvision.models.resnet{depth}()")
+    if small_stem or channels != 3 or width != 64:
+        conv = (f"nn.Conv2d({channels}, {width}, kernel_size=3, stride=1, padding=1, bias=False)" if small_stem
+                else f"nn.Conv2d({channels}, {width}, kernel_size=7, stride=2, padding=3, bias=False)")
+        lines += [f"model.conv1 = {conv}", f"model.bn1 = nn.BatchNorm2d({width})"]
+    if small_stem:
+        lines.append("model.maxpool = nn.Identity()  # small-image stem")
+    if width != 64:
+        block = "Bottleneck" if depth == 50 else "BasicBlock"
+        blocks = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3)}[depth]
+        lines += [f"# width {width}: every stage rebuilt with {width}/{2 * width}/{4 * width}/{8 * width} channels",
+                  f"block = torchvision.models.resnet.{block}", f"model.inplanes = {width}"]
+        for i, (n, scale) in enumerate(zip(blocks, (1, 2, 4, 8)), start=1):
+            stride = "" if i == 1 else ", stride=2"
+            lines.append(f"model.layer{i} = model._make_layer(block, {scale * width}, {n}{stride})")
+    lines.append("model.fc = nn.Identity()  # the encoder's features; add your own classifier")
+    load = f"load_file('{weights_file}')" if weights_file.endswith(".safetensors") \
+        else f"torch.load('{weights_file}', weights_only=True)"
+    lines.append(f"model.load_state_dict({load})")
+    return "\n".join(lines) + "\n"
+
+
+def export_backbone(checkpoint_path: str | Path, out: str | Path) -> dict:
+    """Write the backbone of ``checkpoint_path`` to ``out`` (.safetensors or .pt) and ``out``.json."""
+    out = Path(out)
+    if out.suffix not in (".safetensors", ".pt", ".pth"):
+        raise SelfsupError(f"--out {out}: use a .safetensors (recommended) or .pt file name")
+    method, config, state = load_checkpoint_model(checkpoint_path)
+    backbone = method.backbone
+    if not isinstance(backbone, ResNet):
+        raise SelfsupError(f"export to torchvision needs a ResNet backbone; this checkpoint uses "
+                           f"'{config.backbone.name}'")
+    weights = {k: v.contiguous() for k, v in backbone.net.state_dict().items()}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file(weights, str(out))
+    else:
+        torch.save(weights, out)
+    info = {
+        "architecture": f"torchvision resnet{backbone.arch['depth']}", **backbone.arch,
+        "num_features": backbone.num_features, "input": {
+            "channels": state["data"]["channels"], "image_size": state["data"]["image_size"],
+            "mean": state["data"]["mean"], "std": state["data"]["std"],
+            "note": "pixels scaled to [0, 1], then (x - mean) / std"},
+        "source": {"checkpoint": state["path"], "step": state["step"], "method": config.method_name},
+        "recipe": torchvision_recipe(backbone.arch, out.name),
+    }
+    out.with_suffix(".json").write_text(json.dumps(info, indent=2) + "\n")
+    return info

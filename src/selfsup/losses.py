@@ -1,0 +1,36 @@
+"""Losses as pure functions of tensors (state such as banks and queues lives on methods)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from . import dist
+
+
+def nt_xent(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
+    """NT-Xent, the normalised temperature-scaled cross-entropy of SimCLR (Chen et al. 2020, eq. 1).
+
+    Args:
+        z_a, z_b: (B, D) projections of two views of the same B images on this process.
+        temperature: tau; logits are cosine similarities / tau.
+
+    Every one of the 2B local projections is classified against the 2N - 1 other projections
+    of the global batch (N = B x world size, gathered *with* gradient): its positive is the other
+    view of its image, the remaining 2N - 2 are negatives. Returns the mean over the 2B rows;
+    averaged over processes (DDP) this is the loss of the global batch.
+    For identical (collapsed) embeddings the loss is log(2N - 1).
+    """
+    batch = z_a.shape[0]
+    local = F.normalize(torch.cat([z_a, z_b]).float(), dim=1)                     # (2B, D)
+    every = torch.cat([dist.gather_with_grad(local[:batch]), dist.gather_with_grad(local[batch:])])  # (2N, D)
+    total = every.shape[0] // 2
+    logits = local @ every.T / temperature                                         # (2B, 2N)
+    # Row i of view a is column offset + i of `every`; its positive is the same image in view b.
+    own = torch.arange(batch, device=local.device) + dist.rank() * batch
+    self_columns = torch.cat([own, own + total])
+    positive_columns = torch.cat([own + total, own])
+    rows = torch.arange(2 * batch, device=local.device)
+    self_mask = torch.zeros_like(logits, dtype=torch.bool)
+    self_mask[rows, self_columns] = True
+    logits = logits.masked_fill(self_mask, float("-inf"))
+    return F.cross_entropy(logits, positive_columns)

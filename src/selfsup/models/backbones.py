@@ -1,0 +1,142 @@
+"""Backbones: image (B, C, H, W) -> features (B, num_features), with named stages.
+
+The contract every backbone meets (after timm): ``num_features``, ``forward(x) -> (B, D)``,
+``stage_names`` and ``forward_stages(x) -> {name: (B, C_s, H_s, W_s)}`` for the layer-wise
+probe (conv1, res2..res5 in the ResNet naming of the probing papers).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torchvision
+from torch import nn
+from torchvision.models.resnet import BasicBlock, Bottleneck
+
+from ..errors import SelfsupError, closest
+
+STAGES = ("conv1", "res2", "res3", "res4", "res5")
+
+
+def torchvision_resnet(depth: int = 18, in_channels: int = 3, small_stem: bool = False, width: int = 64
+                       ) -> torchvision.models.ResNet:
+    """A plain ``torchvision.models.ResNet`` with the classifier removed (``fc = Identity``).
+
+    ``small_stem`` (SimCLR's CIFAR variant, Chen et al. 2020 App. B.9): a 3x3 stride-1 first
+    convolution and no max-pool, so 28-32 px images keep their resolution into res2.
+    ``width`` scales every stage (64 -> 64/128/256/512 channels as in torchvision).
+    """
+    builders = {18: torchvision.models.resnet18, 34: torchvision.models.resnet34, 50: torchvision.models.resnet50}
+    if depth not in builders:
+        raise SelfsupError(f"ResNet depth {depth} is not available; choose 18, 34 or 50")
+    net = builders[depth]()
+    if small_stem or in_channels != 3 or width != 64:
+        net.inplanes = width
+        net.conv1 = (nn.Conv2d(in_channels, width, 3, 1, 1, bias=False) if small_stem
+                     else nn.Conv2d(in_channels, width, 7, 2, 3, bias=False))
+        net.bn1 = nn.BatchNorm2d(width)
+        if small_stem:
+            net.maxpool = nn.Identity()
+        if width != 64:
+            block = Bottleneck if depth == 50 else BasicBlock
+            blocks = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3)}[depth]
+            net.layer1 = net._make_layer(block, width, blocks[0])
+            net.layer2 = net._make_layer(block, 2 * width, blocks[1], stride=2)
+            net.layer3 = net._make_layer(block, 4 * width, blocks[2], stride=2)
+            net.layer4 = net._make_layer(block, 8 * width, blocks[3], stride=2)
+        # The same initialisation torchvision gives the modules it built.
+        for module in net.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+    net.fc = nn.Identity()
+    return net
+
+
+class ResNet(nn.Module):
+    """torchvision ResNet-18/34/50 as a backbone (He et al. 2016).
+
+    ``self.net`` stays a plain torchvision model, so ``selfsup export`` writes its state dict
+    and any torchvision user can load it.
+    """
+
+    stage_names = STAGES
+    prefers_channels_last = True
+
+    def __init__(self, depth: int = 18, in_channels: int = 3, small_stem: bool = False, width: int = 64) -> None:
+        super().__init__()
+        self.arch = {"depth": depth, "in_channels": in_channels, "small_stem": small_stem, "width": width}
+        self.net = torchvision_resnet(depth, in_channels, small_stem, width)
+        self.num_features = 8 * width * (4 if depth == 50 else 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def forward_stages(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        net = self.net
+        x = net.maxpool(net.relu(net.bn1(net.conv1(x))))
+        out = {"conv1": x}
+        for name, layer in zip(STAGES[1:], (net.layer1, net.layer2, net.layer3, net.layer4)):
+            x = layer(x)
+            out[name] = x
+        return out
+
+
+class ToyNet(nn.Module):
+    """Five tiny conv stages with the ResNet stage names: for tests, where speed is all."""
+
+    stage_names = STAGES
+    prefers_channels_last = False
+
+    def __init__(self, in_channels: int = 3, width: int = 8) -> None:
+        super().__init__()
+        self.arch = {"in_channels": in_channels, "width": width}
+
+        def stage(c_in: int, c_out: int, stride: int) -> nn.Sequential:
+            return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU())
+
+        widths = (width, width, 2 * width, 4 * width, 4 * width)
+        strides = (1, 1, 2, 2, 1)
+        c_in = in_channels
+        self.stages = nn.ModuleDict()
+        for name, c_out, stride in zip(STAGES, widths, strides):
+            self.stages[name] = stage(c_in, c_out, stride)
+            c_in = c_out
+        self.num_features = widths[-1]
+
+    def forward_stages(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = {}
+        for name, stage in self.stages.items():
+            x = stage(x)
+            out[name] = x
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_stages(x)["res5"].mean((2, 3))
+
+
+BACKBONES: dict[str, Callable[..., nn.Module]] = {
+    "resnet18": lambda **kw: ResNet(18, **kw),
+    "resnet34": lambda **kw: ResNet(34, **kw),
+    "resnet50": lambda **kw: ResNet(50, **kw),
+    "toy": ToyNet,
+}
+
+
+def build_backbone(name: str, in_channels: int, image_size: int, small_stem: bool | None = None,
+                   width: int = 64) -> nn.Module:
+    """Backbone ``name`` for images of ``in_channels`` x ``image_size``^2.
+
+    ``small_stem=None`` picks the small stem for images of 64 px or less.
+    """
+    if name not in BACKBONES:
+        raise SelfsupError(f"unknown backbone '{name}'{closest(name, BACKBONES)}; known: {', '.join(BACKBONES)}")
+    if width < 1:
+        raise SelfsupError(f"backbone.width must be positive, got {width}")
+    if small_stem is None:
+        small_stem = image_size <= 64
+    if name == "toy":
+        return ToyNet(in_channels=in_channels, width=width)
+    return BACKBONES[name](in_channels=in_channels, small_stem=small_stem, width=width)

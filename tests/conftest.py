@@ -1,0 +1,132 @@
+"""Shared fixtures: tiny datasets written in each real on-disk format, tiny run settings."""
+from __future__ import annotations
+
+import gzip
+import os
+import pickle
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+
+# Tests run on the CPU with the threads they are given; keep runs reproducible and quiet.
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+
+def synthetic_images(count: int, size: int = 16, channels: int = 1, classes: int = 4, seed: int = 0
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 images (count, size, size[, channels]) whose class is a bright band's position, plus noise."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(count) % classes
+    images = rng.integers(0, 60, size=(count, size, size, channels), dtype=np.uint8)
+    band = max(1, size // classes)
+    for i, label in enumerate(labels):
+        images[i, label * band:(label + 1) * band, :, :] = 200 + rng.integers(0, 55)
+    images = images[..., 0] if channels == 1 else images
+    return images, labels.astype(np.uint8)
+
+
+def write_idx(path: Path, array: np.ndarray, gz: bool = True) -> Path:
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(struct.pack(">I", d) for d in array.shape)
+    payload = header + array.astype(np.uint8).tobytes()
+    if gz:
+        path = path.with_name(path.name + ".gz")
+        with gzip.open(path, "wb") as handle:
+            handle.write(payload)
+    else:
+        path.write_bytes(payload)
+    return path
+
+
+def write_mnist_folder(root: Path, train: int = 64, test: int = 32, size: int = 16, gz: bool = True,
+                       classes: int = 4) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for prefix, count, seed in (("train", train, 0), ("t10k", test, 1)):
+        images, labels = synthetic_images(count, size, 1, classes, seed)
+        write_idx(root / f"{prefix}-images-idx3-ubyte", images, gz)
+        write_idx(root / f"{prefix}-labels-idx1-ubyte", labels, gz)
+    return root
+
+
+def write_cifar(root: Path, variant: str = "cifar10", train: int = 20, test: int = 10) -> Path:
+    folder = root / ("cifar-10-batches-py" if variant == "cifar10" else "cifar-100-python")
+    folder.mkdir(parents=True, exist_ok=True)
+    key = b"labels" if variant == "cifar10" else b"fine_labels"
+
+    def batch(count: int, seed: int) -> dict:
+        images, labels = synthetic_images(count, 32, 3, 10, seed)
+        data = images.transpose(0, 3, 1, 2).reshape(count, -1)  # the real layout: R plane, G plane, B plane
+        return {b"batch_label": b"test batch", key: labels.tolist(), b"data": data,
+                b"filenames": [f"img{i}.png".encode() for i in range(count)]}
+
+    names = [f"data_batch_{i}" for i in range(1, 6)] if variant == "cifar10" else ["train"]
+    for i, name in enumerate(names):
+        with open(folder / name, "wb") as handle:
+            pickle.dump(batch(train // len(names), i), handle, protocol=2)
+    with open(folder / ("test_batch" if variant == "cifar10" else "test"), "wb") as handle:
+        pickle.dump(batch(test, 99), handle, protocol=2)
+    return root
+
+
+def write_stl10(root: Path, train: int = 10, test: int = 6, unlabeled: int = 8) -> Path:
+    folder = root / "stl10_binary"
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, count in (("train", train), ("test", test), ("unlabeled", unlabeled)):
+        images, labels = synthetic_images(count, 96, 3, 10, len(split))
+        # Column-major per image, as the real files: (N, 3, W, H).
+        images.transpose(0, 3, 2, 1).astype(np.uint8).tofile(folder / f"{split}_X.bin")
+        if split != "unlabeled":
+            (labels + 1).astype(np.uint8).tofile(folder / f"{split}_y.bin")
+    return root
+
+
+def write_image_folder(root: Path, per_class: int = 3, classes: tuple[str, ...] = ("cat", "dog"),
+                       size: int = 20) -> Path:
+    from PIL import Image
+
+    for c, name in enumerate(classes):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        images, _ = synthetic_images(per_class, size, 3, len(classes), seed=c)
+        for i, image in enumerate(images):
+            suffix = ".png" if i % 2 == 0 else ".jpg"
+            Image.fromarray(image).save(root / name / f"{i}{suffix}")
+    return root
+
+
+@pytest.fixture
+def mnist_root(tmp_path: Path) -> Path:
+    """A Fashion-MNIST-format folder (idx .gz) with 64 train / 32 test 16 px images of 4 classes."""
+    return write_mnist_folder(tmp_path / "fmnist")
+
+
+def tiny_overrides(root: Path, **extra: object) -> list[str]:
+    """--set overrides for a run of a few seconds: toy backbone, 16 px, batch 16."""
+    settings = {
+        "data.name": "fashion_mnist", "data.root": str(root), "backbone.name": "toy", "backbone.width": 8,
+        "method.proj_hidden_dim": 32, "method.proj_dim": 16, "train.batch_size": 16, "train.epochs": 2,
+        "train.knn_every": 1, "train.knn_bank_size": 64, "train.knn_test_size": 32, "train.log_every": 1,
+        "optim.warmup_epochs": 0.5, "eval.linear_max_iter": 30, "eval.linear_weight_decays": "[0.0, 0.001]",
+        "views.crop_scale": "[0.5, 1.0]",
+    }
+    settings.update({k.replace("__", "."): v for k, v in extra.items()})
+    return [f"{k}={v}" for k, v in settings.items()]
+
+
+def tiny_config(root: Path, **extra: object):  # noqa: ANN201
+    from selfsup.config import apply_overrides, resolve
+
+    return resolve(apply_overrides({}, tiny_overrides(root, **extra)))
+
+
+@pytest.fixture(autouse=True)
+def _seeded() -> None:
+    torch.manual_seed(0)
+
+
+requires_fashion_mnist = pytest.mark.skipif(
+    not (FASHION_MNIST / "train-images-idx3-ubyte.gz").is_file(),
+    reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist; .ci/run does it)")

@@ -1,0 +1,151 @@
+"""Every CLI command, end to end, on tiny data."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import tiny_overrides, write_cifar, write_image_folder, write_stl10
+from selfsup.cli import main
+from selfsup.eval.run import load_checkpoint_model
+from selfsup.views import EvalView
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def _sets(items):
+    out = []
+    for item in items:
+        out += ["--set", item]
+    return out
+
+
+@pytest.fixture
+def trained_run(mnist_root, tmp_path):
+    """A finished tiny run with a ResNet-18 (width 8), shared by the eval/export/report tests."""
+    run = tmp_path / "run"
+    args = ["pretrain", "--run-dir", str(run), "--quiet"] + _sets(tiny_overrides(
+        mnist_root, backbone__name="resnet18", train__epochs=1))
+    assert main(args) == 0
+    return run
+
+
+def test_pretrain_eval_report(trained_run, capsys):
+    assert main(["eval", "all", str(trained_run), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "simclr (last, step 4)  knn: top-1" in printed and "linear: top-1" in printed
+    results = json.loads((trained_run / "eval" / "results.json").read_text())
+    entry = results["simclr (last, step 4)"]
+    assert 0 <= entry["knn"]["top1"] <= 100 and entry["linear"]["weight_decay"] in (0.0, 0.001)
+    assert "| simclr (last, step 4) | knn |" in (trained_run / "eval" / "results.md").read_text()
+    assert list((trained_run / "eval" / "features").glob("last-*.pt"))  # cached for the next protocol
+    assert main(["eval", "knn", str(trained_run / "checkpoints" / "best.pt"), "--k", "5", "--quiet"]) == 0
+    assert json.loads((trained_run / "eval" / "results.json").read_text())[
+        "simclr (best, step 4)"]["knn"]["k"] == 5
+    assert main(["report", str(trained_run)]) == 0
+    assert "## Evaluation" in (trained_run / "report" / "summary.md").read_text()
+
+
+def test_eval_pixels_baseline(mnist_root, tmp_path, capsys):
+    out = tmp_path / "pixels"
+    assert main(["eval", "knn", "--pixels", "--data-root", str(mnist_root), "--out", str(out), "--quiet"]) == 0
+    assert "raw pixels  knn: top-1" in capsys.readouterr().out
+    assert json.loads((out / "results.json").read_text())["raw pixels"]["knn"]["top1"] > 50  # banded classes
+
+
+def test_export_loads_into_plain_torchvision(trained_run, tmp_path):
+    out = tmp_path / "export" / "backbone.safetensors"
+    assert main(["export", str(trained_run), "--out", str(out)]) == 0
+    info = json.loads(out.with_suffix(".json").read_text())
+    namespace: dict = {}
+    exec(info["recipe"].replace(out.name, str(out)), namespace)  # only torch, torchvision, safetensors
+    plain = namespace["model"].eval()
+    assert type(plain).__module__ == "torchvision.models.resnet"
+    method, _, state = load_checkpoint_model(trained_run)
+    images = torch.randint(0, 256, (4, 1, 16, 16), dtype=torch.uint8)
+    x = EvalView(16, state["data"]["mean"], state["data"]["std"])(images)
+    with torch.no_grad():
+        assert torch.allclose(plain(x), method.backbone.eval()(x), atol=1e-5)
+    assert main(["export", str(trained_run), "--out", str(tmp_path / "b.pt")]) == 0
+    assert set(torch.load(tmp_path / "b.pt", weights_only=True)) == set(plain.state_dict())
+
+
+def test_data_commands(mnist_root, tmp_path, capsys):
+    assert main(["data", "list"]) == 0
+    assert "fashion_mnist" in capsys.readouterr().out
+    assert main(["data", "prepare", "fashion_mnist", "--root", str(mnist_root)]) == 0
+    grid = tmp_path / "grid.png"
+    assert main(["data", "inspect", "fashion_mnist", "--root", str(mnist_root), "--grid", str(grid), "--quiet"]) == 0
+    info = json.loads(capsys.readouterr().out.split("sample grid")[0].split("ready in")[-1].split("\n", 1)[1])
+    assert info["images"] == 64 and info["shape"] == [1, 16, 16] and grid.stat().st_size > 1000
+
+
+def test_list_methods_print_config_and_help(capsys):
+    assert main(["pretrain", "--list-methods"]) == 0
+    out = capsys.readouterr().out
+    assert "simclr" in out and "simclr_fashion_mnist" in out
+    assert main(["pretrain", "-c", "simclr_cifar10", "--print-config", "--set", "optim.lr=0.7"]) == 0
+    assert "lr: 0.7" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["pretrain", "--help"])
+    assert "--resume" in capsys.readouterr().out
+
+
+def test_demo_runs_end_to_end(mnist_root, tmp_path, capsys):
+    run = tmp_path / "demo"
+    sets = _sets(tiny_overrides(mnist_root, train__epochs=1))
+    assert main(["demo", "--run-dir", str(run), "--quiet"] + sets) == 0
+    table = capsys.readouterr().out
+    for row in ("| simclr (last, step 4) | knn |", "| simclr (last, step 4) | linear |",
+                "| raw pixels | knn |", "| raw pixels | linear |"):
+        assert row in table
+    assert (run / "report" / "summary.md").is_file()
+    first = json.loads((run / "summary.json").read_text())
+    assert main(["demo", "--run-dir", str(run), "--quiet"] + sets) == 0  # a finished demo is re-evaluated
+    again = json.loads((run / "summary.json").read_text())
+    assert again["steps"] == first["steps"] and again["train_seconds"] == first["train_seconds"] > 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["pretrain", "--set", "optim.lrr=1"], "error: unknown config key 'optim.lrr' (did you mean 'lr'?)"),
+    (["pretrain", "-c", "no_such_preset"], "error: config 'no_such_preset' not found (presets:"),
+    (["eval", "knn", "missing/run"], "error: checkpoint missing/run does not exist"),
+    (["data", "inspect", "fashoin_mnist"], "(did you mean 'fashion_mnist'?)"),
+])
+def test_errors_are_one_clear_line(args, message, capsys):
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and err.count("\n") == 1
+
+
+def test_error_from_a_real_process_has_no_traceback(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "selfsup", "eval", "linear", str(tmp_path / "x.pt")],
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and "does not exist" in done.stderr and "Traceback" not in done.stderr
+
+
+def _preset_data(name: str, tmp_path: Path, mnist_root: Path) -> list[str]:
+    from selfsup.config import load_config
+
+    dataset = load_config(CONFIGS / f"{name}.yaml").data.name
+    if dataset == "cifar10":
+        return [f"data.root={write_cifar(tmp_path / 'c10', 'cifar10', train=20, test=10)}"]
+    if dataset == "cifar100":
+        return [f"data.root={write_cifar(tmp_path / 'c100', 'cifar100', train=20, test=10)}"]
+    if dataset == "stl10":
+        return [f"data.root={write_stl10(tmp_path / 'stl')}"]
+    if dataset == "imagefolder":
+        return [f"data.root={write_image_folder(tmp_path / 'img', per_class=4)}", "data.image_size=32"]
+    return [f"data.root={mnist_root}"]
+
+
+@pytest.mark.parametrize("preset", sorted(p.stem for p in CONFIGS.glob("*.yaml")))
+def test_every_preset_trains_two_steps(preset, mnist_root, tmp_path):
+    """Recipes cannot rot: each preset, its own model, two steps on tiny data of its format."""
+    sets = _preset_data(preset, tmp_path, mnist_root) + [
+        "train.batch_size=4", "train.max_steps=2", "train.knn_every=0", "optim.warmup_epochs=0"]
+    assert main(["pretrain", "-c", preset, "--run-dir", str(tmp_path / "run"), "--quiet"] + _sets(sets)) == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["steps"] == 2

@@ -1,0 +1,79 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from selfsup.config import RunConfig, apply_overrides, load_config, resolve, to_yaml
+from selfsup.errors import SelfsupError
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def test_defaults_resolve_with_method_and_view_defaults_filled_in():
+    config = resolve({})
+    assert config.method_name == "simclr"
+    assert config.method_args["temperature"] == 0.5  # from SimCLR's signature, not a second copy
+    assert config.views["crop_scale"] == (0.08, 1.0)
+    assert config.train.batch_size == 256
+
+
+def test_yaml_round_trip_is_identical():
+    config = load_config(CONFIGS / "simclr_fashion_mnist.yaml", ["optim.lr=0.7"])
+    again = resolve(yaml.safe_load(to_yaml(config)))
+    assert again == config
+    assert again.optim.lr == 0.7
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("optim.lrr=1", "unknown config key 'optim.lrr' (did you mean 'lr'?)"),
+    ("trian.epochs=3", "unknown config key 'trian' (did you mean 'train'?)"),
+    ("method.temprature=0.1", "unknown config key 'method.temprature' (did you mean 'temperature'?)"),
+    ("views.crop_scal=[0.2, 1.0]", "(did you mean 'crop_scale'?)"),
+])
+def test_unknown_keys_name_the_closest_valid_key(override, fragment):
+    with pytest.raises(SelfsupError) as err:
+        resolve(apply_overrides({}, [override]))
+    assert fragment in str(err.value)
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("train.epochs=abc", "'train.epochs': expected int, got 'abc'"),
+    ("train.epochs=1.5", "'train.epochs': expected int"),
+    ("train.precision=fp8", "'train.precision': expected 'auto' | 'bf16' | 'fp16' | 'fp32'"),
+    ("views.crop_scale=[0.2]", "'views.crop_scale'"),
+    ("method.temperature=hot", "'method.temperature': expected float"),
+    ("optim=3", "section 'optim' must be a mapping"),
+])
+def test_wrong_types_are_refused(override, fragment):
+    with pytest.raises(SelfsupError) as err:
+        resolve(apply_overrides({}, [override]))
+    assert fragment in str(err.value)
+
+
+def test_overrides_parse_yaml_values_and_convert_types():
+    config = resolve(apply_overrides({}, ["optim.lr=1", "views.crop_scale=[0.3, 1]", "data.subset=null",
+                                          "backbone.small_stem=true"]))
+    assert config.optim.lr == 1.0 and isinstance(config.optim.lr, float)
+    assert config.views["crop_scale"] == (0.3, 1.0)
+    assert config.data.subset is None and config.backbone.small_stem is True
+
+
+def test_malformed_override_and_unknown_method():
+    with pytest.raises(SelfsupError, match="must look like section.key=value"):
+        apply_overrides({}, ["optim.lr"])
+    with pytest.raises(SelfsupError, match="unknown method 'simclrr' \\(did you mean 'simclr'\\?\\)"):
+        resolve({"method": {"name": "simclrr"}})
+
+
+def test_missing_or_invalid_config_file(tmp_path):
+    with pytest.raises(SelfsupError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [unclosed")
+    with pytest.raises(SelfsupError, match="not valid YAML"):
+        load_config(bad)
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_preset_resolves(path):
+    assert isinstance(load_config(path), RunConfig)

@@ -1,0 +1,134 @@
+"""DDP on CPU with gloo: two processes must equal one process on the concatenated batch."""
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from conftest import tiny_config, tiny_overrides
+from selfsup import checkpoint
+from selfsup.errors import SelfsupError
+from selfsup.views import ReplayViews
+
+pytestmark = pytest.mark.slow
+GLOBAL_BATCH = 16
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _fixed_views(rank: int, world: int) -> list[torch.Tensor]:
+    """The same global two-view batch in every setup; each rank takes its rows."""
+    g = torch.Generator().manual_seed(123)
+    views = [torch.randn(GLOBAL_BATCH, 1, 16, 16, generator=g) for _ in range(2)]
+    rows = GLOBAL_BATCH // world
+    return [v[rank * rows:(rank + 1) * rows] for v in views]
+
+
+def _steps(trainer, rank: int, world: int, steps: int = 3) -> list[float]:
+    """Run real train_steps on fixed views with frozen BatchNorm statistics.
+
+    Per-process BN statistics differ from one process's statistics by design (SyncBN is
+    GPU-only); freezing them isolates what must match exactly: the gathered negatives,
+    the gradient through the gather, DDP's averaging, and the optimiser step. The frozen
+    statistics are those of the whole global batch, the same in every setup.
+    """
+    norms = [m for m in trainer.method.modules() if isinstance(m, _BatchNorm)]
+    for module in norms:
+        module.reset_running_stats()
+        module.momentum = None  # a plain average over the calibration pass
+    with torch.no_grad():
+        trainer.method.backbone(torch.cat(_fixed_views(0, 1)))
+        trainer.method.projector(trainer.method.backbone(torch.cat(_fixed_views(0, 1))))
+    for module in norms:
+        module.eval()
+    trainer.method.views = ReplayViews(_fixed_views(rank, world))
+    index = torch.arange(GLOBAL_BATCH // world)
+    return [trainer.train_step(torch.zeros(1, dtype=torch.uint8), index)["loss"] for _ in range(steps)]
+
+
+def _exact_config(root):
+    # fp32: bf16 rounds an 8-row and a 16-row matmul differently; the check is about the algorithm.
+    return tiny_config(Path(root), train__batch_size=GLOBAL_BATCH, train__precision="fp32")
+
+
+def _worker(rank: int, world: int, port: int, root: str, out: str) -> None:
+    os.environ.update(WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    from selfsup import dist
+    from selfsup.trainer import Trainer
+
+    results = {}
+    for name, extra in (("odd_batch", {"train__batch_size": 15}), ("sync_bn", {"train__sync_bn": True})):
+        try:
+            Trainer(tiny_config(Path(root), **extra), Path(out) / name, quiet=True)
+        except SelfsupError as err:
+            results[name] = str(err)
+    trainer = Trainer(_exact_config(root), Path(out) / "ddp", quiet=True)
+    same_images = torch.randint(0, 256, (4, 1, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    my_views = trainer.method.views(same_images)[0]
+    other_views = dist.gather(my_views.unsqueeze(0))
+    results["augmentations_differ_across_ranks"] = not torch.allclose(other_views[0], other_views[1])
+    results["losses"] = _steps(trainer, rank, world)
+    if rank == 0:
+        torch.save({k: v.detach().clone() for k, v in trainer.method.state_dict().items()}, Path(out) / "ddp.pt")
+        (Path(out) / "results.json").write_text(json.dumps(results))
+    dist.destroy()
+
+
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each gloo worker: the same reduction order
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_two_gloo_processes_equal_one_process_on_the_concatenated_batch(mnist_root, tmp_path, one_thread):
+    from selfsup.trainer import Trainer
+
+    mp.spawn(_worker, args=(2, _free_port(), str(mnist_root), str(tmp_path)), nprocs=2, join=True)
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert "cannot be split evenly over 2 processes" in results["odd_batch"]
+    assert "sync_bn needs GPUs" in results["sync_bn"]
+    assert results["augmentations_differ_across_ranks"]
+
+    single = Trainer(_exact_config(mnist_root), tmp_path / "single", quiet=True)
+    single_losses = _steps(single, 0, 1)
+    assert results["losses"] == pytest.approx(single_losses, rel=1e-5)
+    assert results["losses"][-1] < results["losses"][0]  # and it learns
+    ddp = torch.load(tmp_path / "ddp.pt", weights_only=True)
+    for key, value in single.method.state_dict().items():
+        assert torch.allclose(ddp[key].float(), value.float(), rtol=1e-4, atol=1e-6), key
+
+
+def test_torchrun_two_processes_end_to_end(mnist_root, tmp_path):
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "selfsup", "pretrain", "--run-dir", str(run), "--quiet"]
+    for item in tiny_overrides(mnist_root, train__epochs=2):
+        command += ["--set", item]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    state = checkpoint.load(run)
+    assert state["world_size"] == 2 and len(state["rng"]) == 2 and state["step"] == 8  # 64 images / 16 a step, 2 epochs
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in rows if r["stream"] == "step"]
+    assert steps == list(range(1, 9))  # one writer: no duplicated rows
+    assert json.loads((run / "meta.json").read_text())["world_size"] == 2
+    # Resuming under torchrun with the same world size continues the run.
+    more = command + ["--resume", "--set", "train.epochs=3"]
+    done = subprocess.run(more, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert checkpoint.load(run)["step"] == 12

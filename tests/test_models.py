@@ -1,0 +1,62 @@
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from selfsup.errors import SelfsupError
+from selfsup.models import STAGES, build_backbone, mlp
+
+
+@pytest.mark.parametrize("name, width, features", [("resnet18", 8, 64), ("resnet50", 4, 128), ("toy", 8, 32)])
+def test_backbone_contract(name, width, features):
+    net = build_backbone(name, in_channels=1, image_size=16, width=width)
+    x = torch.randn(2, 1, 16, 16)
+    assert net.num_features == features and net(x).shape == (2, features)
+    stages = net.forward_stages(x)
+    assert tuple(stages) == STAGES == net.stage_names
+    assert all(v.ndim == 4 and v.shape[0] == 2 for v in stages.values())
+    # the last stage pooled is the feature vector
+    assert torch.allclose(stages["res5"].mean((2, 3)), net(x), atol=1e-5)
+
+
+def test_small_stem_keeps_resolution_and_big_stem_downsamples():
+    small = build_backbone("resnet18", 3, 32, width=8)                  # auto: <= 64 px -> small stem
+    large = build_backbone("resnet18", 3, 224, width=8)
+    x = torch.randn(2, 3, 32, 32)
+    assert small.forward_stages(x)["conv1"].shape[-1] == 32
+    assert large.forward_stages(x)["conv1"].shape[-1] == 8              # stride 2 conv + max-pool
+    assert isinstance(small.net.maxpool, nn.Identity) and small.net.conv1.kernel_size == (3, 3)
+
+
+def test_width_64_is_torchvision_resnet18_exactly():
+    ours = build_backbone("resnet18", 3, 224, small_stem=False, width=64).net
+    reference = torchvision.models.resnet18()
+    reference.fc = nn.Identity()
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in reference.state_dict().items()}
+
+
+def test_rebuilt_layers_get_torchvision_initialisation():
+    net = build_backbone("resnet18", 1, 28, width=16).net
+    assert torch.all(net.bn1.weight == 1) and torch.all(net.layer1[0].bn1.bias == 0)
+    fan_out = net.layer1[0].conv1.weight[0].numel() // net.layer1[0].conv1.in_channels * \
+        net.layer1[0].conv1.out_channels
+    assert net.layer1[0].conv1.weight.std().item() == pytest.approx((2 / fan_out) ** 0.5, rel=0.15)
+
+
+def test_unknown_backbone_and_bad_width():
+    with pytest.raises(SelfsupError, match="did you mean 'resnet18'"):
+        build_backbone("resnet81", 3, 32)
+    with pytest.raises(SelfsupError, match="width must be positive"):
+        build_backbone("resnet18", 3, 32, width=0)
+
+
+def test_mlp_layers_norms_and_biases():
+    head = mlp(8, 16, 4, num_layers=3)
+    kinds = [type(m).__name__ for m in head]
+    assert kinds == ["Linear", "BatchNorm1d", "ReLU", "Linear", "BatchNorm1d", "ReLU", "Linear"]
+    assert head[0].bias is None and head[-1].bias is not None
+    plain = mlp(8, 16, 4, batch_norm=False)
+    assert [type(m).__name__ for m in plain] == ["Linear", "ReLU", "Linear"] and plain[0].bias is not None
+    barlow = mlp(8, 16, 4, last_batch_norm=True)
+    assert isinstance(barlow[-1], nn.BatchNorm1d) and not barlow[-1].affine and barlow[-2].bias is None
+    assert head(torch.randn(5, 8)).shape == (5, 4)
