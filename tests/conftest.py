@@ -113,6 +113,10 @@ def tiny_overrides(root: Path, **extra: object) -> list[str]:
         "views.crop_scale": "[0.5, 1.0]",
     }
     settings.update({k.replace("__", "."): v for k, v in extra.items()})
+    if settings.get("method.name", "simclr") != "simclr":  # the projection sizes above are SimCLR's
+        settings = {k: v for k, v in settings.items() if not k.startswith("method.proj_")}
+    if settings.get("method.name") == "multitask":  # its views are configured per task
+        settings = {k: v for k, v in settings.items() if not k.startswith("views.")}
     return [f"{k}={v}" for k, v in settings.items()]
 
 

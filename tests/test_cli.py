@@ -145,7 +145,33 @@ def _preset_data(name: str, tmp_path: Path, mnist_root: Path) -> list[str]:
 def test_every_preset_trains_two_steps(preset, mnist_root, tmp_path):
     """Recipes cannot rot: each preset, its own model, two steps on tiny data of its format."""
     sets = _preset_data(preset, tmp_path, mnist_root) + [
-        "train.batch_size=4", "train.max_steps=2", "train.knn_every=0", "optim.warmup_epochs=0"]
+        "train.batch_size=4", "train.max_steps=2", "train.knn_every=0", "optim.warmup_epochs=0",
+        "backbone.width=16"]  # the preset's architecture, narrower: the recipe is under test, not the FLOPs
     assert main(["pretrain", "-c", preset, "--run-dir", str(tmp_path / "run"), "--quiet"] + _sets(sets)) == 0
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["steps"] == 2
+
+
+def test_eval_layers_probes_every_stage_and_overlays_checkpoints(trained_run, mnist_root, tmp_path, capsys):
+    rotation = tmp_path / "rotation"
+    assert main(["pretrain", "--run-dir", str(rotation), "--quiet"] + _sets(tiny_overrides(
+        mnist_root, method__name="rotation", backbone__name="resnet18", train__epochs=1))) == 0
+    out = tmp_path / "layers"
+    assert main(["eval", "layers", str(trained_run), str(rotation), "--out", str(out), "--dim", "64",
+                 "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "| encoder | conv1 | res2 | res3 | res4 | res5 |" in printed
+    results = json.loads((out / "layers.json").read_text())
+    assert sorted(results) == ["rotation (last, step 4)", "simclr (last, step 4)"]
+    for entry in results.values():
+        assert list(entry["stages"]) == ["conv1", "res2", "res3", "res4", "res5"]
+        assert all(0 <= s["top1"] <= 100 and 16 <= s["dim"] <= 128 for s in entry["stages"].values())
+    assert (out / "layers.png").stat().st_size > 5000 and (out / "layers.md").is_file()
+    assert main(["eval", "layers", "--out", str(out)]) == 2  # no checkpoint: one clear error
+
+
+def test_pooled_grid_keeps_stage_sizes_comparable():
+    from selfsup.eval.layers import pooled_grid
+
+    assert pooled_grid(64, 28, 2048) == 6 and pooled_grid(512, 4, 2048) == 2 and pooled_grid(8, 2, 2048) == 2
+    assert pooled_grid(4096, 7, 2048) == 1

@@ -1,5 +1,6 @@
 """DDP on CPU with gloo: two processes must equal one process on the concatenated batch."""
 import json
+import math
 import os
 import socket
 import subprocess
@@ -132,3 +133,46 @@ def test_torchrun_two_processes_end_to_end(mnist_root, tmp_path):
     done = subprocess.run(more, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     assert checkpoint.load(run)["step"] == 12
+
+
+METHOD_SETTINGS = {
+    "rotation": {}, "decoupled_rotnet": {"method__num_negatives": 16}, "jigsaw": {"data__image_size": 30},
+    "context_prediction": {"data__image_size": 30}, "exemplar": {}, "counting": {},
+    "multitask": {"data__image_size": 30}, "npid": {"method__num_negatives": 16},
+    "pirl": {"method__num_negatives": 16, "data__image_size": 30}, "simclr": {},
+}
+
+
+def _every_method_worker(rank: int, world: int, port: int, root: str, out: str) -> None:
+    os.environ.update(WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    from selfsup import dist
+    from selfsup.trainer import Trainer
+
+    results = {}
+    for name, extra in METHOD_SETTINGS.items():
+        config = tiny_config(Path(root), method__name=name, train__batch_size=8, train__knn_every=0, **extra)
+        trainer = Trainer(config, Path(out) / name, quiet=True)
+        images, _, index = next(trainer.loader.iterate())
+        losses = [trainer.train_step(images, index)["loss"] for _ in range(2)]
+        # Replicated state (weights, banks, samplers) must stay identical on every rank; BN running
+        # statistics are per rank by design (DDP re-broadcasts rank 0's at each forward).
+        state = torch.cat([v.float().flatten() for k, v in trainer.method.state_dict().items()
+                           if "running_" not in k and "num_batches" not in k])
+        checksums = dist.gather(state.sum().view(1))
+        results[name] = {"losses": losses, "same_state": bool(torch.allclose(checksums[0], checksums[1]))}
+    if rank == 0:
+        (Path(out) / "every_method.json").write_text(json.dumps(results))
+    dist.destroy()
+
+
+def test_every_method_takes_ddp_steps_with_identical_replicas(mnist_root, tmp_path, one_thread):
+    from selfsup.methods import METHODS
+
+    assert set(METHOD_SETTINGS) == set(METHODS), "a new method needs its DDP smoke settings here"
+    mp.spawn(_every_method_worker, args=(2, _free_port(), str(mnist_root), str(tmp_path)), nprocs=2, join=True)
+    results = json.loads((tmp_path / "every_method.json").read_text())
+    for name, result in results.items():
+        assert all(math.isfinite(loss) for loss in result["losses"]), name
+        assert result["same_state"], f"{name}: the replicas diverged"

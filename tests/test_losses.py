@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from selfsup.losses import nt_xent
+from selfsup.losses import nce_loss, nt_xent
 
 
 def naive_nt_xent(z_a, z_b, temperature):
@@ -52,3 +52,42 @@ def test_scale_invariance_and_gradient():
     assert loss.item() == pytest.approx(nt_xent(z_a * 7, z_b * 0.1, 0.2).item(), rel=1e-5)
     loss.backward()
     assert torch.isfinite(z_a.grad).all() and z_a.grad.abs().sum() > 0
+
+
+# ---------------------------------------------------------------- NCE (NPID, PIRL)
+
+def _naive_nce(positive, negative, num_data, z):
+    total = 0.0
+    k = negative.shape[1]
+    for b in range(positive.shape[0]):
+        p = math.exp(positive[b].item()) / z
+        h = p / (p + k / num_data)
+        total -= math.log(h)
+        for j in range(k):
+            q = math.exp(negative[b, j].item()) / z
+            total -= math.log(1 - q / (q + k / num_data))
+    return total / positive.shape[0]
+
+
+def test_nce_matches_the_naive_formula():
+    g = torch.Generator().manual_seed(0)
+    positive, negative = torch.randn(5, generator=g) * 3, torch.randn(5, 7, generator=g) * 3
+    z = 40.0
+    assert nce_loss(positive, negative, 100, math.log(z)).item() == pytest.approx(_naive_nce(positive, negative, 100, z),
+                                                                                rel=1e-5)
+
+
+def test_nce_is_k_plus_1_log_2_when_model_and_noise_agree():
+    # P(i|v) = exp(s) / Z = K / N = K * P_n for every sample: each of the K + 1 binary terms is log 2.
+    k, n, z = 4, 64, 10.0
+    s = math.log(z * k / n)
+    loss = nce_loss(torch.full((3,), s), torch.full((3, k), s), n, math.log(z))
+    assert loss.item() == pytest.approx((k + 1) * math.log(2), rel=1e-6)
+
+
+def test_nce_ignores_masked_negatives():
+    # s = 0, Z = 1: P = 1 for every entry; K = 3 drawn of N = 10, so K * P_n = 0.3 and h = 1 / 1.3.
+    masked = torch.zeros(2, 3)
+    masked[:, 2] = float("-inf")  # a sample's own entry drawn as noise: its term is log(1 - 0) = 0
+    loss = nce_loss(torch.zeros(2), masked, 10, 0.0)
+    assert loss.item() == pytest.approx(math.log(1.3) + 2 * math.log(1.3 / 0.3), rel=1e-6)

@@ -102,6 +102,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     protocols = ["knn", "linear"] if args.protocol == "all" else [args.protocol]
     overrides = list(args.set)
+    if args.protocol == "layers":
+        return cmd_eval_layers(args, overrides)
     if args.k is not None:
         overrides.append(f"eval.knn_k={args.k}")
     if args.temperature is not None:
@@ -116,15 +118,32 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raw = read_yaml(find_config(args.config)) if args.config else {}
         config = resolve(apply_overrides(raw, overrides))
         evaluator = pixel_evaluator(config, Path(args.out or "runs/pixels/eval"), quiet=args.quiet)
+        evaluators = [(evaluator, config)]
     else:
         if not args.checkpoint:
             raise SelfsupError("give a checkpoint (or run directory) to evaluate, or --pixels for the raw-pixel baseline")
-        evaluator, config = checkpoint_evaluator(args.checkpoint, overrides,
-                                                 Path(args.out) if args.out else None, args.quiet)
-    results = run_protocols(evaluator, protocols, config.eval, config.train.seed)
-    for protocol in protocols:
-        print(f"{evaluator.name}  {protocol}: top-1 {results[evaluator.name][protocol]['top1']:.2f}%")
-    print(f"results: {evaluator.out_dir / 'results.json'}")
+        evaluators = [checkpoint_evaluator(path, overrides, Path(args.out) if args.out else None, args.quiet)
+                      for path in args.checkpoint]
+    for evaluator, config in evaluators:
+        results = run_protocols(evaluator, protocols, config.eval, config.train.seed)
+        for protocol in protocols:
+            print(f"{evaluator.name}  {protocol}: top-1 {results[evaluator.name][protocol]['top1']:.2f}%")
+        print(f"results: {evaluator.out_dir / 'results.json'}")
+    return 0
+
+
+def cmd_eval_layers(args: argparse.Namespace, overrides: list[str]) -> int:
+    from .eval.run import layers_for_checkpoints
+
+    if args.pixels or not args.checkpoint:
+        raise SelfsupError("eval layers probes the stages of trained checkpoints: give one or more checkpoints "
+                           "(or run directories)")
+    everything, out_dir = layers_for_checkpoints(args.checkpoint, overrides, Path(args.out) if args.out else None,
+                                                 args.dim, args.train_size, args.quiet)
+    from .eval.layers import layers_table
+
+    print(layers_table(everything))
+    print(f"results: {out_dir / 'layers.json'}, chart: {out_dir / 'layers.png'}")
     return 0
 
 
@@ -210,15 +229,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_pretrain)
 
-    p = commands.add_parser("eval", help="evaluate a checkpoint: kNN, linear probe")
-    p.add_argument("protocol", choices=["knn", "linear", "all"],
-                   help="knn: weighted kNN (k=200, T=0.07); linear: logistic regression on frozen features")
-    p.add_argument("checkpoint", nargs="?", help="checkpoint file or run directory (its checkpoints/last.pt)")
+    p = commands.add_parser("eval", help="evaluate checkpoints: kNN, linear probe, layer-wise probe")
+    p.add_argument("protocol", choices=["knn", "linear", "all", "layers"],
+                   help="knn: weighted kNN (k=200, T=0.07); linear: logistic regression on frozen features; "
+                        "layers: linear probes on pooled conv1, res2..res5 features, one chart for all checkpoints")
+    p.add_argument("checkpoint", nargs="*", help="checkpoint files or run directories (their checkpoints/last.pt)")
     _add_config_args(p)
     p.add_argument("--pixels", action="store_true", help="evaluate raw pixels instead (the baseline)")
     p.add_argument("--k", type=int, help="neighbours for kNN (eval.knn_k)")
     p.add_argument("--temperature", type=float, help="kNN vote temperature (eval.knn_temperature)")
-    p.add_argument("--out", help="output folder (default: RUN/eval)")
+    p.add_argument("--out", help="output folder (default: RUN/eval of the first checkpoint)")
+    p.add_argument("--dim", type=int, default=2048,
+                   help="layers: pool every stage to about this many features (default 2048)")
+    p.add_argument("--train-size", type=int,
+                   help="layers: probe on a class-balanced subset of this many training images (faster)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_eval)
 

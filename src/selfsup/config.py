@@ -230,14 +230,26 @@ def _build_dataclass(cls: type, values: dict[str, Any], path: str) -> Any:
 
 
 def signature_defaults(fn: Any, skip: tuple[str, ...] = ()) -> dict[str, tuple[Any, Any]]:
-    """``{name: (annotation, default)}`` of the keyword parameters of ``fn`` (a class or function)."""
+    """``{name: (annotation, default)}`` of the keyword parameters of ``fn`` (a class or function).
+
+    A class whose ``__init__`` takes ``**kwargs`` also accepts the keyword parameters of the
+    base class it passes them to (the next ``__init__`` up its MRO).
+    """
     target = fn.__init__ if inspect.isclass(fn) else fn
     hints = typing.get_type_hints(target)
     out = {}
+    forwards_kwargs = False
     for name, param in inspect.signature(target).parameters.items():
+        if param.kind == param.VAR_KEYWORD:
+            forwards_kwargs = True
         if name in ("self", *skip) or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
             continue
         out[name] = (hints.get(name, Any), param.default)
+    if forwards_kwargs and inspect.isclass(fn):
+        base = next((b for b in fn.__mro__[1:] if "__init__" in vars(b)), None)
+        if base is not None and base is not object:
+            for name, value in signature_defaults(base, skip).items():
+                out.setdefault(name, value)
     return out
 
 

@@ -34,3 +34,26 @@ def nt_xent(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float = 0.5) -> t
     self_mask[rows, self_columns] = True
     logits = logits.masked_fill(self_mask, float("-inf"))
     return F.cross_entropy(logits, positive_columns)
+
+
+def nce_loss(positive_logits: torch.Tensor, negative_logits: torch.Tensor, num_data: int,
+             log_z: torch.Tensor | float) -> torch.Tensor:
+    """Noise-contrastive estimation of the non-parametric softmax (Wu et al. 2018, eqs. 3-6).
+
+    Args:
+        positive_logits: (B,) s = v . m_i / tau of each sample with its own memory entry.
+        negative_logits: (B, K) the same for K noise samples drawn uniformly (P_n = 1 / N).
+        num_data: N, the number of instances (memory entries).
+        log_z: log of the normalising constant Z of P(i | v) = exp(s) / Z.
+
+    Each sample is a binary problem: "data" with probability h = P / (P + K P_n) for its
+    positive, "noise" with probability 1 - h for each negative. Returns
+    mean_b [ -log h(pos) - sum_k log(1 - h(neg_k)) ]. Where P = K P_n every term is log 2.
+    """
+    log_noise = torch.log(torch.tensor(negative_logits.shape[1] / num_data, dtype=torch.float32,
+                                       device=positive_logits.device))
+    log_p_pos = positive_logits.float() - log_z
+    log_p_neg = negative_logits.float() - log_z
+    log_h_pos = log_p_pos - torch.logaddexp(log_p_pos, log_noise)
+    log_not_h_neg = log_noise - torch.logaddexp(log_p_neg, log_noise)
+    return -(log_h_pos + log_not_h_neg.sum(1)).mean()

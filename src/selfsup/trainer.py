@@ -54,7 +54,7 @@ def load_data(config: RunConfig, quiet: bool = False) -> tuple[ImageDataset, Ima
         if not quiet:
             print(f"note: no test split ({err}); the kNN monitor is off")
     mean, std = train.stats()
-    info = {"dataset": cfg.name, "channels": train.channels, "image_size": train.image_size,
+    info = {"dataset": cfg.name, "images": len(train), "channels": train.channels, "image_size": train.image_size,
             "mean": list(mean), "std": list(std), "classes": list(train.classes), "skipped": train.skipped}
     return train, test, info
 
@@ -239,7 +239,9 @@ class Trainer:
         with torch.no_grad():
             views = self.method.views(images)
         if self.channels_last:
-            views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+            # Images only: labels and tile stacks (B, T, C, h, w) keep their layout.
+            views = [v.contiguous(memory_format=torch.channels_last) if v.ndim == 4 and v.is_floating_point() else v
+                     for v in views]
         with self.precision.autocast(self.device):
             out = self.model(views, index)
         loss = out["loss"]

@@ -76,6 +76,8 @@ class TwoViews(Augment):
     Keyword arguments are those of :class:`Augment`; each view draws its own parameters.
     """
 
+    num_outputs = 2
+
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:  # type: ignore[override]
         return [super().forward(images), super().forward(images)]
 
@@ -107,3 +109,12 @@ class ReplayViews(nn.Module):
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         return self.fixed
+
+
+class OneView(Augment):
+    """One augmented view per image, as a list (NPID, Exemplar-style methods)."""
+
+    num_outputs = 1
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:  # type: ignore[override]
+        return [super().forward(images)]

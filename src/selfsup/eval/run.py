@@ -164,3 +164,30 @@ def run_protocols(evaluator: Evaluator, protocols: list[str], cfg: EvalConfig, s
         else:
             raise SelfsupError(f"unknown protocol '{protocol}'; choose from {', '.join(PROTOCOLS)}")
     return record(evaluator.out_dir, evaluator.name, results)
+
+
+def layers_for_checkpoints(paths: list[str], overrides: list[str] = (), out_dir: Path | None = None, dim: int = 2048,
+                           train_size: int | None = None, quiet: bool = False) -> tuple[dict, Path]:
+    """``selfsup eval layers``: the layer-wise probe of each checkpoint, merged into one chart."""
+    from .layers import probe_layers, record_layers
+
+    everything: dict = {}
+    out_dir = out_dir or default_output_dir(Path(paths[0]))
+    for path in paths:
+        method, config, state = load_checkpoint_model(path, overrides)
+        train, test = labeled_splits(config, quiet)
+        if train_size is not None:
+            train = train.balanced_subset(train_size, seed=config.train.seed)
+        data = state["data"]
+        device = pick_device(config.train.device)
+        precision = resolve_precision(config.train.precision, device)
+        name = f"{config.method_name} ({Path(state['path']).stem}, step {state['step']})"
+        if name in everything:  # two runs of one method: tell them apart by folder
+            name = f"{name} [{Path(state['path']).parent.parent.name}]"
+        results = probe_layers(name, method.backbone, train, test, EvalView(data["image_size"], data["mean"], data["std"]),
+                               config.eval, dim=dim, device=device, autocast_dtype=precision.dtype,
+                               seed=config.train.seed, quiet=quiet)
+        settings = {"checkpoint": str(Path(state["path"]).resolve()), "pooled_dim": dim, "train_images": len(train),
+                    "test_images": len(test), "solver": config.eval.linear_solver}
+        everything = record_layers(out_dir, name, results, settings)
+    return everything, out_dir

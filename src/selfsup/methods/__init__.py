@@ -5,12 +5,32 @@ from typing import TYPE_CHECKING
 
 from ..errors import SelfsupError, closest
 from .base import Method
+from .context import ContextPrediction
+from .counting import Counting
+from .decoupled_rotnet import DecoupledRotNet
+from .exemplar import Exemplar
+from .jigsaw import Jigsaw
+from .multitask import MultiTask
+from .npid import NPID
+from .pirl import PIRL
+from .rotation import Rotation
 from .simclr import SimCLR
 
 if TYPE_CHECKING:
     from ..config import RunConfig
 
 METHODS: dict[str, type[Method]] = {
+    # Pretext tasks: predict a property of a transform.
+    "rotation": Rotation,
+    "decoupled_rotnet": DecoupledRotNet,
+    "jigsaw": Jigsaw,
+    "context_prediction": ContextPrediction,
+    "exemplar": Exemplar,
+    "counting": Counting,
+    "multitask": MultiTask,
+    # Contrastive: related vs unrelated samples.
+    "npid": NPID,
+    "pirl": PIRL,
     "simclr": SimCLR,
 }
 
@@ -36,7 +56,11 @@ def build_method(config: RunConfig, data: dict) -> Method:
     method_cls = get_method(config.method_name)
     views = method_cls.views_class(data["image_size"], data["channels"], tuple(data["mean"]), tuple(data["std"]),
                                    **config.views)
-    return method_cls(backbone, views, **config.method_args)
+    # Arguments only the run knows: the bank size of memory-bank methods, the seed of their sampler.
+    injected = {"num_images": data.get("images", 0), "seed": config.train.seed}
+    return method_cls(backbone, views, **config.method_args,
+                      **{k: v for k, v in injected.items() if k in method_cls.injected_args})
 
 
-__all__ = ["METHODS", "Method", "SimCLR", "build_method", "describe_methods", "get_method"]
+__all__ = ["METHODS", "NPID", "PIRL", "ContextPrediction", "Counting", "DecoupledRotNet", "Exemplar", "Jigsaw",
+           "Method", "MultiTask", "Rotation", "SimCLR", "build_method", "describe_methods", "get_method"]

@@ -1,0 +1,124 @@
+"""Layer-wise linear probe: how linearly separable are the classes at conv1, res2 .. res5?
+
+The probing protocol of Goyal, Mahajan, Gupta, Misra, "Scaling and Benchmarking
+Self-Supervised Visual Representation Learning", ICCV 2019, used by PIRL (Misra & van der
+Maaten 2020, Fig. 5) to show that Jigsaw's last stage specialises to its pretext task while
+PIRL's keeps improving: each stage's feature map is average-pooled to a grid chosen so that
+every stage gives about ``dim`` features (their 9k; 2048 by default here, for small
+models), then a linear classifier is trained on the frozen, standardised features.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from ..config import EvalConfig
+from ..data import ImageDataset
+from ..errors import SelfsupError
+from ..runtime import write_json
+from ..views import EvalView
+from .linear import linear_probe
+
+
+def pooled_grid(channels: int, height: int, dim: int) -> int:
+    """Side g of the pooling grid so that channels * g^2 is close to ``dim`` (1 <= g <= height)."""
+    return max(1, min(height, round(math.sqrt(dim / channels))))
+
+
+@torch.no_grad()
+def stage_features(backbone: nn.Module, images: torch.Tensor, view: EvalView, *, dim: int = 2048,
+                   batch_size: int = 256, autocast_dtype: torch.dtype | None = None,
+                   desc: str | None = None) -> dict[str, torch.Tensor]:
+    """{stage: (N, ~dim) float32 CPU features} for every stage of ``backbone.forward_stages``."""
+    if not hasattr(backbone, "forward_stages"):
+        raise SelfsupError(f"{type(backbone).__name__} does not expose its stages (forward_stages); "
+                           "the layer-wise probe needs a ResNet-style backbone")
+    device = next(backbone.parameters()).device
+    was_training = backbone.training
+    backbone.eval()
+    view = view.to(device)
+    chunks: dict[str, list[torch.Tensor]] = {}
+    autocast = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
+                else contextlib.nullcontext())
+    try:
+        for batch in tqdm(images.split(batch_size), desc=desc, disable=desc is None, leave=False, unit="batch"):
+            with autocast:
+                stages = backbone.forward_stages(view(batch.to(device)))
+            for name, fmap in stages.items():
+                grid = pooled_grid(fmap.shape[1], fmap.shape[-1], dim)
+                chunks.setdefault(name, []).append(F.adaptive_avg_pool2d(fmap.float(), grid).flatten(1).cpu())
+    finally:
+        backbone.train(was_training)
+    return {name: torch.cat(parts) for name, parts in chunks.items()}
+
+
+def probe_layers(name: str, backbone: nn.Module, train: ImageDataset, test: ImageDataset, view: EvalView,
+                 cfg: EvalConfig, *, dim: int = 2048, device: torch.device | None = None,
+                 autocast_dtype: torch.dtype | None = None, seed: int = 0, quiet: bool = False) -> dict[str, Any]:
+    """Linear-probe top-1 (%) of every stage of one backbone: {stage: {"top1", "dim", ...}}."""
+    if device is not None:
+        backbone.to(device)
+    options = dict(dim=dim, autocast_dtype=autocast_dtype, batch_size=cfg.batch_size)
+    train_features = stage_features(backbone, train.images, view, desc=None if quiet else f"{name}: train",
+                                    **options)
+    test_features = stage_features(backbone, test.images, view, desc=None if quiet else f"{name}: test",
+                                   **options)
+    results = {}
+    for stage in train_features:
+        result = linear_probe(train_features[stage], train.targets, test_features[stage], test.targets,
+                              len(train.classes), cfg.linear_weight_decays, solver=cfg.linear_solver,
+                              max_iter=cfg.linear_max_iter, epochs=cfg.linear_epochs, seed=seed)
+        results[stage] = {"top1": round(result["top1"], 2), "dim": train_features[stage].shape[1],
+                          "weight_decay": result["weight_decay"]}
+        if not quiet:
+            tqdm.write(f"{name}  {stage}: top-1 {results[stage]['top1']:.2f}% ({results[stage]['dim']} features)")
+    return results
+
+
+def record_layers(out_dir: Path, name: str, results: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
+    """Merge into ``out_dir/layers.json``; rewrite ``layers.md`` and the chart ``layers.png``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "layers.json"
+    everything = json.loads(path.read_text()) if path.is_file() else {}
+    everything[name] = {"stages": results, "settings": settings}
+    write_json(path, everything)
+    (out_dir / "layers.md").write_text(layers_table(everything) + "\n")
+    plot_layers(everything, out_dir / "layers.png")
+    return everything
+
+
+def layers_table(everything: dict[str, Any]) -> str:
+    stages = list(dict.fromkeys(s for entry in everything.values() for s in entry["stages"]))
+    lines = ["| encoder | " + " | ".join(stages) + " |", "|---|" + "---|" * len(stages)]
+    for name, entry in everything.items():
+        cells = [f"{entry['stages'][s]['top1']:.2f}" if s in entry["stages"] else "" for s in stages]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_layers(everything: dict[str, Any], path: Path) -> None:
+    """Top-1 per stage, one line per encoder: the 'is the last layer aligned?' chart."""
+    from ..report import plt
+
+    figure, axis = plt.subplots(figsize=(6, 3.8), dpi=120)
+    for name, entry in everything.items():
+        stages = list(entry["stages"])
+        axis.plot(range(len(stages)), [entry["stages"][s]["top1"] for s in stages], marker="o", label=name)
+        axis.set_xticks(range(len(stages)), stages)
+    axis.set_xlabel("stage (features average-pooled to ~equal size)")
+    axis.set_ylabel("linear probe top-1 (%)")
+    axis.set_title("Layer-wise linear probe")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+

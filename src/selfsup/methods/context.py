@@ -1,0 +1,34 @@
+"""Context prediction: where does a patch lie relative to the centre patch?
+
+Doersch, Gupta, Efros. "Unsupervised Visual Representation Learning by Context
+Prediction", ICCV 2015 (arXiv:1505.05192).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..models.heads import mlp
+from ..pretext import PatchPairViews, tile_features
+from .base import Method
+
+
+class ContextPrediction(Method):
+    """Relative patch location (Doersch et al. 2015): 8-way classification of a neighbour's position.
+
+    The centre patch and one of its eight neighbours (with gaps and jitter, from
+    :class:`selfsup.pretext.PatchPairViews`) go through the shared trunk; their features are
+    concatenated (the paper's fc6 pair -> fc7 -> fc8) and classified into the 8 positions.
+    """
+
+    views_class = PatchPairViews
+
+    def __init__(self, backbone: nn.Module, views: nn.Module, *, head_hidden_dim: int = 1024) -> None:
+        super().__init__(backbone, views)
+        self.classifier = mlp(2 * backbone.num_features, head_hidden_dim, 8, 2)
+
+    def forward(self, views: list[torch.Tensor], index: torch.Tensor) -> dict[str, torch.Tensor]:
+        pairs, labels = views
+        logits = self.classifier(tile_features(self.backbone, pairs).flatten(1)).float()
+        return {"loss": F.cross_entropy(logits, labels), "accuracy": (logits.argmax(1) == labels).float().mean()}

@@ -1,0 +1,35 @@
+"""Exemplar-CNN: every training image is its own surrogate class.
+
+Dosovitskiy, Springenberg, Riedmiller, Brox. "Discriminative Unsupervised Feature Learning
+with Convolutional Neural Networks", NeurIPS 2014 (arXiv:1406.6909).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..pretext import ExemplarViews
+from .base import Method
+
+
+class Exemplar(Method):
+    """Exemplar-CNN (Dosovitskiy et al. 2014): classify heavy augmentations of each seed image.
+
+    The surrogate class of an image is its dataset index, so there are as many classes as
+    training images (the paper: 8000-32000 seed patches; use ``data.subset`` to choose how
+    many). A linear classifier over the pooled features; heavy augmentation from
+    :class:`selfsup.pretext.ExemplarViews` (crop and scale, rotation, colour).
+    The classifier has one row per image: memory grows as N x D.
+    """
+
+    views_class = ExemplarViews
+    injected_args = ("backbone", "views", "num_images")
+
+    def __init__(self, backbone: nn.Module, views: nn.Module, *, num_images: int) -> None:
+        super().__init__(backbone, views)
+        self.classifier = nn.Linear(backbone.num_features, num_images)
+
+    def forward(self, views: list[torch.Tensor], index: torch.Tensor) -> dict[str, torch.Tensor]:
+        logits = self.classifier(self.backbone(views[0])).float()
+        return {"loss": F.cross_entropy(logits, index), "accuracy": (logits.argmax(1) == index).float().mean()}

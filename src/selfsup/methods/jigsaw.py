@@ -1,0 +1,41 @@
+"""Jigsaw puzzles: recover which permutation shuffled the 3x3 tiles of an image.
+
+Noroozi & Favaro. "Unsupervised Learning of Visual Representations by Solving Jigsaw
+Puzzles", ECCV 2016 (arXiv:1603.09246).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..models.heads import mlp
+from ..pretext import JigsawViews, tile_features
+from .base import Method
+
+
+class Jigsaw(Method):
+    """Jigsaw / context-free network (Noroozi & Favaro 2016): classify the tile permutation.
+
+    Every tile goes through the same trunk (the backbone, shared weights), is projected to
+    ``tile_dim`` (the paper's fc6, 512), the nine projections are concatenated in the shuffled
+    order and an MLP (fc7 4096 -> fc8, here ``head_hidden_dim``) classifies the permutation
+    among the set of the views (``views.num_permutations``; maximal minimal Hamming distance).
+    Tiles are jittered, separated by random gaps, normalised one by one and randomly
+    gray (:class:`selfsup.pretext.JigsawViews`), the paper's guards against shortcuts.
+    """
+
+    views_class = JigsawViews
+
+    def __init__(self, backbone: nn.Module, views: nn.Module, *, tile_dim: int = 512,
+                 head_hidden_dim: int = 1024) -> None:
+        super().__init__(backbone, views)
+        tiles = views.grid ** 2
+        self.tile_projector = nn.Sequential(nn.Linear(backbone.num_features, tile_dim), nn.ReLU(inplace=True))
+        self.classifier = mlp(tiles * tile_dim, head_hidden_dim, len(views.permutations), 2)
+
+    def forward(self, views: list[torch.Tensor], index: torch.Tensor) -> dict[str, torch.Tensor]:
+        tiles, labels = views
+        per_tile = self.tile_projector(tile_features(self.backbone, tiles))   # (B, 9, tile_dim)
+        logits = self.classifier(per_tile.flatten(1)).float()
+        return {"loss": F.cross_entropy(logits, labels), "accuracy": (logits.argmax(1) == labels).float().mean()}

@@ -1,0 +1,48 @@
+"""NPID: instance discrimination with a non-parametric softmax over a memory bank.
+
+Wu, Xiong, Yu, Lin. "Unsupervised Feature Learning via Non-Parametric Instance
+Discrimination", CVPR 2018 (arXiv:1805.01978).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..memory import MemoryBank
+from ..views import OneView
+from .base import Method
+
+
+class NPID(Method):
+    """NPID (Wu et al. 2018): every image is its own class, scored against a memory bank.
+
+    backbone -> linear -> L2-normalised 128-d v_i; P(i | v) = exp(v . m_i / tau) / Z,
+    learnt by NCE with ``num_negatives`` noise samples from the bank (paper: 4096,
+    tau = 0.07, bank momentum 0.5). ``proximal`` > 0 adds the proximal regulariser of
+    Sec. 3.4, proximal * ||v_i - m_i||^2 (m_i: the image's feature from the last epoch),
+    which smooths training when each class is seen once per epoch. The paper's classifier
+    is the weighted kNN (k = 200) on these features: ``selfsup eval knn``.
+    Augmentations (Sec. 4): random resized crop, colour jitter, grayscale, flip.
+    """
+
+    views_class = OneView
+    injected_args = ("backbone", "views", "num_images", "seed")
+
+    def __init__(self, backbone: nn.Module, views: nn.Module, *, num_images: int, seed: int = 0,
+                 feature_dim: int = 128, num_negatives: int = 4096, temperature: float = 0.07,
+                 bank_momentum: float = 0.5, normalizer: str = "batch", proximal: float = 0.0) -> None:
+        super().__init__(backbone, views)
+        self.projector = nn.Linear(backbone.num_features, feature_dim)
+        self.memory = MemoryBank(num_images, feature_dim, momentum=bank_momentum, num_negatives=num_negatives,
+                                 temperature=temperature, normalizer=normalizer, seed=seed)
+        self.proximal = proximal
+
+    def forward(self, views: list[torch.Tensor], index: torch.Tensor) -> dict[str, torch.Tensor]:
+        features = F.normalize(self.projector(self.backbone(views[0])).float(), dim=1)
+        loss = self.memory.nce(features, index, self.memory.sample_negatives())
+        if self.proximal > 0:
+            loss = loss + self.proximal * (features - self.memory.bank[index]).square().sum(1).mean()
+        if self.training:
+            self.memory.update(index, features)
+        return {"loss": loss}
