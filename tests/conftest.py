@@ -120,6 +120,28 @@ def tiny_overrides(root: Path, **extra: object) -> list[str]:
     return [f"{k}={v}" for k, v in settings.items()]
 
 
+def crash_then_resume(config, run_dir: Path, monkeypatch, crash_step: int) -> int:  # noqa: ANN001
+    """Train ``config`` into ``run_dir`` until a simulated crash at ``crash_step``, then resume it
+    to the end. Returns the step of the checkpoint the resumed run started from."""
+    from selfsup import checkpoint
+    from selfsup.trainer import Trainer, pretrain
+
+    original = Trainer.train_step
+
+    def crash(self, images, index):  # noqa: ANN001, ANN202
+        if self.step == crash_step:
+            raise RuntimeError("simulated crash")
+        return original(self, images, index)
+
+    monkeypatch.setattr(Trainer, "train_step", crash)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        pretrain(config, run_dir, quiet=True)
+    resumed_from = checkpoint.load(run_dir)["step"]
+    monkeypatch.setattr(Trainer, "train_step", original)
+    pretrain(config, run_dir, resume=True, quiet=True)
+    return resumed_from
+
+
 def tiny_config(root: Path, **extra: object):  # noqa: ANN201
     from selfsup.config import apply_overrides, resolve
 

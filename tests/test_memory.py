@@ -5,10 +5,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import tiny_config
+from conftest import crash_then_resume, tiny_config
 from selfsup import checkpoint
 from selfsup.memory import MemoryBank
-from selfsup.trainer import Trainer, pretrain
+from selfsup.trainer import pretrain
 
 
 def test_entries_start_and_stay_unit_length_and_update_by_moving_average():
@@ -68,18 +68,7 @@ def test_bank_and_negatives_survive_crash_and_resume(mnist_root, tmp_path, monke
     config = tiny_config(mnist_root, method__name=method, train__checkpoint_every_steps=1, train__epochs=2,
                          train__knn_every=0, **extra)
     pretrain(config, tmp_path / "straight", quiet=True)
-    original = Trainer.train_step
-
-    def crash_at_step_5(self, images, index):
-        if self.step == 5:
-            raise RuntimeError("simulated crash")
-        return original(self, images, index)
-
-    monkeypatch.setattr(Trainer, "train_step", crash_at_step_5)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        pretrain(config, tmp_path / "crashed", quiet=True)
-    monkeypatch.setattr(Trainer, "train_step", original)
-    pretrain(config, tmp_path / "crashed", resume=True, quiet=True)
+    assert crash_then_resume(config, tmp_path / "crashed", monkeypatch, crash_step=5) == 5
     straight = checkpoint.load(tmp_path / "straight")["model"]
     resumed = checkpoint.load(tmp_path / "crashed")["model"]
     assert straight.keys() == resumed.keys() and "memory.bank" in straight and "memory._extra_state" in straight

@@ -81,3 +81,55 @@ def test_registry_names_are_snake_case_and_documented():
     for name, cls in METHODS.items():
         assert name == name.lower() and " " not in name
         assert cls.__doc__ and "20" in cls.__doc__.splitlines()[0], f"{name}: first docstring line cites the paper"
+
+
+class _FirstPixels(torch.nn.Module):
+    """A 'backbone' whose features are the first two pixels: losses become hand-checkable."""
+
+    num_features = 2
+
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(()))
+
+    def forward(self, x):
+        return self.scale * x.flatten(1)[:, :2]
+
+
+def test_counting_loss_is_the_paper_formula():
+    from selfsup.methods import Counting
+
+    method = Counting(_FirstPixels(), torch.nn.Identity(), count_dim=2, margin=10.0)
+    with torch.no_grad():
+        method.counter[0].weight.copy_(torch.eye(2))
+        method.counter[0].bias.zero_()
+    # Image 0: phi(D x) = (1, 2), tiles (0.5, 0.5) x 4 -> sum (2, 2). Image 1: phi(D y) = (3, 0), tiles sum (3, 0).
+    down = torch.zeros(2, 1, 2, 2)
+    down[0].view(-1)[:2] = torch.tensor([1.0, 2.0])
+    down[1].view(-1)[:2] = torch.tensor([3.0, 0.0])
+    tiles = torch.zeros(2, 4, 1, 2, 2)
+    tiles[0, :, 0, 0, :2] = 0.5
+    tiles[1, :, 0, 0, :2] = torch.tensor([0.75, 0.0])
+    loss = method([down, tiles], torch.arange(2))["loss"]
+    # match: ||(1,2)-(2,2)||^2 = 1 and 0; contrast (other = the previous image, rolled):
+    # image 0 vs phi(D y)=(3,0): max(0, 10 - ||(3,0)-(2,2)||^2) = 5; image 1 vs (1,2): max(0, 10 - 8) = 2.
+    assert loss.item() == pytest.approx(((1 + 5) + (0 + 2)) / 2)
+
+
+def test_pirl_loss_weighs_its_two_nce_terms_by_lambda():
+    torch.manual_seed(0)
+    config = resolve({"method": {"name": "pirl", "loss_lambda": 0.3, "num_negatives": 32},
+                      "views": {"transform": "rotation"}, "backbone": {"name": "toy", "width": 8}})
+    method = build_method(config, DATA).eval()
+    images, index = _batch()
+    with torch.no_grad():
+        views = method.views(images)
+        generator_state = method.memory.generator.get_state()
+        total = method(views, index)["loss"]
+        method.memory.generator.set_state(generator_state)
+        negatives = method.memory.sample_negatives()
+        v_image = torch.nn.functional.normalize(method.f(method.backbone(views[0])), dim=1)
+        v_rotated = torch.nn.functional.normalize(method.g_input(method.backbone(views[1])), dim=1)
+        expected = 0.3 * method.memory.nce(v_rotated, index, negatives) + 0.7 * method.memory.nce(v_image, index,
+                                                                                                  negatives)
+    assert total.item() == pytest.approx(expected.item(), rel=1e-5)

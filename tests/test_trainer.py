@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from conftest import tiny_config, tiny_overrides
+from conftest import crash_then_resume, tiny_config, tiny_overrides
 from selfsup import checkpoint
 from selfsup.errors import SelfsupError
 from selfsup.methods.simclr import SimCLR
@@ -49,19 +49,8 @@ def test_crash_and_resume_matches_an_uninterrupted_run(mnist_root, tmp_path, mon
     config = tiny_config(mnist_root, train__checkpoint_every_steps=1, train__epochs=3)
     pretrain(config, tmp_path / "straight", quiet=True)
 
-    original = Trainer.train_step
-
-    def crash_at_step_6(self, images, index):
-        if self.step == 6:
-            raise RuntimeError("simulated crash")
-        return original(self, images, index)
-
-    monkeypatch.setattr(Trainer, "train_step", crash_at_step_6)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        pretrain(config, tmp_path / "crashed", quiet=True)
-    assert checkpoint.load(tmp_path / "crashed")["step"] == 6  # mid-epoch (4 steps an epoch)
-    monkeypatch.setattr(Trainer, "train_step", original)
-    pretrain(config, tmp_path / "crashed", resume=True, quiet=True)
+    resumed_from = crash_then_resume(config, tmp_path / "crashed", monkeypatch, crash_step=6)
+    assert resumed_from == 6  # mid-epoch (4 steps an epoch)
     _assert_same_weights(_weights(tmp_path / "straight"), _weights(tmp_path / "crashed"))
     rows = lambda run: [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())]  # noqa: E731
     straight, resumed = rows(tmp_path / "straight"), rows(tmp_path / "crashed")

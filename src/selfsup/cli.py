@@ -76,11 +76,13 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
     if args.list_methods:
         print("methods (selfsup pretrain --method NAME, or a preset with -c):")
-        for name, summary in describe_methods():
+        methods = describe_methods()
+        width = max(len(name) for name, _ in methods)
+        for name, summary in methods:
             presets = [p for p in list_presets() if p.startswith(name + "_")]
-            print(f"  {name:14s} {summary}")
+            print(f"  {name:{width}s} {summary}")
             if presets:
-                print(f"  {'':14s} presets: {', '.join(presets)}")
+                print(f"  {'':{width}s} presets: {', '.join(presets)}")
         return 0
     config = _config_from_args(args)
     if args.print_config:
