@@ -315,7 +315,4 @@ class ExemplarViews(Augment):
 def tile_features(backbone: nn.Module, tiles: torch.Tensor) -> torch.Tensor:
     """(B, T, C, t, t) tiles through one shared trunk -> (B, T, D)."""
     batch, count = tiles.shape[:2]
-    flat = tiles.flatten(0, 1)
-    if flat.dtype.is_floating_point and next(backbone.parameters()).is_contiguous(memory_format=torch.channels_last):
-        flat = flat.contiguous(memory_format=torch.channels_last)
-    return backbone(flat).view(batch, count, -1)
+    return backbone(tiles.flatten(0, 1)).view(batch, count, -1)

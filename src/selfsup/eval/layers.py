@@ -9,7 +9,6 @@ models), then a linear classifier is trained on the frozen, standardised feature
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 from pathlib import Path
@@ -25,6 +24,7 @@ from ..data import ImageDataset
 from ..errors import SelfsupError
 from ..runtime import write_json
 from ..views import EvalView
+from .features import extract_features
 from .linear import linear_probe
 
 
@@ -33,31 +33,18 @@ def pooled_grid(channels: int, height: int, dim: int) -> int:
     return max(1, min(height, round(math.sqrt(dim / channels))))
 
 
-@torch.no_grad()
 def stage_features(backbone: nn.Module, images: torch.Tensor, view: EvalView, *, dim: int = 2048,
-                   batch_size: int = 256, autocast_dtype: torch.dtype | None = None,
-                   desc: str | None = None) -> dict[str, torch.Tensor]:
+                   **options: Any) -> dict[str, torch.Tensor]:
     """{stage: (N, ~dim) float32 CPU features} for every stage of ``backbone.forward_stages``."""
     if not hasattr(backbone, "forward_stages"):
         raise SelfsupError(f"{type(backbone).__name__} does not expose its stages (forward_stages); "
                            "the layer-wise probe needs a ResNet-style backbone")
-    device = next(backbone.parameters()).device
-    was_training = backbone.training
-    backbone.eval()
-    view = view.to(device)
-    chunks: dict[str, list[torch.Tensor]] = {}
-    autocast = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
-                else contextlib.nullcontext())
-    try:
-        for batch in tqdm(images.split(batch_size), desc=desc, disable=desc is None, leave=False, unit="batch"):
-            with autocast:
-                stages = backbone.forward_stages(view(batch.to(device)))
-            for name, fmap in stages.items():
-                grid = pooled_grid(fmap.shape[1], fmap.shape[-1], dim)
-                chunks.setdefault(name, []).append(F.adaptive_avg_pool2d(fmap.float(), grid).flatten(1).cpu())
-    finally:
-        backbone.train(was_training)
-    return {name: torch.cat(parts) for name, parts in chunks.items()}
+
+    def pooled_stages(x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {name: F.adaptive_avg_pool2d(fmap.float(), pooled_grid(fmap.shape[1], fmap.shape[-1], dim)).flatten(1)
+                for name, fmap in backbone.forward_stages(x).items()}
+
+    return extract_features(backbone, images, view, encode=pooled_stages, **options)
 
 
 def probe_layers(name: str, backbone: nn.Module, train: ImageDataset, test: ImageDataset, view: EvalView,

@@ -174,20 +174,17 @@ def layers_for_checkpoints(paths: list[str], overrides: list[str] = (), out_dir:
     everything: dict = {}
     out_dir = out_dir or default_output_dir(Path(paths[0]))
     for path in paths:
-        method, config, state = load_checkpoint_model(path, overrides)
-        train, test = labeled_splits(config, quiet)
+        evaluator, config = checkpoint_evaluator(path, overrides, out_dir, quiet)
+        train = evaluator.train
         if train_size is not None:
             train = train.balanced_subset(train_size, seed=config.train.seed)
-        data = state["data"]
-        device = pick_device(config.train.device)
-        precision = resolve_precision(config.train.precision, device)
-        name = f"{config.method_name} ({Path(state['path']).stem}, step {state['step']})"
+        name = evaluator.name
         if name in everything:  # two runs of one method: tell them apart by folder
-            name = f"{name} [{Path(state['path']).parent.parent.name}]"
-        results = probe_layers(name, method.backbone, train, test, EvalView(data["image_size"], data["mean"], data["std"]),
-                               config.eval, dim=dim, device=device, autocast_dtype=precision.dtype,
+            name = f"{name} [{Path(evaluator.cache_key['checkpoint']).parent.parent.name}]"
+        results = probe_layers(name, evaluator.backbone, train, evaluator.test, evaluator.view, config.eval, dim=dim,
+                               device=evaluator.device, autocast_dtype=evaluator.precision.dtype,
                                seed=config.train.seed, quiet=quiet)
-        settings = {"checkpoint": str(Path(state["path"]).resolve()), "pooled_dim": dim, "train_images": len(train),
-                    "test_images": len(test), "solver": config.eval.linear_solver}
+        settings = {"checkpoint": evaluator.cache_key["checkpoint"], "pooled_dim": dim, "train_images": len(train),
+                    "test_images": len(evaluator.test), "solver": config.eval.linear_solver}
         everything = record_layers(out_dir, name, results, settings)
     return everything, out_dir

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from torch import nn
+
 from ..errors import SelfsupError, closest
 from .base import Method
 from .context import ContextPrediction
@@ -56,9 +58,15 @@ def build_method(config: RunConfig, data: dict) -> Method:
     method_cls = get_method(config.method_name)
     views = method_cls.views_class(data["image_size"], data["channels"], tuple(data["mean"]), tuple(data["std"]),
                                    **config.views)
-    # Arguments only the run knows: the bank size of memory-bank methods, the seed of their sampler.
-    injected = {"num_images": data.get("images", 0), "seed": config.train.seed}
-    return method_cls(backbone, views, **config.method_args,
+    return instantiate(method_cls, backbone, views, config.method_args, data.get("images", 0), config.train.seed)
+
+
+def instantiate(method_cls: type[Method], backbone: nn.Module, views: nn.Module, method_args: dict,
+                num_images: int, seed: int) -> Method:
+    """``method_cls`` with its config arguments plus those only the run knows, where it takes
+    them: the bank size of memory-bank methods and the seed of their sampler."""
+    injected = {"num_images": num_images, "seed": seed}
+    return method_cls(backbone, views, **method_args,
                       **{k: v for k, v in injected.items() if k in method_cls.injected_args})
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..views import TwoViews
@@ -35,3 +36,9 @@ class Method(nn.Module):
     @torch.no_grad()
     def after_step(self, progress: float) -> None:
         """Called once after every optimiser step with progress in [0, 1]: EMA and momentum updates."""
+
+
+def classification(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Cross-entropy and accuracy of a pretext classifier (rotation, permutation, position, exemplar)."""
+    logits = logits.float()
+    return {"loss": F.cross_entropy(logits, labels), "accuracy": (logits.argmax(1) == labels).float().mean()}

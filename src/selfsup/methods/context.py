@@ -6,12 +6,11 @@ Prediction", ICCV 2015 (arXiv:1505.05192).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..models.heads import mlp
 from ..pretext import PatchPairViews, tile_features
-from .base import Method
+from .base import Method, classification
 
 
 class ContextPrediction(Method):
@@ -30,5 +29,4 @@ class ContextPrediction(Method):
 
     def forward(self, views: list[torch.Tensor], index: torch.Tensor) -> dict[str, torch.Tensor]:
         pairs, labels = views
-        logits = self.classifier(tile_features(self.backbone, pairs).flatten(1)).float()
-        return {"loss": F.cross_entropy(logits, labels), "accuracy": (logits.argmax(1) == labels).float().mean()}
+        return classification(self.classifier(tile_features(self.backbone, pairs).flatten(1)), labels)

@@ -6,11 +6,10 @@ with Convolutional Neural Networks", NeurIPS 2014 (arXiv:1406.6909).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..pretext import ExemplarViews
-from .base import Method
+from .base import Method, classification
 
 
 class Exemplar(Method):
@@ -31,5 +30,4 @@ class Exemplar(Method):
         self.classifier = nn.Linear(backbone.num_features, num_images)
 
     def forward(self, views: list[torch.Tensor], index: torch.Tensor) -> dict[str, torch.Tensor]:
-        logits = self.classifier(self.backbone(views[0])).float()
-        return {"loss": F.cross_entropy(logits, index), "accuracy": (logits.argmax(1) == index).float().mean()}
+        return classification(self.classifier(self.backbone(views[0])), index)

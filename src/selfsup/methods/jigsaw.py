@@ -6,12 +6,11 @@ Puzzles", ECCV 2016 (arXiv:1603.09246).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..models.heads import mlp
 from ..pretext import JigsawViews, tile_features
-from .base import Method
+from .base import Method, classification
 
 
 class Jigsaw(Method):
@@ -37,5 +36,4 @@ class Jigsaw(Method):
     def forward(self, views: list[torch.Tensor], index: torch.Tensor) -> dict[str, torch.Tensor]:
         tiles, labels = views
         per_tile = self.tile_projector(tile_features(self.backbone, tiles))   # (B, 9, tile_dim)
-        logits = self.classifier(per_tile.flatten(1)).float()
-        return {"loss": F.cross_entropy(logits, labels), "accuracy": (logits.argmax(1) == labels).float().mean()}
+        return classification(self.classifier(per_tile.flatten(1)), labels)

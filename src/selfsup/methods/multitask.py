@@ -46,20 +46,19 @@ class MultiTask(Method):
 
     def __init__(self, backbone: nn.Module, views: nn.Module, *, num_images: int, seed: int = 0,
                  tasks: dict[str, float] | None = None, task_args: dict[str, dict] | None = None) -> None:
-        from . import METHODS
+        from . import METHODS, instantiate
         from ..config import check_kwargs, VIEW_INJECTED_ARGS
 
         super().__init__(backbone, views)
         tasks = dict(tasks or {"rotation": 1.0, "jigsaw": 1.0})
         task_args = dict(task_args or {})
+        pretext = [n for n, cls in METHODS.items() if cls is not MultiTask]
         for name in [*tasks, *task_args]:
-            if name not in METHODS or METHODS[name] in (MultiTask,):
-                pretext = [n for n in METHODS if n != "multitask"]
+            if name not in pretext:
                 raise SelfsupError(f"method.tasks: unknown task '{name}'{closest(name, pretext)}")
         self.weights = tasks
         self.heads = nn.ModuleDict()
         self.view_counts: dict[str, int] = {}
-        injected = {"num_images": num_images, "seed": seed}
         for name in tasks:
             cls = METHODS[name]
             args = dict(task_args.get(name, {}))
@@ -68,8 +67,7 @@ class MultiTask(Method):
             method_args = check_kwargs(f"method.task_args.{name}", args, cls, skip=cls.injected_args)
             task_views = cls.views_class(*views.image, **view_args)
             views.tasks[name] = task_views
-            head = cls(backbone, task_views, **method_args,
-                       **{k: v for k, v in injected.items() if k in cls.injected_args})
+            head = instantiate(cls, backbone, task_views, method_args, num_images, seed)
             borrow(head, "backbone")
             borrow(head, "views")
             self.heads[name] = head

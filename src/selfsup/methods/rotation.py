@@ -6,12 +6,11 @@ Rotations", ICLR 2018 (arXiv:1803.07728).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..models.heads import mlp
 from ..pretext import RotationViews
-from .base import Method
+from .base import Method, classification
 
 
 class Rotation(Method):
@@ -31,6 +30,4 @@ class Rotation(Method):
 
     def forward(self, views: list[torch.Tensor], index: torch.Tensor) -> dict[str, torch.Tensor]:
         rotated, labels = views
-        logits = self.classifier(self.backbone(rotated))
-        loss = F.cross_entropy(logits.float(), labels)
-        return {"loss": loss, "accuracy": (logits.argmax(1) == labels).float().mean()}
+        return classification(self.classifier(self.backbone(rotated)), labels)
