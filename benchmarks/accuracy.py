@@ -25,10 +25,10 @@ import torch
 from torch import nn
 from torchvision.transforms import v2
 
-from selfsup.config import apply_overrides, read_yaml, resolve
-from selfsup.eval.run import checkpoint_evaluator
-from selfsup.runtime import describe_device, library_versions
-from selfsup.trainer import Trainer
+from selfsup.config import apply_overrides, find_config, read_yaml, resolve
+from selfsup.engine.runtime import describe_device, library_versions
+from selfsup.recipes.evaluate import checkpoint_evaluator
+from selfsup.recipes.pretrain import Pretraining
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,6 +38,7 @@ class PerImageViews(nn.Module):
 
     def __init__(self, views: dict, image_size: int, mean: list[float], std: list[float]) -> None:
         super().__init__()
+        views = views["augment"]
         brightness, contrast, saturation, hue = views["jitter"]
         self.transform = v2.Compose([
             v2.RandomResizedCrop(image_size, scale=views["crop_scale"], ratio=views["crop_ratio"], antialias=True),
@@ -58,14 +59,14 @@ def run_variant(name: str, seed: int, args: argparse.Namespace, out: Path) -> di
     overrides = [f"train.precision={precision}", f"train.channels_last={'false' if precision == 'fp32' else 'true'}",
                  f"train.seed={seed}", f"train.epochs={args.epochs}", f"data.subset={args.subset}",
                  "train.knn_every=1"]
-    config = resolve(apply_overrides(read_yaml(ROOT / "configs" / "demo.yaml"), overrides))
+    config = resolve(apply_overrides(read_yaml(find_config("demo")), overrides))
     run_dir = out / f"{name}-seed{seed}"
-    trainer = Trainer(config, run_dir, resume=True, quiet=True)
+    run = Pretraining(config, run_dir, resume=True, quiet=True)
     if name == "bf16-per-image":
-        trainer.method.views = PerImageViews(config.views, trainer.data_info["image_size"],
-                                             trainer.data_info["mean"], trainer.data_info["std"])
+        run.method.views = PerImageViews(config.views, run.data_info["image_size"], run.data_info["mean"],
+                                         run.data_info["std"])
     started = time.perf_counter()
-    summary = trainer.fit()
+    summary = run.fit()
     minutes = (time.perf_counter() - started) / 60
     evaluator, _ = checkpoint_evaluator(run_dir, quiet=True)
     knn = evaluator.knn(config.eval.knn_k, config.eval.knn_temperature)["top1"]

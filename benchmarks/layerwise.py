@@ -26,11 +26,11 @@ from pathlib import Path
 
 import torch
 
-from selfsup.config import apply_overrides, read_yaml, resolve
+from selfsup.config import apply_overrides, find_config, read_yaml, resolve
+from selfsup.engine.runtime import describe_device, library_versions
 from selfsup.eval.layers import layers_table
-from selfsup.eval.run import checkpoint_evaluator, layers_for_checkpoints, run_protocols
-from selfsup.runtime import describe_device, library_versions
-from selfsup.trainer import pretrain
+from selfsup.recipes.evaluate import checkpoint_evaluator, layers_for_checkpoints
+from selfsup.recipes.pretrain import pretrain
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,11 +51,11 @@ def main() -> None:
               f"data.image_size={args.image_size}", "train.knn_every=0", f"train.device={args.device}"]
     rows, checkpoints = {}, []
     for method in args.methods:
-        config = resolve(apply_overrides(read_yaml(ROOT / "configs" / f"{method}_fashion_mnist.yaml"), shared))
+        config = resolve(apply_overrides(read_yaml(find_config(f"{method}_fashion_mnist")), shared))
         run_dir = out / method
         summary = pretrain(config, run_dir, resume=True, quiet=True)
         evaluator, config = checkpoint_evaluator(run_dir, quiet=True)
-        results = run_protocols(evaluator, ["knn", "linear"], config.eval, config.train.seed)[evaluator.name]
+        results = evaluator.run(["knn", "linear"], config.eval, config.train.seed)[evaluator.name]
         rows[method] = {"knn_top1": results["knn"]["top1"], "linear_top1": results["linear"]["top1"],
                         "train_minutes": summary["train_minutes"], "img_per_s": summary["img_per_s"]}
         print(json.dumps({method: rows[method]}), flush=True)

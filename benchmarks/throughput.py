@@ -40,24 +40,25 @@ from pathlib import Path
 
 import torch
 
-from selfsup.config import apply_overrides, read_yaml, resolve
-from selfsup.runtime import describe_device, library_versions
-from selfsup.trainer import Trainer
+from selfsup.config import apply_overrides, find_config, read_yaml, resolve
+from selfsup.engine import to_channels_last
+from selfsup.engine.runtime import describe_device, library_versions
+from selfsup.recipes.pretrain import Pretraining
 from selfsup.views import ReplayViews
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def make_trainer(args: argparse.Namespace, precision: str, run_dir: Path) -> Trainer:
+def make_trainer(args: argparse.Namespace, precision: str, run_dir: Path) -> Pretraining:
     preset = "simclr_fashion_mnist" if args.setting == "fashion-mnist" else "simclr_stl10"
-    raw = read_yaml(ROOT / "configs" / f"{preset}.yaml")
+    raw = read_yaml(find_config(preset))
     overrides = [f"train.batch_size={args.batch_size}", f"train.precision={precision}", "train.knn_every=0",
                  f"backbone.width={args.width}", f"train.device={args.device}", "train.log_every=1000000"]
     if args.data_root:
         overrides.append(f"data.root={args.data_root}")
     if args.setting == "stl10-like":
         overrides += ["data.name=tensors", f"data.root={stl10_like(run_dir.parent)}", "data.train_split=train"]
-    return Trainer(resolve(apply_overrides(raw, overrides)), run_dir, quiet=True)
+    return Pretraining(resolve(apply_overrides(raw, overrides)), run_dir, quiet=True)
 
 
 def stl10_like(folder: Path) -> Path:
@@ -88,36 +89,36 @@ def synchronize() -> None:
         torch.cuda.synchronize()
 
 
-def ours_end_to_end(trainer: Trainer):  # noqa: ANN201
+def ours_end_to_end(trainer: Pretraining):  # noqa: ANN201
     batches = iter(())
 
     def step() -> int:
         nonlocal batches
         try:
-            images, _, index = next(batches)
+            images, targets, index = next(batches)
         except StopIteration:
-            trainer.loader.set_epoch(trainer.step)
+            trainer.loader.set_epoch(trainer.engine.step)
             batches = trainer.loader.iterate()
-            images, _, index = next(batches)
-        trainer.train_step(images, index)
+            images, targets, index = next(batches)
+        trainer.engine.train_step(images, targets, index)
         return len(images)
 
     return step
 
 
-def ours_model_only(trainer: Trainer):  # noqa: ANN201
-    images, _, index = next(trainer.loader.iterate())
+def ours_model_only(trainer: Pretraining):  # noqa: ANN201
+    images, targets, index = next(trainer.loader.iterate())
     with torch.no_grad():
         views = trainer.method.views(images)
     if trainer.channels_last:
-        views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+        views = to_channels_last(views)
     replay = ReplayViews(views)
     real_views = trainer.method.views
 
     def step() -> int:
         trainer.method.views = replay  # swapped in only for this variant's steps
         try:
-            trainer.train_step(images, index)
+            trainer.engine.train_step(images, targets, index)
         finally:
             trainer.method.views = real_views
         return len(images)
@@ -125,7 +126,7 @@ def ours_model_only(trainer: Trainer):  # noqa: ANN201
     return step
 
 
-def lightly_pipeline(trainer: Trainer, args: argparse.Namespace, workers: int, precision: str,  # noqa: ANN201
+def lightly_pipeline(trainer: Pretraining, args: argparse.Namespace, workers: int, precision: str,  # noqa: ANN201
                      channels_last: bool):
     """lightly's documented SimCLR recipe around the same network; None when lightly is absent."""
     try:
@@ -137,9 +138,9 @@ def lightly_pipeline(trainer: Trainer, args: argparse.Namespace, workers: int, p
     from PIL import Image
     from torch import nn
 
-    dataset = trainer.train_set
+    dataset = trainer.splits.train
     mean, std = trainer.data_info["mean"], trainer.data_info["std"]
-    views = trainer.config.views
+    views = trainer.config.views["augment"]
     jitter = views["jitter"]
     transform = SimCLRTransform(
         input_size=dataset.image_size, cj_prob=views["jitter_p"], cj_strength=0.5, cj_bright=jitter[0] / 0.5,

@@ -42,7 +42,7 @@ def write_idx(path: Path, array: np.ndarray, gz: bool = True) -> Path:
     return path
 
 
-def write_mnist_folder(root: Path, train: int = 64, test: int = 32, size: int = 16, gz: bool = True,
+def write_mnist_folder(root: Path, train: int = 80, test: int = 32, size: int = 16, gz: bool = True,
                        classes: int = 4) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     for prefix, count, seed in (("train", train, 0), ("t10k", test, 1)):
@@ -99,7 +99,8 @@ def write_image_folder(root: Path, per_class: int = 3, classes: tuple[str, ...] 
 
 @pytest.fixture
 def mnist_root(tmp_path: Path) -> Path:
-    """A Fashion-MNIST-format folder (idx .gz) with 64 train / 32 test 16 px images of 4 classes."""
+    """A Fashion-MNIST-format folder (idx .gz) with 80 train / 32 test 16 px images of 4 classes
+    (64 to train on once the kNN monitor of :func:`tiny_overrides` holds 16 out)."""
     return write_mnist_folder(tmp_path / "fmnist")
 
 
@@ -108,36 +109,39 @@ def tiny_overrides(root: Path, **extra: object) -> list[str]:
     settings = {
         "data.name": "fashion_mnist", "data.root": str(root), "backbone.name": "toy", "backbone.width": 8,
         "method.proj_hidden_dim": 32, "method.proj_dim": 16, "train.batch_size": 16, "train.epochs": 2,
-        "train.knn_every": 1, "train.knn_bank_size": 64, "train.knn_test_size": 32, "train.log_every": 1,
+        "train.knn_every": 1, "train.knn_bank_size": 64, "train.knn_test_size": 16, "train.log_every": 1,
         "optim.warmup_epochs": 0.5, "eval.linear_max_iter": 30, "eval.linear_weight_decays": "[0.0, 0.001]",
-        "views.crop_scale": "[0.5, 1.0]",
+        "views.augment.crop_scale": "[0.5, 1.0]",
     }
     settings.update({k.replace("__", "."): v for k, v in extra.items()})
     if settings.get("method.name", "simclr") != "simclr":  # the projection sizes above are SimCLR's
         settings = {k: v for k, v in settings.items() if not k.startswith("method.proj_")}
-    if settings.get("method.name") == "multitask":  # its views are configured per task
-        settings = {k: v for k, v in settings.items() if not k.startswith("views.")}
+    from selfsup.arguments import signature_defaults
+    from selfsup.methods import get_method
+
+    if "augment" not in signature_defaults(get_method(settings.get("method.name", "simclr")).views_class):
+        settings.pop("views.augment.crop_scale")  # e.g. multi-task: views are configured per task
     return [f"{k}={v}" for k, v in settings.items()]
 
 
 def crash_then_resume(config, run_dir: Path, monkeypatch, crash_step: int) -> int:  # noqa: ANN001
     """Train ``config`` into ``run_dir`` until a simulated crash at ``crash_step``, then resume it
     to the end. Returns the step of the checkpoint the resumed run started from."""
-    from selfsup import checkpoint
-    from selfsup.trainer import Trainer, pretrain
+    from selfsup.engine import Engine, checkpoint
+    from selfsup.recipes.pretrain import pretrain
 
-    original = Trainer.train_step
+    original = Engine.train_step
 
-    def crash(self, images, index):  # noqa: ANN001, ANN202
+    def crash(self, images, targets, index):  # noqa: ANN001, ANN202
         if self.step == crash_step:
             raise RuntimeError("simulated crash")
-        return original(self, images, index)
+        return original(self, images, targets, index)
 
-    monkeypatch.setattr(Trainer, "train_step", crash)
+    monkeypatch.setattr(Engine, "train_step", crash)
     with pytest.raises(RuntimeError, match="simulated crash"):
         pretrain(config, run_dir, quiet=True)
     resumed_from = checkpoint.load(run_dir)["step"]
-    monkeypatch.setattr(Trainer, "train_step", original)
+    monkeypatch.setattr(Engine, "train_step", original)
     pretrain(config, run_dir, resume=True, quiet=True)
     return resumed_from
 

@@ -9,10 +9,10 @@ import torch
 
 from conftest import tiny_overrides, write_cifar, write_image_folder, write_stl10
 from selfsup.cli import main
-from selfsup.eval.run import load_checkpoint_model
+from selfsup.recipes.evaluate import load_encoder
 from selfsup.views import EvalView
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[1] / "src" / "selfsup" / "configs"
 
 
 def _sets(items):
@@ -63,11 +63,11 @@ def test_export_loads_into_plain_torchvision(trained_run, tmp_path):
     exec(info["recipe"].replace(out.name, str(out)), namespace)  # only torch, torchvision, safetensors
     plain = namespace["model"].eval()
     assert type(plain).__module__ == "torchvision.models.resnet"
-    method, _, state = load_checkpoint_model(trained_run)
+    encoder, _, state = load_encoder(trained_run)
     images = torch.randint(0, 256, (4, 1, 16, 16), dtype=torch.uint8)
     x = EvalView(16, state["data"]["mean"], state["data"]["std"])(images)
     with torch.no_grad():
-        assert torch.allclose(plain(x), method.backbone.eval()(x), atol=1e-5)
+        assert torch.allclose(plain(x), encoder.eval()(x), atol=1e-5)
     assert main(["export", str(trained_run), "--out", str(tmp_path / "b.pt")]) == 0
     assert set(torch.load(tmp_path / "b.pt", weights_only=True)) == set(plain.state_dict())
 
@@ -79,7 +79,7 @@ def test_data_commands(mnist_root, tmp_path, capsys):
     grid = tmp_path / "grid.png"
     assert main(["data", "inspect", "fashion_mnist", "--root", str(mnist_root), "--grid", str(grid), "--quiet"]) == 0
     info = json.loads(capsys.readouterr().out.split("sample grid")[0].split("ready in")[-1].split("\n", 1)[1])
-    assert info["images"] == 64 and info["shape"] == [1, 16, 16] and grid.stat().st_size > 1000
+    assert info["images"] == 80 and info["shape"] == [1, 16, 16] and grid.stat().st_size > 1000
 
 
 def test_list_methods_print_config_and_help(capsys):
@@ -110,7 +110,7 @@ def test_demo_runs_end_to_end(mnist_root, tmp_path, capsys):
 
 @pytest.mark.parametrize("args, message", [
     (["pretrain", "--set", "optim.lrr=1"], "error: unknown config key 'optim.lrr' (did you mean 'lr'?)"),
-    (["pretrain", "-c", "no_such_preset"], "error: config 'no_such_preset' not found (presets:"),
+    (["pretrain", "-c", "no_such_preset"], "error: config 'no_such_preset' not found (presets: context_prediction_"),
     (["eval", "knn", "missing/run"], "error: checkpoint missing/run does not exist"),
     (["data", "inspect", "fashoin_mnist"], "(did you mean 'fashion_mnist'?)"),
 ])

@@ -6,14 +6,14 @@ import yaml
 from selfsup.config import RunConfig, apply_overrides, load_config, resolve, to_yaml
 from selfsup.errors import SelfsupError
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[1] / "src" / "selfsup" / "configs"
 
 
 def test_defaults_resolve_with_method_and_view_defaults_filled_in():
     config = resolve({})
     assert config.method_name == "simclr"
     assert config.method_args["temperature"] == 0.5  # from SimCLR's signature, not a second copy
-    assert config.views["crop_scale"] == (0.08, 1.0)
+    assert config.views["augment"]["crop_scale"] == [0.08, 1.0]  # from TwoViews / AugmentSpec
     assert config.train.batch_size == 256
 
 
@@ -28,7 +28,8 @@ def test_yaml_round_trip_is_identical():
     ("optim.lrr=1", "unknown config key 'optim.lrr' (did you mean 'lr'?)"),
     ("trian.epochs=3", "unknown config key 'trian' (did you mean 'train'?)"),
     ("method.temprature=0.1", "unknown config key 'method.temprature' (did you mean 'temperature'?)"),
-    ("views.crop_scal=[0.2, 1.0]", "(did you mean 'crop_scale'?)"),
+    ("views.augment.crop_scal=[0.2, 1.0]", "(did you mean 'crop_scale'?)"),
+    ("views.crop_scale=[0.2, 1.0]", "Valid keys here: augment, augment_b"),
 ])
 def test_unknown_keys_name_the_closest_valid_key(override, fragment):
     with pytest.raises(SelfsupError) as err:
@@ -40,7 +41,7 @@ def test_unknown_keys_name_the_closest_valid_key(override, fragment):
     ("train.epochs=abc", "'train.epochs': expected int, got 'abc'"),
     ("train.epochs=1.5", "'train.epochs': expected int"),
     ("train.precision=fp8", "'train.precision': expected 'auto' | 'bf16' | 'fp16' | 'fp32'"),
-    ("views.crop_scale=[0.2]", "'views.crop_scale'"),
+    ("views.augment.crop_scale=[0.2]", "'views.augment.crop_scale'"),
     ("method.temperature=hot", "'method.temperature': expected float"),
     ("optim=3", "section 'optim' must be a mapping"),
 ])
@@ -51,10 +52,11 @@ def test_wrong_types_are_refused(override, fragment):
 
 
 def test_overrides_parse_yaml_values_and_convert_types():
-    config = resolve(apply_overrides({}, ["optim.lr=1", "views.crop_scale=[0.3, 1]", "data.subset=null",
+    config = resolve(apply_overrides({}, ["optim.lr=1", "views.augment.crop_scale=[0.3, 1]", "data.subset=null",
                                           "backbone.small_stem=true"]))
     assert config.optim.lr == 1.0 and isinstance(config.optim.lr, float)
-    assert config.views["crop_scale"] == (0.3, 1.0)
+    assert config.views["augment"]["crop_scale"] == [0.3, 1.0]
+    assert config.views["augment"]["grayscale_p"] == 0.2  # the rest of the nested section keeps its defaults
     assert config.data.subset is None and config.backbone.small_stem is True
 
 

@@ -13,7 +13,7 @@ import torch.multiprocessing as mp
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from conftest import tiny_config, tiny_overrides
-from selfsup import checkpoint
+from selfsup.engine import checkpoint
 from selfsup.errors import SelfsupError
 from selfsup.views import ReplayViews
 
@@ -35,7 +35,7 @@ def _fixed_views(rank: int, world: int) -> list[torch.Tensor]:
     return [v[rank * rows:(rank + 1) * rows] for v in views]
 
 
-def _steps(trainer, rank: int, world: int, steps: int = 3) -> list[float]:
+def _steps(run, rank: int, world: int, steps: int = 3) -> list[float]:
     """Run real train_steps on fixed views with frozen BatchNorm statistics.
 
     Per-process BN statistics differ from one process's statistics by design (SyncBN is
@@ -43,18 +43,19 @@ def _steps(trainer, rank: int, world: int, steps: int = 3) -> list[float]:
     the gradient through the gather, DDP's averaging, and the optimiser step. The frozen
     statistics are those of the whole global batch, the same in every setup.
     """
-    norms = [m for m in trainer.method.modules() if isinstance(m, _BatchNorm)]
+    norms = [m for m in run.method.modules() if isinstance(m, _BatchNorm)]
     for module in norms:
         module.reset_running_stats()
         module.momentum = None  # a plain average over the calibration pass
     with torch.no_grad():
-        trainer.method.backbone(torch.cat(_fixed_views(0, 1)))
-        trainer.method.projector(trainer.method.backbone(torch.cat(_fixed_views(0, 1))))
+        run.method.backbone(torch.cat(_fixed_views(0, 1)))
+        run.method.projector(run.method.backbone(torch.cat(_fixed_views(0, 1))))
     for module in norms:
         module.eval()
-    trainer.method.views = ReplayViews(_fixed_views(rank, world))
+    run.method.views = ReplayViews(_fixed_views(rank, world))
     index = torch.arange(GLOBAL_BATCH // world)
-    return [trainer.train_step(torch.zeros(1, dtype=torch.uint8), index)["loss"] for _ in range(steps)]
+    targets = torch.full_like(index, -1)
+    return [run.engine.train_step(torch.zeros(1, dtype=torch.uint8), targets, index)["loss"] for _ in range(steps)]
 
 
 def _exact_config(root):
@@ -66,23 +67,23 @@ def _worker(rank: int, world: int, port: int, root: str, out: str) -> None:
     os.environ.update(WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    from selfsup import dist
-    from selfsup.trainer import Trainer
+    from selfsup.engine import dist
+    from selfsup.recipes.pretrain import Pretraining
 
     results = {}
     for name, extra in (("odd_batch", {"train__batch_size": 15}), ("sync_bn", {"train__sync_bn": True})):
         try:
-            Trainer(tiny_config(Path(root), **extra), Path(out) / name, quiet=True)
+            Pretraining(tiny_config(Path(root), **extra), Path(out) / name, quiet=True)
         except SelfsupError as err:
             results[name] = str(err)
-    trainer = Trainer(_exact_config(root), Path(out) / "ddp", quiet=True)
+    run = Pretraining(_exact_config(root), Path(out) / "ddp", quiet=True)
     same_images = torch.randint(0, 256, (4, 1, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    my_views = trainer.method.views(same_images)[0]
+    my_views = run.method.views(same_images)[0]
     other_views = dist.gather(my_views.unsqueeze(0))
     results["augmentations_differ_across_ranks"] = not torch.allclose(other_views[0], other_views[1])
-    results["losses"] = _steps(trainer, rank, world)
+    results["losses"] = _steps(run, rank, world)
     if rank == 0:
-        torch.save({k: v.detach().clone() for k, v in trainer.method.state_dict().items()}, Path(out) / "ddp.pt")
+        torch.save({k: v.detach().clone() for k, v in run.method.state_dict().items()}, Path(out) / "ddp.pt")
         (Path(out) / "results.json").write_text(json.dumps(results))
     dist.destroy()
 
@@ -96,7 +97,7 @@ def one_thread():
 
 
 def test_two_gloo_processes_equal_one_process_on_the_concatenated_batch(mnist_root, tmp_path, one_thread):
-    from selfsup.trainer import Trainer
+    from selfsup.recipes.pretrain import Pretraining
 
     mp.spawn(_worker, args=(2, _free_port(), str(mnist_root), str(tmp_path)), nprocs=2, join=True)
     results = json.loads((tmp_path / "results.json").read_text())
@@ -104,7 +105,7 @@ def test_two_gloo_processes_equal_one_process_on_the_concatenated_batch(mnist_ro
     assert "sync_bn needs GPUs" in results["sync_bn"]
     assert results["augmentations_differ_across_ranks"]
 
-    single = Trainer(_exact_config(mnist_root), tmp_path / "single", quiet=True)
+    single = Pretraining(_exact_config(mnist_root), tmp_path / "single", quiet=True)
     single_losses = _steps(single, 0, 1)
     assert results["losses"] == pytest.approx(single_losses, rel=1e-5)
     assert results["losses"][-1] < results["losses"][0]  # and it learns
@@ -147,18 +148,18 @@ def _every_method_worker(rank: int, world: int, port: int, root: str, out: str) 
     os.environ.update(WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    from selfsup import dist
-    from selfsup.trainer import Trainer
+    from selfsup.engine import dist
+    from selfsup.recipes.pretrain import Pretraining
 
     results = {}
     for name, extra in METHOD_SETTINGS.items():
         config = tiny_config(Path(root), method__name=name, train__batch_size=8, train__knn_every=0, **extra)
-        trainer = Trainer(config, Path(out) / name, quiet=True)
-        images, _, index = next(trainer.loader.iterate())
-        losses = [trainer.train_step(images, index)["loss"] for _ in range(2)]
-        # Replicated state (weights, banks, samplers) must stay identical on every rank; BN running
-        # statistics are per rank by design (DDP re-broadcasts rank 0's at each forward).
-        state = torch.cat([v.float().flatten() for k, v in trainer.method.state_dict().items()
+        run = Pretraining(config, Path(out) / name, quiet=True)
+        images, targets, index = next(run.loader.iterate())
+        losses = [run.engine.train_step(images, targets, index)["loss"] for _ in range(2)]
+        # Replicated state (weights, banks, samplers) must stay identical on every rank through their
+        # own updates; BN running statistics are per rank until the engine averages them.
+        state = torch.cat([v.float().flatten() for k, v in run.method.state_dict().items()
                            if "running_" not in k and "num_batches" not in k])
         checksums = dist.gather(state.sum().view(1))
         results[name] = {"losses": losses, "same_state": bool(torch.allclose(checksums[0], checksums[1]))}

@@ -89,10 +89,9 @@ def test_feature_extraction_restores_mode_and_matches_direct_forward():
 
 def test_evaluation_uses_only_the_labelled_part_of_a_pretraining_split(tmp_path):
     from conftest import write_stl10
-    from selfsup.config import resolve
-    from selfsup.eval.run import labeled_splits
+    from selfsup.data import DataConfig, load_splits
 
     root = write_stl10(tmp_path, train=10, test=6, unlabeled=8)
-    config = resolve({"data": {"name": "stl10", "root": str(root), "train_split": "train+unlabeled"}})
-    train, test = labeled_splits(config, quiet=True)
-    assert len(train) == 10 and (train.targets >= 0).all() and len(test) == 6
+    splits = load_splits(DataConfig(name="stl10", root=str(root), train_split="train+unlabeled"), labeled=True,
+                         quiet=True)
+    assert len(splits.train) == 10 and (splits.train.targets >= 0).all() and len(splits.test) == 6

@@ -6,9 +6,9 @@ import torch
 import torch.nn.functional as F
 
 from conftest import crash_then_resume, tiny_config
-from selfsup import checkpoint
-from selfsup.memory import MemoryBank
-from selfsup.trainer import pretrain
+from selfsup.blocks import MemoryBank
+from selfsup.engine import checkpoint
+from selfsup.recipes.pretrain import pretrain
 
 
 def test_entries_start_and_stay_unit_length_and_update_by_moving_average():

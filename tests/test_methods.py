@@ -5,7 +5,9 @@ import pytest
 import torch
 
 from selfsup.config import resolve
-from selfsup.methods import METHODS, build_method
+from selfsup.engine import Batch
+from selfsup.methods import METHODS
+from selfsup.recipes.pretrain import build_model
 
 DATA = {"channels": 3, "image_size": 32, "mean": [0.5] * 3, "std": [0.25] * 3, "images": 256}  # bank methods: 256 entries
 
@@ -13,12 +15,16 @@ DATA = {"channels": 3, "image_size": 32, "mean": [0.5] * 3, "std": [0.25] * 3, "
 def _method(name):
     torch.manual_seed(0)
     config = resolve({"method": {"name": name}, "backbone": {"name": "toy", "width": 8}})
-    return build_method(config, DATA)
+    return build_model(config, DATA)
 
 
 def _batch(size=8):
     g = torch.Generator().manual_seed(1)
     return torch.randint(0, 256, (size, 3, 32, 32), dtype=torch.uint8, generator=g), torch.arange(size)
+
+
+def _run(method, views, index, progress=0.0):
+    return method(Batch(views, torch.full_like(index, -1), index), progress)
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
@@ -29,7 +35,7 @@ def test_two_steps_finite_loss_and_gradients_where_expected(name):
     for step in range(2):
         with torch.no_grad():
             views = method.views(images)
-        out = method(views, index)
+        out = _run(method, views, index, step / 2)
         assert set(out) >= {"loss"} and out["loss"].ndim == 0 and math.isfinite(out["loss"].item())
         optimizer.zero_grad()
         out["loss"].backward()
@@ -51,7 +57,7 @@ def test_loss_falls_on_a_fixed_batch(name):
         views = method.views(images)  # the same views every step: the loss must fall
     losses = []
     for step in range(15):
-        loss = method(views, index)["loss"]
+        loss = _run(method, views, index, step / 15)["loss"]
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -66,13 +72,13 @@ def test_state_dict_round_trip_reproduces_outputs(name):
     images, index = _batch()
     with torch.no_grad():
         views = method.views(images)
-    method(views, index)["loss"].backward()  # move BN statistics, fill buffers
+    _run(method, views, index)["loss"].backward()  # move BN statistics, fill buffers
     method.eval()
     twin = _method(name)
     twin.load_state_dict(method.state_dict())
     twin.eval()
     with torch.no_grad():
-        assert torch.allclose(method(views, index)["loss"], twin(views, index)["loss"])
+        assert torch.allclose(_run(method, views, index)["loss"], _run(twin, views, index)["loss"])
         images = views[0] if views[0].ndim == 4 else views[0].flatten(0, 1)  # tile stacks: every tile
         assert torch.equal(method.backbone(images), twin.backbone(images))
 
@@ -110,7 +116,7 @@ def test_counting_loss_is_the_paper_formula():
     tiles = torch.zeros(2, 4, 1, 2, 2)
     tiles[0, :, 0, 0, :2] = 0.5
     tiles[1, :, 0, 0, :2] = torch.tensor([0.75, 0.0])
-    loss = method([down, tiles], torch.arange(2))["loss"]
+    loss = _run(method, [down, tiles], torch.arange(2))["loss"]
     # match: ||(1,2)-(2,2)||^2 = 1 and 0; contrast (other = the previous image, rolled):
     # image 0 vs phi(D y)=(3,0): max(0, 10 - ||(3,0)-(2,2)||^2) = 5; image 1 vs (1,2): max(0, 10 - 8) = 2.
     assert loss.item() == pytest.approx(((1 + 5) + (0 + 2)) / 2)
@@ -120,12 +126,12 @@ def test_pirl_loss_weighs_its_two_nce_terms_by_lambda():
     torch.manual_seed(0)
     config = resolve({"method": {"name": "pirl", "loss_lambda": 0.3, "num_negatives": 32},
                       "views": {"transform": "rotation"}, "backbone": {"name": "toy", "width": 8}})
-    method = build_method(config, DATA).eval()
+    method = build_model(config, DATA).eval()
     images, index = _batch()
     with torch.no_grad():
         views = method.views(images)
         generator_state = method.memory.generator.get_state()
-        total = method(views, index)["loss"]
+        total = _run(method, views, index)["loss"]
         method.memory.generator.set_state(generator_state)
         negatives = method.memory.sample_negatives()
         v_image = torch.nn.functional.normalize(method.f(method.backbone(views[0])), dim=1)

@@ -5,11 +5,13 @@ import pytest
 import torch
 
 from selfsup.errors import SelfsupError
-from selfsup.pretext import (CountingViews, JigsawViews, PatchPairViews, PirlViews, RotationViews, cut_tiles,
-                             min_hamming_distance, neighbour_position, normalize_tiles, permutation_set,
-                             random_grayscale, rotate_all, rotate_each, shuffle_tiles)
+from selfsup.views import (CountingViews, ImageInfo, JigsawViews, PatchPairViews, PirlViews, RotationViews, TileSpec,
+                           cut_tiles, min_hamming_distance, neighbour_position, normalize_tiles, permutation_set,
+                           random_grayscale, rotate_all, rotate_each, shuffle_tiles)
 
-STATS = dict(mean=(0.5,), std=(0.25,))
+
+def gray(size):
+    return ImageInfo(size, 1, (0.5,), (0.25,))
 
 
 def test_rotation_labels_match_the_rotated_tensors():
@@ -25,7 +27,7 @@ def test_rotation_labels_match_the_rotated_tensors():
 
 
 def test_rotation_views_hold_all_four_rotations_of_one_view():
-    views = RotationViews(16, 1, **STATS)
+    views = RotationViews(gray(16))
     images = torch.randint(0, 256, (3, 1, 16, 16), dtype=torch.uint8)
     rotated, labels = views(images)
     assert rotated.shape == (12, 1, 16, 16) and labels.tolist() == [0] * 3 + [1] * 3 + [2] * 3 + [3] * 3
@@ -92,36 +94,37 @@ def test_tile_normalisation_and_grayscale():
 
 
 def test_jigsaw_views_labels_index_the_permutation_set():
-    views = JigsawViews(30, 1, **STATS, num_permutations=10)
+    views = JigsawViews(gray(30), num_permutations=10)
     tiles, labels = views(torch.randint(0, 256, (6, 1, 30, 30), dtype=torch.uint8))
-    assert tiles.shape == (6, 9, 1, 8, 8) and labels.min() >= 0 and labels.max() < 10
+    assert tiles.shape == (6, 9, 1, 8, 8) and labels.min() >= 0 and labels.max() < 10  # 10 px cells - 2 px gap
     assert views.permutations.shape == (10, 9)
 
 
 def test_images_too_small_for_tiles_are_refused_with_the_fix():
-    with pytest.raises(SelfsupError, match="16 px images are too small for 3x3 tiles.*data.image_size=32"):
-        JigsawViews(16, 1, **STATS)
+    with pytest.raises(SelfsupError, match="16 px images are too small for 3x3 tiles of at least 6 px kept 2 px apart "
+                                           "with 0 px of jitter.*data.image_size=24"):
+        JigsawViews(gray(16))
     with pytest.raises(SelfsupError, match="too small"):
-        PirlViews(16, 1, **STATS)
-    PirlViews(16, 1, **STATS, transform="rotation")  # whole images: no tiles, no limit
+        PirlViews(gray(16))
+    PirlViews(gray(16), transform="rotation")  # whole images: no tiles, no limit
 
 
 def test_patch_pair_labels_name_the_neighbour():
     assert neighbour_position(torch.arange(8)).tolist() == [0, 1, 2, 3, 5, 6, 7, 8]
-    pairs, labels = PatchPairViews(30, 3, mean=(0.5,) * 3, std=(0.25,) * 3)(
+    pairs, labels = PatchPairViews(ImageInfo(30, 3, (0.5,) * 3, (0.25,) * 3))(
         torch.randint(0, 256, (5, 3, 30, 30), dtype=torch.uint8))
     assert pairs.shape == (5, 2, 3, 8, 8) and 0 <= labels.min() and labels.max() < 8
 
 
 def test_counting_views_downsample_and_quarter():
-    down, tiles = CountingViews(16, 1, **STATS)(torch.randint(0, 256, (3, 1, 16, 16), dtype=torch.uint8))
+    down, tiles = CountingViews(gray(16))(torch.randint(0, 256, (3, 1, 16, 16), dtype=torch.uint8))
     assert down.shape == (3, 1, 8, 8) and tiles.shape == (3, 4, 1, 8, 8)
 
 
-@pytest.mark.parametrize("transform, shape", [("jigsaw", (4, 9, 1, 8, 8)), ("rotation", (4, 1, 30, 30)),
-                                              ("jigsaw+rotation", (4, 9, 1, 8, 8))])
+@pytest.mark.parametrize("transform, shape", [("jigsaw", (4, 9, 1, 7, 7)), ("rotation", (4, 1, 30, 30)),
+                                              ("jigsaw+rotation", (4, 9, 1, 7, 7))])
 def test_pirl_views_return_image_and_transformed(transform, shape):
-    image, transformed = PirlViews(30, 1, **STATS, transform=transform)(
+    image, transformed = PirlViews(gray(30), transform=transform)(
         torch.randint(0, 256, (4, 1, 30, 30), dtype=torch.uint8))
     assert image.shape == (4, 1, 30, 30) and transformed.shape == shape
     assert math.isfinite(transformed.sum().item())

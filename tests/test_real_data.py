@@ -5,7 +5,7 @@ import pytest
 
 from conftest import FASHION_MNIST, requires_fashion_mnist
 from selfsup.config import apply_overrides, resolve
-from selfsup.trainer import pretrain
+from selfsup.recipes.pretrain import pretrain
 
 pytestmark = [requires_fashion_mnist, pytest.mark.real_data]
 
@@ -13,8 +13,8 @@ pytestmark = [requires_fashion_mnist, pytest.mark.real_data]
 def test_simclr_learns_on_fashion_mnist(tmp_path):
     config = resolve(apply_overrides({}, [
         f"data.root={FASHION_MNIST}", "data.subset=2048", "backbone.name=toy", "backbone.width=16",
-        "method.proj_hidden_dim=128", "method.proj_dim=64", "views.crop_scale=[0.3, 1.0]",
-        "views.jitter=[0.4, 0.4, 0.0, 0.0]", "train.batch_size=128", "train.epochs=3",
+        "method.proj_hidden_dim=128", "method.proj_dim=64", "views.augment.crop_scale=[0.3, 1.0]",
+        "views.augment.jitter=[0.4, 0.4, 0.0, 0.0]", "train.batch_size=128", "train.epochs=3",
         "train.knn_bank_size=2048", "train.knn_test_size=1000", "optim.warmup_epochs=0.5", "train.log_every=1",
     ]))
     pretrain(config, tmp_path, quiet=True)

@@ -1,9 +1,10 @@
 import pytest
 import torch
 
-from selfsup.views import Augment, EvalView, TwoViews
+from selfsup.views import Augment, AugmentSpec, EvalView, ImageInfo, TwoViews
 
 MEAN, STD = (0.5,), (0.25,)
+GRAY16 = ImageInfo(16, 1, MEAN, STD)
 
 
 def _images(batch=6, channels=1, size=16):
@@ -12,20 +13,20 @@ def _images(batch=6, channels=1, size=16):
 
 
 def test_two_views_shapes_dtype_and_independent_draws():
-    views = TwoViews(12, 1, MEAN, STD, crop_scale=(0.2, 1.0))(_images())
+    views = TwoViews(ImageInfo(12, 1, MEAN, STD), augment=AugmentSpec(crop_scale=(0.2, 1.0)))(_images())
     assert len(views) == 2 and views[0].shape == (6, 1, 12, 12) and views[0].dtype == torch.float32
     assert not torch.allclose(views[0], views[1])
 
 
 def test_parameters_are_drawn_per_sample():
     same = _images(1).expand(8, -1, -1, -1).contiguous()  # eight copies of one image
-    out = Augment(16, 1, MEAN, STD, crop_scale=(0.1, 0.5))(same)
+    out = Augment(GRAY16, AugmentSpec(crop_scale=(0.1, 0.5)))(same)
     distinct = {tuple(o.flatten()[:20].tolist()) for o in out}
     assert len(distinct) == 8
 
 
 def test_views_are_reproducible_under_a_seed():
-    augment = Augment(16, 3, (0.5,) * 3, (0.25,) * 3, blur_p=0.5, solarize_p=0.5)
+    augment = Augment(ImageInfo(16, 3, (0.5,) * 3, (0.25,) * 3), AugmentSpec(blur_p=0.5, solarize_p=0.5))
     torch.manual_seed(7)
     first = augment(_images(channels=3))
     torch.manual_seed(7)
@@ -33,14 +34,14 @@ def test_views_are_reproducible_under_a_seed():
 
 
 def test_grayscale_images_skip_colour_only_ops():
-    augment = Augment(16, 1, MEAN, STD, jitter=(0.4, 0.4, 0.4, 0.1), grayscale_p=0.5)
+    augment = Augment(GRAY16, AugmentSpec(jitter=(0.4, 0.4, 0.4, 0.1), grayscale_p=0.5))
     names = [type(op).__name__ for op in augment.ops]
     assert "RandomGrayscale" not in names
     assert augment(_images()).shape == (6, 1, 16, 16)  # saturation/hue would fail on 1 channel
 
 
 def test_identity_augmentation_is_exactly_normalisation():
-    augment = Augment(16, 1, MEAN, STD, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_p=0.0, jitter_p=0.0)
+    augment = Augment(GRAY16, AugmentSpec(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_p=0.0, jitter_p=0.0))
     images = _images()
     expected = (images.float() / 255 - 0.5) / 0.25
     assert torch.allclose(augment(images), expected, atol=1e-5)

@@ -9,8 +9,6 @@ from pathlib import Path
 
 from .errors import SelfsupError
 
-REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-
 EPILOG_PRETRAIN = """\
 examples:
   selfsup pretrain --list-methods
@@ -25,31 +23,13 @@ are saved in the run directory.
 """
 
 
-def find_config(name: str) -> Path:
-    """A config path, or a preset name looked up in configs/ (repository or working directory)."""
-    path = Path(name)
-    if path.is_file():
-        return path
-    for folder in (REPO_CONFIGS, Path("configs")):
-        for candidate in (folder / name, folder / f"{name}.yaml"):
-            if candidate.is_file():
-                return candidate
-    presets = ", ".join(list_presets()) or "none found"
-    raise SelfsupError(f"config '{name}' not found (presets: {presets})")
-
-
-def list_presets() -> list[str]:
-    folder = REPO_CONFIGS if REPO_CONFIGS.is_dir() else Path("configs")
-    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
-
-
 def _config_from_args(args: argparse.Namespace):  # noqa: ANN202
-    from .config import apply_overrides, read_yaml, resolve
+    from .config import apply_overrides, find_config, read_yaml, resolve
 
     raw = read_yaml(find_config(args.config)) if args.config else {}
     shortcuts = {"method": "method.name", "epochs": "train.epochs", "batch_size": "train.batch_size",
-                 "device": "train.device", "precision": "train.precision", "data": "data.name",
-                 "data_root": "data.root"}
+                 "minutes": "train.minutes", "device": "train.device", "precision": "train.precision",
+                 "data": "data.name", "data_root": "data.root"}
     overrides = [f"{key}={getattr(args, flag)}" for flag, key in shortcuts.items()
                  if getattr(args, flag, None) is not None]
     if args.method and isinstance(raw.get("method"), dict) and raw["method"].get("name") != args.method:
@@ -58,7 +38,8 @@ def _config_from_args(args: argparse.Namespace):  # noqa: ANN202
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-c", "--config", help="YAML preset: a path or a name in configs/ (e.g. simclr_fashion_mnist)")
+    parser.add_argument("-c", "--config", help="YAML preset: a path, or the name of a shipped preset "
+                                               "(e.g. simclr_fashion_mnist; see --list-methods)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, e.g. --set optim.lr=0.3 (repeatable)")
     parser.add_argument("--data", help="dataset name (shortcut for --set data.name=...)")
@@ -70,8 +51,8 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
 # ---------------------------------------------------------------- pretrain
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    from . import dist
-    from .config import to_yaml
+    from .config import list_presets, to_yaml
+    from .engine import dist
     from .methods import describe_methods
 
     if args.list_methods:
@@ -88,7 +69,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     if args.print_config:
         print(to_yaml(config), end="")
         return 0
-    from .trainer import pretrain
+    from .recipes.pretrain import pretrain
 
     run_dir = args.run_dir or f"runs/{config.method_name}-{config.data.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if args.run_dir is None and dist.launched_by_torchrun():
@@ -100,7 +81,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- eval
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .eval.run import checkpoint_evaluator, pixel_evaluator, run_protocols
+    from .recipes.evaluate import checkpoint_evaluator, pixel_evaluator
 
     protocols = ["knn", "linear"] if args.protocol == "all" else [args.protocol]
     overrides = list(args.set)
@@ -110,12 +91,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
         overrides.append(f"eval.knn_k={args.k}")
     if args.temperature is not None:
         overrides.append(f"eval.knn_temperature={args.temperature}")
+    for flag, key in (("features", "eval.features"), ("bn_recalibration", "eval.bn_recalibration")):
+        if getattr(args, flag) is not None:
+            overrides.append(f"{key}={getattr(args, flag)}")
     for flag, key in (("data", "data.name"), ("data_root", "data.root"), ("device", "train.device"),
                       ("precision", "train.precision")):
         if getattr(args, flag) is not None:
             overrides.append(f"{key}={getattr(args, flag)}")
     if args.pixels:
-        from .config import apply_overrides, read_yaml, resolve
+        from .config import apply_overrides, find_config, read_yaml, resolve
 
         raw = read_yaml(find_config(args.config)) if args.config else {}
         config = resolve(apply_overrides(raw, overrides))
@@ -127,7 +111,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         evaluators = [checkpoint_evaluator(path, overrides, Path(args.out) if args.out else None, args.quiet)
                       for path in args.checkpoint]
     for evaluator, config in evaluators:
-        results = run_protocols(evaluator, protocols, config.eval, config.train.seed)
+        results = evaluator.run(protocols, config.eval, config.train.seed)
         for protocol in protocols:
             print(f"{evaluator.name}  {protocol}: top-1 {results[evaluator.name][protocol]['top1']:.2f}%")
         print(f"results: {evaluator.out_dir / 'results.json'}")
@@ -135,7 +119,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_eval_layers(args: argparse.Namespace, overrides: list[str]) -> int:
-    from .eval.run import layers_for_checkpoints
+    from .recipes.evaluate import layers_for_checkpoints
 
     if args.pixels or not args.checkpoint:
         raise SelfsupError("eval layers probes the stages of trained checkpoints: give one or more checkpoints "
@@ -202,9 +186,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from .config import find_config
     from .demo import run_demo
 
-    run_demo(args.run_dir, find_config(args.config), list(args.set), quiet=args.quiet)
+    overrides = list(args.set) + ([f"train.minutes={args.minutes}"] if args.minutes is not None else [])
+    run_demo(args.run_dir, find_config(args.config), overrides, quiet=args.quiet)
     return 0
 
 
@@ -222,6 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--method", help="method name (see --list-methods)")
     p.add_argument("--epochs", type=int, help="train.epochs")
+    p.add_argument("--minutes", type=float,
+                   help="train.minutes: time the first steps and size the run to train for about this long")
     p.add_argument("--batch-size", type=int, help="train.batch_size (global, over all processes)")
     p.add_argument("--run-dir", help="where config, metrics, checkpoints and report go (default runs/<method>-<data>-<time>)")
     p.add_argument("--resume", action="store_true",
@@ -240,6 +228,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pixels", action="store_true", help="evaluate raw pixels instead (the baseline)")
     p.add_argument("--k", type=int, help="neighbours for kNN (eval.knn_k)")
     p.add_argument("--temperature", type=float, help="kNN vote temperature (eval.knn_temperature)")
+    p.add_argument("--features", choices=["backbone", "embedding"],
+                   help="eval.features: pooled backbone features (default), or the method's own embedding "
+                        "(NPID/PIRL memory features, SimCLR projection)")
+    p.add_argument("--bn-recalibration", choices=["auto", "on", "off"],
+                   help="eval.bn_recalibration: re-estimate BatchNorm statistics on training images first "
+                        "(auto: for tile-trained methods)")
     p.add_argument("--out", help="output folder (default: RUN/eval of the first checkpoint)")
     p.add_argument("--dim", type=int, default=2048,
                    help="layers: pool every stage to about this many features (default 2048)")
@@ -270,7 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("demo", help="pretrain SimCLR on Fashion-MNIST for a few minutes, evaluate, compare")
     p.add_argument("--run-dir", default="runs/demo")
-    p.add_argument("-c", "--config", default="demo", help="preset to run (default configs/demo.yaml)")
+    p.add_argument("--minutes", type=float,
+                   help="time budget of the whole demo (default: the preset's, about 5); pretraining is sized to it")
+    p.add_argument("-c", "--config", default="demo", help="preset to run (default: the shipped demo preset)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)
@@ -282,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except SelfsupError as err:
-        from . import dist
+        from .engine import dist
 
         prefix = f"[rank {dist.rank()}] " if dist.world_size() > 1 else ""
         print(f"{prefix}error: {err}", file=sys.stderr)
@@ -291,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\ninterrupted. Continue a pretraining run with --resume.", file=sys.stderr)
         return 130
     finally:
-        from . import dist
+        from .engine import dist
 
         dist.destroy()
 

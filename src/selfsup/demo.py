@@ -9,9 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from .config import load_config
-from .eval.run import checkpoint_evaluator, pixel_evaluator, run_protocols
-from .report import results_table, write_report
-from .trainer import pretrain
+from .eval import results_table
+from .recipes.evaluate import checkpoint_evaluator, pixel_evaluator
+from .recipes.pretrain import pretrain
+from .report import write_report
 
 
 def run_demo(run_dir: str | Path, config_path: Path, overrides: list[str] = (), quiet: bool = False) -> dict:
@@ -23,9 +24,8 @@ def run_demo(run_dir: str | Path, config_path: Path, overrides: list[str] = (), 
               "An interrupted demo continues where it stopped; a finished one is only re-evaluated.")
     pretrain(config, run_dir, resume=True, quiet=quiet)
     evaluator, _ = checkpoint_evaluator(run_dir / "checkpoints" / "last.pt", quiet=quiet)
-    run_protocols(evaluator, ["knn", "linear"], config.eval, config.train.seed)
-    results = run_protocols(pixel_evaluator(config, evaluator.out_dir, quiet), ["knn", "linear"], config.eval,
-                            config.train.seed)
+    evaluator.run(["knn", "linear"], config.eval, config.train.seed)
+    results = pixel_evaluator(config, evaluator.out_dir, quiet).run(["knn", "linear"], config.eval, config.train.seed)
     summary = write_report(run_dir)
     print("\n" + results_table(results) + "\n")
     print(f"report: {summary}\nplots:  {run_dir / 'report'}")

@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 
 from .errors import SelfsupError
-from .eval.run import load_checkpoint_model
-from .models.backbones import ResNet
+from .models.backbones import RESNET_BLOCKS, ResNet
+from .recipes.evaluate import load_encoder
 
 
 def torchvision_recipe(arch: dict, weights_file: str) -> str:
@@ -32,7 +32,7 @@ def torchvision_recipe(arch: dict, weights_file: str) -> str:
         lines.append("model.maxpool = nn.Identity()  # small-image stem")
     if width != 64:
         block = "Bottleneck" if depth == 50 else "BasicBlock"
-        blocks = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3)}[depth]
+        blocks = RESNET_BLOCKS[depth]
         lines += [f"# width {width}: every stage rebuilt with {width}/{2 * width}/{4 * width}/{8 * width} channels",
                   f"block = torchvision.models.resnet.{block}", f"model.inplanes = {width}"]
         for i, (n, scale) in enumerate(zip(blocks, (1, 2, 4, 8)), start=1):
@@ -50,8 +50,7 @@ def export_backbone(checkpoint_path: str | Path, out: str | Path) -> dict:
     out = Path(out)
     if out.suffix not in (".safetensors", ".pt", ".pth"):
         raise SelfsupError(f"--out {out}: use a .safetensors (recommended) or .pt file name")
-    method, config, state = load_checkpoint_model(checkpoint_path)
-    backbone = method.backbone
+    backbone, config, state = load_encoder(checkpoint_path)
     if not isinstance(backbone, ResNet):
         raise SelfsupError(f"export to torchvision needs a ResNet backbone; this checkpoint uses "
                            f"'{config.backbone.name}'")

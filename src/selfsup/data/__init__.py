@@ -1,7 +1,8 @@
-"""Datasets as in-memory uint8 tensors, their on-disk formats, and the batch loader."""
+"""Datasets as in-memory uint8 tensors, their on-disk formats, the splits of a run, and the batch loader."""
 from .catalog import DATASETS, USER_FORMATS, DatasetSpec, Download, find_root, load_dataset
 from .dataset import ImageDataset, describe
 from .loader import BatchLoader
+from .splits import DataConfig, Splits, labeled_part, load_splits
 
-__all__ = ["DATASETS", "USER_FORMATS", "BatchLoader", "DatasetSpec", "Download", "ImageDataset", "describe",
-           "find_root", "load_dataset"]
+__all__ = ["DATASETS", "USER_FORMATS", "BatchLoader", "DataConfig", "DatasetSpec", "Download", "ImageDataset",
+           "Splits", "describe", "find_root", "labeled_part", "load_dataset", "load_splits"]

@@ -70,21 +70,34 @@ class ImageDataset:
         return ImageDataset(self.images[index], self.targets[index], self.classes, self.name, self.split,
                             self.skipped)
 
-    def balanced_subset(self, count: int, seed: int = 0) -> ImageDataset:
-        """``count`` images, spread as evenly as possible over the classes; the same for a seed."""
-        if count >= len(self):
-            return self
+    def balanced_index(self, count: int, seed: int = 0) -> torch.Tensor:
+        """Sorted indices of ``count`` images spread as evenly as possible over the classes
+        (unlabelled images form a class of their own); the same for a seed."""
         generator = torch.Generator().manual_seed(seed)
         order = torch.randperm(len(self), generator=generator)
-        groups = self.targets[order] + 1  # unlabelled images (-1) form a group of their own
+        groups = self.targets[order] + 1
         # Rank of each shuffled image within its class: taking images by rank deals them out
         # round-robin over the classes.
         rank = torch.zeros(len(order), dtype=torch.long)
         for group in groups.unique():
             members = (groups == group).nonzero().squeeze(1)
             rank[members] = torch.arange(len(members))
-        chosen = order[torch.sort(rank, stable=True).indices[:count]]
-        return self.select(chosen.sort().values)
+        return order[torch.sort(rank, stable=True).indices[:count]].sort().values
+
+    def balanced_subset(self, count: int, seed: int = 0) -> ImageDataset:
+        """``count`` images, spread as evenly as possible over the classes; the same for a seed."""
+        return self if count >= len(self) else self.select(self.balanced_index(count, seed))
+
+    def split_off(self, count: int, seed: int = 0) -> tuple[ImageDataset, ImageDataset]:
+        """(the rest, ``count`` labelled images chosen class-balanced by ``seed``)."""
+        labeled = (self.targets >= 0).nonzero().squeeze(1)
+        if count >= len(labeled):
+            raise SelfsupError(f"{self.name} ({self.split}): cannot hold out {count} of its {len(labeled)} "
+                               "labelled images; lower train.knn_test_size")
+        held = labeled[self.select(labeled).balanced_index(count, seed)]
+        keep = torch.ones(len(self), dtype=torch.bool)
+        keep[held] = False
+        return self.select(keep.nonzero().squeeze(1)), self.select(held)
 
     def resized(self, size: int) -> ImageDataset:
         """The same images at ``size`` x ``size`` (antialiased bilinear, rounded back to uint8)."""

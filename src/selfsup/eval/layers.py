@@ -19,11 +19,12 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from ..config import EvalConfig
 from ..data import ImageDataset
+from ..engine.runtime import write_json
 from ..errors import SelfsupError
-from ..runtime import write_json
 from ..views import EvalView
+from .calibrate import recalibrate_batchnorm
+from .evaluator import EvalConfig
 from .features import extract_features
 from .linear import linear_probe
 
@@ -49,11 +50,20 @@ def stage_features(backbone: nn.Module, images: torch.Tensor, view: EvalView, *,
 
 def probe_layers(name: str, backbone: nn.Module, train: ImageDataset, test: ImageDataset, view: EvalView,
                  cfg: EvalConfig, *, dim: int = 2048, device: torch.device | None = None,
-                 autocast_dtype: torch.dtype | None = None, seed: int = 0, quiet: bool = False) -> dict[str, Any]:
-    """Linear-probe top-1 (%) of every stage of one backbone: {stage: {"top1", "dim", ...}}."""
+                 autocast_dtype: torch.dtype | None = None, recalibrate: int = 0, seed: int = 0,
+                 quiet: bool = False) -> dict[str, Any]:
+    """Linear-probe top-1 (%) of every stage of one backbone: {stage: {"top1", "dim", ...}}.
+
+    ``recalibrate`` > 0 first re-estimates the BatchNorm statistics on that many training images.
+    """
     if device is not None:
         backbone.to(device)
-    options = dict(dim=dim, autocast_dtype=autocast_dtype, batch_size=cfg.batch_size)
+    channels_last = bool(getattr(backbone, "prefers_channels_last", False))
+    if recalibrate:
+        recalibrate_batchnorm(backbone, train.images, view, count=recalibrate, batch_size=cfg.batch_size, seed=seed,
+                              autocast_dtype=autocast_dtype, channels_last=channels_last,
+                              desc=None if quiet else f"{name}: BatchNorm recalibration")
+    options = dict(dim=dim, autocast_dtype=autocast_dtype, batch_size=cfg.batch_size, channels_last=channels_last)
     train_features = stage_features(backbone, train.images, view, desc=None if quiet else f"{name}: train",
                                     **options)
     test_features = stage_features(backbone, test.images, view, desc=None if quiet else f"{name}: test",
@@ -93,7 +103,10 @@ def layers_table(everything: dict[str, Any]) -> str:
 
 def plot_layers(everything: dict[str, Any], path: Path) -> None:
     """Top-1 per stage, one line per encoder: the 'is the last layer aligned?' chart."""
-    from ..report import plt
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display needed
+    import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(6, 3.8), dpi=120)
     for name, entry in everything.items():

@@ -1,11 +1,11 @@
 """The method registry: a plain dict from config name to class."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from torch import nn
 
+from ..arguments import check_kwargs
 from ..errors import SelfsupError, closest
+from ..views import ImageInfo
 from .base import Method
 from .context import ContextPrediction
 from .counting import Counting
@@ -17,9 +17,6 @@ from .npid import NPID
 from .pirl import PIRL
 from .rotation import Rotation
 from .simclr import SimCLR
-
-if TYPE_CHECKING:
-    from ..config import RunConfig
 
 METHODS: dict[str, type[Method]] = {
     # Pretext tasks: predict a property of a transform.
@@ -49,24 +46,25 @@ def describe_methods() -> list[tuple[str, str]]:
     return [(name, (cls.__doc__ or "").strip().splitlines()[0]) for name, cls in METHODS.items()]
 
 
-def build_method(config: RunConfig, data: dict) -> Method:
-    """Method of ``config`` for images described by ``data`` (channels, image_size, mean, std)."""
-    from ..models import build_backbone
+def build_method(name: str, method_args: dict, view_args: dict, backbone: nn.Module, image: ImageInfo,
+                 num_images: int = 0, seed: int = 0) -> Method:
+    """Method ``name`` around ``backbone`` for images described by ``image``.
 
-    backbone = build_backbone(config.backbone.name, data["channels"], data["image_size"],
-                              config.backbone.small_stem, config.backbone.width)
-    method_cls = get_method(config.method_name)
-    views = method_cls.views_class(data["image_size"], data["channels"], tuple(data["mean"]), tuple(data["std"]),
-                                   **config.views)
-    return instantiate(method_cls, backbone, views, config.method_args, data.get("images", 0), config.train.seed)
+    ``method_args`` and ``view_args`` are the (validated) ``method`` and ``views`` config sections;
+    nested settings may be plain mappings, as a config file holds them.
+    """
+    method_cls = get_method(name)
+    views = method_cls.views_class(image, **check_kwargs("views", view_args, method_cls.views_class, skip=("image",)))
+    args = check_kwargs("method", method_args, method_cls, skip=method_cls.injected_args)
+    return instantiate(method_cls, backbone, views, args, num_images, seed)
 
 
 def instantiate(method_cls: type[Method], backbone: nn.Module, views: nn.Module, method_args: dict,
-                num_images: int, seed: int) -> Method:
+                num_images: int, seed: int, shared: bool = False) -> Method:
     """``method_cls`` with its config arguments plus those only the run knows, where it takes
     them: the bank size of memory-bank methods and the seed of their sampler."""
     injected = {"num_images": num_images, "seed": seed}
-    return method_cls(backbone, views, **method_args,
+    return method_cls(backbone, views, **method_args, shared=shared,
                       **{k: v for k, v in injected.items() if k in method_cls.injected_args})
 
 

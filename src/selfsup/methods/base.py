@@ -1,44 +1,82 @@
-"""What every method is: a module whose forward turns views into ``{"loss": ...}``."""
+"""What every method is: a module whose forward turns a batch of views into ``{"loss": ...}``."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..engine import Batch, default_param_groups
 from ..views import TwoViews
 
 
 class Method(nn.Module):
     """Base of every method (one level of inheritance, no more).
 
-    A method owns ``backbone`` (the network that is evaluated and exported), ``views``
-    (uint8 images -> list of augmented views, run by the trainer without gradient), and its
-    heads and state (teachers, banks, queues) as submodules and buffers, so ``state_dict()`` is
-    a complete checkpoint.
+    The contract, used by the engine, evaluation and export:
 
-    Class attributes:
-        views_class: the view generator whose keyword arguments form the ``views`` config section.
-        injected_args: constructor arguments the builder supplies (not read from the config).
+    - ``views``: uint8 images -> list of view tensors, run by the engine without gradient;
+      ``views_class`` is its generator, whose keyword arguments form the ``views`` config section.
+    - ``forward(batch, progress)``: ``batch`` holds ``views``, ``targets`` (-1 where unlabelled;
+      self-supervised methods ignore them) and ``index`` (dataset indices, for memory banks);
+      ``progress`` in [0, 1) is the share of training done (for schedules). Returns
+      ``{"loss": scalar, ...}``; other entries are logged.
+    - ``encoder``: the network evaluation and export use (``encoder_prefix`` names it in the state
+      dict, so a checkpoint's encoder loads without building heads and banks).
+    - ``param_groups()``: named parameter groups for the optimiser (``backbone`` and ``heads`` by
+      default; ``optim.lr_scales`` scales them by name).
+    - ``after_step(progress)``: EMA and momentum updates, after every optimiser step.
+    - ``embed(x)``: the method's own embedding (projection head, memory features), for the kNN
+      evaluation on it; methods without one do not define it.
+
+    Heads, teachers, banks and queues are submodules and buffers, so ``state_dict()`` is a
+    complete checkpoint. A method built with ``shared=True`` uses a backbone and views owned by
+    the composite method that built it (multi-task), so they are stored once.
     """
 
     views_class: type[nn.Module] = TwoViews
-    injected_args: tuple[str, ...] = ("backbone", "views")
+    injected_args: tuple[str, ...] = ("backbone", "views", "shared")
+    """Constructor arguments the builder supplies (not read from the config)."""
+    encoder_prefix = "backbone"
+    trains_on_tiles = False
+    """True when the trunk trains on tiles or half-size images, so its BatchNorm statistics do not
+    describe full images: evaluation recalibrates them first (``eval.bn_recalibration``)."""
 
-    def __init__(self, backbone: nn.Module, views: nn.Module) -> None:
+    def __init__(self, backbone: nn.Module, views: nn.Module, *, shared: bool = False) -> None:
         super().__init__()
-        self.backbone = backbone
-        self.views = views
+        if shared:  # referenced, not registered: the owner's state dict holds them once
+            object.__setattr__(self, "backbone", backbone)
+            object.__setattr__(self, "views", views)
+        else:
+            self.backbone = backbone
+            self.views = views
 
-    def forward(self, views: list[torch.Tensor], index: torch.Tensor) -> dict[str, torch.Tensor]:
-        """views: as made by ``self.views``; index: (B,) dataset indices (for memory banks)."""
+    @property
+    def encoder(self) -> nn.Module:
+        return self.backbone
+
+    def forward(self, batch: Batch, progress: float) -> dict[str, torch.Tensor]:
         raise NotImplementedError
+
+    def param_groups(self) -> list[dict]:
+        return default_param_groups(self)
 
     @torch.no_grad()
     def after_step(self, progress: float) -> None:
-        """Called once after every optimiser step with progress in [0, 1]: EMA and momentum updates."""
+        """Called once after every optimiser step with progress in (0, 1]: EMA and momentum updates."""
+
+    @classmethod
+    def has_embedding(cls) -> bool:
+        return hasattr(cls, "embed")
 
 
 def classification(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
     """Cross-entropy and accuracy of a pretext classifier (rotation, permutation, position, exemplar)."""
     logits = logits.float()
     return {"loss": F.cross_entropy(logits, labels), "accuracy": (logits.argmax(1) == labels).float().mean()}
+
+
+def tile_features(backbone: nn.Module, tiles: torch.Tensor) -> torch.Tensor:
+    """(B, T, C, t, t) tiles through one shared trunk -> (B, T, D)."""
+    batch, count = tiles.shape[:2]
+    return backbone(tiles.flatten(0, 1)).view(batch, count, -1)
+

@@ -9,24 +9,28 @@ import torch
 from torch import nn
 
 from ..models.heads import mlp
-from ..pretext import PatchPairViews, tile_features
-from .base import Method, classification
+from ..engine import Batch
+from ..views import PatchPairViews
+from .base import Method, classification, tile_features
 
 
 class ContextPrediction(Method):
     """Relative patch location (Doersch et al. 2015): 8-way classification of a neighbour's position.
 
-    The centre patch and one of its eight neighbours (with gaps and jitter, from
-    :class:`selfsup.pretext.PatchPairViews`) go through the shared trunk; their features are
+    The centre patch and one of its eight neighbours (never touching: a gap of at least
+    ``views.tiles.min_gap_px`` plus jitter, :class:`selfsup.views.PatchPairViews`) go through the
+    shared trunk; their features are
     concatenated (the paper's fc6 pair -> fc7 -> fc8) and classified into the 8 positions.
     """
 
     views_class = PatchPairViews
+    trains_on_tiles = True
 
-    def __init__(self, backbone: nn.Module, views: nn.Module, *, head_hidden_dim: int = 1024) -> None:
-        super().__init__(backbone, views)
+    def __init__(self, backbone: nn.Module, views: nn.Module, *, head_hidden_dim: int = 1024,
+                 shared: bool = False) -> None:
+        super().__init__(backbone, views, shared=shared)
         self.classifier = mlp(2 * backbone.num_features, head_hidden_dim, 8, 2)
 
-    def forward(self, views: list[torch.Tensor], index: torch.Tensor) -> dict[str, torch.Tensor]:
-        pairs, labels = views
+    def forward(self, batch: Batch, progress: float) -> dict[str, torch.Tensor]:
+        pairs, labels = batch.views
         return classification(self.classifier(tile_features(self.backbone, pairs).flatten(1)), labels)

@@ -9,8 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..pretext import CountingViews, tile_features
-from .base import Method
+from ..engine import Batch
+from ..views import CountingViews
+from .base import Method, tile_features
 
 
 class Counting(Method):
@@ -18,21 +19,23 @@ class Counting(Method):
 
     phi = ReLU(linear(backbone)) counts ``count_dim`` primitives (paper: 1000) and is
     non-negative. D is a 2x downsampling and T_1..T_4 the 2x2 tiles, all at half size
-    (:class:`selfsup.pretext.CountingViews`). Loss (eq. 5) =
+    (:class:`selfsup.views.CountingViews`). Loss (eq. 5) =
     ||phi(D(x)) - sum_j phi(T_j(x))||^2 + max(0, M - ||phi(D(y)) - sum_j phi(T_j(x))||^2)
     where y is another image of the batch: the second term rules out the trivial phi = 0.
     Margin M = 10 as in the paper.
     """
 
     views_class = CountingViews
+    trains_on_tiles = True
 
-    def __init__(self, backbone: nn.Module, views: nn.Module, *, count_dim: int = 1000, margin: float = 10.0) -> None:
-        super().__init__(backbone, views)
+    def __init__(self, backbone: nn.Module, views: nn.Module, *, count_dim: int = 1000, margin: float = 10.0,
+                 shared: bool = False) -> None:
+        super().__init__(backbone, views, shared=shared)
         self.counter = nn.Sequential(nn.Linear(backbone.num_features, count_dim), nn.ReLU())
         self.margin = margin
 
-    def forward(self, views: list[torch.Tensor], index: torch.Tensor) -> dict[str, torch.Tensor]:
-        down, tiles = views
+    def forward(self, batch: Batch, progress: float) -> dict[str, torch.Tensor]:
+        down, tiles = batch.views
         batch = down.shape[0]
         # One trunk pass for the downsampled images and the tiles: same size, one batch.
         counts = self.counter(tile_features(self.backbone, torch.cat([down[:, None], tiles], dim=1)).flatten(0, 1))

@@ -8,7 +8,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..pretext import ExemplarViews
+from ..engine import Batch
+from ..views import ExemplarViews
 from .base import Method, classification
 
 
@@ -18,16 +19,16 @@ class Exemplar(Method):
     The surrogate class of an image is its dataset index, so there are as many classes as
     training images (the paper: 8000-32000 seed patches; use ``data.subset`` to choose how
     many). A linear classifier over the pooled features; heavy augmentation from
-    :class:`selfsup.pretext.ExemplarViews` (crop and scale, rotation, colour).
+    :class:`selfsup.views.ExemplarViews` (crop and scale, rotation, colour).
     The classifier has one row per image: memory grows as N x D.
     """
 
     views_class = ExemplarViews
-    injected_args = ("backbone", "views", "num_images")
+    injected_args = ("backbone", "views", "shared", "num_images")
 
-    def __init__(self, backbone: nn.Module, views: nn.Module, *, num_images: int) -> None:
-        super().__init__(backbone, views)
+    def __init__(self, backbone: nn.Module, views: nn.Module, *, num_images: int, shared: bool = False) -> None:
+        super().__init__(backbone, views, shared=shared)
         self.classifier = nn.Linear(backbone.num_features, num_images)
 
-    def forward(self, views: list[torch.Tensor], index: torch.Tensor) -> dict[str, torch.Tensor]:
-        return classification(self.classifier(self.backbone(views[0])), index)
+    def forward(self, batch: Batch, progress: float) -> dict[str, torch.Tensor]:
+        return classification(self.classifier(self.backbone(batch.views[0])), batch.index)

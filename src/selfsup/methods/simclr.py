@@ -7,8 +7,10 @@ Models are Strong Semi-Supervised Learners", NeurIPS 2020 (arXiv:2006.10029).
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from ..engine import Batch
 from ..losses import nt_xent
 from ..models.heads import mlp
 from .base import Method
@@ -24,6 +26,9 @@ class SimCLR(Method):
     at batch 4096). Augmentations: :class:`selfsup.views.TwoViews` (crop, flip, colour jitter
     0.8 x strength 0.5, grayscale 0.2). The evaluation uses the backbone's features, before
     the head (Sec. 4.2: the representation before the projection is better).
+    Deviations from the official code: hidden width ``proj_hidden_dim`` (official: the feature
+    dimension), no BN on the output layer, and the loss at the paper's 1/(2N) normalisation
+    (the TF code's is twice that, which halves the effective SGD rate in comparison).
     """
 
     def __init__(
@@ -35,13 +40,18 @@ class SimCLR(Method):
         proj_dim: int = 128,
         proj_layers: int = 2,
         temperature: float = 0.5,
+        shared: bool = False,
     ) -> None:
-        super().__init__(backbone, views)
+        super().__init__(backbone, views, shared=shared)
         self.projector = mlp(backbone.num_features, proj_hidden_dim, proj_dim, proj_layers)
         self.temperature = temperature
 
-    def forward(self, views: list[torch.Tensor], index: torch.Tensor) -> dict[str, torch.Tensor]:
-        view_a, view_b = views
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> the L2-normalised projection the loss compares."""
+        return F.normalize(self.projector(self.backbone(x)).float(), dim=1)
+
+    def forward(self, batch: Batch, progress: float) -> dict[str, torch.Tensor]:
+        view_a, view_b = batch.views
         # One pass over both views: BN sees the whole 2B batch, and it is faster.
         proj = self.projector(self.backbone(torch.cat([view_a, view_b])))
         proj_a, proj_b = proj.chunk(2)

@@ -1,5 +1,7 @@
 """Backbones (ResNet, toy) and heads."""
-from .backbones import BACKBONES, STAGES, ResNet, ToyNet, build_backbone, torchvision_resnet
+from .backbones import (BACKBONES, RESNET_BLOCKS, STAGES, BackboneConfig, ResNet, ToyNet, build_backbone,
+                        torchvision_resnet)
 from .heads import mlp
 
-__all__ = ["BACKBONES", "STAGES", "ResNet", "ToyNet", "build_backbone", "mlp", "torchvision_resnet"]
+__all__ = ["BACKBONES", "RESNET_BLOCKS", "STAGES", "BackboneConfig", "ResNet", "ToyNet", "build_backbone", "mlp",
+           "torchvision_resnet"]

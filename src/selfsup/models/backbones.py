@@ -7,6 +7,7 @@ probe (conv1, res2..res5 in the ResNet naming of the probing papers).
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torchvision
@@ -16,6 +17,21 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 from ..errors import SelfsupError, closest
 
 STAGES = ("conv1", "res2", "res3", "res4", "res5")
+
+#: Residual blocks per stage (res2..res5) of torchvision's ResNets (He et al. 2016, Table 1).
+RESNET_BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3)}
+
+
+@dataclass
+class BackboneConfig:
+    """The encoder network (the ``backbone`` section of a run config)."""
+
+    name: str = "resnet18"
+    """resnet18, resnet34, resnet50, or toy (tests)."""
+    small_stem: bool | None = None
+    """3x3 stride-1 first conv and no max-pool, for 28-64 px images; None: when image_size <= 64."""
+    width: int = 64
+    """Channels of the first stage (64 in torchvision); 32 or 16 for CPU-sized experiments."""
 
 
 def torchvision_resnet(depth: int = 18, in_channels: int = 3, small_stem: bool = False, width: int = 64
@@ -27,7 +43,7 @@ def torchvision_resnet(depth: int = 18, in_channels: int = 3, small_stem: bool =
     ``width`` scales every stage (64 -> 64/128/256/512 channels as in torchvision).
     """
     builders = {18: torchvision.models.resnet18, 34: torchvision.models.resnet34, 50: torchvision.models.resnet50}
-    if depth not in builders:
+    if depth not in RESNET_BLOCKS:
         raise SelfsupError(f"ResNet depth {depth} is not available; choose 18, 34 or 50")
     net = builders[depth]()
     if small_stem or in_channels != 3 or width != 64:
@@ -39,7 +55,7 @@ def torchvision_resnet(depth: int = 18, in_channels: int = 3, small_stem: bool =
             net.maxpool = nn.Identity()
         if width != 64:
             block = Bottleneck if depth == 50 else BasicBlock
-            blocks = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3)}[depth]
+            blocks = RESNET_BLOCKS[depth]
             net.layer1 = net._make_layer(block, width, blocks[0])
             net.layer2 = net._make_layer(block, 2 * width, blocks[1], stride=2)
             net.layer3 = net._make_layer(block, 4 * width, blocks[2], stride=2)

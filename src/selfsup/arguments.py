@@ -1,0 +1,166 @@
+"""Typed keyword arguments checked against a signature: the one place user values meet code.
+
+The config layer validates the ``method`` and ``views`` sections with these functions, and
+composite methods (multi-task) validate their tasks' arguments with them, so the defaults live
+in one place: the signatures of the classes (with the paper they come from in the docstring).
+Nested settings are frozen dataclasses (e.g. :class:`selfsup.views.AugmentSpec`): a partial
+mapping given for one is merged over the default instance of that parameter.
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import types
+import typing
+from typing import Any, Literal, Union
+
+from .errors import SelfsupError, closest
+
+
+def type_name(annotation: Any) -> str:
+    if annotation is type(None):
+        return "null"
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(annotation))
+    if origin in (Union, types.UnionType):
+        return " or ".join(type_name(a) for a in typing.get_args(annotation))
+    if origin is not None:
+        return str(annotation).replace("typing.", "")
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def check_value(path: str, value: Any, annotation: Any, default: Any = None) -> Any:
+    """``value`` converted to ``annotation`` (lists to tuples, ints to floats, mappings to
+    dataclasses merged over ``default``) or a :class:`SelfsupError` naming ``path``.
+
+    Supports the types configs use: bool, int, float, str, None, Literal, unions,
+    tuple[...], list[...], dict[...] and dataclasses.
+    """
+    if annotation is Any or annotation is inspect.Parameter.empty:
+        return value
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (Union, types.UnionType):
+        for option in args:
+            try:
+                return check_value(path, value, option, default)
+            except SelfsupError as err:
+                if dataclasses.is_dataclass(option) and isinstance(value, dict):
+                    raise err  # the mapping was meant for the dataclass: its own message is the useful one
+                continue
+    elif dataclasses.is_dataclass(annotation):
+        if isinstance(value, annotation):
+            return value
+        base = default if isinstance(default, annotation) else None
+        return build_dataclass(annotation, value, path, base)  # refuses a value that is not a mapping
+    elif origin is Literal:
+        if value in args:
+            return value
+    elif annotation is type(None):
+        if value is None:
+            return None
+    elif annotation is bool:
+        if isinstance(value, bool):
+            return value
+    elif annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif annotation is str:
+        if isinstance(value, str):
+            return value
+    elif origin is tuple and isinstance(value, (list, tuple)):
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(check_value(f"{path}[{i}]", v, args[0]) for i, v in enumerate(value))
+        if len(value) == len(args):
+            return tuple(check_value(f"{path}[{i}]", v, a) for i, (v, a) in enumerate(zip(value, args)))
+    elif origin is list and isinstance(value, (list, tuple)):
+        return [check_value(f"{path}[{i}]", v, args[0]) for i, v in enumerate(value)]
+    elif origin is dict or annotation is dict:
+        if isinstance(value, dict):
+            if len(args) == 2:
+                return {check_value(f"{path}.<key>", k, args[0]): check_value(f"{path}.{k}", v, args[1])
+                        for k, v in value.items()}
+            return value
+    raise SelfsupError(f"config key '{path}': expected {type_name(annotation)}, got {value!r}")
+
+
+def unknown_key(path: str, key: str, valid: list[str]) -> SelfsupError:
+    where = f"'{path}.{key}'" if path else f"'{key}'"
+    return SelfsupError(
+        f"unknown config key {where}{closest(key, valid)}. Valid keys here: {', '.join(sorted(valid))}")
+
+
+def build_dataclass(cls: type, values: dict[str, Any], path: str, base: Any = None) -> Any:
+    """An instance of dataclass ``cls`` from a (partial) mapping, over ``base`` or the defaults."""
+    if not isinstance(values, dict):
+        raise SelfsupError(f"config section '{path}' must be a mapping, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    start = base if base is not None else None
+    kwargs = {}
+    for key, value in values.items():
+        if key not in fields:
+            raise unknown_key(path, key, list(fields))
+        current = getattr(start, key) if start is not None else _field_default(fields[key])
+        kwargs[key] = check_value(f"{path}.{key}" if path else key, value, hints[key], current)
+    try:
+        return dataclasses.replace(start, **kwargs) if start is not None else cls(**kwargs)
+    except (TypeError, ValueError) as err:
+        raise SelfsupError(f"config section '{path}': {err}") from None
+
+
+def _field_default(field: dataclasses.Field) -> Any:
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    if field.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return field.default_factory()  # type: ignore[misc]
+    return None
+
+
+def signature_defaults(fn: Any, skip: tuple[str, ...] = ()) -> dict[str, tuple[Any, Any]]:
+    """``{name: (annotation, default)}`` of the keyword parameters of ``fn`` (a class or function).
+
+    Only ``fn``'s own signature counts: a class states every argument it takes.
+    """
+    target = fn.__init__ if inspect.isclass(fn) else fn
+    hints = typing.get_type_hints(target)
+    out = {}
+    for name, param in inspect.signature(target).parameters.items():
+        if name in ("self", *skip) or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        out[name] = (hints.get(name, Any), param.default)
+    return out
+
+
+def check_kwargs(path: str, values: dict[str, Any], fn: Any, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Validate ``values`` against the signature of ``fn``; return every argument, defaults filled in."""
+    if not isinstance(values, dict):
+        raise SelfsupError(f"config section '{path}' must be a mapping, got {values!r}")
+    spec = signature_defaults(fn, skip)
+    for key in values:
+        if key not in spec:
+            raise unknown_key(path, key, list(spec))
+    resolved = {}
+    for name, (annotation, default) in spec.items():
+        if name in values:
+            resolved[name] = check_value(f"{path}.{name}", values[name], annotation, default)
+        elif default is inspect.Parameter.empty:
+            raise SelfsupError(f"config key '{path}.{name}' is required")
+        else:
+            resolved[name] = default
+    return resolved
+
+
+def plain(value: Any) -> Any:
+    """Dataclasses and tuples turned into the dicts and lists YAML and JSON hold."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, (tuple, list)):
+        return [plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    return value

@@ -1,0 +1,56 @@
+"""Teachers that follow their students by exponential moving average.
+
+The target network of BYOL (Grill et al. 2020), the key encoder of MoCo (He et al. 2020), the
+teacher of DINO (Caron et al. 2021): theta_t <- m * theta_t + (1 - m) * theta_s after every
+optimiser step (the engine calls the method's ``after_step``), with m from a schedule.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from typing import Literal
+
+import torch
+from torch import nn
+
+BufferPolicy = Literal["copy", "average", "keep"]
+
+
+def frozen_copy(module: nn.Module) -> nn.Module:
+    """A deep copy of ``module`` that takes no gradient: the starting point of a teacher."""
+    teacher = copy.deepcopy(module)
+    for param in teacher.parameters():
+        param.requires_grad_(False)
+    return teacher
+
+
+@torch.no_grad()
+def ema_update(teacher: nn.Module, student: nn.Module, momentum: float, buffers: BufferPolicy = "copy") -> None:
+    """teacher <- momentum * teacher + (1 - momentum) * student, parameter by parameter.
+
+    ``buffers`` says what happens to buffers (BatchNorm statistics), explicitly:
+    ``copy`` takes the student's (DINO's teacher and timm's EMA models evaluate with them),
+    ``average`` averages floating-point buffers like parameters and copies the others (counters),
+    ``keep`` leaves them to the teacher's own forward passes in train mode (MoCo, BYOL).
+    """
+    student_params = dict(student.named_parameters())
+    for name, param in teacher.named_parameters():
+        if name not in student_params:
+            raise ValueError(f"teacher parameter '{name}' has no counterpart in the student")
+        param.mul_(momentum).add_(student_params[name].detach().to(param.dtype), alpha=1 - momentum)
+    if buffers == "keep":
+        return
+    student_buffers = dict(student.named_buffers())
+    for name, buffer in teacher.named_buffers():
+        source = student_buffers[name]
+        if buffers == "average" and buffer.is_floating_point():
+            buffer.mul_(momentum).add_(source.to(buffer.dtype), alpha=1 - momentum)
+        else:
+            buffer.copy_(source)
+
+
+def momentum_schedule(progress: float, base: float, final: float = 1.0) -> float:
+    """BYOL's cosine increase of the EMA momentum from ``base`` (progress 0) to ``final`` (progress 1):
+    m = final - (final - base) * (cos(pi * progress) + 1) / 2 (0.996 -> 1 in the paper)."""
+    progress = min(max(progress, 0.0), 1.0)
+    return final - (final - base) * (math.cos(math.pi * progress) + 1) / 2

@@ -1,0 +1,29 @@
+"""Shuffling BatchNorm across processes (MoCo, He et al. 2020, Sec. 3.3).
+
+With per-process BatchNorm, the queries and keys of one process would be normalised with
+statistics of the same images, and the model could cheat through them ("intra-batch
+communication"). MoCo runs the key encoder on a batch shuffled across processes and shuffles
+the keys back: the statistics of every process then mix images of all. In one process it is
+a plain forward.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from ..engine import dist
+
+
+@torch.no_grad()
+def shuffled_forward(encoder: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor) -> torch.Tensor:
+    """``encoder(images)`` (B, ...) -> (B, D), each process encoding a random slice of the global
+    batch; rows come back in the order of ``images``. For encoders without gradient (key encoders)."""
+    world = dist.world_size()
+    if world == 1:
+        return encoder(images)
+    everything = dist.gather(images)
+    order = dist.broadcast_tensor(torch.randperm(len(everything), device=images.device))
+    mine = everything[order].chunk(world)[dist.rank()]
+    encoded = dist.gather(encoder(mine))
+    return encoded[torch.argsort(order)].chunk(world)[dist.rank()]

@@ -1,0 +1,94 @@
+"""The training and test sets of a run, built in one place for pretraining and for evaluation."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from ..errors import SelfsupError
+from .catalog import USER_FORMATS, load_dataset
+from .dataset import ImageDataset
+
+
+@dataclass
+class DataConfig:
+    """Where the images come from (the ``data`` section; see ``selfsup data inspect``)."""
+
+    name: str = "fashion_mnist"
+    """Dataset name: fashion_mnist, mnist, cifar10, cifar100, stl10, imagefolder, tensors."""
+    root: str | None = None
+    """Folder (or file, for ``tensors``); None searches the usual places."""
+    train_split: str = "train"
+    """Split used for pretraining (stl10: ``train+unlabeled`` uses the 100k unlabeled images)."""
+    test_split: str = "test"
+    image_size: int | None = None
+    """Stored image size; None keeps the native size (ImageFolder needs one: 64 by default)."""
+    subset: int | None = None
+    """Use a class-balanced subset of this many training images (seeded), e.g. for quick runs."""
+    download: bool = False
+    """Fetch the dataset from its official URL when it is not found."""
+    skip_bad: bool = False
+    """Skip corrupt or unreadable images (counted in the log) instead of stopping."""
+    on_device: Literal["auto", "always", "never"] = "auto"
+    """Hold the uint8 image tensor on the training device (auto: when it takes < 25% of free memory)."""
+
+
+@dataclass
+class Splits:
+    train: ImageDataset
+    """The images to train on (pretraining: without the held-out monitor queries)."""
+    test: ImageDataset | None
+    """The test split; None for user data that has none (pretraining only)."""
+    held_out: ImageDataset | None = None
+    """Labelled training images kept out of pretraining, for the kNN monitor's queries."""
+
+    def info(self) -> dict[str, Any]:
+        """The facts a checkpoint needs to rebuild the model and its input pipeline."""
+        mean, std = self.train.stats()
+        return {"dataset": self.train.name, "images": len(self.train), "channels": self.train.channels,
+                "image_size": self.train.image_size, "mean": list(mean), "std": list(std),
+                "classes": list(self.train.classes), "skipped": self.train.skipped,
+                "held_out": len(self.held_out) if self.held_out is not None else 0}
+
+
+def load_splits(cfg: DataConfig, *, seed: int = 0, labeled: bool = False, hold_out: int = 0,
+                quiet: bool = False) -> Splits:
+    """The train and test sets of ``cfg``.
+
+    ``labeled=True`` (evaluation): only labelled training images (STL-10's ``unlabeled`` part is
+    dropped), and a labelled test split is required. ``hold_out=N`` (pretraining with a kNN
+    monitor): a seeded, class-balanced set of N labelled training images is kept out of the
+    training set, so that the monitor (and ``best.pt``) never looks at the test split.
+    """
+    common = dict(name=cfg.name, root=cfg.root, image_size=cfg.image_size, download=cfg.download,
+                  skip_bad=cfg.skip_bad, quiet=quiet)
+    split = cfg.train_split
+    if labeled:
+        split = "+".join(part for part in split.split("+") if part != "unlabeled") or "train"
+    train = load_dataset(split=split, **common)
+    held_out = None
+    if labeled:
+        train = train.select((train.targets >= 0).nonzero().squeeze(1)) if train.labeled else train
+    elif hold_out > 0 and train.labeled:
+        train, held_out = train.split_off(hold_out, seed)
+    if cfg.subset is not None and not labeled:
+        train = train.balanced_subset(cfg.subset, seed)
+    try:
+        test = load_dataset(split=cfg.test_split, **common)
+    except SelfsupError as err:
+        if labeled or cfg.name not in USER_FORMATS:
+            raise
+        test = None
+        if not quiet:
+            print(f"note: no test split ({err})")
+    if labeled:
+        for part in (train, test):
+            if not part.labeled:
+                raise SelfsupError(f"{part.name} ({part.split}) has no labels: kNN and linear evaluation need them")
+    return Splits(train, test, held_out)
+
+
+def labeled_part(dataset: ImageDataset) -> ImageDataset:
+    """The images of ``dataset`` that carry a label."""
+    return dataset.select((dataset.targets >= 0).nonzero().squeeze(1))
+
+

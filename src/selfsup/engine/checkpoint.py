@@ -1,0 +1,160 @@
+"""Checkpoints that survive anything: atomic writes, safe loads, clear errors.
+
+A checkpoint is a plain dict of tensors and Python literals written with ``torch.save``
+to a temporary file, flushed to disk and renamed over the old one, so a ``kill -9`` at
+any moment leaves either the old or the new file, never half of one. Loading uses
+``torch.load(weights_only=True)``: a checkpoint cannot execute code, and a file that would
+need unpickling of arbitrary objects is refused.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import SelfsupError
+
+FORMAT = "selfsup-checkpoint"
+VERSION = 2
+
+
+def save_atomic(state: dict[str, Any], path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(temporary, "wb") as handle:
+            torch.save(state, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except OSError as err:
+        temporary.unlink(missing_ok=True)
+        raise SelfsupError(f"could not write checkpoint {path}: {err.strerror or err}. "
+                           "Free disk space or choose another --run-dir; the previous checkpoint is intact.") from None
+    # Make the rename itself durable.
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+def read_weights_only(path: Path) -> Any:
+    """``torch.load(path, weights_only=True)`` with errors a user can act on (and no advice to unpickle)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "weights only" in str(err).lower() or "weights_only" in str(err):
+            raise SelfsupError(
+                f"{path} is not a weights-only checkpoint: it holds pickled Python objects, which can run code "
+                "when they are unpickled, so it may be unsafe to load and selfsup refuses it. It was left "
+                "untouched. Use a checkpoint written by selfsup (or tensors saved with safetensors).") from None
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise _unreadable(path, reason) from None
+    except Exception as err:  # noqa: BLE001 - truncation, bad zip, ...
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise _unreadable(path, reason) from None
+
+
+def _unreadable(path: Path, reason: str) -> SelfsupError:
+    return SelfsupError(
+        f"{path} is not a readable checkpoint ({reason[:200]}). It is corrupt, truncated, or not a "
+        f"selfsup/PyTorch weights file; it was left untouched. Resume from another checkpoint "
+        f"(best.pt, or an earlier copy) or start a new run directory.")
+
+
+def load(path: str | Path) -> dict[str, Any]:
+    """Read a selfsup checkpoint (never unpickling code); raise a clear error otherwise.
+
+    A run directory stands for its ``checkpoints/last.pt``.
+    """
+    path = Path(path)
+    if path.is_dir():
+        candidates = [path / "checkpoints" / "last.pt", path / "last.pt"]
+        path = next((c for c in candidates if c.is_file()), candidates[0])
+    if not path.is_file():
+        raise SelfsupError(f"checkpoint {path} does not exist")
+    state = read_weights_only(path)
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise SelfsupError(f"{path} is a PyTorch file but not a selfsup checkpoint (no '{FORMAT}' marker). "
+                           "To start from torchvision weights, load them into the backbone yourself.")
+    if state.get("version", 0) > VERSION:
+        raise SelfsupError(f"{path} was written by a newer selfsup (format {state['version']}); upgrade selfsup.")
+    state["path"] = str(path)
+    return state
+
+
+def architecture(config: dict[str, Any]) -> dict[str, Any]:
+    """What must agree between a checkpoint and a model for the weights to fit."""
+    return {"method": config["method"], "backbone": config["backbone"]}
+
+
+def check_compatible(state: dict[str, Any], config: dict[str, Any]) -> None:
+    """Refuse a checkpoint of another architecture, naming what differs."""
+    saved, wanted = architecture(state["config"]), architecture(config)
+    differences = []
+    for section in ("method", "backbone"):
+        for key in sorted(set(saved[section]) | set(wanted[section])):
+            if saved[section].get(key) != wanted[section].get(key):
+                differences.append(f"{section}.{key}: checkpoint {saved[section].get(key)!r}, "
+                                   f"config {wanted[section].get(key)!r}")
+    if differences:
+        raise SelfsupError(f"checkpoint {state['path']} was trained with another architecture ("
+                           + "; ".join(differences) + "). Use the checkpoint's own config, or a new run directory.")
+
+
+def load_weights(module: nn.Module, weights: dict[str, torch.Tensor], source: str) -> None:
+    """``load_state_dict`` with an error that names the keys and shapes that do not fit."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in weights]
+    unexpected = [k for k in weights if k not in own]
+    wrong_shape = [f"{k} {tuple(weights[k].shape)} vs {tuple(own[k].shape)}" for k in own
+                   if k in weights and weights[k].shape != own[k].shape]
+    if missing or unexpected or wrong_shape:
+        parts = []
+        for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", wrong_shape)):
+            if items:
+                parts.append(f"{label}: {', '.join(items[:4])}{' ...' if len(items) > 4 else ''}")
+        raise SelfsupError(f"the weights in {source} do not fit this model ({'; '.join(parts)}). "
+                           "They come from another architecture.")
+    module.load_state_dict(weights)
+
+
+def submodule_weights(weights: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The entries of a state dict under ``prefix`` (e.g. ``backbone.``), with the prefix removed."""
+    prefix = prefix if prefix.endswith(".") else prefix + "."
+    return {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
+
+
+def prepare_run_dir(run_dir: Path, resume: bool) -> Path | None:
+    """Create and check the run directory; return the checkpoint to resume from, if any."""
+    try:
+        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as err:
+        raise SelfsupError(f"cannot write to run directory {run_dir}: {err.strerror or err}. "
+                           "Choose a writable --run-dir.") from None
+    last = run_dir / "checkpoints" / "last.pt"
+    if last.exists() and not resume:
+        raise SelfsupError(f"{run_dir} already holds a run (checkpoints/last.pt). Pass --resume to continue it, "
+                           "or choose another --run-dir; nothing was changed.")
+    return last if (resume and last.exists()) else None
+
+
+def check_disk_space(run_dir: Path, model: nn.Module) -> None:
+    """Refuse to start when last.pt + best.pt + a temporary copy cannot fit."""
+    # The optimiser roughly doubles the weights.
+    parameters = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    needed = 3 * 3 * parameters
+    free = shutil.disk_usage(run_dir).free
+    if free < needed:
+        raise SelfsupError(f"only {free / 2**20:.0f} MiB free in {run_dir}; checkpoints need about "
+                           f"{needed / 2**20:.0f} MiB. Free space or choose another --run-dir.")

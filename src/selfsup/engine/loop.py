@@ -1,0 +1,318 @@
+"""The one training loop: any module that returns ``{"loss": ...}`` on batches, on one CPU, one
+GPU, or many via torchrun.
+
+Per step: uint8 images -> ``module.views`` (no gradient, fp32) -> ``module(Batch(views, targets,
+index), progress)`` under autocast -> backward -> frozen parts' gradients dropped -> clipping ->
+optimiser step -> ``module.after_step(progress)`` (EMA and momentum updates). Around it: the
+learning-rate and weight-decay schedules, logging, a monitor at epoch ends, checkpoints that
+hold everything needed to continue exactly (the module with its buffers, optimiser, scaler,
+step, every rank's RNG state), and a stop on a non-finite loss. Pretraining, fine-tuning,
+distillation and the other recipes are all fits of this loop.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple, Protocol
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from ..errors import SelfsupError
+from . import checkpoint, dist
+from .metrics import MetricsLog
+from .optim import Schedule, apply_schedule
+from .runtime import Precision, write_json
+
+
+class Batch(NamedTuple):
+    """What a module's forward receives: the views its ``views`` made, labels (-1: none), dataset indices."""
+
+    views: list[torch.Tensor]
+    targets: torch.Tensor
+    index: torch.Tensor
+
+
+class Loader(Protocol):
+    batch_size: int
+
+    def __len__(self) -> int: ...
+    def set_epoch(self, epoch: int) -> None: ...
+    def iterate(self, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]: ...
+
+
+class NonFiniteLoss(SelfsupError):
+    """The loss became NaN or infinite; the weights were not updated with it."""
+
+
+@dataclass(frozen=True)
+class Freeze:
+    """Parameters whose names start with ``prefix`` do not train before step ``until_step``: their
+    gradients are dropped (so neither the optimiser nor weight decay moves them) and their
+    BatchNorm layers keep their statistics (eval mode)."""
+
+    prefix: str
+    until_step: int
+
+
+def to_channels_last(views: list[torch.Tensor]) -> list[torch.Tensor]:
+    # Images only: labels and tile stacks (B, T, C, h, w) keep their layout.
+    return [v.contiguous(memory_format=torch.channels_last) if v.ndim == 4 and v.is_floating_point() else v
+            for v in views]
+
+
+@contextlib.contextmanager
+def preserved(module: nn.Module, *others: Any) -> Iterator[None]:
+    """Run a block (timing steps, say) and put back the module's state, the state of ``others``
+    (optimisers, scalers: anything with ``state_dict``) and the RNG, as if it never ran."""
+    saved = copy.deepcopy(module.state_dict())
+    saved_others = [copy.deepcopy(o.state_dict()) for o in others]
+    rng = torch.get_rng_state()
+    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    try:
+        yield
+    finally:
+        module.load_state_dict(saved)
+        for other, state in zip(others, saved_others):
+            other.load_state_dict(state)
+        torch.set_rng_state(rng)
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state_all(cuda_rng)
+        for param in module.parameters():
+            param.grad = None
+
+
+class Engine:
+    """Fits ``module`` (forward(batch, progress) -> {"loss", ...}) with ``optimizer`` on ``loader``.
+
+    ``monitor`` (optional) runs at epoch ends every ``monitor_every`` epochs and at the end and
+    returns metrics; ``best_by`` names the one that chooses ``best.pt`` (higher is better), else
+    the epoch's mean loss does. ``meta`` is stored in every checkpoint (config, data facts).
+    """
+
+    def __init__(self, module: nn.Module, loader: Loader, optimizer: torch.optim.Optimizer, schedule: Schedule, *,
+                 run_dir: str | Path, device: torch.device, precision: Precision, channels_last: bool = False,
+                 clip_grad: float | None = None, freeze: tuple[Freeze, ...] = (),
+                 monitor: Callable[[], dict[str, float]] | None = None, monitor_every: int = 1,
+                 best_by: str | None = None, meta: dict[str, Any] | None = None, seed: int = 0,
+                 log_every: int = 10, checkpoint_every_steps: int = 0, quiet: bool = False) -> None:
+        self.module, self.loader, self.optimizer, self.schedule = module, loader, optimizer, schedule
+        self.run_dir, self.device, self.precision = Path(run_dir), device, precision
+        self.channels_last, self.clip_grad = channels_last, clip_grad
+        self.monitor, self.monitor_every, self.best_by = monitor, monitor_every, best_by
+        self.meta, self.seed, self.quiet = meta or {}, seed, quiet
+        self.log_every, self.checkpoint_every_steps = log_every, checkpoint_every_steps
+        self.rank, self.world, self.main = dist.rank(), dist.world_size(), dist.is_main()
+        self.steps_per_epoch = len(loader)
+        names = {id(p): n for n, p in module.named_parameters()}
+        self.freezes = [(spec, [p for p in module.parameters() if names[id(p)].startswith(spec.prefix)],
+                         [m for n, m in module.named_modules() if n.startswith(spec.prefix.rstrip("."))
+                          and isinstance(m, nn.modules.batchnorm._BatchNorm)]) for spec in freeze]
+        # DDP wraps what trains; banks, queues and teachers are buffers kept identical by their own
+        # gathered updates, so they are not broadcast on every step (31 MB for NPID on 60k images).
+        self.model: nn.Module = module if self.world == 1 else DistributedDataParallel(
+            module, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=precision.needs_scaler)
+        self.step, self.best, self.best_name = 0, None, None
+        self.epoch_losses: list[float] = []
+        self.train_seconds = 0.0  # time in training steps, summed over resumed sessions
+        self.log: MetricsLog | None = None
+
+    # ------------------------------------------------------------ one step
+
+    def train_step(self, images: torch.Tensor, targets: torch.Tensor, index: torch.Tensor) -> dict[str, float]:
+        """One optimiser step on a uint8 batch; returns the loss averaged over processes."""
+        total = self.schedule.total_steps
+        lr, weight_decay = self.schedule.lr(self.step), self.schedule.weight_decay_at(self.step)
+        apply_schedule(self.optimizer, lr, weight_decay)
+        for spec, _, norms in self.freezes:
+            for norm in norms:
+                norm.train(self.step >= spec.until_step)
+        with torch.no_grad():
+            views = self.module.views(images)
+        if self.channels_last:
+            views = to_channels_last(views)
+        with self.precision.autocast(self.device):
+            out = self.model(Batch(views, targets, index), self.step / total)
+        loss = out["loss"]
+        # Every rank learns whether any rank diverged, so all stop together, before the update.
+        stats = dist.all_reduce_mean(torch.stack([loss.detach().float(), (~torch.isfinite(loss)).float()]))
+        loss_value, diverged = stats.tolist()
+        if diverged:
+            raise NonFiniteLoss(self._divergence_message(loss_value))
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        for spec, params, _ in self.freezes:
+            if self.step < spec.until_step:
+                for param in params:
+                    param.grad = None
+        row: dict[str, float] = {"loss": loss_value, "lr": lr}
+        if self.schedule.final_weight_decay is not None:
+            row["weight_decay"] = weight_decay
+        if self.clip_grad is not None:
+            self.scaler.unscale_(self.optimizer)
+            trained = [p for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
+            row["grad_norm"] = float(nn.utils.clip_grad_norm_(trained, self.clip_grad))
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.step += 1
+        after_step = getattr(self.module, "after_step", None)
+        if after_step is not None:
+            after_step(self.step / total)
+        row.update({k: dist.all_reduce_mean(v.detach().float()).item() for k, v in out.items() if k != "loss"})
+        return row
+
+    def time_steps(self, count: int, warmup: int = 1) -> float:
+        """Seconds per training step, measured on real batches, then undone (weights, optimiser,
+        RNG and step are as before): sizes a run to a time budget."""
+        images, targets, index = next(self.loader.iterate())
+        step = self.step
+        with preserved(self.module, self.optimizer, self.scaler):
+            for _ in range(warmup):
+                self.train_step(images, targets, index)
+            _synchronize(self.device)
+            start = time.perf_counter()
+            for _ in range(count):
+                self.train_step(images, targets, index)
+            _synchronize(self.device)
+            seconds = (time.perf_counter() - start) / count
+        self.step = step
+        return float(dist.all_reduce_mean(torch.tensor(seconds)).item())
+
+    def _divergence_message(self, value: float) -> str:
+        last = self.run_dir / "checkpoints" / "last.pt"
+        where = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
+        return (f"the loss became {value} at step {self.step} (epoch {self.step // self.steps_per_epoch}); "
+                f"the weights were not updated with it and {where}. Lower optim.lr, check the data, "
+                "or try train.precision=fp32; continue with --resume.")
+
+    # ------------------------------------------------------------ checkpoints
+
+    def state(self) -> dict[str, Any]:
+        rng = [torch.get_rng_state()] + ([torch.cuda.get_rng_state(self.device)] if self.device.type == "cuda" else [])
+        return {
+            "format": checkpoint.FORMAT, "version": checkpoint.VERSION, **self.meta,
+            "model": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(), "step": self.step, "total_steps": self.schedule.total_steps,
+            "epoch": self.step // self.steps_per_epoch, "world_size": self.world,
+            "rng": [list(states) for states in dist.gather_objects(rng)],
+            "best": self.best, "best_name": self.best_name, "epoch_losses": self.epoch_losses,
+            "train_seconds": self.train_seconds,
+        }
+
+    def save(self, best: bool = False) -> None:
+        state = self.state()  # collective: every rank takes part
+        if self.main:
+            checkpoint.save_atomic(state, self.run_dir / "checkpoints" / "last.pt")
+            if best:
+                checkpoint.save_atomic(state, self.run_dir / "checkpoints" / "best.pt")
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue from a checkpoint of this run (the caller checked that it fits)."""
+        checkpoint.load_weights(self.module, state["model"], state["path"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step, self.best, self.best_name = state["step"], state["best"], state["best_name"]
+        self.epoch_losses = list(state["epoch_losses"])
+        self.train_seconds = state["train_seconds"]
+        if state["world_size"] == self.world:
+            states = state["rng"][self.rank]
+            torch.set_rng_state(states[0])
+            if self.device.type == "cuda" and len(states) > 1:
+                torch.cuda.set_rng_state(states[1], self.device)
+        else:
+            torch.manual_seed(self.seed + 1000 * self.rank + self.step)
+            if self.main:
+                print(f"note: checkpoint written by {state['world_size']} processes, resumed on {self.world}: "
+                      "augmentation streams restart from the seed")
+        if self.main and not self.quiet:
+            print(f"resumed {state['path']} at step {self.step} (epoch {state['epoch']})")
+
+    def seed_streams(self) -> None:
+        """Per-rank augmentation streams for a fresh run (initial weights were seeded alike)."""
+        torch.manual_seed(self.seed + 1000 * self.rank)
+
+    # ------------------------------------------------------------ the loop
+
+    def fit(self, resumed: bool = False) -> dict[str, Any]:
+        total = self.schedule.total_steps
+        epochs = -(-total // self.steps_per_epoch)
+        images_per_step = self.loader.batch_size * self.world
+        self.log = MetricsLog(self.run_dir, enabled=self.main, resume_step=self.step if resumed else None)
+        self.module.train()
+        step_times: list[float] = []
+        try:
+            while self.step < total:
+                epoch, start = divmod(self.step, self.steps_per_epoch)
+                self.loader.set_epoch(epoch)
+                bar = tqdm(total=min(self.steps_per_epoch, total - epoch * self.steps_per_epoch), initial=start,
+                           desc=f"epoch {epoch + 1}/{epochs}", disable=self.quiet or not self.main,
+                           dynamic_ncols=True, unit="step")
+                for images, targets, index in self.loader.iterate(start):
+                    tick = time.perf_counter()
+                    row = self.train_step(images, targets, index)
+                    step_times.append(time.perf_counter() - tick)
+                    self.train_seconds += step_times[-1]
+                    self.epoch_losses.append(row["loss"])
+                    throughput = images_per_step / (sum(step_times[-20:]) / len(step_times[-20:]))
+                    bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.3g}", img_s=f"{throughput:.0f}",
+                                    eta=format_seconds((total - self.step) * images_per_step / throughput),
+                                    refresh=False)
+                    bar.update()
+                    if self.step % self.log_every == 0 or self.step == total:
+                        self.log.log("step", {"step": self.step, "epoch": epoch, **row,
+                                              "img_per_s": round(throughput, 1)})
+                    if self.checkpoint_every_steps and self.step % self.checkpoint_every_steps == 0:
+                        self.save()
+                    if self.step >= total:
+                        break
+                bar.close()
+                self._end_epoch(epoch)
+        finally:
+            self.log.close()
+        summary = {"run_dir": str(self.run_dir), "steps": self.step, "best": self.best, "best_metric": self.best_name,
+                   "train_seconds": round(self.train_seconds, 2), "train_minutes": round(self.train_seconds / 60, 2),
+                   "img_per_s": round(images_per_step * self.step / max(self.train_seconds, 1e-9), 1)}
+        if self.main:
+            write_json(self.run_dir / "summary.json", summary)
+        return summary
+
+    def _end_epoch(self, epoch: int) -> None:
+        last = self.step >= self.schedule.total_steps
+        if not (self.step % self.steps_per_epoch == 0 or last) or not self.epoch_losses:
+            return
+        losses, self.epoch_losses = self.epoch_losses, []
+        dist.average_norm_statistics(self.module)  # every rank evaluates and saves the same model
+        row: dict[str, Any] = {"step": self.step, "epoch": epoch + 1, "loss": sum(losses) / len(losses),
+                               "minutes": round(self.train_seconds / 60, 3)}
+        if self.monitor is not None and ((epoch + 1) % self.monitor_every == 0 or last):
+            row.update({k: round(v, 2) for k, v in self.monitor().items()})
+            self.module.train()
+        # Best by the monitor when it ran, else by the epoch's mean loss.
+        name, value, better = ((self.best_by, row[self.best_by], lambda new, old: new > old)
+                               if self.best_by in row else ("loss", row["loss"], lambda new, old: new < old))
+        is_best = self.best is None or self.best_name != name or better(value, self.best)
+        if is_best:
+            self.best, self.best_name = value, name
+        self.log.log("epoch", row)
+        if self.main and not self.quiet:
+            extra = "".join(f", {k} {v}" for k, v in row.items() if k not in ("step", "epoch", "loss", "minutes"))
+            tqdm.write(f"epoch {epoch + 1}: loss {row['loss']:.4f}{extra}")
+        self.save(best=is_best)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}" if seconds >= 3600 \
+        else f"{seconds // 60}:{seconds % 60:02d}"

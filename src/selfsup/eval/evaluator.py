@@ -1,0 +1,164 @@
+"""Protocols on the frozen features of one encoder (or of raw pixels), with a feature cache.
+
+Features are extracted once per encoder and split and cached next to the results, so a second
+protocol (or a linear probe with other settings) costs no forward passes. Results accumulate
+in ``results.json`` and ``results.md`` of the output folder.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from ..data import ImageDataset
+from ..engine import checkpoint
+from ..errors import SelfsupError
+from ..engine.runtime import pick_device, resolve_precision, write_json
+from ..views import EvalView
+from .calibrate import recalibrate_batchnorm
+from .features import extract_features, pixel_features
+from .knn import knn_accuracy
+from .linear import linear_probe
+
+PROTOCOLS = ("knn", "linear")
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation protocols on frozen features (the ``eval`` section of a run config)."""
+
+    knn_k: int = 200
+    knn_temperature: float = 0.07
+    """NPID's weighted kNN: votes exp(cosine / T) of the k nearest training images."""
+    features: Literal["backbone", "embedding"] = "backbone"
+    """backbone: pooled backbone features (every method, comparable); embedding: the method's own
+    embedding (NPID/PIRL: the 128-d vectors the memory bank holds; SimCLR: the projection)."""
+    bn_recalibration: Literal["auto", "on", "off"] = "auto"
+    """Re-estimate BatchNorm statistics on full training images before extracting features
+    (auto: for methods whose trunk trained on tiles or half-size images: jigsaw, context
+    prediction, counting, PIRL, multi-task). Uses no labels."""
+    bn_recalibration_images: int = 10000
+    linear_solver: Literal["lbfgs", "sgd"] = "lbfgs"
+    """lbfgs: full-batch on the cached features; sgd: mini-batches, for feature sets too large for that."""
+    linear_max_iter: int = 300
+    """L-BFGS iterations."""
+    linear_epochs: int = 100
+    """SGD passes over the cached features."""
+    linear_weight_decays: list[float] = field(default_factory=lambda: [0.0, 1e-5, 1e-4, 1e-3])
+    """Chosen on a held-out 10% of the training set, then refit on all of it."""
+    batch_size: int = 512
+
+
+class Evaluator:
+    """Features of one encoder for the train and test sets, and the protocols on them.
+
+    ``encoder`` None evaluates raw pixels. ``encode`` replaces ``encoder(x)`` (a method's
+    ``embed``). ``recalibrate`` > 0 re-estimates BatchNorm statistics on that many training
+    images first (see :mod:`selfsup.eval.calibrate`).
+    """
+
+    def __init__(self, name: str, train: ImageDataset, test: ImageDataset, view: EvalView, out_dir: Path,
+                 encoder: nn.Module | None = None, *, device: str = "auto", precision: str = "auto",
+                 cache_key: dict | None = None, batch_size: int = 512, recalibrate: int = 0, seed: int = 0,
+                 encode: Callable[[torch.Tensor], torch.Tensor] | None = None, quiet: bool = False) -> None:
+        self.name, self.train, self.test, self.view, self.out_dir = name, train, test, view, out_dir
+        self.encoder, self.encode, self.cache_key = encoder, encode, cache_key
+        self.batch_size, self.recalibrate, self.seed, self.quiet = batch_size, recalibrate, seed, quiet
+        self.device = pick_device(device)
+        self.precision = resolve_precision(precision, self.device)
+        self.channels_last = bool(getattr(getattr(encoder, "backbone", encoder), "prefers_channels_last", False))
+        self._features: dict[str, torch.Tensor] = {}
+        self._calibrated = False
+
+    def features(self, split: str) -> torch.Tensor:
+        if split not in self._features:
+            dataset = self.train if split == "train" else self.test
+            self._features[split] = (pixel_features(dataset.images, self.view) if self.encoder is None
+                                     else self._cached(split, dataset))
+        return self._features[split]
+
+    def _cached(self, split: str, dataset: ImageDataset) -> torch.Tensor:
+        key = {**(self.cache_key or {}), "split": split, "images": len(dataset),
+               "image_shape": list(dataset.images.shape[1:]), "recalibrate": self.recalibrate,
+               "features": "embedding" if self.encode is not None else "encoder"}
+        path = self.out_dir / "features" / f"{(self.cache_key or {}).get('stem', 'encoder')}-{split}.pt"
+        if path.is_file():
+            try:
+                cached = torch.load(path, map_location="cpu", weights_only=True)
+                if cached.get("key") == key:
+                    return cached["features"]
+            except Exception:  # noqa: BLE001 - a bad cache is recomputed, never trusted
+                pass
+        self.encoder.to(self.device)
+        options = dict(autocast_dtype=self.precision.dtype, channels_last=self.channels_last)
+        if self.recalibrate and not self._calibrated:
+            recalibrate_batchnorm(self.encoder, self.train.images, self.view, count=self.recalibrate,
+                                  batch_size=self.batch_size, seed=self.seed, encode=self.encode,
+                                  desc=None if self.quiet else "BatchNorm recalibration", **options)
+            self._calibrated = True
+        features = extract_features(self.encoder, dataset.images, self.view.to(self.device),
+                                    batch_size=self.batch_size, encode=self.encode,
+                                    desc=None if self.quiet else f"features {split}", **options)
+        if self.cache_key is not None:
+            checkpoint.save_atomic({"key": key, "features": features}, path)
+        return features
+
+    def knn(self, k: int = 200, temperature: float = 0.07) -> dict[str, Any]:
+        top1 = knn_accuracy(self.features("train"), self.train.targets, self.features("test"), self.test.targets,
+                            len(self.train.classes), k, temperature)
+        return {"top1": round(top1, 2), "k": k, "temperature": temperature, "settings": f"k={k}, T={temperature}"}
+
+    def linear(self, cfg: EvalConfig, seed: int = 0) -> dict[str, Any]:
+        result = linear_probe(self.features("train"), self.train.targets, self.features("test"), self.test.targets,
+                              len(self.train.classes), cfg.linear_weight_decays, solver=cfg.linear_solver,
+                              max_iter=cfg.linear_max_iter, epochs=cfg.linear_epochs, seed=seed)
+        result["top1"] = round(result["top1"], 2)
+        result["settings"] = f"{cfg.linear_solver}, wd={result['weight_decay']:g} (chosen on 10% held out)"
+        return result
+
+    def run(self, protocols: list[str], cfg: EvalConfig, seed: int = 0) -> dict[str, dict]:
+        results: dict[str, dict] = {}
+        for protocol in protocols:
+            if protocol == "knn":
+                results["knn"] = self.knn(cfg.knn_k, cfg.knn_temperature)
+            elif protocol == "linear":
+                results["linear"] = self.linear(cfg, seed)
+            else:
+                raise SelfsupError(f"unknown protocol '{protocol}'; choose from {', '.join(PROTOCOLS)}")
+            if self.recalibrate:
+                results[protocol]["settings"] += f"; BN recalibrated on {self.recalibrate} train images"
+        return record(self.out_dir, self.name, results)
+
+
+def record(out_dir: Path, name: str, results: dict[str, dict]) -> dict:
+    """Merge ``results`` for encoder ``name`` into ``out_dir/results.json`` and rewrite ``results.md``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "results.json"
+    everything = json.loads(path.read_text()) if path.is_file() else {}
+    everything.setdefault(name, {}).update(results)
+    write_json(path, everything)
+    (out_dir / "results.md").write_text(results_table(everything) + "\n")
+    return everything
+
+
+def markdown_table(rows: list[dict], columns: list[str]) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        cells = [f"{row.get(c):.2f}" if isinstance(row.get(c), float) else str(row.get(c, "")) for c in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def results_table(results: dict) -> str:
+    """Markdown table of evaluation results ``{name: {protocol: {top1, ...}}}``."""
+    rows = []
+    for name, protocols in results.items():
+        for protocol, result in protocols.items():
+            rows.append({"features": name, "protocol": protocol, "top-1 (%)": round(result["top1"], 2),
+                         "settings": result.get("settings", "")})
+    return markdown_table(rows, ["features", "protocol", "top-1 (%)", "settings"])

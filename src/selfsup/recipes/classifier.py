@@ -1,0 +1,146 @@
+"""Training a classifier on labels with the engine: the recipe that fine-tuning, distillation,
+continual and semi-supervised learning build on.
+
+:class:`Classifier` is an encoder (pretrained or random) plus a linear head, trained with
+cross-entropy; its parameter groups are ``backbone`` and ``head`` so the trunk can train at a
+fraction of the head's rate (fine-tuning protocols: 1/10) and can be frozen for a warm-up of
+the head (LwF's first phase) in the same fit. Any module with ``views``, ``param_groups``,
+``classify`` and a forward returning ``{"loss"}`` can be fitted by :func:`fit_classifier`
+(a distillation student, a semi-supervised learner).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data import BatchLoader, ImageDataset
+from ..engine import Batch, Engine, Freeze, OptimConfig, Schedule, build_optimizer, checkpoint, dist
+from ..engine.runtime import pick_device, resolve_precision
+from ..errors import SelfsupError
+from ..views import AugmentSpec, EvalView, ImageInfo, OneView
+
+FINE_TUNE_AUGMENT = AugmentSpec(crop_scale=(0.5, 1.0), jitter_p=0.0, grayscale_p=0.0)
+"""Crop and flip: the usual augmentation of supervised fine-tuning on small images."""
+
+
+class Classifier(nn.Module):
+    """``head(encoder(x))`` trained with cross-entropy on the labelled images of a batch."""
+
+    encoder_prefix = "encoder"
+
+    def __init__(self, encoder: nn.Module, num_classes: int, views: nn.Module) -> None:
+        super().__init__()
+        self.encoder, self.views = encoder, views
+        self.head = nn.Linear(encoder.num_features, num_classes)
+
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> logits (B, num_classes)."""
+        return self.head(self.encoder(x))
+
+    def param_groups(self) -> list[dict]:
+        return [{"name": "backbone", "params": list(self.encoder.parameters())},
+                {"name": "head", "params": list(self.head.parameters())}]
+
+    def forward(self, batch: Batch, progress: float) -> dict[str, torch.Tensor]:
+        logits = self.classify(batch.views[0]).float()
+        labelled = batch.targets >= 0
+        loss = F.cross_entropy(logits[labelled], batch.targets[labelled])
+        accuracy = (logits[labelled].argmax(1) == batch.targets[labelled]).float().mean()
+        return {"loss": loss, "accuracy": accuracy}
+
+
+@dataclass
+class ClassifierTraining:
+    """How a classifier is trained (defaults: the fine-tuning protocol of SimCLR / SPEC section 7)."""
+
+    epochs: int = 30
+    batch_size: int = 256
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(name="sgd", lr=0.1, weight_decay=5e-4,
+                                                                    warmup_epochs=0.0))
+    backbone_lr_scale: float = 0.1
+    """Trunk learning rate as a fraction of the head's (0 freezes the trunk: a linear probe)."""
+    head_warmup_epochs: float = 0.0
+    """Epochs at the start in which only the head trains (trunk frozen, its BatchNorm statistics kept)."""
+    device: str = "auto"
+    precision: str = "auto"
+    seed: int = 0
+
+
+class AccuracyMonitor:
+    """Top-1 (%) of ``model.classify`` on a labelled set, in the deterministic evaluation view."""
+
+    def __init__(self, model: nn.Module, dataset: ImageDataset, view: EvalView, batch_size: int = 512) -> None:
+        self.model, self.dataset, self.view, self.batch_size = model, dataset, view, batch_size
+
+    @torch.no_grad()
+    def __call__(self) -> dict[str, float]:
+        accuracy = None
+        if dist.is_main():
+            device = next(self.model.parameters()).device
+            was_training = self.model.training
+            self.model.eval()
+            view = self.view.to(device)
+            correct = 0
+            for images, targets in zip(self.dataset.images.split(self.batch_size),
+                                       self.dataset.targets.split(self.batch_size)):
+                logits = self.model.classify(view(images.to(device)))
+                correct += int((logits.argmax(1).cpu() == targets).sum())
+            self.model.train(was_training)
+            accuracy = 100.0 * correct / len(self.dataset)
+        return {"test_top1": dist.broadcast_object(accuracy)}
+
+
+def fit_classifier(model: nn.Module, train: ImageDataset, test: ImageDataset | None, run_dir: str | Path,
+                   settings: ClassifierTraining, *, meta: dict[str, Any] | None = None, resume: bool = False,
+                   quiet: bool = False) -> dict[str, Any]:
+    """Fit ``model`` on the labelled images of ``train`` with the engine; test top-1 each epoch.
+
+    Checkpoints, metrics and the summary go to ``run_dir`` like a pretraining run's.
+    """
+    run_dir = Path(run_dir)
+    device = pick_device(settings.device)
+    dist.init_from_env(device.type)
+    precision = resolve_precision(settings.precision, device)
+    labelled = train.select((train.targets >= 0).nonzero().squeeze(1))
+    if len(labelled) < settings.batch_size:
+        raise SelfsupError(f"{len(labelled)} labelled training images are fewer than a batch of "
+                           f"{settings.batch_size}; lower the batch size")
+    resume_from = checkpoint.prepare_run_dir(run_dir, resume) if dist.is_main() else None
+    resume_from = dist.broadcast_object(resume_from)
+    model.to(device)
+    loader = BatchLoader(labelled, settings.batch_size // dist.world_size(), device=device, seed=settings.seed,
+                         rank=dist.rank(), world_size=dist.world_size())
+    steps_per_epoch = len(loader)
+    schedule = Schedule.from_config(settings.optim, settings.epochs * steps_per_epoch, steps_per_epoch,
+                                    settings.batch_size)
+    scales = dict(settings.optim.lr_scales)
+    frozen_trunk = settings.backbone_lr_scale == 0
+    if not frozen_trunk:
+        scales.setdefault("backbone", settings.backbone_lr_scale)
+    groups = [g for g in model.param_groups() if not (frozen_trunk and g["name"] == "backbone")]
+    optimizer = build_optimizer(groups, dataclasses.replace(settings.optim, lr_scales=scales), schedule.peak_lr)
+    warmup = round(settings.head_warmup_epochs * steps_per_epoch)
+    freeze = (Freeze("encoder.", schedule.total_steps if frozen_trunk else warmup),) \
+        if frozen_trunk or warmup else ()
+    mean, std = labelled.stats()
+    monitor = AccuracyMonitor(model, test, EvalView(train.image_size, mean, std)) if test is not None else None
+    # The test accuracy is logged every epoch but never chooses best.pt (that would select on test data).
+    engine = Engine(model, loader, optimizer, schedule, run_dir=run_dir, device=device, precision=precision,
+                    clip_grad=settings.optim.clip_grad, freeze=freeze, monitor=monitor,
+                    meta={"classifier": True, **(meta or {})}, seed=settings.seed, quiet=quiet)
+    if resume_from is not None:
+        engine.restore(checkpoint.load(resume_from))
+    else:
+        engine.seed_streams()
+    return engine.fit(resumed=resume_from is not None)
+
+
+def classifier_views(image: ImageInfo, augment: AugmentSpec = FINE_TUNE_AUGMENT) -> OneView:
+    """The training view of a classifier: one mildly augmented view."""
+    return OneView(image, augment=augment)

@@ -1,0 +1,127 @@
+"""``selfsup eval``: the protocols of :mod:`selfsup.eval` on checkpoints (or on raw pixels).
+
+A checkpoint's encoder is rebuilt alone, from the backbone section of its config and the
+entries under its ``encoder`` prefix: heads, teachers and memory banks are neither built nor
+loaded. Only the kNN on a method's own embedding (``eval.features=embedding``) builds the
+whole method, since the embedding needs its heads.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ..config import RunConfig, apply_overrides, resolve
+from ..data import load_splits
+from ..engine import checkpoint
+from ..errors import SelfsupError
+from ..eval import Evaluator
+from ..methods import get_method
+from ..models import build_backbone
+from ..views import EvalView
+from .pretrain import build_model
+
+
+def load_checkpoint_config(path: str | Path, overrides: list[str] = ()) -> tuple[RunConfig, dict[str, Any]]:
+    """The checkpoint's state (weights on the CPU) and its config with ``overrides`` applied."""
+    state = checkpoint.load(path)
+    config = resolve(apply_overrides(state["config"], list(overrides)))
+    checkpoint.check_compatible(state, config.to_dict())
+    return config, state
+
+
+def load_encoder(path: str | Path, overrides: list[str] = ()) -> tuple[nn.Module, RunConfig, dict[str, Any]]:
+    """The encoder of a checkpoint (its backbone, by default), on the CPU, without heads or banks."""
+    config, state = load_checkpoint_config(path, overrides)
+    data = state["data"]
+    encoder = build_backbone(config.backbone.name, data["channels"], data["image_size"], config.backbone.small_stem,
+                             config.backbone.width)
+    prefix = state.get("encoder", {}).get("prefix", "backbone")
+    checkpoint.load_weights(encoder, checkpoint.submodule_weights(state["model"], prefix), state["path"])
+    return encoder, config, state
+
+
+def load_method(path: str | Path, overrides: list[str] = ()) -> tuple[nn.Module, RunConfig, dict[str, Any]]:
+    """The whole trained method of a checkpoint (heads and banks included), on the CPU."""
+    config, state = load_checkpoint_config(path, overrides)
+    method = build_model(config, state["data"])
+    checkpoint.load_weights(method, state["model"], state["path"])
+    return method, config, state
+
+
+def default_output_dir(checkpoint_path: Path) -> Path:
+    """``RUN/eval`` for ``RUN/checkpoints/x.pt`` or ``RUN``; next to the file otherwise."""
+    if checkpoint_path.is_dir():
+        return checkpoint_path / "eval"
+    if checkpoint_path.parent.name == "checkpoints":
+        return checkpoint_path.parent.parent / "eval"
+    return checkpoint_path.parent / f"{checkpoint_path.stem}-eval"
+
+
+def recalibration_images(config: RunConfig) -> int:
+    """How many training images BatchNorm statistics are re-estimated on before probing (0: none)."""
+    setting = config.eval.bn_recalibration
+    wanted = setting == "on" or (setting == "auto" and get_method(config.method_name).trains_on_tiles)
+    return config.eval.bn_recalibration_images if wanted else 0
+
+
+def checkpoint_evaluator(path: str | Path, overrides: list[str] = (), out_dir: Path | None = None,
+                         quiet: bool = False) -> tuple[Evaluator, RunConfig]:
+    """An :class:`Evaluator` of a checkpoint's encoder (or its method's embedding) on its dataset."""
+    config, state = load_checkpoint_config(path, overrides)
+    ckpt_path = Path(state["path"])
+    embedding = config.eval.features == "embedding"
+    if embedding:
+        if not get_method(config.method_name).has_embedding():
+            raise SelfsupError(f"{config.method_name} has no embedding of its own; use eval.features=backbone")
+        module, _, _ = load_method(path, overrides)
+        encode, suffix = module.embed, ", embedding"
+    else:
+        module, _, _ = load_encoder(path, overrides)
+        encode, suffix = None, ""
+    splits = load_splits(config.data, seed=config.train.seed, labeled=True, quiet=quiet)
+    data = state["data"]
+    stat = ckpt_path.stat()
+    key = {"stem": ckpt_path.stem + ("-embedding" if embedding else ""), "checkpoint": str(ckpt_path.resolve()),
+           "step": state["step"], "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    name = f"{config.method_name} ({ckpt_path.stem}, step {state['step']}{suffix})"
+    evaluator = Evaluator(name, splits.train, splits.test, EvalView(data["image_size"], data["mean"], data["std"]),
+                          out_dir or default_output_dir(Path(path)), module, device=config.train.device,
+                          precision=config.train.precision, cache_key=key, batch_size=config.eval.batch_size,
+                          recalibrate=recalibration_images(config), seed=config.train.seed, encode=encode,
+                          quiet=quiet)
+    return evaluator, config
+
+
+def pixel_evaluator(config: RunConfig, out_dir: Path, quiet: bool = False) -> Evaluator:
+    """The raw-pixel baseline on the data of ``config`` (normalised with training-set statistics)."""
+    splits = load_splits(config.data, seed=config.train.seed, labeled=True, quiet=quiet)
+    mean, std = splits.train.stats()
+    return Evaluator("raw pixels", splits.train, splits.test, EvalView(splits.train.image_size, mean, std), out_dir,
+                     quiet=quiet)
+
+
+def layers_for_checkpoints(paths: list[str], overrides: list[str] = (), out_dir: Path | None = None, dim: int = 2048,
+                           train_size: int | None = None, quiet: bool = False) -> tuple[dict, Path]:
+    """``selfsup eval layers``: the layer-wise probe of each checkpoint, merged into one chart."""
+    from ..eval.layers import probe_layers, record_layers
+
+    everything: dict = {}
+    out_dir = out_dir or default_output_dir(Path(paths[0]))
+    for path in paths:
+        evaluator, config = checkpoint_evaluator(path, overrides, out_dir, quiet)
+        train = evaluator.train
+        if train_size is not None:
+            train = train.balanced_subset(train_size, seed=config.train.seed)
+        name = evaluator.name
+        if name in everything:  # two runs of one method: tell them apart by folder
+            name = f"{name} [{Path(evaluator.cache_key['checkpoint']).parent.parent.name}]"
+        results = probe_layers(name, evaluator.encoder, train, evaluator.test, evaluator.view, config.eval, dim=dim,
+                               device=evaluator.device, autocast_dtype=evaluator.precision.dtype,
+                               recalibrate=evaluator.recalibrate, seed=config.train.seed, quiet=quiet)
+        settings = {"checkpoint": evaluator.cache_key["checkpoint"], "pooled_dim": dim, "train_images": len(train),
+                    "test_images": len(evaluator.test), "solver": config.eval.linear_solver,
+                    "bn_recalibration_images": evaluator.recalibrate}
+        everything = record_layers(out_dir, name, results, settings)
+    return everything, out_dir

@@ -1,0 +1,260 @@
+"""Pretraining: a method of the registry fitted by the engine on a dataset of a config.
+
+The recipe builds what the engine fits (data, method, optimiser, schedule), chooses what is
+fastest on the machine at hand (precision, memory layout), sizes the run to a time budget when
+asked, watches it with a kNN monitor on held-out training images, and writes the run directory.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..config import RunConfig, to_yaml
+from ..data import BatchLoader, ImageDataset, Splits, labeled_part, load_splits
+from ..engine import Batch, Engine, Freeze, Precision, Schedule, build_optimizer, checkpoint, dist, preserved, to_channels_last
+from ..engine.runtime import pick_device, provenance, resolve_precision, write_json
+from ..errors import SelfsupError
+from ..eval import extract_features, knn_accuracy
+from ..methods import Method, build_method
+from ..models import build_backbone
+from ..report import write_report
+from ..views import EvalView, ImageInfo
+
+
+def build_model(config: RunConfig, data: dict[str, Any]) -> Method:
+    """The method of ``config`` for images described by ``data`` (channels, image_size, mean, std, images)."""
+    backbone = build_backbone(config.backbone.name, data["channels"], data["image_size"],
+                              config.backbone.small_stem, config.backbone.width)
+    image = ImageInfo(data["image_size"], data["channels"], tuple(data["mean"]), tuple(data["std"]))
+    return build_method(config.method_name, config.method_args, config.views, backbone, image,
+                        data.get("images", 0), config.train.seed)
+
+
+class KnnMonitor:
+    """Weighted kNN top-1 of the backbone during training: a bank of labelled training images and
+    queries that the run never trains on (held-out training images, or the test split when
+    ``train.monitor_split=test``). Computed on rank 0 and shared."""
+
+    def __init__(self, method: Method, bank: ImageDataset, queries: ImageDataset, split: str, data: dict[str, Any],
+                 config: RunConfig, precision: Precision, channels_last: bool) -> None:
+        self.method, self.bank, self.queries, self.split = method, bank, queries, split
+        self.view = EvalView(data["image_size"], data["mean"], data["std"])
+        self.classes = len(data["classes"])
+        self.eval, self.precision, self.channels_last = config.eval, precision, channels_last
+
+    def describe(self) -> dict[str, Any]:
+        return {"metric": "knn_top1", "queries": self.split, "query_images": len(self.queries),
+                "bank_images": len(self.bank)}
+
+    @torch.no_grad()
+    def __call__(self) -> dict[str, float]:
+        accuracy = None
+        if dist.is_main():
+            options = dict(view=self.view, autocast_dtype=self.precision.dtype, channels_last=self.channels_last,
+                           batch_size=self.eval.batch_size)
+            bank = extract_features(self.method.encoder, self.bank.images, **options)
+            queries = extract_features(self.method.encoder, self.queries.images, **options)
+            accuracy = knn_accuracy(bank, self.bank.targets, queries, self.queries.targets, self.classes,
+                                    self.eval.knn_k, self.eval.knn_temperature)
+        return {"knn_top1": dist.broadcast_object(accuracy)}
+
+
+def monitor_sets(splits: Splits, config: RunConfig) -> tuple[ImageDataset, ImageDataset, str] | None:
+    cfg = config.train
+    if cfg.knn_every <= 0 or not splits.train.labeled:
+        return None
+    if cfg.monitor_split == "test":
+        if splits.test is None or not splits.test.labeled:
+            return None
+        queries, split = splits.test.balanced_subset(cfg.knn_test_size, cfg.seed), "test (best.pt is chosen on test data)"
+    elif splits.held_out is not None:
+        queries, split = splits.held_out, f"held-out training images (seed {cfg.seed}), never trained on"
+    else:
+        return None
+    return labeled_part(splits.train).balanced_subset(cfg.knn_bank_size, cfg.seed), queries, split
+
+
+def choose_channels_last(config: RunConfig, method: nn.Module, images: torch.Tensor, device: torch.device,
+                         precision: Precision, quiet: bool) -> bool:
+    """``train.channels_last`` or, when None, the faster layout for this model on this machine.
+
+    channels_last is what GPUs and bf16 CPUs run fastest for convolutions (measured, see
+    benchmarks/RESULTS.md); on CPUs running fp32 it depends on the CPU and the model, so both
+    layouts are timed on a few forward/backward passes of a real batch and the faster one wins.
+    """
+    if config.train.channels_last is not None:
+        return config.train.channels_last
+    backbone = getattr(method, "backbone", None)
+    if not getattr(backbone, "prefers_channels_last", False):
+        return False
+    if device.type == "cuda" or precision.dtype is not None:
+        return True
+    timings = {}
+    for layout in (True, False, True, False):  # interleaved: drift hits both alike
+        seconds = time_forward_backward(method, images, device, precision, layout)
+        timings[layout] = min(timings.get(layout, float("inf")), seconds)
+    choice = bool(dist.broadcast_object(timings[True] <= timings[False]))
+    if dist.is_main() and not quiet:
+        print(f"memory layout: channels_last {timings[True]:.2f} s/step, NCHW {timings[False]:.2f} s/step "
+              f"(fp32 on this CPU) -> {'channels_last' if choice else 'NCHW'}")
+    return choice
+
+
+def time_forward_backward(method: nn.Module, images: torch.Tensor, device: torch.device, precision: Precision,
+                          channels_last: bool) -> float:
+    """Seconds of one forward and backward pass of ``method`` on ``images`` in the given layout; the
+    method's weights, buffers and the RNG are left as they were."""
+    method.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    index = torch.arange(len(images), device=images.device)
+    targets = torch.full_like(index, -1)
+    with preserved(method):
+        with torch.no_grad():
+            views = method.views(images)
+        views = to_channels_last(views) if channels_last else [v.contiguous() for v in views]
+        start = time.perf_counter()
+        with precision.autocast(device):
+            loss = method(Batch(views, targets, index), 0.0)["loss"]
+        loss.backward()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - start
+
+
+class Pretraining:
+    """Everything a pretraining run is made of; ``fit()`` runs it."""
+
+    def __init__(self, config: RunConfig, run_dir: str | Path, *, resume: bool = False, quiet: bool = False,
+                 command: list[str] | None = None) -> None:
+        self.config, self.run_dir, self.quiet = config, Path(run_dir), quiet
+        cfg = config.train
+        self.device = pick_device(cfg.device)
+        dist.init_from_env(self.device.type)
+        self.main, world = dist.is_main(), dist.world_size()
+        if cfg.batch_size % world:
+            raise SelfsupError(f"train.batch_size={cfg.batch_size} cannot be split evenly over "
+                               f"{world} processes; use a multiple of {world}")
+        self.precision = resolve_precision(cfg.precision, self.device)
+        resume_from = checkpoint.prepare_run_dir(self.run_dir, resume) if self.main else None
+        self.resume_from = dist.broadcast_object(resume_from)
+
+        torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+        hold_out = cfg.knn_test_size if cfg.knn_every > 0 and cfg.monitor_split == "holdout" else 0
+        self.splits = load_splits(config.data, seed=cfg.seed, hold_out=hold_out, quiet=quiet or not self.main)
+        self.data_info = self.splits.info()
+        self.method = build_model(config, self.data_info).to(self.device)
+        if world > 1 and cfg.sync_bn:
+            if self.device.type != "cuda":
+                raise SelfsupError("train.sync_bn needs GPUs (PyTorch's SyncBatchNorm has no CPU kernel); "
+                                   "on CPU leave it off: each process normalises over its own batch")
+            self.method = nn.SyncBatchNorm.convert_sync_batchnorm(self.method)
+        if self.main:
+            checkpoint.check_disk_space(self.run_dir, self.method)
+        on_device = config.data.on_device == "always" or (config.data.on_device == "auto" and self._fits_on_device())
+        self.loader = BatchLoader(self.splits.train, cfg.batch_size // world, device=self.device, on_device=on_device,
+                                  seed=cfg.seed, rank=dist.rank(), world_size=world)
+        if len(self.loader) == 0:
+            raise SelfsupError(f"train.batch_size={cfg.batch_size} is larger than the training set "
+                               f"({len(self.splits.train)} images{f' over {world} processes' if world > 1 else ''}); "
+                               "lower the batch size")
+        first_batch = next(self.loader.iterate())[0]
+        self.channels_last = choose_channels_last(config, self.method, first_batch, self.device, self.precision,
+                                                  quiet or not self.main)
+        self.method.to(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
+        self.steps_per_epoch = len(self.loader)
+        total = cfg.epochs * self.steps_per_epoch if cfg.max_steps is None else \
+            min(cfg.epochs * self.steps_per_epoch, cfg.max_steps)
+        optimizer = build_optimizer(self.method.param_groups(), config.optim,
+                                    Schedule.from_config(config.optim, total, self.steps_per_epoch, cfg.batch_size).peak_lr)
+        sets = monitor_sets(self.splits, config)
+        self.monitor = KnnMonitor(self.method, *sets, self.data_info, config, self.precision, self.channels_last) \
+            if sets is not None else None
+        meta = {"config": config.to_dict(), "data": self.data_info,
+                "encoder": {"prefix": self.method.encoder_prefix, "method": config.method_name},
+                "monitor": self.monitor.describe() if self.monitor is not None else None}
+        self.engine = Engine(
+            self.method, self.loader, optimizer, self._schedule(total), run_dir=self.run_dir, device=self.device,
+            precision=self.precision, channels_last=self.channels_last, clip_grad=config.optim.clip_grad,
+            freeze=tuple(Freeze(prefix, round(epochs * self.steps_per_epoch))
+                         for prefix, epochs in config.optim.freeze.items()),
+            monitor=self.monitor, monitor_every=max(cfg.knn_every, 1), best_by="knn_top1", meta=meta, seed=cfg.seed,
+            log_every=cfg.log_every, checkpoint_every_steps=cfg.checkpoint_every_steps, quiet=quiet)
+        self.budget: dict[str, Any] | None = None
+        if self.resume_from is not None:
+            state = checkpoint.load(self.resume_from)
+            self._check_resumable(state)
+            self.engine.restore(state)  # also restores each rank's augmentation stream
+            if state.get("budget"):  # a run sized to a time budget keeps the length it was given
+                self.budget = self.engine.meta["budget"] = state["budget"]
+                self.engine.schedule = self._schedule(state["total_steps"])
+        else:
+            if resume and self.main and not quiet:
+                print(f"--resume: {self.run_dir} holds no checkpoint yet; starting the run")
+            self.engine.seed_streams()
+            if cfg.minutes is not None:
+                self._fit_budget(cfg.minutes)
+        if self.main:
+            (self.run_dir / "config.yaml").write_text(to_yaml(config))
+            write_json(self.run_dir / "meta.json", {
+                **provenance(self.device, self.precision, command), "data": self.data_info,
+                "channels_last": self.channels_last, "resumed_at_step": self.engine.step,
+                "total_steps": self.engine.schedule.total_steps, "monitor": meta["monitor"], "budget": self.budget})
+
+    def _schedule(self, total_steps: int) -> Schedule:
+        return Schedule.from_config(self.config.optim, total_steps, self.steps_per_epoch, self.config.train.batch_size)
+
+    def _fits_on_device(self) -> bool:
+        if self.device.type != "cuda":
+            return True
+        free, _ = torch.cuda.mem_get_info(self.device)
+        return self.splits.train.images.numel() < 0.25 * free
+
+    def _check_resumable(self, state: dict[str, Any]) -> None:
+        checkpoint.check_compatible(state, self.config.to_dict())
+        saved, now = state["data"], self.data_info
+        if saved["channels"] != now["channels"] or saved["image_size"] != now["image_size"]:
+            raise SelfsupError(f"checkpoint {state['path']} was trained on {saved['channels']}-channel "
+                               f"{saved['image_size']} px images, this data is {now['channels']}-channel "
+                               f"{now['image_size']} px")
+
+    def _fit_budget(self, minutes: float) -> None:
+        """Time the first steps and size the run to end within ``minutes`` of training."""
+        if minutes <= 0:
+            raise SelfsupError(f"train.minutes must be positive, got {minutes}")
+        seconds_per_step = self.engine.time_steps(count=3)
+        # The monitor and checkpoints run once an epoch; they take a small share, kept in reserve.
+        steps = max(1, int(0.95 * minutes * 60 / seconds_per_step))
+        if self.config.train.max_steps is not None:
+            steps = min(steps, self.config.train.max_steps)
+        self.engine.schedule = self._schedule(steps)
+        self.budget = self.engine.meta["budget"] = {
+            "minutes": minutes, "seconds_per_step": round(seconds_per_step, 3), "steps": steps,
+            "epochs": round(steps / self.steps_per_epoch, 3), "images": steps * self.config.train.batch_size}
+        if self.main and not self.quiet:
+            print(f"time budget {minutes:g} min: measured {seconds_per_step:.2f} s/step "
+                  f"({self.config.train.batch_size / seconds_per_step:.0f} img/s) -> {steps} steps of "
+                  f"{self.config.train.batch_size} images ({steps / self.steps_per_epoch:.2f} epochs)")
+
+    def fit(self) -> dict[str, Any]:
+        summary = self.engine.fit(resumed=self.resume_from is not None)
+        if self.main:
+            if self.budget is not None:
+                summary["budget"] = self.budget
+                write_json(self.run_dir / "summary.json", summary)
+            write_report(self.run_dir)
+        return summary
+
+
+def pretrain(config: RunConfig, run_dir: str | Path, *, resume: bool = False, quiet: bool = False,
+             command: list[str] | None = None) -> dict[str, Any]:
+    """Pretrain ``config`` into ``run_dir``; returns a summary (also written to summary.json)."""
+    run = Pretraining(config, run_dir, resume=resume, quiet=quiet, command=command)
+    summary = run.fit()
+    if run.main and not quiet:
+        print(json.dumps(summary, indent=2))
+    return summary
+

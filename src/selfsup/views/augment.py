@@ -1,0 +1,110 @@
+"""Augmentations made on the training device, batched, with independent random parameters per image.
+
+The loader hands over uint8 tensors; everything else (crop, flip, colour, blur, solarize,
+normalise) runs here as batched ops on the whole batch. On a small CPU this removes the
+per-image PIL pipeline that would otherwise starve the model; on a GPU it removes the
+data-loader bottleneck. Randomness comes from torch's global generator, which the engine
+seeds per rank and checkpoints, so a resumed run draws the same views.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import kornia.augmentation as K
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What a view generator must know of the dataset: side, channels, normalisation."""
+
+    size: int
+    channels: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class AugmentSpec:
+    """One random view per image: the SimCLR family of augmentations (Chen et al. 2020, App. A).
+
+    Defaults are SimCLR's: random resized crop with scale (0.08, 1) and ratio (3/4, 4/3), flip,
+    colour jitter of strength 0.5 applied with p = 0.8 (0.4, 0.4, 0.4, 0.1), grayscale with
+    p = 0.2. Blur, solarize and rotation are off unless asked for (SimCLR drops blur on
+    CIFAR-sized images; BYOL adds solarize; Exemplar-CNN rotates). On 1-channel images
+    saturation, hue and grayscale do not exist and are left out.
+    """
+
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip_p: float = 0.5
+    jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1)
+    """Brightness, contrast, saturation, hue."""
+    jitter_p: float = 0.8
+    grayscale_p: float = 0.2
+    blur_p: float = 0.0
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    solarize_p: float = 0.0
+    rotation_degrees: float = 0.0
+    """Random rotation in +-degrees (Exemplar-CNN: 20)."""
+
+
+def to_unit_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, C, H, W) -> float32 in [0, 1]."""
+    return images.float().div_(255)
+
+
+class Augment(nn.Module):
+    """uint8 (B, C, H, W) -> float (B, C, size, size), one random view of each image, normalised.
+
+    ``size`` defaults to the dataset's side (multi-crop asks for smaller local crops).
+    """
+
+    def __init__(self, image: ImageInfo, spec: AugmentSpec = AugmentSpec(), size: int | None = None,
+                 normalize: bool = True) -> None:
+        super().__init__()
+        self.spec, self.size = spec, size or image.size
+        ops: list[nn.Module] = [K.RandomResizedCrop((self.size, self.size), scale=spec.crop_scale,
+                                                    ratio=spec.crop_ratio)]
+        if spec.rotation_degrees > 0:
+            ops.append(K.RandomRotation(spec.rotation_degrees, p=1.0))
+        if spec.flip_p > 0:
+            ops.append(K.RandomHorizontalFlip(p=spec.flip_p))
+        brightness, contrast, saturation, hue = spec.jitter
+        if image.channels == 1:
+            saturation = hue = 0.0
+        if spec.jitter_p > 0 and any((brightness, contrast, saturation, hue)):
+            ops.append(K.ColorJitter(brightness, contrast, saturation, hue, p=spec.jitter_p))
+        if spec.grayscale_p > 0 and image.channels == 3:
+            ops.append(K.RandomGrayscale(p=spec.grayscale_p))
+        if spec.blur_p > 0:
+            # SimCLR: kernel 10% of the image side, odd.
+            kernel = max(3, int(0.1 * self.size) // 2 * 2 + 1)
+            ops.append(K.RandomGaussianBlur((kernel, kernel), spec.blur_sigma, p=spec.blur_p))
+        if spec.solarize_p > 0:
+            # BYOL's solarize: threshold 0.5, no random shift.
+            ops.append(K.RandomSolarize(thresholds=0.0, additions=0.0, p=spec.solarize_p))
+        if normalize:
+            ops.append(K.Normalize(torch.tensor(image.mean), torch.tensor(image.std)))
+        self.ops = nn.Sequential(*ops)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.ops(to_unit_float(images))
+
+
+class EvalView(nn.Module):
+    """The deterministic view used for features: resize to the training size, normalise."""
+
+    def __init__(self, image_size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        super().__init__()
+        self.image_size = image_size
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = to_unit_float(images)
+        if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
+            x = nn.functional.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear",
+                                          antialias=True, align_corners=False)
+        return (x - self.mean) / self.std

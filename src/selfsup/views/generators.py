@@ -1,0 +1,84 @@
+"""View generators of the Siamese family: one view, two views, multi-crop.
+
+A view generator turns a uint8 batch into the list of tensors a method's forward receives.
+Each is built from :class:`~selfsup.views.augment.Augment` pipelines (composition): its
+keyword arguments, nested :class:`AugmentSpec` settings included, form the ``views`` section
+of a run config.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .augment import Augment, AugmentSpec, ImageInfo
+
+
+class OneView(nn.Module):
+    """One augmented view per image, as a list (NPID, instance classification)."""
+
+    num_outputs = 1
+
+    def __init__(self, image: ImageInfo, *, augment: AugmentSpec = AugmentSpec()) -> None:
+        super().__init__()
+        self.augment = Augment(image, augment)
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        return [self.augment(images)]
+
+
+class TwoViews(nn.Module):
+    """Two independently augmented views of every image (SimCLR, MoCo, BYOL, Barlow Twins).
+
+    ``augment_b`` gives the second view its own settings (BYOL's asymmetric blur and solarize);
+    None draws both from ``augment``.
+    """
+
+    num_outputs = 2
+
+    def __init__(self, image: ImageInfo, *, augment: AugmentSpec = AugmentSpec(),
+                 augment_b: AugmentSpec | None = None) -> None:
+        super().__init__()
+        self.first = Augment(image, augment)
+        self.second = Augment(image, augment_b) if augment_b is not None else None
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        return [self.first(images), (self.second or self.first)(images)]
+
+
+class MultiCropViews(nn.Module):
+    """2 global crops and ``num_local`` local crops at their own resolution (SwAV, DINO).
+
+    Caron et al. 2021 (DINO, arXiv:2104.14294): global crops of 224 px with scale (0.4, 1),
+    local crops of 96 px with scale (0.05, 0.4). Here sides are relative to the dataset's:
+    ``global_size`` defaults to it and ``local_size`` to 3/7 of it (96/224). Returns
+    [global 1, global 2, local 1, ..., local N]; run a network over them with
+    :func:`selfsup.blocks.forward_by_resolution` (one pass per resolution).
+    """
+
+    def __init__(self, image: ImageInfo, *, num_local: int = 6, global_size: int | None = None,
+                 local_size: int | None = None,
+                 global_augment: AugmentSpec = AugmentSpec(crop_scale=(0.4, 1.0)),
+                 local_augment: AugmentSpec = AugmentSpec(crop_scale=(0.05, 0.4))) -> None:
+        super().__init__()
+        if num_local < 0:
+            raise ValueError(f"num_local must be >= 0, got {num_local}")
+        self.num_local = num_local
+        self.num_outputs = 2 + num_local
+        self.global_crop = Augment(image, global_augment, size=global_size or image.size)
+        self.local_crop = Augment(image, local_augment, size=local_size or max(4, round(image.size * 3 / 7)))
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        return [self.global_crop(images), self.global_crop(images)] + \
+            [self.local_crop(images) for _ in range(self.num_local)]
+
+
+class ReplayViews(nn.Module):
+    """Returns the same pre-made views for every batch: the model-only compute limit in the
+    throughput benchmark, and fixed inputs in tests. Not for training."""
+
+    def __init__(self, views: list[torch.Tensor]) -> None:
+        super().__init__()
+        self.fixed = views
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        return self.fixed

@@ -1,0 +1,154 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import crash_then_resume, tiny_config, tiny_overrides
+from selfsup.engine import NonFiniteLoss, checkpoint
+from selfsup.errors import SelfsupError
+from selfsup.methods.simclr import SimCLR
+from selfsup.recipes.pretrain import pretrain
+
+
+def _weights(run_dir, name="last.pt"):
+    return checkpoint.load(run_dir / "checkpoints" / name)["model"]
+
+
+def _assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.allclose(a[key].float(), b[key].float(), rtol=1e-5, atol=1e-6), key
+
+
+def test_run_directory_holds_everything(mnist_root, tmp_path):
+    run = tmp_path / "run"
+    summary = pretrain(tiny_config(mnist_root), run, quiet=True, command=["selfsup", "pretrain"])
+    assert summary["steps"] == 8 and summary["best_metric"] == "knn_top1"
+    for name in ("config.yaml", "meta.json", "metrics.jsonl", "steps.csv", "epochs.csv", "summary.json",
+                 "checkpoints/last.pt", "checkpoints/best.pt", "report/loss.png", "report/knn.png",
+                 "report/summary.md"):
+        assert (run / name).is_file(), name
+    assert any((run / "tensorboard").iterdir())
+    meta = json.loads((run / "meta.json").read_text())
+    assert meta["command"] == ["selfsup", "pretrain"]
+    assert meta["versions"]["torch"].split("+")[0] == torch.__version__.split("+")[0]
+    assert "git_revision" in meta and meta["data"]["channels"] == 1
+    # The kNN monitor (which picks best.pt) queries labelled training images held out of pretraining.
+    assert meta["data"]["images"] == 64 and meta["data"]["held_out"] == 16
+    assert "held-out training images" in meta["monitor"]["queries"] and meta["monitor"]["query_images"] == 16
+    assert "queries from held-out training images" in (run / "report" / "summary.md").read_text()
+    epochs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    epoch_rows = [r for r in epochs if r["stream"] == "epoch"]
+    assert [r["epoch"] for r in epoch_rows] == [1, 2] and all(0 <= r["knn_top1"] <= 100 for r in epoch_rows)
+    state = checkpoint.load(run / "checkpoints" / "last.pt")
+    assert {"model", "optimizer", "scaler", "rng", "step", "epoch", "config", "data"} <= set(state)
+
+
+def test_crash_and_resume_matches_an_uninterrupted_run(mnist_root, tmp_path, monkeypatch):
+    config = tiny_config(mnist_root, train__checkpoint_every_steps=1, train__epochs=3)
+    pretrain(config, tmp_path / "straight", quiet=True)
+
+    resumed_from = crash_then_resume(config, tmp_path / "crashed", monkeypatch, crash_step=6)
+    assert resumed_from == 6  # mid-epoch (4 steps an epoch)
+    _assert_same_weights(_weights(tmp_path / "straight"), _weights(tmp_path / "crashed"))
+    rows = lambda run: [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())]  # noqa: E731
+    straight, resumed = rows(tmp_path / "straight"), rows(tmp_path / "crashed")
+    assert [r["step"] for r in resumed] == [r["step"] for r in straight]  # no duplicated or missing rows
+    assert [r["loss"] for r in resumed] == pytest.approx([r["loss"] for r in straight], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_matches_an_uninterrupted_run(mnist_root, tmp_path):
+    """A real training process is killed with SIGKILL mid-run; --resume must continue exactly."""
+    overrides = tiny_overrides(mnist_root, train__epochs=25, train__checkpoint_every_steps=1, train__knn_every=10)
+    command = [sys.executable, "-m", "selfsup", "pretrain", "--quiet", "--run-dir", str(tmp_path / "killed")]
+    for item in overrides:
+        command += ["--set", item]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    metrics = tmp_path / "killed" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and process.poll() is None:
+        if metrics.is_file() and sum(1 for _ in metrics.open()) >= 12:
+            break
+        time.sleep(0.02)
+    assert process.poll() is None, "the run ended before it could be killed: " + process.stderr.read().decode()
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    killed_at = checkpoint.load(tmp_path / "killed")["step"]  # readable: writes are atomic
+    assert 0 < killed_at < 100
+    resumed = subprocess.run(command + ["--resume"], capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    # The reference runs the same way (a fresh process, default threads), without the kill.
+    straight = [tmp_path / "straight" if part == str(tmp_path / "killed") else part for part in command]
+    assert subprocess.run(straight, capture_output=True, timeout=300).returncode == 0
+    _assert_same_weights(_weights(tmp_path / "straight"), _weights(tmp_path / "killed"))
+
+
+def test_non_finite_loss_stops_before_the_update_and_names_the_checkpoint(mnist_root, tmp_path, monkeypatch):
+    original = SimCLR.forward
+    calls = {"n": 0}
+
+    def diverge_at_third_call(self, batch, progress):
+        out = original(self, batch, progress)
+        calls["n"] += 1
+        return {"loss": out["loss"] * float("nan")} if calls["n"] == 7 else out
+
+    monkeypatch.setattr(SimCLR, "forward", diverge_at_third_call)
+    run = tmp_path / "run"
+    with pytest.raises(NonFiniteLoss) as err:
+        pretrain(tiny_config(mnist_root, train__knn_every=0), run, quiet=True)
+    message = str(err.value)
+    assert "the loss became nan at step 6 (epoch 1)" in message
+    assert f"the last good checkpoint is {run / 'checkpoints' / 'last.pt'}" in message
+    assert all(torch.isfinite(v.float()).all() for v in _weights(run).values())
+
+
+def test_existing_run_is_not_overwritten_without_resume(mnist_root, tmp_path):
+    run = tmp_path / "run"
+    config = tiny_config(mnist_root, train__epochs=1)
+    pretrain(config, run, quiet=True)
+    before = (run / "checkpoints" / "last.pt").stat().st_mtime_ns
+    with pytest.raises(SelfsupError, match="already holds a run.*Pass --resume"):
+        pretrain(config, run, quiet=True)
+    assert (run / "checkpoints" / "last.pt").stat().st_mtime_ns == before
+
+
+def test_resume_refuses_a_corrupt_checkpoint_and_leaves_it(mnist_root, tmp_path):
+    run = tmp_path / "run"
+    config = tiny_config(mnist_root, train__epochs=1)
+    pretrain(config, run, quiet=True)
+    last = run / "checkpoints" / "last.pt"
+    last.write_bytes(last.read_bytes()[:200])
+    damaged = last.read_bytes()
+    with pytest.raises(SelfsupError, match="not a readable checkpoint"):
+        pretrain(tiny_config(mnist_root, train__epochs=2), run, resume=True, quiet=True)
+    assert last.read_bytes() == damaged
+
+
+def test_resume_refuses_another_architecture(mnist_root, tmp_path):
+    run = tmp_path / "run"
+    pretrain(tiny_config(mnist_root, train__epochs=1), run, quiet=True)
+    with pytest.raises(SelfsupError, match="backbone.width: checkpoint 8, config 16"):
+        pretrain(tiny_config(mnist_root, train__epochs=2, backbone__width=16), run, resume=True, quiet=True)
+
+
+def test_unwritable_run_directory(mnist_root, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the run directory should go")
+    with pytest.raises(SelfsupError, match="cannot write to run directory"):
+        pretrain(tiny_config(mnist_root), blocker / "run", quiet=True)
+
+
+def test_batch_larger_than_the_dataset(mnist_root, tmp_path):
+    with pytest.raises(SelfsupError, match="train.batch_size=128 is larger than the training set \\(64 images"):
+        pretrain(tiny_config(mnist_root, train__batch_size=128), tmp_path / "run", quiet=True)
+
+
+def test_fp16_on_cpu_is_refused(mnist_root, tmp_path):
+    with pytest.raises(SelfsupError, match="fp16 needs a GPU"):
+        pretrain(tiny_config(mnist_root, train__precision="fp16", train__device="cpu"), tmp_path / "r", quiet=True)
