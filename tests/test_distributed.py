@@ -177,3 +177,40 @@ def test_every_method_takes_ddp_steps_with_identical_replicas(mnist_root, tmp_pa
     for name, result in results.items():
         assert all(math.isfinite(loss) for loss in result["losses"]), name
         assert result["same_state"], f"{name}: the replicas diverged"
+
+
+def _buffers_worker(rank: int, world: int, port: int, root: str, out: str) -> None:
+    os.environ.update(WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    from selfsup.engine import dist
+    from selfsup.recipes.pretrain import Pretraining
+
+    config = tiny_config(Path(root), method__name="npid", method__num_negatives=16, train__batch_size=8,
+                         train__epochs=1, train__knn_every=0)
+    run = Pretraining(config, Path(out) / "npid", quiet=True)
+    results = {"broadcast_buffers": run.engine.model.broadcast_buffers}
+    images, targets, index = next(run.loader.iterate())
+    untouched = int(torch.isin(torch.arange(len(run.splits.train)), dist.gather(index), invert=True).nonzero()[0])
+    if rank == 1:  # a replica that drifted: broadcasting buffers would silently overwrite it from rank 0
+        run.method.memory.bank[untouched] = -run.method.memory.bank[untouched]
+    run.engine.train_step(images, targets, index)
+    entries = dist.gather(run.method.memory.bank[untouched].unsqueeze(0))
+    results["bank_entry_kept_per_rank"] = not torch.allclose(entries[0], entries[1])
+    # BatchNorm statistics are per rank during the epoch and averaged at its end.
+    norms = [m for m in run.method.modules() if isinstance(m, _BatchNorm)]
+    before = dist.gather(norms[0].running_mean.unsqueeze(0))
+    results["norm_stats_differ_during_epoch"] = not torch.allclose(before[0], before[1])
+    run.fit()  # the rest of the epoch; the engine averages the statistics at its end
+    after = dist.gather(norms[0].running_mean.unsqueeze(0))
+    results["norm_stats_equal_after_epoch"] = bool(torch.allclose(after[0], after[1]))
+    if rank == 0:
+        (Path(out) / "buffers.json").write_text(json.dumps(results))
+    dist.destroy()
+
+
+def test_ddp_broadcasts_no_buffers_and_averages_batchnorm_statistics(mnist_root, tmp_path, one_thread):
+    mp.spawn(_buffers_worker, args=(2, _free_port(), str(mnist_root), str(tmp_path)), nprocs=2, join=True)
+    results = json.loads((tmp_path / "buffers.json").read_text())
+    assert results == {"broadcast_buffers": False, "bank_entry_kept_per_rank": True,
+                       "norm_stats_differ_during_epoch": True, "norm_stats_equal_after_epoch": True}

@@ -152,3 +152,52 @@ def test_batch_larger_than_the_dataset(mnist_root, tmp_path):
 def test_fp16_on_cpu_is_refused(mnist_root, tmp_path):
     with pytest.raises(SelfsupError, match="fp16 needs a GPU"):
         pretrain(tiny_config(mnist_root, train__precision="fp16", train__device="cpu"), tmp_path / "r", quiet=True)
+
+
+def test_monitor_on_the_test_split_says_so(mnist_root, tmp_path):
+    pretrain(tiny_config(mnist_root, train__epochs=1, train__monitor_split="test"), tmp_path, quiet=True)
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    assert meta["data"]["held_out"] == 0 and meta["data"]["images"] == 80  # nothing held out of training
+    assert "test (best.pt is chosen on test data)" == meta["monitor"]["queries"]
+    assert "best.pt is chosen on test data" in (tmp_path / "report" / "summary.md").read_text()
+
+
+def test_a_time_budget_sizes_the_run_and_says_what_it_chose(mnist_root, tmp_path, capsys):
+    config = tiny_config(mnist_root, train__epochs=1000, train__minutes=0.02)  # 1.2 s of training
+    summary = pretrain(config, tmp_path, quiet=False)
+    printed = capsys.readouterr().out
+    assert "time budget 0.02 min: measured" in printed and "s/step" in printed
+    budget = summary["budget"]
+    assert budget["steps"] == summary["steps"] < 1000 * 4  # far fewer than the 1000 epochs asked for
+    assert budget["steps"] == pytest.approx(0.95 * 1.2 / budget["seconds_per_step"], rel=0.05)  # s/step is rounded
+    assert json.loads((tmp_path / "meta.json").read_text())["budget"] == budget
+    # Resuming a budgeted run keeps its length (it does not re-time or grow to 1000 epochs).
+    again = pretrain(config, tmp_path, resume=True, quiet=True)
+    assert again["steps"] == summary["steps"]
+
+
+def test_freezing_the_backbone_for_an_epoch_from_the_config(mnist_root, tmp_path):
+    config = tiny_config(mnist_root, train__epochs=1, train__knn_every=0, optim__freeze="{backbone: 1}")
+    from selfsup.recipes.pretrain import Pretraining
+
+    run = Pretraining(config, tmp_path, quiet=True)
+    trunk = {k: v.clone() for k, v in run.method.backbone.state_dict().items()}
+    head = run.method.projector[0].weight.detach().clone()
+    run.fit()
+    assert all(torch.equal(v, trunk[k]) for k, v in run.method.backbone.state_dict().items())  # BN statistics too
+    assert not torch.equal(run.method.projector[0].weight, head)
+
+
+def test_the_faster_memory_layout_is_measured_on_fp32_cpus_without_side_effects(mnist_root, tmp_path, capsys):
+    from selfsup.recipes.pretrain import Pretraining
+
+    config = tiny_config(mnist_root, backbone__name="resnet18", train__precision="fp32", train__knn_every=0)
+    run = Pretraining(config, tmp_path, quiet=False)
+    printed = capsys.readouterr().out
+    assert "memory layout: channels_last" in printed and "NCHW" in printed
+    assert run.channels_last in (True, False) and json.loads((tmp_path / "meta.json").read_text())["channels_last"] \
+        == run.channels_last
+    fresh = Pretraining(tiny_config(mnist_root, backbone__name="resnet18", train__precision="fp32",
+                                    train__knn_every=0, train__channels_last=run.channels_last),
+                        tmp_path / "fresh", quiet=True)
+    _assert_same_weights(run.method.state_dict(), fresh.method.state_dict())  # timing left no trace

@@ -70,6 +70,7 @@ class ClassifierTraining:
     device: str = "auto"
     precision: str = "auto"
     seed: int = 0
+    log_every: int = 10
 
 
 class AccuracyMonitor:
@@ -133,7 +134,8 @@ def fit_classifier(model: nn.Module, train: ImageDataset, test: ImageDataset | N
     # The test accuracy is logged every epoch but never chooses best.pt (that would select on test data).
     engine = Engine(model, loader, optimizer, schedule, run_dir=run_dir, device=device, precision=precision,
                     clip_grad=settings.optim.clip_grad, freeze=freeze, monitor=monitor,
-                    meta={"classifier": True, **(meta or {})}, seed=settings.seed, quiet=quiet)
+                    meta={"classifier": True, **(meta or {})}, seed=settings.seed, log_every=settings.log_every,
+                    quiet=quiet)
     if resume_from is not None:
         engine.restore(checkpoint.load(resume_from))
     else:

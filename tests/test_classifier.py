@@ -1,0 +1,74 @@
+"""The classifier-training recipe: an encoder plus a linear head on labels, with a trunk learning
+rate scale, a frozen-trunk head warm-up followed by joint training in one fit, and test accuracy."""
+import json
+
+import pytest
+import torch
+
+from selfsup.data import DataConfig, load_splits
+from selfsup.engine import OptimConfig, checkpoint
+from selfsup.errors import SelfsupError
+from selfsup.models import build_backbone
+from selfsup.recipes import Classifier, ClassifierTraining, classifier_views, fit_classifier
+from selfsup.views import ImageInfo
+
+
+def _setup(root, **settings):
+    splits = load_splits(DataConfig(root=str(root)), labeled=True, quiet=True)
+    torch.manual_seed(0)
+    encoder = build_backbone("toy", 1, 16, width=8)
+    mean, std = splits.train.stats()
+    model = Classifier(encoder, len(splits.train.classes), classifier_views(ImageInfo(16, 1, mean, std)))
+    defaults = dict(epochs=2, batch_size=16, device="cpu", precision="fp32", log_every=1,
+                    optim=OptimConfig(lr=0.2, weight_decay=0.0, warmup_epochs=0.0))
+    return model, splits, ClassifierTraining(**{**defaults, **settings})
+
+
+def _trunk(model):
+    return {k: v.clone() for k, v in model.encoder.state_dict().items()}
+
+
+def test_head_warm_up_keeps_the_trunk_then_joint_training_moves_it(mnist_root, tmp_path):
+    model, splits, settings = _setup(mnist_root, epochs=1, head_warmup_epochs=1)
+    trunk, head = _trunk(model), model.head.weight.detach().clone()
+    fit_classifier(model, splits.train, splits.test, tmp_path / "warmup", settings, quiet=True)
+    assert all(torch.equal(v, trunk[k]) for k, v in model.encoder.state_dict().items())  # BN statistics too
+    assert not torch.equal(model.head.weight, head)
+
+    model, splits, settings = _setup(mnist_root, epochs=2, head_warmup_epochs=1)
+    trunk = _trunk(model)
+    fit_classifier(model, splits.train, splits.test, tmp_path / "joint", settings, quiet=True)
+    assert not torch.equal(model.encoder.state_dict()["stages.conv1.0.weight"], trunk["stages.conv1.0.weight"])
+    rows = [json.loads(line) for line in (tmp_path / "joint" / "metrics.jsonl").read_text().splitlines()]
+    epochs = [r for r in rows if r["stream"] == "epoch"]
+    assert [r["epoch"] for r in epochs] == [1, 2] and all(0 <= r["test_top1"] <= 100 for r in epochs)
+    state = checkpoint.load(tmp_path / "joint")
+    assert state["classifier"] is True and state["best_name"] == "loss"  # test accuracy never picks best.pt
+
+
+def test_trunk_trains_at_a_tenth_of_the_head_rate_by_default(mnist_root, tmp_path):
+    model, splits, settings = _setup(mnist_root, epochs=1)
+    assert settings.backbone_lr_scale == 0.1
+    fit_classifier(model, splits.train, splits.test, tmp_path, settings, quiet=True)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["lr"] == pytest.approx(0.2 * 16 / 256)  # the head's rate: per 256 images, scaled
+    # The optimiser state after the fit tells each group's last rate apart: read them from the checkpoint.
+    groups = checkpoint.load(tmp_path)["optimizer"]["param_groups"]
+    scales = {(g["name"], g["wd_scale"]): g["lr_scale"] for g in groups}
+    assert scales[("backbone", 1.0)] == pytest.approx(0.1) and scales[("head", 1.0)] == 1.0
+
+
+def test_a_zero_trunk_rate_is_a_linear_probe_and_it_learns(mnist_root, tmp_path):
+    model, splits, settings = _setup(mnist_root, epochs=4, backbone_lr_scale=0.0)
+    trunk = _trunk(model)
+    fit_classifier(model, splits.train, splits.test, tmp_path, settings, quiet=True)
+    assert all(torch.equal(v, trunk[k]) for k, v in model.encoder.state_dict().items())
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in rows if r["stream"] == "epoch"]
+    assert losses[-1] < losses[0]
+
+
+def test_too_few_labels_for_a_batch_is_refused(mnist_root, tmp_path):
+    model, splits, settings = _setup(mnist_root, batch_size=512)
+    with pytest.raises(SelfsupError, match="80 labelled training images are fewer than a batch of 512"):
+        fit_classifier(model, splits.train, splits.test, tmp_path, settings, quiet=True)
