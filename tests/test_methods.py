@@ -139,3 +139,65 @@ def test_pirl_loss_weighs_its_two_nce_terms_by_lambda():
         expected = 0.3 * method.memory.nce(v_rotated, index, negatives) + 0.7 * method.memory.nce(v_image, index,
                                                                                                   negatives)
     assert total.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def _decoupled(variant, **args):
+    torch.manual_seed(0)
+    config = resolve({"method": {"name": "decoupled_rotnet", "variant": variant, "num_negatives": 16, **args},
+                      "backbone": {"name": "toy", "width": 8}})
+    return build_model(config, DATA)
+
+
+def test_decoupled_rotnet_paper_variant_splits_the_feature():
+    method = _decoupled("paper")
+    features = method.backbone.num_features  # 32: the rotation half and the rotation-irrelevant half
+    assert method.classifier[0].in_features == features // 2 and method.projector.in_features == features // 2
+    images, index = _batch()
+    with torch.no_grad():
+        views = method.views(images)
+    seen = []
+    method.classifier.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0].detach()))
+    out = _run(method, views, index)
+    assert {"pu_loss", "rotation_loss", "instance_loss"} <= set(out)
+    with torch.no_grad():
+        assert torch.allclose(seen[0], method.backbone(views[0])[:, :features // 2], atol=1e-6)  # the first half only
+
+
+def test_decoupled_rotnet_weights_rotated_copies_by_how_upright_they_look_late_in_training():
+    method = _decoupled("paper", weighting_start=0.5, gamma=2.0)
+    images, index = _batch()
+    with torch.no_grad():
+        views = method.views(images)
+        # A PU head that calls every copy exactly as upright as its original: p = 1 -> weight 0 for
+        # the rotated copies, so only the upright copies (weight 1) count.
+        method.pu_head.weight.zero_()
+        method.pu_head.bias.fill_(1.0)
+        labels = views[1]
+        per_copy = torch.nn.functional.cross_entropy(method.classifier(method.backbone(views[0])[:, :16]), labels,
+                                                     reduction="none")
+        early = _run(method, views, index, progress=0.25)["rotation_loss"]
+        late = _run(method, views, index, progress=0.75)["rotation_loss"]
+    assert early.item() == pytest.approx(per_copy.mean().item(), rel=1e-5)  # before weighting_start: plain mean
+    upright_only = (per_copy * (labels == 0)).sum() / len(labels)
+    assert late.item() == pytest.approx(upright_only.item(), rel=1e-5)
+
+
+def test_decoupled_rotnet_distance_loss_is_the_mse_to_the_stop_gradient_mean():
+    method = _decoupled("paper", distance_weight=1.0)
+    images, index = _batch()
+    with torch.no_grad():
+        views = method.views(images)
+    half = method.backbone(views[0])[:, 16:].view(4, len(index), -1)
+    expected = (half - half.mean(0, keepdim=True)).square().mean()
+    out = _run(method, views, index)
+    parts = out["loss"] - out["rotation_loss"] - out["instance_loss"] - out["pu_loss"]
+    assert parts.item() == pytest.approx(expected.item(), rel=1e-4)
+
+
+def test_decoupled_rotnet_online_variant_is_kept():
+    method = _decoupled("online")
+    assert method.classifier[0].in_features == method.backbone.num_features and method.pu_head is None
+    images, index = _batch()
+    with torch.no_grad():
+        views = method.views(images)
+    assert math.isfinite(_run(method, views, index)["loss"].item())

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from selfsup.errors import SelfsupError
-from selfsup.views import (CountingViews, ImageInfo, JigsawViews, PatchPairViews, PirlViews, RotationViews, TileSpec,
+from selfsup.views import (AugmentSpec, CountingViews, ImageInfo, JigsawViews, PatchPairViews, PirlViews, RotationViews, TileSpec,
                            cut_tiles, min_hamming_distance, neighbour_position, normalize_tiles, permutation_set,
                            random_grayscale, rotate_all, rotate_each, shuffle_tiles)
 
@@ -128,3 +128,75 @@ def test_pirl_views_return_image_and_transformed(transform, shape):
         torch.randint(0, 256, (4, 1, 30, 30), dtype=torch.uint8))
     assert image.shape == (4, 1, 30, 30) and transformed.shape == shape
     assert math.isfinite(transformed.sum().item())
+
+
+def _coordinates(size, batch=1):
+    """Images whose pixel value is its flat position: a tile's top-left value gives its place."""
+    return torch.arange(size * size, dtype=torch.float32).view(1, 1, size, size).repeat(batch, 1, 1, 1)
+
+
+IDENTITY = AugmentSpec(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_p=0.0, jitter_p=0.0, grayscale_p=0.0)
+
+
+@pytest.mark.parametrize("size, spec", [(28, TileSpec()), (48, TileSpec()), (48, TileSpec(gap=0.2)),
+                                        (30, TileSpec(gap=0.15, jitter=0.1))])
+def test_neighbouring_tiles_never_touch_and_jitter_spans_its_room(size, spec):
+    """Edge continuity is a shortcut: a guaranteed gap (at least min_gap_px) separates every pair of
+    neighbours, with jitter on top (before, 1-3 px of slack let neighbours touch 6-25% of the time)."""
+    from selfsup.views import Tiler, tile_geometry
+
+    tiler = Tiler(size, TileSpec(**{**spec.__dict__, "normalize": False, "grayscale_p": 0.0}))
+    gap, jitter, tile = tile_geometry(size, spec)
+    assert gap >= spec.min_gap_px and tiler.tile == tile >= 6
+    torch.manual_seed(0)
+    tiles = tiler(_coordinates(size, batch=400))
+    corner = tiles[:, :, 0, 0, 0].long()
+    rows, cols = (corner // size).view(-1, 3, 3), (corner % size).view(-1, 3, 3)
+    horizontal = cols[:, :, 1:] - (cols[:, :, :-1] + tile)
+    vertical = rows[:, 1:, :] - (rows[:, :-1, :] + tile)
+    gaps = torch.cat([horizontal.flatten(), vertical.flatten()])
+    assert gaps.min() >= gap  # never closer than the guaranteed gap
+    assert gaps.max() == gap + 2 * jitter  # and the jitter really moves them
+    cell = size // 3
+    assert (cols % cell + tile <= cell).all() and (rows % cell + tile <= cell).all()  # each inside its cell
+
+
+def test_settings_that_cannot_keep_the_gap_are_refused():
+    with pytest.raises(SelfsupError, match="kept 5 px apart with 0 px of jitter \\(they would be 5 px\\).*"
+                                           "data.image_size=33"):
+        JigsawViews(gray(30), tiles=TileSpec(min_gap_px=5, jitter=0.0))  # 10 px cells leave 5 px tiles
+    JigsawViews(gray(33), tiles=TileSpec(min_gap_px=5, jitter=0.0))      # 11 px cells: 6 px tiles
+
+
+def test_jigsaw_views_put_tile_p_j_at_position_j():
+    """Not shapes: the tiles really are shuffled by the labelled permutation."""
+    views = JigsawViews(gray(30), augment=IDENTITY, tiles=TileSpec(jitter=0.0, normalize=False, grayscale_p=0.0),
+                        num_permutations=20)
+    images = _coordinates(30, batch=12).to(torch.uint8)  # values wrap, but stay distinct per cell corner
+    in_order = views.tiler(views.augment(images))
+    torch.manual_seed(3)
+    shuffled, labels = views(images)
+    for b in range(12):
+        permutation = views.permutations[labels[b]]
+        for j in range(9):
+            assert torch.equal(shuffled[b, j], in_order[b, permutation[j]])
+    assert (labels != labels[0]).any() and not torch.equal(shuffled, in_order)
+
+
+def test_patch_pairs_are_the_centre_and_the_labelled_neighbour():
+    views = PatchPairViews(gray(30), augment=IDENTITY, tiles=TileSpec(jitter=0.0, normalize=False, grayscale_p=0.0))
+    images = torch.randint(0, 256, (16, 1, 30, 30), dtype=torch.uint8)
+    in_order = views.tiler(views.augment(images))
+    pairs, labels = views(images)
+    for b in range(16):
+        assert torch.equal(pairs[b, 0], in_order[b, 4])
+        assert torch.equal(pairs[b, 1], in_order[b, neighbour_position(labels[b : b + 1])[0]])
+    assert len(set(labels.tolist())) > 3
+
+
+def test_pirl_tiles_take_their_own_crop_and_grayscale_settings():
+    """The image's augmentation (a preset's crop 0.2-1, grayscale) no longer reaches the jigsaw source."""
+    views = PirlViews(ImageInfo(48, 3, (0.5,) * 3, (0.25,) * 3), augment=AugmentSpec(crop_scale=(0.2, 1.0)))
+    assert views.augment.spec.crop_scale == (0.2, 1.0) and views.augment.spec.grayscale_p == 0.2
+    assert views.tile_augment.spec.crop_scale == (0.6, 1.0) and views.tile_augment.spec.grayscale_p == 0.0
+    assert views.tiler.spec.grayscale_p == 0.3  # Noroozi's grey images, once

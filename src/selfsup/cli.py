@@ -91,9 +91,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         overrides.append(f"eval.knn_k={args.k}")
     if args.temperature is not None:
         overrides.append(f"eval.knn_temperature={args.temperature}")
-    for flag, key in (("features", "eval.features"), ("bn_recalibration", "eval.bn_recalibration")):
-        if getattr(args, flag) is not None:
-            overrides.append(f"{key}={getattr(args, flag)}")
+    if args.features is not None:
+        overrides.append(f"eval.features={args.features}")
+    if args.bn_recalibration is not None:
+        setting = {"auto": "auto", "on": "true", "off": "false"}[args.bn_recalibration]
+        overrides.append(f"eval.bn_recalibration={setting}")
     for flag, key in (("data", "data.name"), ("data_root", "data.root"), ("device", "train.device"),
                       ("precision", "train.precision")):
         if getattr(args, flag) is not None:

@@ -38,7 +38,7 @@ class EvalConfig:
     features: Literal["backbone", "embedding"] = "backbone"
     """backbone: pooled backbone features (every method, comparable); embedding: the method's own
     embedding (NPID/PIRL: the 128-d vectors the memory bank holds; SimCLR: the projection)."""
-    bn_recalibration: Literal["auto", "on", "off"] = "auto"
+    bn_recalibration: bool | Literal["auto"] = "auto"
     """Re-estimate BatchNorm statistics on full training images before extracting features
     (auto: for methods whose trunk trained on tiles or half-size images: jigsaw, context
     prediction, counting, PIRL, multi-task). Uses no labels."""
@@ -131,7 +131,8 @@ class Evaluator:
             else:
                 raise SelfsupError(f"unknown protocol '{protocol}'; choose from {', '.join(PROTOCOLS)}")
             if self.recalibrate:
-                results[protocol]["settings"] += f"; BN recalibrated on {self.recalibrate} train images"
+                images = min(self.recalibrate, len(self.train))
+                results[protocol]["settings"] += f"; BN recalibrated on {images} train images"
         return record(self.out_dir, self.name, results)
 
 

@@ -21,6 +21,10 @@ class ContextPrediction(Method):
     ``views.tiles.min_gap_px`` plus jitter, :class:`selfsup.views.PatchPairViews`) go through the
     shared trunk; their features are
     concatenated (the paper's fc6 pair -> fc7 -> fc8) and classified into the 8 positions.
+    Deviations: the pair always comes from a 3x3 grid over the whole crop (the paper samples
+    the patch position anywhere in the image), and random grayscale of whole images
+    (``views.tiles.grayscale_p``) stands in for the paper's colour dropping / projection against
+    chromatic aberration.
     """
 
     views_class = PatchPairViews

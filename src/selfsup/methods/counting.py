@@ -22,7 +22,8 @@ class Counting(Method):
     (:class:`selfsup.views.CountingViews`). Loss (eq. 5) =
     ||phi(D(x)) - sum_j phi(T_j(x))||^2 + max(0, M - ||phi(D(y)) - sum_j phi(T_j(x))||^2)
     where y is another image of the batch: the second term rules out the trivial phi = 0.
-    Margin M = 10 as in the paper.
+    Margin M = 10 as in the paper. D is always an antialiased bilinear downsampling (the paper
+    varies the resampling method against a shortcut through its artefacts).
     """
 
     views_class = CountingViews

@@ -21,6 +21,9 @@ class Exemplar(Method):
     many). A linear classifier over the pooled features; heavy augmentation from
     :class:`selfsup.views.ExemplarViews` (crop and scale, rotation, colour).
     The classifier has one row per image: memory grows as N x D.
+    Deviations: whole images instead of 32 px patches picked near strong gradients, and a fresh
+    augmentation per visit instead of a fixed set per seed. ``data.subset`` is class-balanced, so
+    on STL-10 the choice of seeds uses the labels of the labelled part.
     """
 
     views_class = ExemplarViews

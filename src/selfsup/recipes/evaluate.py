@@ -62,7 +62,7 @@ def default_output_dir(checkpoint_path: Path) -> Path:
 def recalibration_images(config: RunConfig) -> int:
     """How many training images BatchNorm statistics are re-estimated on before probing (0: none)."""
     setting = config.eval.bn_recalibration
-    wanted = setting == "on" or (setting == "auto" and get_method(config.method_name).trains_on_tiles)
+    wanted = setting is True or (setting == "auto" and get_method(config.method_name).trains_on_tiles)
     return config.eval.bn_recalibration_images if wanted else 0
 
 

@@ -1,0 +1,88 @@
+"""Evaluating checkpoints: the encoder alone, the method's own embedding, BatchNorm recalibration."""
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import tiny_config
+from selfsup.blocks import MemoryBank
+from selfsup.engine import checkpoint
+from selfsup.eval import recalibrate_batchnorm
+from selfsup.recipes.evaluate import checkpoint_evaluator, load_encoder
+from selfsup.recipes.pretrain import pretrain
+from selfsup.views import EvalView
+
+
+@pytest.fixture
+def npid_run(mnist_root, tmp_path):
+    run = tmp_path / "npid"
+    pretrain(tiny_config(mnist_root, method__name="npid", method__num_negatives=16, method__feature_dim=8,
+                         train__epochs=1, train__knn_every=0), run, quiet=True)
+    return run
+
+
+def test_the_encoder_loads_without_building_heads_or_banks(npid_run, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("evaluation built a memory bank")
+
+    monkeypatch.setattr(MemoryBank, "__init__", refuse)
+    encoder, config, state = load_encoder(npid_run)
+    assert type(encoder).__name__ == "ToyNet" and config.method_name == "npid"
+    saved = checkpoint.submodule_weights(state["model"], "backbone")
+    assert set(saved) == set(encoder.state_dict()) and not any("memory" in k or "projector" in k for k in saved)
+    assert all(torch.equal(encoder.state_dict()[k], v) for k, v in saved.items())
+
+
+def test_knn_on_the_method_embedding_is_an_option(npid_run):
+    backbone, _ = checkpoint_evaluator(npid_run, quiet=True)
+    embedding, _ = checkpoint_evaluator(npid_run, ["eval.features=embedding"], quiet=True)
+    assert backbone.features("test").shape[1] == 32 and embedding.features("test").shape[1] == 8  # toy width 8 x 4
+    assert torch.allclose(embedding.features("test").norm(dim=1), torch.ones(32), atol=1e-5)  # NPID's unit v
+    assert embedding.name.endswith("embedding)") and embedding.name != backbone.name
+    embedding, config = checkpoint_evaluator(npid_run, ["eval.features=embedding"], quiet=True)
+    results = embedding.run(["knn"], config.eval)
+    assert 0 <= results[embedding.name]["knn"]["top1"] <= 100
+    assert embedding.name in json.loads((npid_run / "eval" / "results.json").read_text())
+
+
+def test_methods_without_an_embedding_say_so(mnist_root, tmp_path):
+    from selfsup.errors import SelfsupError
+
+    pretrain(tiny_config(mnist_root, method__name="rotation", train__epochs=1, train__knn_every=0), tmp_path,
+             quiet=True)
+    with pytest.raises(SelfsupError, match="rotation has no embedding of its own; use eval.features=backbone"):
+        checkpoint_evaluator(tmp_path, ["eval.features=embedding"], quiet=True)
+
+
+def test_recalibration_replaces_statistics_by_those_of_the_images():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    norm = net[1]
+    norm.running_mean.fill_(7.0)  # statistics of other inputs (tiles, say)
+    norm.running_var.fill_(9.0)
+    images = torch.randint(0, 256, (50, 1, 8, 8), dtype=torch.uint8)
+    view = EvalView(8, (0.5,), (0.25,))
+    assert recalibrate_batchnorm(net, images, view, count=50, batch_size=16) == 1
+    with torch.no_grad():
+        activations = net[0](view(images)).transpose(0, 1).flatten(1)  # (channels, all positions)
+    # A cumulative average over the batches (momentum None): per-batch means averaged with equal weight,
+    # which for equal batches is the mean; the last batch of 2 is weighted alike, so compare loosely.
+    assert torch.allclose(norm.running_mean, activations.mean(1), atol=0.05)
+    assert torch.allclose(norm.running_var, activations.var(1), rtol=0.1)
+    assert not net.training and norm.momentum == 0.1  # left in eval mode, momentum restored
+
+
+def test_tile_methods_are_recalibrated_by_default(mnist_root, tmp_path):
+    pretrain(tiny_config(mnist_root, method__name="jigsaw", data__image_size=30, train__epochs=1,
+                         train__knn_every=0), tmp_path / "jigsaw", quiet=True)
+    jigsaw, config = checkpoint_evaluator(tmp_path / "jigsaw", quiet=True)
+    assert jigsaw.recalibrate == config.eval.bn_recalibration_images == 10000
+    stats_before = checkpoint.load(tmp_path / "jigsaw")["model"]["backbone.stages.res5.1.running_mean"]
+    result = jigsaw.run(["knn"], config.eval)[jigsaw.name]["knn"]
+    assert "BN recalibrated on 80 train images" in result["settings"]  # all there are
+    assert not torch.equal(jigsaw.encoder.stages.res5[1].running_mean, stats_before)
+    off, _ = checkpoint_evaluator(tmp_path / "jigsaw", ["eval.bn_recalibration=false"], quiet=True)
+    assert off.recalibrate == 0
+    pretrain(tiny_config(mnist_root, train__epochs=1, train__knn_every=0), tmp_path / "simclr", quiet=True)
+    assert checkpoint_evaluator(tmp_path / "simclr", quiet=True)[0].recalibrate == 0  # trained on full images
