@@ -2,6 +2,7 @@
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -95,7 +96,7 @@ def test_list_methods_print_config_and_help(capsys):
 
 def test_demo_runs_end_to_end(mnist_root, tmp_path, capsys):
     run = tmp_path / "demo"
-    sets = _sets(tiny_overrides(mnist_root, train__epochs=1))
+    sets = _sets(tiny_overrides(mnist_root, train__epochs=1)) + ["--minutes", "0"]  # the preset's epochs
     assert main(["demo", "--run-dir", str(run), "--quiet"] + sets) == 0
     table = capsys.readouterr().out
     for row in ("| simclr (last, step 4) | knn |", "| simclr (last, step 4) | linear |",
@@ -106,6 +107,25 @@ def test_demo_runs_end_to_end(mnist_root, tmp_path, capsys):
     assert main(["demo", "--run-dir", str(run), "--quiet"] + sets) == 0  # a finished demo is re-evaluated
     again = json.loads((run / "summary.json").read_text())
     assert again["steps"] == first["steps"] and again["train_seconds"] == first["train_seconds"] > 0
+
+
+def test_demo_fits_its_time_budget_and_says_how(mnist_root, tmp_path, capsys, monkeypatch):
+    run = tmp_path / "demo"
+    sets = _sets(tiny_overrides(mnist_root, train__epochs=1000))
+    started = time.perf_counter()
+    assert main(["demo", "--run-dir", str(run), "--minutes", "0.1"] + sets) == 0  # 6 s in all
+    elapsed = time.perf_counter() - started
+    printed = capsys.readouterr().out
+    assert "time budget 0.1 min: evaluation about" in printed and "img/s" in printed
+    assert "time budget" in printed and "s/step" in printed and "demo finished in" in printed
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] < 1000 * 4 and summary["budget"]["minutes"] < 0.1
+    assert elapsed < 6 + 15  # the budget plus start-up and the first, timed steps
+    from selfsup import demo
+
+    monkeypatch.setattr(demo, "estimate_evaluation_seconds", lambda config: (100.0, "slow"))
+    assert main(["demo", "--run-dir", str(tmp_path / "other"), "--minutes", "1"] + sets) == 2
+    assert "a 1 min demo leaves -40 s for pretraining" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("args, message", [

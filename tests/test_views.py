@@ -54,3 +54,43 @@ def test_eval_view_normalises_and_resizes(size):
     assert out.shape == (6, 1, 16, 16)
     if size == 16:
         assert torch.allclose(out, (images.float() / 255 - 0.5) / 0.25)
+
+
+@pytest.mark.parametrize("name", ["brightness", "contrast", "saturation", "hue"])
+def test_colour_adjustments_equal_torchvision_for_the_same_factors(name):
+    from torchvision.transforms.v2 import functional as TF
+
+    from selfsup.views.color import ADJUST
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(6, 3, 9, 9, generator=g)
+    x[0] = 0.5  # gray: no hue
+    x[1, :, :3] = x[1, 0, :3].clone()  # ties between channels
+    factors = torch.tensor([0.0, 0.3, 0.9, 1.4, -0.2, 0.5]) if name == "hue" else torch.tensor([0.0, 0.4, 0.9, 1.0,
+                                                                                               1.3, 1.8])
+    reference = getattr(TF, f"adjust_{name}")
+    expected = torch.stack([reference(img, float(f) if name != "hue" else float(f) % 1 - (float(f) % 1 > 0.5))
+                            for img, f in zip(x, factors)])
+    assert torch.allclose(ADJUST[name](x.clone(), factors), expected, atol=1e-4)  # float summation order
+
+
+def test_colour_jitter_draws_per_image_and_does_not_depend_on_slicing(monkeypatch):
+    from selfsup.views import color
+
+    jitter = color.ColorJitter(0.4, 0.4, 0.4, 0.1, p=0.8)
+    x = _images(40, channels=3).float() / 255
+    torch.manual_seed(1)
+    whole = jitter(x)
+    monkeypatch.setattr(color, "CHUNK", 3)
+    torch.manual_seed(1)
+    assert torch.allclose(jitter(x), whole, atol=1e-6)
+    changed = (whole - x).abs().flatten(1).amax(1) > 0
+    assert 20 <= changed.sum() < 40  # p = 0.8: most images, not all
+    same = x[:1].expand(8, -1, -1, -1)
+    out = color.ColorJitter(0.4, 0.4, 0.4, 0.1, p=1.0)(same)
+    assert len({tuple(o.flatten()[:12].tolist()) for o in out}) == 8  # each its own factors
+    assert torch.equal(color.ColorJitter(0.4, 0.4, p=0.0)(x), x)
+    gray = color.ColorJitter(0.0, 0.0, 0.9, 0.5, p=1.0, channels=1)
+    assert torch.equal(gray(x[:, :1]), x[:, :1])  # saturation and hue do not exist for one channel
+    with pytest.raises(ValueError, match="hue must be in"):
+        color.ColorJitter(hue=0.7)

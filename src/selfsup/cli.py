@@ -191,8 +191,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .config import find_config
     from .demo import run_demo
 
-    overrides = list(args.set) + ([f"train.minutes={args.minutes}"] if args.minutes is not None else [])
-    run_demo(args.run_dir, find_config(args.config), overrides, quiet=args.quiet)
+    run_demo(args.run_dir, find_config(args.config), list(args.set), minutes=args.minutes, quiet=args.quiet)
     return 0
 
 
@@ -266,8 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("demo", help="pretrain SimCLR on Fashion-MNIST for a few minutes, evaluate, compare")
     p.add_argument("--run-dir", default="runs/demo")
-    p.add_argument("--minutes", type=float,
-                   help="time budget of the whole demo (default: the preset's, about 5); pretraining is sized to it")
+    p.add_argument("--minutes", type=float, default=5.0,
+                   help="time budget of the whole demo (default 5): the evaluation's cost is estimated and "
+                        "pretraining gets the rest, sized by timing its first steps; 0 trains the preset's epochs")
     p.add_argument("-c", "--config", default="demo", help="preset to run (default: the shipped demo preset)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--quiet", action="store_true")

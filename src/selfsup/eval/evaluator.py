@@ -32,6 +32,9 @@ PROTOCOLS = ("knn", "linear")
 class EvalConfig:
     """Evaluation protocols on frozen features (the ``eval`` section of a run config)."""
 
+    train_images: int | None = None
+    """Evaluate with a class-balanced, seeded subset of this many labelled training images as the kNN
+    bank and the linear probe's training set (None: all); the test split is always used whole."""
     knn_k: int = 200
     knn_temperature: float = 0.07
     """NPID's weighted kNN: votes exp(cosine / T) of the k nearest training images."""

@@ -13,7 +13,7 @@ from typing import Any
 from torch import nn
 
 from ..config import RunConfig, apply_overrides, resolve
-from ..data import load_splits
+from ..data import Splits, load_splits
 from ..engine import checkpoint
 from ..errors import SelfsupError
 from ..eval import Evaluator
@@ -59,6 +59,14 @@ def default_output_dir(checkpoint_path: Path) -> Path:
     return checkpoint_path.parent / f"{checkpoint_path.stem}-eval"
 
 
+def evaluation_splits(config: RunConfig, quiet: bool = False) -> Splits:
+    """The labelled train split (a balanced subset when ``eval.train_images`` says so) and the test split."""
+    splits = load_splits(config.data, seed=config.train.seed, labeled=True, quiet=quiet)
+    if config.eval.train_images is not None:
+        splits.train = splits.train.balanced_subset(config.eval.train_images, config.train.seed)
+    return splits
+
+
 def recalibration_images(config: RunConfig) -> int:
     """How many training images BatchNorm statistics are re-estimated on before probing (0: none)."""
     setting = config.eval.bn_recalibration
@@ -80,7 +88,7 @@ def checkpoint_evaluator(path: str | Path, overrides: list[str] = (), out_dir: P
     else:
         module, _, _ = load_encoder(path, overrides)
         encode, suffix = None, ""
-    splits = load_splits(config.data, seed=config.train.seed, labeled=True, quiet=quiet)
+    splits = evaluation_splits(config, quiet)
     data = state["data"]
     stat = ckpt_path.stat()
     key = {"stem": ckpt_path.stem + ("-embedding" if embedding else ""), "checkpoint": str(ckpt_path.resolve()),
@@ -96,7 +104,7 @@ def checkpoint_evaluator(path: str | Path, overrides: list[str] = (), out_dir: P
 
 def pixel_evaluator(config: RunConfig, out_dir: Path, quiet: bool = False) -> Evaluator:
     """The raw-pixel baseline on the data of ``config`` (normalised with training-set statistics)."""
-    splits = load_splits(config.data, seed=config.train.seed, labeled=True, quiet=quiet)
+    splits = evaluation_splits(config, quiet)
     mean, std = splits.train.stats()
     return Evaluator("raw pixels", splits.train, splits.test, EvalView(splits.train.image_size, mean, std), out_dir,
                      quiet=quiet)

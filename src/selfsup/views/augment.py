@@ -14,6 +14,8 @@ import kornia.augmentation as K
 import torch
 from torch import nn
 
+from .color import ColorJitter
+
 
 @dataclass(frozen=True)
 class ImageInfo:
@@ -71,11 +73,8 @@ class Augment(nn.Module):
             ops.append(K.RandomRotation(spec.rotation_degrees, p=1.0))
         if spec.flip_p > 0:
             ops.append(K.RandomHorizontalFlip(p=spec.flip_p))
-        brightness, contrast, saturation, hue = spec.jitter
-        if image.channels == 1:
-            saturation = hue = 0.0
-        if spec.jitter_p > 0 and any((brightness, contrast, saturation, hue)):
-            ops.append(K.ColorJitter(brightness, contrast, saturation, hue, p=spec.jitter_p))
+        if spec.jitter_p > 0 and any(spec.jitter[:2] if image.channels == 1 else spec.jitter):
+            ops.append(ColorJitter(*spec.jitter, p=spec.jitter_p, channels=image.channels))
         if spec.grayscale_p > 0 and image.channels == 3:
             ops.append(K.RandomGrayscale(p=spec.grayscale_p))
         if spec.blur_p > 0:
