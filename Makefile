@@ -9,6 +9,7 @@ BIN := $(VENV)/bin
 TORCH ?= 2.14.1
 TORCHVISION ?= 0.29.1
 RUN_DIR ?= runs/demo
+MINUTES ?= 5
 
 .PHONY: venv data demo test bench clean
 
@@ -24,7 +25,7 @@ data: venv
 	bash scripts/ensure-fashion-mnist.sh $(BIN)/selfsup
 
 demo: venv data
-	$(BIN)/selfsup demo --run-dir $(RUN_DIR)
+	$(BIN)/selfsup demo --run-dir $(RUN_DIR) --minutes $(MINUTES)
 
 test: venv
 	$(BIN)/python -m pytest -q

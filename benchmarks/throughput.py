@@ -1,8 +1,8 @@
 """Training throughput of SimCLR, measured side by side in one process.
 
-For each precision (fp32; bf16 autocast), both in channels_last as selfsup trains ResNets by
-default, it measures images/s of
-  * end to end: the production path, ``Trainer.train_step`` fed by the in-memory loader
+For each precision (fp32; bf16 autocast), in the memory layout selfsup picks for it (fp32 on
+a CPU: measured at start-up), it measures images/s of
+  * end to end: the production path, ``Engine.train_step`` fed by the in-memory loader
     (uint8 batch -> kornia views on the device -> forward/backward/step), and
   * model only: the same ``train_step`` replaying pre-made view tensors (no data, no
     augmentation): the compute limit of this model on this machine;
@@ -13,12 +13,15 @@ with workers, lightly's ``NTXentLoss``, a plain loop as in lightly's examples: o
 lightly documents it (fp32, default memory format), and once with selfsup's precision and
 memory format, which isolates the data pipeline from the arithmetic.
 
-The variants run interleaved (A B C ... A B C ...) and each reports its median over
-repeats, since these machines are noisy; ratios are taken within one run.
+Only precisions the machine runs natively are measured (bf16 needs AVX-512 BF16 / AMX on a
+CPU, or a GPU); the others are skipped with the reason. The variants run interleaved
+(A B C ... A B C ...) for several rounds; each reports its median, and every ratio is taken
+between variants of the same round (paired), with its spread over rounds, since these
+machines drift by 10-20% over minutes.
 
-    python benchmarks/throughput.py                       # Fashion-MNIST, batch 256, ResNet-18
-    python benchmarks/throughput.py --setting stl10-like  # 96 px colour images, ImageNet stem
-    python benchmarks/throughput.py --steps 3 --repeats 1 --batch-size 128   # quicker
+    python benchmarks/throughput.py                       # Fashion-MNIST, batch 256, ResNet-18 width 32
+    python benchmarks/throughput.py --setting stl10-like --width 64   # 96 px colour images, ImageNet stem
+    python benchmarks/throughput.py --steps 2 --rounds 2 --batch-size 128   # quicker
 
 Settings: ``fashion-mnist`` (28 px grayscale, small stem, configs/simclr_fashion_mnist.yaml)
 and ``stl10-like`` (5,000 random 96 px RGB images in memory, standing in for STL-10, with
@@ -82,6 +85,25 @@ def timed(steps: int, warmup: int, step_fn) -> float:  # noqa: ANN001
         images += step_fn()
     synchronize()
     return images / (time.perf_counter() - start)
+
+
+def cpu_flags() -> list[str]:
+    """The CPU features that decide which precision runs natively (empty off Linux)."""
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return []
+    return sorted(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags)
+
+
+def native_precisions(device: torch.device) -> tuple[list[str], list[str]]:
+    """(precisions to measure, skipped ones with the reason)."""
+    from selfsup.engine.runtime import cpu_supports_bf16
+
+    if device.type == "cuda" or cpu_supports_bf16():
+        return ["fp32", "bf16"], []
+    return ["fp32"], ["bf16: this CPU has no native bf16 (no avx512_bf16 / amx); PyTorch emulates it there, "
+                      "several times slower than fp32, so it is not a setting anyone would train with"]
 
 
 def synchronize() -> None:
@@ -190,80 +212,138 @@ def lightly_pipeline(trainer: Pretraining, args: argparse.Namespace, workers: in
     return step
 
 
+def input_seconds(trainer: Pretraining, repeats: int) -> list[float]:
+    """Seconds per batch of the input path alone (loader + views + layout), repeated: the part of an
+    end-to-end step that model-only leaves out. Cheap, so it can be timed many times."""
+    times = []
+    batches = trainer.loader.iterate()
+    for _ in range(repeats + 1):
+        start = time.perf_counter()
+        try:
+            images, _, _ = next(batches)
+        except StopIteration:
+            batches = trainer.loader.iterate()
+            images, _, _ = next(batches)
+        with torch.no_grad():
+            views = trainer.method.views(images)
+        if trainer.channels_last:
+            views = to_channels_last(views)
+        synchronize()
+        times.append(time.perf_counter() - start)
+    return times[1:]  # the first call warms up
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    """Median, quartiles and range of per-round ratios."""
+    ordered = sorted(values)
+    q1, _, q3 = statistics.quantiles(ordered, n=4) if len(ordered) > 1 else (ordered[0],) * 3
+    return {"median": round(statistics.median(ordered), 3), "q1": round(q1, 3), "q3": round(q3, 3),
+            "min": round(ordered[0], 3), "max": round(ordered[-1], 3)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--setting", choices=["fashion-mnist", "stl10-like"], default="fashion-mnist")
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--width", type=int, default=64, help="ResNet-18 width (64 = torchvision's)")
-    parser.add_argument("--steps", type=int, default=5, help="timed steps per measurement")
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=2, help="interleaved rounds; the median is reported")
+    parser.add_argument("--width", type=int, default=32, help="ResNet-18 width (64 = torchvision's; 32: the demo's)")
+    parser.add_argument("--steps", type=int, default=4, help="timed steps per variant and round")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per variant before the first round")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="interleaved rounds (A B C ... A B C ...); ratios are taken within a round")
+    parser.add_argument("--precisions", nargs="*", default=None,
+                        help="default: those this machine runs natively (bf16 only with avx512_bf16/amx or a GPU)")
     parser.add_argument("--lightly-workers", type=int, nargs="*", default=[0, 2])
+    parser.add_argument("--input-repeats", type=int, default=30,
+                        help="timings of the input path alone (loader + views), for the implied ratio")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--out", default=None, help="default benchmarks/out/throughput-SETTING.json")
     args = parser.parse_args()
     args.out = args.out or str(ROOT / "benchmarks" / "out" / f"throughput-{args.setting}.json")
 
+    from selfsup.engine.runtime import pick_device
+
+    device = pick_device(args.device)
+    precisions, skipped = native_precisions(device)
+    if args.precisions:
+        precisions, skipped = args.precisions, []
+    for reason in skipped:
+        print(f"skipped {reason}", flush=True)
     scratch = Path(tempfile.mkdtemp(prefix="selfsup-bench-"))
-    variants = {}
-    for precision in ("fp32", "bf16"):
+    variants, layouts, inputs = {}, {}, {}
+    for precision in precisions:
         trainer = make_trainer(args, precision, scratch / precision)
+        layouts[precision] = trainer.channels_last
+        inputs[precision] = input_seconds(trainer, args.input_repeats)
         variants[f"selfsup end-to-end {precision}"] = ours_end_to_end(trainer)
         variants[f"selfsup model-only {precision}"] = ours_model_only(trainer)
-    lightly_setups = {"lightly default (fp32)": ("fp32", False),
-                      "lightly + selfsup settings (fp32, channels_last)": ("fp32", True),
-                      "lightly + selfsup settings (bf16, channels_last)": ("bf16", True)}
+    lightly_setups = {"lightly default (fp32)": ("fp32", False)}
+    for precision in precisions:
+        layout = "channels_last" if layouts[precision] else "NCHW"
+        lightly_setups[f"lightly + selfsup settings ({precision}, {layout})"] = (precision, layouts[precision])
     for label, (precision, channels_last) in lightly_setups.items():
         for workers in args.lightly_workers:
             trainer = make_trainer(args, precision, scratch / f"{label}{workers}")
             step = lightly_pipeline(trainer, args, workers, precision, channels_last)
             if step is not None:
                 variants[f"{label} workers={workers}"] = step
-    results: dict[str, list[float]] = {name: [] for name in variants}
-    for round_index in range(args.repeats):
+    for step in variants.values():  # warm-up once, outside the timed rounds
+        for _ in range(args.warmup):
+            step()
+    rounds: dict[str, list[float]] = {name: [] for name in variants}
+    for round_index in range(args.rounds):
         for name, step in variants.items():
-            results[name].append(timed(args.steps, args.warmup, step))
-            print(f"round {round_index + 1}: {name:40s} {results[name][-1]:7.1f} img/s", flush=True)
-    median = {name: statistics.median(values) for name, values in results.items()}
+            rounds[name].append(timed(args.steps, 0, step))
+            print(f"round {round_index + 1}: {name:52s} {rounds[name][-1]:7.1f} img/s", flush=True)
+    median = {name: statistics.median(values) for name, values in rounds.items()}
 
-    device = trainer.device
+    def paired(numerator: str, denominator: str) -> list[float]:
+        return [a / b for a, b in zip(rounds[numerator], rounds[denominator])]
+
+    ratios, implied = {}, {}
+    for precision in precisions:
+        ratios[f"end-to-end / model-only ({precision})"] = spread(
+            paired(f"selfsup end-to-end {precision}", f"selfsup model-only {precision}"))
+        # The same ratio from its parts: model-only step time and the input path's time, each a median.
+        step = args.batch_size / median[f"selfsup model-only {precision}"]
+        data = statistics.median(inputs[precision])
+        quartiles = statistics.quantiles(inputs[precision], n=4)
+        implied[precision] = {"model_step_s": round(step, 3), "input_s": round(data, 4),
+                              "input_s_quartiles": [round(quartiles[0], 4), round(quartiles[2], 4)],
+                              "end_to_end_over_model_only": round(step / (step + data), 4)}
+        for name in rounds:
+            if name.startswith("lightly"):
+                ratios[f"selfsup end-to-end {precision} / {name}"] = spread(
+                    paired(f"selfsup end-to-end {precision}", name))
     report = {
         "date": datetime.date.today().isoformat(), "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-        "machine": describe_device(device), "platform": platform.platform(), "versions": library_versions(),
-        "setting": args.setting, "batch_size": args.batch_size, "width": args.width, "steps": args.steps, "repeats": args.repeats,
-        "img_per_s": {k: round(v, 1) for k, v in median.items()}, "all_rounds": results,
+        "machine": describe_device(device), "cpu_flags": cpu_flags(), "platform": platform.platform(),
+        "versions": library_versions(), "setting": args.setting, "batch_size": args.batch_size, "width": args.width,
+        "steps": args.steps, "rounds": args.rounds, "skipped": skipped,
+        "channels_last": {p: layouts[p] for p in precisions},
+        "img_per_s": {k: round(v, 1) for k, v in median.items()}, "all_rounds": rounds, "ratios": ratios,
+        "implied_from_parts": implied,
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
     }
-    ratios = {}
-    for precision in ("fp32", "bf16"):
-        ratios[f"end-to-end / model-only ({precision})"] = \
-            median[f"selfsup end-to-end {precision}"] / median[f"selfsup model-only {precision}"]
-
-    def best(prefix: str) -> float | None:  # lightly at its best worker count
-        values = [v for k, v in median.items() if k.startswith(prefix)]
-        return max(values) if values else None
-
-    comparisons = {
-        "selfsup default (bf16) / lightly default (fp32)": ("bf16", "lightly default (fp32)"),
-        "selfsup fp32 / lightly default (fp32)": ("fp32", "lightly default (fp32)"),
-        "selfsup fp32 / lightly + selfsup settings (fp32)": ("fp32", "lightly + selfsup settings (fp32"),
-        "selfsup bf16 / lightly + selfsup settings (bf16)": ("bf16", "lightly + selfsup settings (bf16"),
-    }
-    for name, (precision, prefix) in comparisons.items():
-        if best(prefix):
-            ratios[name] = median[f"selfsup end-to-end {precision}"] / best(prefix)
-    report["ratios"] = {k: round(v, 3) for k, v in ratios.items()}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\n{report['machine']}, {args.setting}, batch {args.batch_size}, ResNet-18 width {args.width}, "
+    print(f"\n{report['machine']} (CPU flags: {' '.join(report['cpu_flags']) or 'unknown'}), {args.setting}, "
+          f"batch {args.batch_size}, ResNet-18 width {args.width}, {args.rounds} rounds x {args.steps} steps, "
           f"{report['date']}")
-    print("| variant | img/s (median) |\n|---|---|")
-    for name, value in median.items():
-        print(f"| {name} | {value:.1f} |")
-    print("\n| ratio | value |\n|---|---|")
+    for reason in skipped:
+        print(f"skipped {reason}")
+    print("| variant | img/s (median over rounds) | min | max |\n|---|---|---|---|")
+    for name, values in rounds.items():
+        print(f"| {name} | {median[name]:.1f} | {min(values):.1f} | {max(values):.1f} |")
+    print("\n| ratio (paired within each round) | median | quartiles | min-max |\n|---|---|---|---|")
     for name, value in ratios.items():
-        print(f"| {name} | {value:.2f} |")
+        print(f"| {name} | {value['median']:.3f} | {value['q1']:.3f}-{value['q3']:.3f} | "
+              f"{value['min']:.3f}-{value['max']:.3f} |")
+    print("\n| from the parts | model-only step (median) | input path: loader + views (median of "
+          f"{args.input_repeats}) | implied end-to-end / model-only |\n|---|---|---|---|")
+    for precision, parts in implied.items():
+        print(f"| {precision} | {parts['model_step_s']:.2f} s | {1000 * parts['input_s']:.0f} ms | "
+              f"{parts['end_to_end_over_model_only']:.3f} |")
     print(f"\nwritten to {args.out}")
 
 

@@ -177,16 +177,20 @@ def test_eval_layers_probes_every_stage_and_overlays_checkpoints(trained_run, mn
     assert main(["pretrain", "--run-dir", str(rotation), "--quiet"] + _sets(tiny_overrides(
         mnist_root, method__name="rotation", backbone__name="resnet18", train__epochs=1))) == 0
     out = tmp_path / "layers"
-    assert main(["eval", "layers", str(trained_run), str(rotation), "--out", str(out), "--dim", "64",
+    assert main(["eval", "layers", str(trained_run), str(rotation), "--out", str(out), "--dim", "64", "128",
                  "--quiet"]) == 0
     printed = capsys.readouterr().out
     assert "| encoder | conv1 | res2 | res3 | res4 | res5 |" in printed
+    assert "| encoder | pooled size |" in printed and "| ~128 |" in printed
     results = json.loads((out / "layers.json").read_text())
     assert sorted(results) == ["rotation (last, step 4)", "simclr (last, step 4)"]
     for entry in results.values():
         assert list(entry["stages"]) == ["conv1", "res2", "res3", "res4", "res5"]
         assert all(0 <= s["top1"] <= 100 and 16 <= s["dim"] <= 128 for s in entry["stages"].values())
+        assert sorted(entry["by_dim"]) == ["128", "64"]
+        assert entry["by_dim"]["64"]["res5"] == entry["stages"]["res5"]["top1"]  # the first size is the main table
     assert (out / "layers.png").stat().st_size > 5000 and (out / "layers.md").is_file()
+    assert (out / "layers-dims.png").stat().st_size > 5000
     assert main(["eval", "layers", "--out", str(out)]) == 2  # no checkpoint: one clear error
 
 

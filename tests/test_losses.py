@@ -86,8 +86,10 @@ def test_nce_is_k_plus_1_log_2_when_model_and_noise_agree():
 
 
 def test_nce_ignores_masked_negatives():
-    # s = 0, Z = 1: P = 1 for every entry; K = 3 drawn of N = 10, so K * P_n = 0.3 and h = 1 / 1.3.
+    # s = 0, Z = 1: P = 1 for every entry. Of K = 3 drawn of N = 10, one is masked (a sample's own
+    # entry): 2 noise samples remain, so K * P_n = 0.2, h = 1 / 1.2, and each noise term is log 6.
     masked = torch.zeros(2, 3)
-    masked[:, 2] = float("-inf")  # a sample's own entry drawn as noise: its term is log(1 - 0) = 0
+    masked[:, 2] = float("-inf")
     loss = nce_loss(torch.zeros(2), masked, 10, 0.0)
-    assert loss.item() == pytest.approx(math.log(1.3) + 2 * math.log(1.3 / 0.3), rel=1e-6)
+    assert loss.item() == pytest.approx(math.log(1.2) + 2 * math.log(6.0), rel=1e-6)
+    assert nce_loss(torch.zeros(2), masked[:, :2], 10, 0.0).item() == pytest.approx(loss.item())  # = never drawn

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from selfsup.errors import SelfsupError
-from selfsup.views import (AugmentSpec, CountingViews, ImageInfo, JigsawViews, PatchPairViews, PirlViews, RotationViews, TileSpec,
-                           cut_tiles, min_hamming_distance, neighbour_position, normalize_tiles, permutation_set,
+from selfsup.views import (AugmentSpec, CountingViews, ImageInfo, JigsawViews, PatchPairViews, PirlViews,
+                           RotationViews, TileSpec, cut_tiles, min_hamming_distance, neighbour_position, normalize_tiles, permutation_set,
                            random_grayscale, rotate_all, rotate_each, shuffle_tiles)
 
 

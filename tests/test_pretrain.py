@@ -201,3 +201,22 @@ def test_the_faster_memory_layout_is_measured_on_fp32_cpus_without_side_effects(
                                     train__knn_every=0, train__channels_last=run.channels_last),
                         tmp_path / "fresh", quiet=True)
     _assert_same_weights(run.method.state_dict(), fresh.method.state_dict())  # timing left no trace
+
+
+def test_a_method_can_keep_its_own_parts_fixed_early(mnist_root, tmp_path, monkeypatch):
+    """The hook DINO needs (its last layer is frozen in the first epoch), merged with optim.freeze."""
+    from selfsup.methods.simclr import SimCLR
+    from selfsup.recipes.pretrain import Pretraining
+
+    monkeypatch.setattr(SimCLR, "frozen_epochs", lambda self: {"projector.3.": 1})  # the last linear layer
+    run = Pretraining(tiny_config(mnist_root, train__epochs=2, train__knn_every=0, method__proj_layers=2), tmp_path,
+                      quiet=True)
+    epoch = run.steps_per_epoch  # 5: 80 images in batches of 16
+    assert [(spec.prefix, spec.until_step) for spec, _, _ in run.engine.freezes] == [("projector.3.", epoch)]
+    last = run.method.projector[3].weight.detach().clone()
+    first = run.method.projector[0].weight.detach().clone()
+    for images, targets, index in run.loader.iterate():
+        run.engine.train_step(images, targets, index)
+    assert torch.equal(run.method.projector[3].weight, last) and not torch.equal(run.method.projector[0].weight, first)
+    run.engine.train_step(*next(run.loader.iterate()))
+    assert not torch.equal(run.method.projector[3].weight, last)

@@ -236,8 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="eval.bn_recalibration: re-estimate BatchNorm statistics on training images first "
                         "(auto: for tile-trained methods)")
     p.add_argument("--out", help="output folder (default: RUN/eval of the first checkpoint)")
-    p.add_argument("--dim", type=int, default=2048,
-                   help="layers: pool every stage to about this many features (default 2048)")
+    p.add_argument("--dim", type=int, nargs="+", default=[2048],
+                   help="layers: pool every stage to about this many features (default 2048); several sizes "
+                        "(e.g. --dim 1024 2048 4096) give a table and a chart per size, from one forward pass")
     p.add_argument("--train-size", type=int,
                    help="layers: probe on a class-balanced subset of this many training images (faster)")
     p.add_argument("--quiet", action="store_true")

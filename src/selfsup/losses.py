@@ -42,7 +42,8 @@ def nce_loss(positive_logits: torch.Tensor, negative_logits: torch.Tensor, num_d
 
     Args:
         positive_logits: (B,) s = v . m_i / tau of each sample with its own memory entry.
-        negative_logits: (B, K) the same for K noise samples drawn uniformly (P_n = 1 / N).
+        negative_logits: (B, K) the same for K noise samples drawn uniformly (P_n = 1 / N); entries of
+            -inf are masked out (a sample drawn as its own noise), so that row has one noise sample less.
         num_data: N, the number of instances (memory entries).
         log_z: log of the normalising constant Z of P(i | v) = exp(s) / Z.
 
@@ -50,10 +51,10 @@ def nce_loss(positive_logits: torch.Tensor, negative_logits: torch.Tensor, num_d
     positive, "noise" with probability 1 - h for each negative. Returns
     mean_b [ -log h(pos) - sum_k log(1 - h(neg_k)) ]. Where P = K P_n every term is log 2.
     """
-    log_noise = torch.log(torch.tensor(negative_logits.shape[1] / num_data, dtype=torch.float32,
-                                       device=positive_logits.device))
+    drawn = torch.isfinite(negative_logits).sum(1, keepdim=True).clamp_min(1).float()   # (B, 1)
+    log_noise = torch.log(drawn / num_data)                                             # log(K P_n) per row
     log_p_pos = positive_logits.float() - log_z
     log_p_neg = negative_logits.float() - log_z
-    log_h_pos = log_p_pos - torch.logaddexp(log_p_pos, log_noise)
+    log_h_pos = log_p_pos - torch.logaddexp(log_p_pos, log_noise.squeeze(1))
     log_not_h_neg = log_noise - torch.logaddexp(log_p_neg, log_noise)
     return -(log_h_pos + log_not_h_neg.sum(1)).mean()

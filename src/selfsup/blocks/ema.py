@@ -42,6 +42,8 @@ def ema_update(teacher: nn.Module, student: nn.Module, momentum: float, buffers:
         return
     student_buffers = dict(student.named_buffers())
     for name, buffer in teacher.named_buffers():
+        if name not in student_buffers:
+            raise ValueError(f"teacher buffer '{name}' has no counterpart in the student")
         source = student_buffers[name]
         if buffers == "average" and buffer.is_floating_point():
             buffer.mul_(momentum).add_(source.to(buffer.dtype), alpha=1 - momentum)

@@ -34,25 +34,28 @@ def pooled_grid(channels: int, height: int, dim: int) -> int:
     return max(1, min(height, round(math.sqrt(dim / channels))))
 
 
-def stage_features(backbone: nn.Module, images: torch.Tensor, view: EvalView, *, dim: int = 2048,
+def stage_features(backbone: nn.Module, images: torch.Tensor, view: EvalView, *, dims: tuple[int, ...] = (2048,),
                    **options: Any) -> dict[str, torch.Tensor]:
-    """{stage: (N, ~dim) float32 CPU features} for every stage of ``backbone.forward_stages``."""
+    """{"stage@dim": (N, ~dim) float32 CPU features} for every stage of ``backbone.forward_stages``
+    and every pooled size in ``dims``, from one forward pass per batch."""
     if not hasattr(backbone, "forward_stages"):
         raise SelfsupError(f"{type(backbone).__name__} does not expose its stages (forward_stages); "
                            "the layer-wise probe needs a ResNet-style backbone")
 
     def pooled_stages(x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {name: F.adaptive_avg_pool2d(fmap.float(), pooled_grid(fmap.shape[1], fmap.shape[-1], dim)).flatten(1)
-                for name, fmap in backbone.forward_stages(x).items()}
+        return {f"{name}@{dim}": F.adaptive_avg_pool2d(fmap.float(), pooled_grid(fmap.shape[1], fmap.shape[-1],
+                                                                                dim)).flatten(1)
+                for name, fmap in backbone.forward_stages(x).items() for dim in dims}
 
     return extract_features(backbone, images, view, encode=pooled_stages, **options)
 
 
 def probe_layers(name: str, backbone: nn.Module, train: ImageDataset, test: ImageDataset, view: EvalView,
-                 cfg: EvalConfig, *, dim: int = 2048, device: torch.device | None = None,
+                 cfg: EvalConfig, *, dims: tuple[int, ...] = (2048,), device: torch.device | None = None,
                  autocast_dtype: torch.dtype | None = None, recalibrate: int = 0, seed: int = 0,
-                 quiet: bool = False) -> dict[str, Any]:
-    """Linear-probe top-1 (%) of every stage of one backbone: {stage: {"top1", "dim", ...}}.
+                 quiet: bool = False) -> dict[int, dict[str, Any]]:
+    """Linear-probe top-1 (%) of every stage of one backbone, for each pooled size:
+    {dim: {stage: {"top1", "dim", "weight_decay"}}}.
 
     ``recalibrate`` > 0 first re-estimates the BatchNorm statistics on that many training images.
     """
@@ -63,51 +66,72 @@ def probe_layers(name: str, backbone: nn.Module, train: ImageDataset, test: Imag
         recalibrate_batchnorm(backbone, train.images, view, count=recalibrate, batch_size=cfg.batch_size, seed=seed,
                               autocast_dtype=autocast_dtype, channels_last=channels_last,
                               desc=None if quiet else f"{name}: BatchNorm recalibration")
-    options = dict(dim=dim, autocast_dtype=autocast_dtype, batch_size=cfg.batch_size, channels_last=channels_last)
+    options = dict(dims=tuple(dims), autocast_dtype=autocast_dtype, batch_size=cfg.batch_size,
+                   channels_last=channels_last)
     train_features = stage_features(backbone, train.images, view, desc=None if quiet else f"{name}: train",
                                     **options)
     test_features = stage_features(backbone, test.images, view, desc=None if quiet else f"{name}: test",
                                    **options)
-    results = {}
-    for stage in train_features:
-        result = linear_probe(train_features[stage], train.targets, test_features[stage], test.targets,
+    results: dict[int, dict[str, Any]] = {dim: {} for dim in dims}
+    for key in train_features:
+        stage, dim = key.split("@")
+        result = linear_probe(train_features[key], train.targets, test_features[key], test.targets,
                               len(train.classes), cfg.linear_weight_decays, solver=cfg.linear_solver,
                               max_iter=cfg.linear_max_iter, epochs=cfg.linear_epochs, seed=seed)
-        results[stage] = {"top1": round(result["top1"], 2), "dim": train_features[stage].shape[1],
-                          "weight_decay": result["weight_decay"]}
+        results[int(dim)][stage] = {"top1": round(result["top1"], 2), "dim": train_features[key].shape[1],
+                                    "weight_decay": result["weight_decay"]}
         if not quiet:
-            tqdm.write(f"{name}  {stage}: top-1 {results[stage]['top1']:.2f}% ({results[stage]['dim']} features)")
+            tqdm.write(f"{name}  {stage}: top-1 {result['top1']:.2f}% ({train_features[key].shape[1]} features)")
     return results
 
 
-def record_layers(out_dir: Path, name: str, results: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
-    """Merge into ``out_dir/layers.json``; rewrite ``layers.md`` and the chart ``layers.png``."""
+def record_layers(out_dir: Path, name: str, results: dict[int, dict[str, Any]],
+                  settings: dict[str, Any]) -> dict[str, Any]:
+    """Merge into ``out_dir/layers.json``; rewrite ``layers.md`` and the charts ``layers.png`` (the
+    first pooled size) and, with several sizes, ``layers-dims.png``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "layers.json"
     everything = json.loads(path.read_text()) if path.is_file() else {}
-    everything[name] = {"stages": results, "settings": settings}
+    primary = next(iter(results))
+    everything[name] = {"stages": results[primary], "settings": settings,
+                        "by_dim": {str(dim): {stage: r["top1"] for stage, r in stages.items()}
+                                   for dim, stages in results.items()}}
     write_json(path, everything)
     (out_dir / "layers.md").write_text(layers_table(everything) + "\n")
     plot_layers(everything, out_dir / "layers.png")
+    if any(len(entry.get("by_dim", {})) > 1 for entry in everything.values()):
+        plot_dims(everything, out_dir / "layers-dims.png")
     return everything
 
 
 def layers_table(everything: dict[str, Any]) -> str:
+    """The top-1 table, and a table by pooled size when several were probed."""
     stages = list(dict.fromkeys(s for entry in everything.values() for s in entry["stages"]))
     lines = ["| encoder | " + " | ".join(stages) + " |", "|---|" + "---|" * len(stages)]
     for name, entry in everything.items():
         cells = [f"{entry['stages'][s]['top1']:.2f}" if s in entry["stages"] else "" for s in stages]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if any(len(entry.get("by_dim", {})) > 1 for entry in everything.values()):
+        lines += ["", "| encoder | pooled size | " + " | ".join(stages) + " |", "|---|---|" + "---|" * len(stages)]
+        for name, entry in everything.items():
+            for dim, tops in entry.get("by_dim", {}).items():
+                lines.append(f"| {name} | ~{dim} | " + " | ".join(f"{tops[s]:.2f}" if s in tops else ""
+                                                                 for s in stages) + " |")
     return "\n".join(lines)
 
 
-def plot_layers(everything: dict[str, Any], path: Path) -> None:
-    """Top-1 per stage, one line per encoder: the 'is the last layer aligned?' chart."""
+def _pyplot():  # noqa: ANN202
     import matplotlib
 
     matplotlib.use("Agg")  # no display needed
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot_layers(everything: dict[str, Any], path: Path) -> None:
+    """Top-1 per stage, one line per encoder: the 'is the last layer aligned?' chart."""
+    plt = _pyplot()
     figure, axis = plt.subplots(figsize=(6, 3.8), dpi=120)
     for name, entry in everything.items():
         stages = list(entry["stages"])
@@ -122,3 +146,22 @@ def plot_layers(everything: dict[str, Any], path: Path) -> None:
     figure.savefig(path)
     plt.close(figure)
 
+
+
+def plot_dims(everything: dict[str, Any], path: Path) -> None:
+    """One panel per encoder: top-1 per stage for each pooled size (does the verdict depend on it?)."""
+    plt = _pyplot()
+    names = [n for n, entry in everything.items() if entry.get("by_dim")]
+    figure, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3.2), dpi=120, squeeze=False, sharey=True)
+    for axis, name in zip(axes[0], names):
+        for dim, tops in everything[name]["by_dim"].items():
+            stages = list(tops)
+            axis.plot(range(len(stages)), [tops[s] for s in stages], marker="o", label=f"~{dim}")
+            axis.set_xticks(range(len(stages)), stages, fontsize=7)
+        axis.set_title(name, fontsize=7)
+        axis.grid(alpha=0.3)
+    axes[0][0].set_ylabel("linear probe top-1 (%)")
+    axes[0][-1].legend(title="features", fontsize=7, title_fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)

@@ -25,6 +25,8 @@ class Method(nn.Module):
     - ``param_groups()``: named parameter groups for the optimiser (``backbone`` and ``heads`` by
       default; ``optim.lr_scales`` scales them by name).
     - ``after_step(progress)``: EMA and momentum updates, after every optimiser step.
+    - ``frozen_epochs()``: parameter-name prefixes that do not train for the first epochs
+      (DINO keeps its last layer fixed in the first epoch); ``optim.freeze`` adds the user's.
     - ``embed(x)``: the method's own embedding (projection head, memory features), for the kNN
       evaluation on it; methods without one do not define it.
 
@@ -59,6 +61,9 @@ class Method(nn.Module):
 
     def param_groups(self) -> list[dict]:
         return default_param_groups(self)
+
+    def frozen_epochs(self) -> dict[str, float]:
+        return {}
 
     @torch.no_grad()
     def after_step(self, progress: float) -> None:

@@ -110,8 +110,9 @@ def pixel_evaluator(config: RunConfig, out_dir: Path, quiet: bool = False) -> Ev
                      quiet=quiet)
 
 
-def layers_for_checkpoints(paths: list[str], overrides: list[str] = (), out_dir: Path | None = None, dim: int = 2048,
-                           train_size: int | None = None, quiet: bool = False) -> tuple[dict, Path]:
+def layers_for_checkpoints(paths: list[str], overrides: list[str] = (), out_dir: Path | None = None,
+                           dims: tuple[int, ...] = (2048,), train_size: int | None = None,
+                           quiet: bool = False) -> tuple[dict, Path]:
     """``selfsup eval layers``: the layer-wise probe of each checkpoint, merged into one chart."""
     from ..eval.layers import probe_layers, record_layers
 
@@ -125,10 +126,12 @@ def layers_for_checkpoints(paths: list[str], overrides: list[str] = (), out_dir:
         name = evaluator.name
         if name in everything:  # two runs of one method: tell them apart by folder
             name = f"{name} [{Path(evaluator.cache_key['checkpoint']).parent.parent.name}]"
-        results = probe_layers(name, evaluator.encoder, train, evaluator.test, evaluator.view, config.eval, dim=dim,
+        backbone = getattr(evaluator.encoder, "backbone", evaluator.encoder)  # the trunk, whatever eval.features
+        results = probe_layers(name, backbone, train, evaluator.test, evaluator.view, config.eval, dims=tuple(dims),
                                device=evaluator.device, autocast_dtype=evaluator.precision.dtype,
                                recalibrate=evaluator.recalibrate, seed=config.train.seed, quiet=quiet)
-        settings = {"checkpoint": evaluator.cache_key["checkpoint"], "pooled_dim": dim, "train_images": len(train),
+        settings = {"checkpoint": evaluator.cache_key["checkpoint"], "pooled_dims": list(dims),
+                    "train_images": len(train),
                     "test_images": len(evaluator.test), "solver": config.eval.linear_solver,
                     "bn_recalibration_images": evaluator.recalibrate}
         everything = record_layers(out_dir, name, results, settings)

@@ -16,7 +16,8 @@ from torch import nn
 
 from ..config import RunConfig, to_yaml
 from ..data import BatchLoader, ImageDataset, Splits, labeled_part, load_splits
-from ..engine import Batch, Engine, Freeze, Precision, Schedule, build_optimizer, checkpoint, dist, preserved, to_channels_last
+from ..engine import (Batch, Engine, Freeze, Precision, Schedule, build_optimizer, checkpoint, dist, preserved,
+                      to_channels_last)
 from ..engine.runtime import pick_device, provenance, resolve_precision, write_json
 from ..errors import SelfsupError
 from ..eval import extract_features, knn_accuracy
@@ -71,7 +72,8 @@ def monitor_sets(splits: Splits, config: RunConfig) -> tuple[ImageDataset, Image
     if cfg.monitor_split == "test":
         if splits.test is None or not splits.test.labeled:
             return None
-        queries, split = splits.test.balanced_subset(cfg.knn_test_size, cfg.seed), "test (best.pt is chosen on test data)"
+        queries = splits.test.balanced_subset(cfg.knn_test_size, cfg.seed)
+        split = "test (best.pt is chosen on test data)"
     elif splits.held_out is not None:
         queries, split = splits.held_out, f"held-out training images (seed {cfg.seed}), never trained on"
     else:
@@ -168,8 +170,7 @@ class Pretraining:
         self.steps_per_epoch = len(self.loader)
         total = cfg.epochs * self.steps_per_epoch if cfg.max_steps is None else \
             min(cfg.epochs * self.steps_per_epoch, cfg.max_steps)
-        optimizer = build_optimizer(self.method.param_groups(), config.optim,
-                                    Schedule.from_config(config.optim, total, self.steps_per_epoch, cfg.batch_size).peak_lr)
+        optimizer = build_optimizer(self.method.param_groups(), config.optim, self._schedule(total).peak_lr)
         sets = monitor_sets(self.splits, config)
         self.monitor = KnnMonitor(self.method, *sets, self.data_info, config, self.precision, self.channels_last) \
             if sets is not None else None
@@ -180,7 +181,7 @@ class Pretraining:
             self.method, self.loader, optimizer, self._schedule(total), run_dir=self.run_dir, device=self.device,
             precision=self.precision, channels_last=self.channels_last, clip_grad=config.optim.clip_grad,
             freeze=tuple(Freeze(prefix, round(epochs * self.steps_per_epoch))
-                         for prefix, epochs in config.optim.freeze.items()),
+                         for prefix, epochs in {**self.method.frozen_epochs(), **config.optim.freeze}.items()),
             monitor=self.monitor, monitor_every=max(cfg.knn_every, 1), best_by="knn_top1", meta=meta, seed=cfg.seed,
             log_every=cfg.log_every, checkpoint_every_steps=cfg.checkpoint_every_steps, quiet=quiet)
         self.budget: dict[str, Any] | None = None

@@ -157,7 +157,8 @@ class Tiler(nn.Module):
         self.spec, self.grid = spec, spec.grid
         self.gap, self.jitter, self.tile = tile_geometry(image_size, spec)
         if self.tile < MIN_TILE:
-            needed = next(s for s in range(image_size, 100 * spec.grid * MIN_TILE) if tile_geometry(s, spec)[2] >= MIN_TILE)
+            needed = next(size for size in range(image_size, 100 * spec.grid * MIN_TILE)
+                          if tile_geometry(size, spec)[2] >= MIN_TILE)
             raise SelfsupError(
                 f"{image_size} px images are too small for {spec.grid}x{spec.grid} tiles of at least {MIN_TILE} px "
                 f"kept {self.gap} px apart with {self.jitter} px of jitter (they would be {self.tile} px); upscale "
