@@ -66,7 +66,7 @@ def run_demo(run_dir: str | Path, config_path: Path, overrides: list[str] = (), 
     resuming = (run_dir / "checkpoints" / "last.pt").is_file()
     if minutes and config.train.minutes is None and not resuming:
         evaluation, how = estimate_evaluation_seconds(config)
-        training = minutes * 60 - evaluation
+        training = minutes * 60 - evaluation - (time.perf_counter() - started)
         if training < 0.2 * minutes * 60:
             raise SelfsupError(f"a {minutes:g} min demo leaves {training:.0f} s for pretraining once the evaluation "
                                f"(about {evaluation / 60:.1f} min here: {how}) is done; give it more --minutes")

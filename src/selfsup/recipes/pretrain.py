@@ -133,6 +133,7 @@ class Pretraining:
     def __init__(self, config: RunConfig, run_dir: str | Path, *, resume: bool = False, quiet: bool = False,
                  command: list[str] | None = None) -> None:
         self.config, self.run_dir, self.quiet = config, Path(run_dir), quiet
+        self.started = time.perf_counter()  # a time budget counts the set-up too
         cfg = config.train
         self.device = pick_device(cfg.device)
         dist.init_from_env(self.device.type)
@@ -223,12 +224,14 @@ class Pretraining:
                                f"{now['image_size']} px")
 
     def _fit_budget(self, minutes: float) -> None:
-        """Time the first steps and size the run to end within ``minutes`` of training."""
+        """Time the first steps and size the run so that it ends about ``minutes`` after it started
+        (set-up, data loading and these timings included)."""
         if minutes <= 0:
             raise SelfsupError(f"train.minutes must be positive, got {minutes}")
         seconds_per_step = self.engine.time_steps(count=3)
+        left = minutes * 60 - (time.perf_counter() - self.started)
         # The monitor and checkpoints run once an epoch; they take a small share, kept in reserve.
-        steps = max(1, int(0.95 * minutes * 60 / seconds_per_step))
+        steps = max(1, int(0.97 * left / seconds_per_step))
         if self.config.train.max_steps is not None:
             steps = min(steps, self.config.train.max_steps)
         self.engine.schedule = self._schedule(steps)
@@ -236,7 +239,7 @@ class Pretraining:
             "minutes": minutes, "seconds_per_step": round(seconds_per_step, 3), "steps": steps,
             "epochs": round(steps / self.steps_per_epoch, 3), "images": steps * self.config.train.batch_size}
         if self.main and not self.quiet:
-            print(f"time budget {minutes:g} min: measured {seconds_per_step:.2f} s/step "
+            print(f"time budget {minutes:.1f} min: measured {seconds_per_step:.2f} s/step "
                   f"({self.config.train.batch_size / seconds_per_step:.0f} img/s) -> {steps} steps of "
                   f"{self.config.train.batch_size} images ({steps / self.steps_per_epoch:.2f} epochs)")
 
