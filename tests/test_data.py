@@ -1,9 +1,7 @@
 import gzip
 import hashlib
-import io
 import pickle
 import tarfile
-from pathlib import Path
 
 import numpy as np
 import pytest
