@@ -141,6 +141,8 @@ METHOD_SETTINGS = {
     "context_prediction": {"data__image_size": 30}, "exemplar": {}, "counting": {},
     "multitask": {"data__image_size": 30}, "npid": {"method__num_negatives": 16},
     "pirl": {"method__num_negatives": 16, "data__image_size": 30}, "simclr": {},
+    "moco": {"method__queue_size": 64}, "byol": {"method__proj_hidden_dim": 64, "method__pred_hidden_dim": 64},
+    "simsiam": {"method__proj_dim": 64}, "barlow_twins": {"method__proj_dim": 64},
 }
 
 

@@ -58,3 +58,62 @@ def nce_loss(positive_logits: torch.Tensor, negative_logits: torch.Tensor, num_d
     log_h_pos = log_p_pos - torch.logaddexp(log_p_pos, log_noise.squeeze(1))
     log_not_h_neg = log_noise - torch.logaddexp(log_p_neg, log_noise)
     return -(log_h_pos + log_not_h_neg.sum(1)).mean()
+
+
+def info_nce(query: torch.Tensor, key: torch.Tensor, queue: torch.Tensor, temperature: float = 0.2) -> torch.Tensor:
+    """InfoNCE of MoCo (He et al. 2020, eq. 1): each query against its own key and K queued keys.
+
+    Args:
+        query, key: (B, D) the two encoders' outputs for two views of the same B images
+            (L2-normalised here).
+        queue: (K, D) unit-length keys of earlier batches, the negatives.
+        temperature: tau (MoCo v1: 0.07; v2: 0.2).
+
+    logits = [q . k+, q . queue] / tau, cross-entropy with the positive as class 0, mean over B.
+    For a query equal to its key and orthogonal to every queued key the loss is
+    log(1 + K exp(-1 / tau)).
+    """
+    q = F.normalize(query.float(), dim=1)
+    k = F.normalize(key.float(), dim=1)
+    logits = torch.cat([(q * k).sum(1, keepdim=True), q @ queue.float().T], dim=1) / temperature
+    return F.cross_entropy(logits, torch.zeros(len(q), dtype=torch.long, device=q.device))
+
+
+def negative_cosine(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """-cos(p, stopgrad(z)), the mean over rows: SimSiam's D (Chen & He 2021, eq. 1), in [-1, 1].
+
+    BYOL's regression loss ||p/|p| - z/|z| ||^2 = 2 - 2 cos(p, z) (Grill et al. 2020, eq. 2) is
+    ``2 + 2 * negative_cosine(p, z)``. The target never receives a gradient.
+    """
+    return -F.cosine_similarity(prediction.float(), target.detach().float(), dim=1).mean()
+
+
+def barlow_twins(z_a: torch.Tensor, z_b: torch.Tensor, off_diagonal_weight: float = 5e-3,
+                 eps: float = 1e-5) -> torch.Tensor:
+    """The Barlow Twins loss (Zbontar et al. 2021, eqs. 1-2) over the global batch.
+
+    Args:
+        z_a, z_b: (B, D) embeddings of two views of the same B images on this process.
+        off_diagonal_weight: lambda (5e-3 in the paper).
+        eps: added to the variance, as the paper's BatchNorm does.
+
+    Each embedding dimension is normalised to zero mean and unit variance over the N images of
+    the *global* batch (gathered with gradient), C = z_a_n^T z_b_n / N is the D x D
+    cross-correlation, and the loss is sum_i (1 - C_ii)^2 + lambda sum_{i != j} C_ij^2. Every
+    process computes the same loss of the global batch; the gathered embeddings' backward sums
+    the processes' gradients and DDP divides them by the world size, so two processes give the
+    gradient of one process on the concatenated batch (tested). Normalising per process and
+    averaging the per-process C instead would be a different, batch-size-dependent loss.
+    For identical views with unit-variance, uncorrelated dimensions the loss is ~0.
+    """
+    every_a = dist.gather_with_grad(z_a.float())
+    every_b = dist.gather_with_grad(z_b.float())
+
+    def standardise(z: torch.Tensor) -> torch.Tensor:
+        return (z - z.mean(0)) / torch.sqrt(z.var(0, unbiased=False) + eps)
+
+    correlation = standardise(every_a).T @ standardise(every_b) / len(every_a)
+    diagonal = torch.diagonal(correlation)
+    on_diagonal = (1 - diagonal).pow(2).sum()
+    off_diagonal = correlation.pow(2).sum() - diagonal.pow(2).sum()
+    return on_diagonal + off_diagonal_weight * off_diagonal

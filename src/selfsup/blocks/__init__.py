@@ -1,10 +1,10 @@
 """Reusable parts of methods, each tested alone: memory bank, FIFO queue, EMA teachers,
 shuffle-BN, multi-crop forward."""
-from .ema import ema_update, frozen_copy, momentum_schedule
+from .ema import Teacher, ema_update, frozen_copy, momentum_schedule
 from .memory import MemoryBank
 from .multicrop import forward_by_resolution
 from .queue import FeatureQueue
 from .shuffle_bn import shuffled_forward
 
-__all__ = ["FeatureQueue", "MemoryBank", "ema_update", "forward_by_resolution", "frozen_copy", "momentum_schedule",
-           "shuffled_forward"]
+__all__ = ["FeatureQueue", "MemoryBank", "Teacher", "ema_update", "forward_by_resolution", "frozen_copy",
+           "momentum_schedule", "shuffled_forward"]

@@ -56,3 +56,28 @@ def momentum_schedule(progress: float, base: float, final: float = 1.0) -> float
     m = final - (final - base) * (cos(pi * progress) + 1) / 2 (0.996 -> 1 in the paper)."""
     progress = min(max(progress, 0.0), 1.0)
     return final - (final - base) * (math.cos(math.pi * progress) + 1) / 2
+
+
+class Teacher(nn.Module):
+    """A gradient-free moving average of a student's backbone and head: MoCo's key encoder,
+    BYOL's target network, DINO's teacher.
+
+    ``follow(backbone, head, momentum)`` moves it towards the student after an optimiser step;
+    ``buffers`` is the :func:`ema_update` policy for BatchNorm statistics (``keep``: the teacher
+    runs in train mode and keeps its own, as in MoCo, BYOL and DINO).
+    """
+
+    def __init__(self, backbone: nn.Module, head: nn.Module, buffers: BufferPolicy = "keep") -> None:
+        super().__init__()
+        self.backbone = frozen_copy(backbone)
+        self.head = frozen_copy(head)
+        self.buffers = buffers
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+    @torch.no_grad()
+    def follow(self, backbone: nn.Module, head: nn.Module, momentum: float) -> None:
+        ema_update(self.backbone, backbone, momentum, self.buffers)
+        ema_update(self.head, head, momentum, self.buffers)

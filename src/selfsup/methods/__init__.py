@@ -6,17 +6,21 @@ from torch import nn
 from ..arguments import check_kwargs
 from ..errors import SelfsupError, closest
 from ..views import ImageInfo
+from .barlow_twins import BarlowTwins
 from .base import Method
+from .byol import BYOL
 from .context import ContextPrediction
 from .counting import Counting
 from .decoupled_rotnet import DecoupledRotNet
 from .exemplar import Exemplar
 from .jigsaw import Jigsaw
+from .moco import MoCo
 from .multitask import MultiTask
 from .npid import NPID
 from .pirl import PIRL
 from .rotation import Rotation
 from .simclr import SimCLR
+from .simsiam import SimSiam
 
 METHODS: dict[str, type[Method]] = {
     # Pretext tasks: predict a property of a transform.
@@ -31,6 +35,11 @@ METHODS: dict[str, type[Method]] = {
     "npid": NPID,
     "pirl": PIRL,
     "simclr": SimCLR,
+    "moco": MoCo,
+    # Non-contrastive: agreement between views without negatives.
+    "byol": BYOL,
+    "simsiam": SimSiam,
+    "barlow_twins": BarlowTwins,
 }
 
 
@@ -68,5 +77,6 @@ def instantiate(method_cls: type[Method], backbone: nn.Module, views: nn.Module,
                       **{k: v for k, v in injected.items() if k in method_cls.injected_args})
 
 
-__all__ = ["METHODS", "NPID", "PIRL", "ContextPrediction", "Counting", "DecoupledRotNet", "Exemplar", "Jigsaw",
-           "Method", "MultiTask", "Rotation", "SimCLR", "build_method", "describe_methods", "get_method"]
+__all__ = ["BYOL", "METHODS", "NPID", "PIRL", "BarlowTwins", "ContextPrediction", "Counting", "DecoupledRotNet",
+           "Exemplar", "Jigsaw", "Method", "MoCo", "MultiTask", "Rotation", "SimCLR", "SimSiam", "build_method",
+           "describe_methods", "get_method"]

@@ -28,7 +28,7 @@ class Method(nn.Module):
     - ``frozen_epochs()``: parameter-name prefixes that do not train for the first epochs
       (DINO keeps its last layer fixed in the first epoch); ``optim.freeze`` adds the user's.
     - ``embed(x)``: the method's own embedding (projection head, memory features), for the kNN
-      evaluation on it; methods without one do not define it.
+      evaluation on it: ``embedding_head`` names the head, or the method overrides ``embed``.
 
     Heads, teachers, banks and queues are submodules and buffers, so ``state_dict()`` is a
     complete checkpoint. A method built with ``shared=True`` uses a backbone and views owned by
@@ -69,9 +69,20 @@ class Method(nn.Module):
     def after_step(self, progress: float) -> None:
         """Called once after every optimiser step with progress in (0, 1]: EMA and momentum updates."""
 
+    embedding_head: str | None = None
+    """The head whose L2-normalised output on the backbone's features is the method's own
+    embedding (``projector`` for SimCLR, MoCo, BYOL, SimSiam); None: no embedding, unless the
+    method defines ``embed`` itself (NPID's and PIRL's memory features)."""
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> the method's own embedding, for the kNN on it (``eval.features=embedding``)."""
+        if self.embedding_head is None:
+            raise NotImplementedError(f"{type(self).__name__} has no embedding of its own")
+        return F.normalize(getattr(self, self.embedding_head)(self.backbone(x)).float(), dim=1)
+
     @classmethod
     def has_embedding(cls) -> bool:
-        return hasattr(cls, "embed")
+        return cls.embedding_head is not None or cls.embed is not Method.embed
 
 
 def classification(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -7,7 +7,6 @@ Models are Strong Semi-Supervised Learners", NeurIPS 2020 (arXiv:2006.10029).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..engine import Batch
@@ -31,6 +30,8 @@ class SimCLR(Method):
     (the TF code's is twice that, which halves the effective SGD rate in comparison).
     """
 
+    embedding_head = "projector"
+
     def __init__(
         self,
         backbone: nn.Module,
@@ -45,10 +46,6 @@ class SimCLR(Method):
         super().__init__(backbone, views, shared=shared)
         self.projector = mlp(backbone.num_features, proj_hidden_dim, proj_dim, proj_layers)
         self.temperature = temperature
-
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) -> the L2-normalised projection the loss compares."""
-        return F.normalize(self.projector(self.backbone(x)).float(), dim=1)
 
     def forward(self, batch: Batch, progress: float) -> dict[str, torch.Tensor]:
         view_a, view_b = batch.views

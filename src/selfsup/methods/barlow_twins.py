@@ -1,0 +1,50 @@
+"""Barlow Twins: make the cross-correlation of two views' embeddings the identity.
+
+Zbontar, Jing, Misra, LeCun, Deny. "Barlow Twins: Self-Supervised Learning via Redundancy
+Reduction", ICML 2021 (arXiv:2103.03230).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..engine import Batch
+from ..losses import barlow_twins
+from ..models.heads import mlp
+from .base import Method
+
+
+class BarlowTwins(Method):
+    """Barlow Twins (Zbontar et al. 2021): invariance on the diagonal, redundancy reduction off it.
+
+    views -> backbone -> projector -> :func:`selfsup.losses.barlow_twins` over the global batch
+    (each dimension batch-normalised over all processes' images; exact under DDP).
+
+    Defaults from the paper: projector of 3 linear layers of 8192 with BN and ReLU between them,
+    lambda = 5e-3 (``off_diagonal_weight``). Small-data presets use 2048 (solo-learn's CIFAR
+    setting): the loss grows with the square of the width, and 8192 x 8192 correlations are slow
+    on a CPU.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        views: nn.Module,
+        *,
+        proj_dim: int = 8192,
+        proj_layers: int = 3,
+        off_diagonal_weight: float = 5e-3,
+        shared: bool = False,
+    ) -> None:
+        super().__init__(backbone, views, shared=shared)
+        self.projector = mlp(backbone.num_features, proj_dim, proj_dim, proj_layers)
+        self.off_diagonal_weight = off_diagonal_weight
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> the projection the loss correlates."""
+        return self.projector(self.backbone(x)).float()
+
+    def forward(self, batch: Batch, progress: float) -> dict[str, torch.Tensor]:
+        view_a, view_b = batch.views
+        proj_a, proj_b = self.projector(self.backbone(torch.cat([view_a, view_b]))).chunk(2)
+        return {"loss": barlow_twins(proj_a, proj_b, self.off_diagonal_weight)}

@@ -1,0 +1,66 @@
+"""BYOL: predict a slowly moving target network's projection of another view, no negatives.
+
+Grill et al. "Bootstrap Your Own Latent: A New Approach to Self-Supervised Learning",
+NeurIPS 2020 (arXiv:2006.07733).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..blocks import Teacher, momentum_schedule
+from ..engine import Batch
+from ..losses import negative_cosine
+from ..models.heads import mlp
+from .base import Method
+
+
+class BYOL(Method):
+    """BYOL (Grill et al. 2020): online backbone + projector + predictor regress an EMA target.
+
+    Both views go through the online network and the target network (a moving average of
+    backbone and projector); the loss is BYOL's symmetrised ``2 - 2 cos(q_a, z'_b) + 2 - 2
+    cos(q_b, z'_a)`` (eq. 2 and its swapped twin, summed as in the paper: 0 at best, 8 at worst).
+
+    Defaults from the paper: projector and predictor MLPs 4096 -> 256 with BN, target momentum
+    0.996 rising to 1 on a cosine schedule over training (``base_momentum``, ``final_momentum``).
+    The asymmetric augmentations (blur 1.0 / 0.1, solarize 0 / 0.2) are ``views.augment`` and
+    ``views.augment_b`` in the presets.
+    """
+
+    embedding_head = "projector"
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        views: nn.Module,
+        *,
+        proj_hidden_dim: int = 4096,
+        proj_dim: int = 256,
+        pred_hidden_dim: int = 4096,
+        base_momentum: float = 0.996,
+        final_momentum: float = 1.0,
+        shared: bool = False,
+    ) -> None:
+        super().__init__(backbone, views, shared=shared)
+        if not 0.0 <= base_momentum <= final_momentum <= 1.0:
+            raise ValueError(f"need 0 <= base_momentum <= final_momentum <= 1, got {base_momentum}, {final_momentum}")
+        self.base_momentum, self.final_momentum = base_momentum, final_momentum
+        self.projector = mlp(backbone.num_features, proj_hidden_dim, proj_dim)
+        self.predictor = mlp(proj_dim, pred_hidden_dim, proj_dim)
+        self.target = Teacher(self.backbone, self.projector)
+
+    def forward(self, batch: Batch, progress: float) -> dict[str, torch.Tensor]:
+        view_a, view_b = batch.views
+        both = torch.cat([view_a, view_b])
+        pred_a, pred_b = self.predictor(self.projector(self.backbone(both))).chunk(2)
+        target_a, target_b = self.target(both).chunk(2)
+        loss = 4 + 2 * (negative_cosine(pred_a, target_b) + negative_cosine(pred_b, target_a))
+        return {"loss": loss, "momentum": torch.tensor(self.momentum_at(progress))}
+
+    def momentum_at(self, progress: float) -> float:
+        return momentum_schedule(progress, self.base_momentum, self.final_momentum)
+
+    @torch.no_grad()
+    def after_step(self, progress: float) -> None:
+        self.target.follow(self.backbone, self.projector, self.momentum_at(progress))

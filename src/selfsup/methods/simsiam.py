@@ -1,0 +1,53 @@
+"""SimSiam: BYOL without the moving average; the stop-gradient alone prevents collapse.
+
+Chen, He. "Exploring Simple Siamese Representation Learning", CVPR 2021 (arXiv:2011.10566).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..engine import Batch
+from ..losses import negative_cosine
+from ..models.heads import mlp
+from .base import Method
+
+
+class SimSiam(Method):
+    """SimSiam (Chen & He 2021): predict one view's projection from the other's, stop-gradient on the target.
+
+    loss = D(p_a, stopgrad(z_b)) / 2 + D(p_b, stopgrad(z_a)) / 2 with D = -cos (eq. 2): -1 at
+    best. ``output_std`` (logged) is the per-dimension std of the normalised projections, the
+    paper's collapse monitor: 1/sqrt(dim) when healthy, 0 when collapsed.
+
+    Defaults from the paper: projector of 3 layers 2048 -> 2048 with BN after every layer
+    (the output's too), predictor a 2-layer bottleneck 2048 -> 512 -> 2048 with BN in the hidden
+    layer. (The CIFAR variant of the paper uses a 2-layer projector: ``proj_layers``.) The paper
+    keeps the predictor's learning rate fixed; here it follows the same schedule as the rest.
+    """
+
+    embedding_head = "projector"
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        views: nn.Module,
+        *,
+        proj_dim: int = 2048,
+        proj_layers: int = 3,
+        pred_hidden_dim: int = 512,
+        shared: bool = False,
+    ) -> None:
+        super().__init__(backbone, views, shared=shared)
+        self.projector = mlp(backbone.num_features, proj_dim, proj_dim, proj_layers, last_batch_norm=True)
+        self.predictor = mlp(proj_dim, pred_hidden_dim, proj_dim)
+
+    def forward(self, batch: Batch, progress: float) -> dict[str, torch.Tensor]:
+        view_a, view_b = batch.views
+        proj = self.projector(self.backbone(torch.cat([view_a, view_b])))
+        proj_a, proj_b = proj.chunk(2)
+        pred_a, pred_b = self.predictor(proj).chunk(2)
+        loss = (negative_cosine(pred_a, proj_b) + negative_cosine(pred_b, proj_a)) / 2
+        output_std = F.normalize(proj_a.detach().float(), dim=1).std(0).mean()
+        return {"loss": loss, "output_std": output_std}
