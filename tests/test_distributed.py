@@ -143,6 +143,7 @@ METHOD_SETTINGS = {
     "pirl": {"method__num_negatives": 16, "data__image_size": 30}, "simclr": {},
     "moco": {"method__queue_size": 64}, "byol": {"method__proj_hidden_dim": 64, "method__pred_hidden_dim": 64},
     "simsiam": {"method__proj_dim": 64}, "barlow_twins": {"method__proj_dim": 64},
+    "dino": {"method__out_dim": 64, "method__hidden_dim": 64, "views__num_local": 2},
 }
 
 

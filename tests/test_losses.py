@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from selfsup.losses import barlow_twins, info_nce, nce_loss, negative_cosine, nt_xent
+from selfsup.losses import barlow_twins, dino_loss, info_nce, nce_loss, negative_cosine, nt_xent
 
 
 def naive_nt_xent(z_a, z_b, temperature):
@@ -225,3 +225,40 @@ def test_losses_that_gather_give_two_processes_the_loss_and_gradients_of_one(tmp
     # The per-process statistics a naive loss would use differ: the test can tell them apart.
     local = barlow_twins(*(z[:ROWS] for z in _embeddings()), 0.3).item()
     assert abs(local - barlow_twins(*_embeddings(), 0.3).item()) > 1e-2
+
+
+# ---------------------------------------------------------------- DINO
+
+def test_dino_loss_with_uniform_teacher_and_student_is_log_k():
+    k = 8
+    teacher = [torch.zeros(3, k)] * 2
+    student = [torch.zeros(3, k)] * 4
+    assert dino_loss(student, teacher, torch.zeros(k)).item() == pytest.approx(math.log(k), rel=1e-6)
+
+
+def test_dino_loss_pairs_every_teacher_global_with_every_other_student_crop():
+    g = torch.Generator().manual_seed(4)
+    teacher = [torch.randn(2, 5, generator=g) for _ in range(2)]
+    student = [torch.randn(2, 5, generator=g) for _ in range(4)]
+    center = torch.randn(5, generator=g) * 0.1
+    terms = []
+    for i in range(2):
+        for v in range(4):
+            if v == i:
+                continue  # a crop is never its own target
+            for b in range(2):
+                p_t = torch.softmax((teacher[i][b] - center) / 0.04, 0)
+                log_p_s = torch.log_softmax(student[v][b] / 0.1, 0)
+                terms.append(-(p_t * log_p_s).sum().item() / 2)
+    expected = sum(terms) / 6  # 2 x 3 pairs, each the batch mean
+    assert dino_loss(student, teacher, center, 0.1, 0.04).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_dino_loss_with_a_uniform_teacher_is_the_students_cross_entropy_to_uniform():
+    logits = torch.tensor([[2.0, 0.0, 0.0, 0.0]])
+    uniform = [torch.zeros(1, 4)] * 2
+    expected = -torch.log_softmax(logits / 0.1, 1).mean().item()
+    assert dino_loss([logits, logits], uniform, torch.zeros(4)).item() == pytest.approx(expected, rel=1e-6)
+    # A centered teacher: subtracting its own (constant) logits leaves it uniform.
+    assert dino_loss([logits, logits], [torch.full((1, 4), 3.0)] * 2, torch.full((4,), 3.0)).item() == \
+        pytest.approx(expected, rel=1e-6)

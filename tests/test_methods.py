@@ -15,7 +15,7 @@ DATA = {"channels": 3, "image_size": 32, "mean": [0.5] * 3, "std": [0.25] * 3, "
 
 #: Smaller heads and queues than the papers' defaults, where those would dominate a toy step.
 SMALL = {"barlow_twins": {"proj_dim": 512}, "byol": {"proj_hidden_dim": 512, "pred_hidden_dim": 512},
-         "moco": {"queue_size": 1024}, "simsiam": {"proj_dim": 512}}
+         "moco": {"queue_size": 1024}, "simsiam": {"proj_dim": 512}, "dino": {"out_dim": 256, "hidden_dim": 128}}
 
 
 def _method(name):
@@ -61,14 +61,17 @@ def test_loss_falls_on_a_fixed_batch(name):
     images, index = _batch(16)
     with torch.no_grad():
         views = method.views(images)  # the same views every step: the loss must fall
-    # A queue would fill with this batch's own keys and make every step harder (MoCo's loss
-    # rises on a fixed batch, as it should): hold the negatives fixed instead.
-    queues = [(q, {k: v.clone() for k, v in q.state_dict().items()}) for q in method.modules()
+    # Targets that follow the batch move the goal on a fixed batch, as they should: a queue fills
+    # with this batch's own keys (MoCo's loss rises), DINO's center drifts to the batch mean.
+    # Hold them fixed: what is under test is that the gradients lower the loss.
+    moving = [(q, {k: v.clone() for k, v in q.state_dict().items()}) for q in method.modules()
               if isinstance(q, FeatureQueue)]
+    if hasattr(method, "center"):
+        moving.append((method, {"center": method.center.clone()}))
     losses = []
     for step in range(15):
-        for queue, state in queues:
-            queue.load_state_dict(state)
+        for module, state in moving:
+            module.load_state_dict(state, strict=False)
         loss = _run(method, views, index, step / 15)["loss"]
         optimizer.zero_grad()
         loss.backward()

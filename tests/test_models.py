@@ -60,3 +60,57 @@ def test_mlp_layers_norms_and_biases():
     barlow = mlp(8, 16, 4, last_batch_norm=True)
     assert isinstance(barlow[-1], nn.BatchNorm1d) and not barlow[-1].affine and barlow[-2].bias is None
     assert head(torch.randn(5, 8)).shape == (5, 4)
+
+
+# ---------------------------------------------------------------- ViT and registers
+
+def _vit(**kw):
+    torch.manual_seed(0)
+    return build_backbone("vit_tiny", 3, 16, **kw)
+
+
+def test_vit_registers_join_the_tokens_and_are_dropped_at_the_output():
+    x = torch.randn(2, 3, 16, 16)
+    plain, registered = _vit(patch_size=4), _vit(patch_size=4, registers=3)
+    assert plain.forward_tokens(x).shape == (2, 1 + 16, 192)
+    assert registered.forward_tokens(x).shape == (2, 1 + 3 + 16, 192)
+    parts = registered.tokens(x)
+    assert parts["registers"].shape == (2, 3, 192) and parts["patches"].shape == (2, 16, 192)
+    assert registered(x).shape == plain(x).shape == (2, 192)
+    assert torch.equal(registered(x), parts["cls"])
+    # The registers take part in attention: the [CLS] output depends on them.
+    with torch.no_grad():
+        changed = registered(x)
+        registered.registers.add_(1.0)
+        assert not torch.allclose(changed, registered(x))
+
+
+def test_vit_attention_maps_are_row_stochastic_over_all_tokens():
+    vit = _vit(patch_size=4, registers=2)
+    x = torch.randn(2, 3, 16, 16)
+    maps = vit.attention_maps(x)
+    assert maps.shape == (2, 3, 1 + 2 + 16, 1 + 2 + 16)
+    assert torch.allclose(maps.sum(-1), torch.ones(2, 3, 19), atol=1e-5)
+    # The explicit attention used for the maps gives the fused kernel's output.
+    assert vit.blocks[-1].attn.attention is None and not vit.blocks[-1].attn.keep_attention
+    vit.blocks[-1].attn.keep_attention = True
+    explicit = vit(x)
+    vit.blocks[-1].attn.keep_attention = False
+    assert torch.allclose(explicit, vit(x), atol=1e-5)
+
+
+def test_vit_takes_other_image_sizes_by_interpolating_its_position_embedding():
+    vit = _vit(patch_size=4)
+    assert vit(torch.randn(2, 3, 8, 8)).shape == (2, 192)     # DINO's local crops
+    assert vit._position_for(4, 4) is vit.position
+
+
+def test_vit_settings_are_checked():
+    assert _vit().patch_size == 4                              # default for <= 32 px
+    assert build_backbone("vit_small", 1, 96).patch_size == 8
+    with pytest.raises(SelfsupError, match="must divide the image size 16"):
+        _vit(patch_size=5)
+    with pytest.raises(SelfsupError, match="a ViT's size is its name"):
+        build_backbone("vit_tiny", 3, 16, width=32)
+    with pytest.raises(SelfsupError, match="ViT settings"):
+        build_backbone("resnet18", 3, 16, registers=4)

@@ -140,3 +140,78 @@ def test_barlow_twins_loss_is_its_formula_on_the_projections():
         a, b = method.projector(method.backbone(views[0])), method.projector(method.backbone(views[1]))
         out = method(Batch(views, torch.full((6,), -1), torch.arange(6)), 0.0)
     assert out["loss"].item() == pytest.approx(barlow_twins(a, b, 0.01).item(), rel=1e-4)
+
+
+# ---------------------------------------------------------------- DINO
+
+def _dino(backbone="toy", **args):
+    torch.manual_seed(0)
+    spec = {"name": backbone} if backbone != "toy" else {"name": "toy", "width": 4}
+    config = resolve({"method": {"name": "dino", "out_dim": 32, "hidden_dim": 16, "bottleneck_dim": 8, **args},
+                      "views": {"num_local": 2}, "backbone": spec})
+    return build_model(config, DATA)
+
+
+def test_dino_teacher_sees_the_global_crops_only_and_the_student_every_crop():
+    method = _dino()
+    views = _views(method, size=3)
+    assert [v.shape[-1] for v in views] == [16, 16, 7, 7]
+    seen = {"teacher": [], "student": []}
+    method.teacher.backbone.register_forward_hook(lambda m, i, o: seen["teacher"].append(tuple(i[0].shape)))
+    method.backbone.register_forward_hook(lambda m, i, o: seen["student"].append(tuple(i[0].shape)))
+    _step(method, views)
+    assert seen["teacher"] == [(6, 3, 16, 16)]                      # both globals, one pass
+    assert seen["student"] == [(6, 3, 16, 16), (6, 3, 7, 7)]        # one pass per resolution
+
+
+def test_dino_center_moves_to_the_teachers_batch_mean_at_its_momentum():
+    method = _dino(center_momentum=0.9)
+    views = _views(method)
+    with torch.no_grad():
+        teacher = method.teacher(torch.cat(views[:2]))
+    _step(method, views)
+    assert torch.allclose(method.center, 0.1 * teacher.mean(0), atol=1e-6)
+
+
+def test_dino_teacher_temperature_warms_up_linearly_then_stays():
+    method = _dino(teacher_temperature=0.07, teacher_temperature_start=0.04, teacher_warmup=0.2)
+    assert [round(method.teacher_temperature_at(p), 6) for p in (0.0, 0.1, 0.2, 0.9)] == [0.04, 0.055, 0.07, 0.07]
+    assert _dino().teacher_temperature_at(0.0) == 0.04
+    with pytest.raises(ValueError, match="teacher_warmup"):
+        _dino(teacher_warmup=1.5)
+
+
+def test_dino_freezes_its_last_layer_for_the_first_epoch_by_name():
+    method = _dino()
+    assert method.frozen_epochs() == {"head.last_layer": 1.0}
+    names = [n for n, _ in method.named_parameters()]
+    assert "head.last_layer.weight" in names
+    assert _dino(freeze_last_layer=0).frozen_epochs() == {}
+
+
+def test_dino_last_layer_is_weight_normalised():
+    method = _dino()
+    with torch.no_grad():
+        method.head.last_layer.weight.mul_(5)  # the scale of the rows does not matter
+        x = torch.randn(4, method.backbone.num_features)
+        before = method.head(x)
+        method.head.last_layer.weight.div_(5)
+        assert torch.allclose(before, method.head(x), atol=1e-5)
+
+
+def test_dino_trains_a_vit_with_registers_and_every_token_part_learns():
+    method = _dino("vit_tiny", out_dim=16)
+    method.backbone.blocks = method.backbone.blocks[:2]  # two blocks: the test is the wiring, not depth
+    method.teacher.backbone.blocks = method.teacher.backbone.blocks[:2]
+    views = _views(method, size=4)
+    _step(method, views)
+    assert method.backbone.registers is None  # no registers unless asked
+    config = resolve({"method": {"name": "dino", "out_dim": 16, "hidden_dim": 16, "bottleneck_dim": 8},
+                      "views": {"num_local": 2}, "backbone": {"name": "vit_tiny", "registers": 2}})
+    torch.manual_seed(0)
+    with_registers = build_model(config, DATA)
+    index = torch.arange(4)
+    out = with_registers(Batch(views, torch.full_like(index, -1), index), 0.0)
+    out["loss"].backward()
+    assert with_registers.backbone.registers.grad.abs().sum() > 0
+    assert with_registers.teacher.backbone.registers.grad is None

@@ -137,6 +137,19 @@ def cmd_eval_layers(args: argparse.Namespace, overrides: list[str]) -> int:
 
 # ---------------------------------------------------------------- data
 
+def cmd_tokens(args: argparse.Namespace) -> int:
+    from .recipes.evaluate import tokens_for_checkpoints
+
+    overrides = list(args.set or [])
+    paths, results = tokens_for_checkpoints(args.checkpoint, overrides, Path(args.out) if args.out else None,
+                                            args.images, args.quiet)
+    for name, entry in results.items():
+        print(f"{name}: median patch-token norm {entry['median_patch_norm']:.2f}, "
+              f"outliers (> 2 x median) {100 * entry['outlier_share']:.2f}% of patches")
+    print(f"attention maps: {paths['attention']}, token norms: {paths['norms']}")
+    return 0
+
+
 def cmd_data(args: argparse.Namespace) -> int:
     from .data import DATASETS, USER_FORMATS, describe, find_root, load_dataset
 
@@ -243,6 +256,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="layers: probe on a class-balanced subset of this many training images (faster)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_eval)
+
+    p = commands.add_parser("tokens", help="ViT checkpoints: [CLS] attention maps and token-norm histograms "
+                                           "(with and without registers)")
+    p.add_argument("checkpoint", nargs="+", help="checkpoint files or run directories of ViT runs")
+    p.add_argument("--images", type=int, default=8, help="test images to draw (default 8)")
+    p.add_argument("--out", help="output folder (default: RUN/eval/tokens of the first checkpoint)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override, e.g. data.root=...")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_tokens)
 
     p = commands.add_parser("data", help="list, prepare (find or download) or inspect datasets")
     p.add_argument("action", choices=["list", "prepare", "inspect"])

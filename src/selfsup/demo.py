@@ -19,7 +19,6 @@ from .engine import dist
 from .engine.runtime import pick_device, resolve_precision
 from .errors import SelfsupError
 from .eval import results_table
-from .models import build_backbone
 from .recipes.evaluate import checkpoint_evaluator, pixel_evaluator
 from .recipes.pretrain import pretrain
 from .report import write_report
@@ -38,8 +37,7 @@ def estimate_evaluation_seconds(config: RunConfig) -> tuple[float, str]:
     images = train + len(splits.test)
     device = pick_device(config.train.device)
     precision = resolve_precision(config.train.precision, device)
-    encoder = build_backbone(config.backbone.name, splits.train.channels, splits.train.image_size,
-                             config.backbone.small_stem, config.backbone.width).to(device).eval()
+    encoder = config.backbone.build(splits.train.channels, splits.train.image_size).to(device).eval()
     layout = torch.channels_last if getattr(encoder, "prefers_channels_last", False) else torch.contiguous_format
     encoder = encoder.to(memory_format=layout)
     batch = torch.randn(config.eval.batch_size, splits.train.channels, splits.train.image_size,

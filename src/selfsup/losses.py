@@ -117,3 +117,24 @@ def barlow_twins(z_a: torch.Tensor, z_b: torch.Tensor, off_diagonal_weight: floa
     on_diagonal = (1 - diagonal).pow(2).sum()
     off_diagonal = correlation.pow(2).sum() - diagonal.pow(2).sum()
     return on_diagonal + off_diagonal_weight * off_diagonal
+
+
+def dino_loss(student: list[torch.Tensor], teacher: list[torch.Tensor], center: torch.Tensor,
+              student_temperature: float = 0.1, teacher_temperature: float = 0.04) -> torch.Tensor:
+    """DINO's cross-entropy between a centred, sharpened teacher and the student (Caron et al. 2021, eq. 1 and Alg. 1).
+
+    Args:
+        student: per crop (globals first, then locals), the student head's (B, K) logits.
+        teacher: per global crop, the teacher head's (B, K) logits (no gradient flows into them).
+        center: (K,) running mean of the teacher's logits, subtracted before the softmax.
+
+    P_t = softmax((t - center) / tau_t), log P_s = log_softmax(s / tau_s); the loss is the mean
+    over every pair (teacher crop i, student crop v) with v != i of -sum_k P_t log P_s, each
+    averaged over the batch. With a uniform teacher it is the cross-entropy of the uniform
+    distribution against the student: log K for a uniform student.
+    """
+    targets = [F.softmax((t.detach().float() - center) / teacher_temperature, dim=-1) for t in teacher]
+    log_probs = [F.log_softmax(s.float() / student_temperature, dim=-1) for s in student]
+    terms = [-(target * log_probs[v]).sum(-1).mean()
+             for i, target in enumerate(targets) for v in range(len(log_probs)) if v != i]
+    return torch.stack(terms).mean()

@@ -12,6 +12,7 @@ from .byol import BYOL
 from .context import ContextPrediction
 from .counting import Counting
 from .decoupled_rotnet import DecoupledRotNet
+from .dino import DINO
 from .exemplar import Exemplar
 from .jigsaw import Jigsaw
 from .moco import MoCo
@@ -40,6 +41,7 @@ METHODS: dict[str, type[Method]] = {
     "byol": BYOL,
     "simsiam": SimSiam,
     "barlow_twins": BarlowTwins,
+    "dino": DINO,
 }
 
 
@@ -77,6 +79,6 @@ def instantiate(method_cls: type[Method], backbone: nn.Module, views: nn.Module,
                       **{k: v for k, v in injected.items() if k in method_cls.injected_args})
 
 
-__all__ = ["BYOL", "METHODS", "NPID", "PIRL", "BarlowTwins", "ContextPrediction", "Counting", "DecoupledRotNet",
+__all__ = ["BYOL", "DINO", "METHODS", "NPID", "PIRL", "BarlowTwins", "ContextPrediction", "Counting", "DecoupledRotNet",
            "Exemplar", "Jigsaw", "Method", "MoCo", "MultiTask", "Rotation", "SimCLR", "SimSiam", "build_method",
            "describe_methods", "get_method"]

@@ -1,7 +1,8 @@
-"""Backbones (ResNet, toy) and heads."""
+"""Backbones (ResNet, ViT, toy) and heads."""
 from .backbones import (BACKBONES, RESNET_BLOCKS, STAGES, BackboneConfig, ResNet, ToyNet, build_backbone,
                         torchvision_resnet)
-from .heads import mlp
+from .heads import DINOHead, mlp
+from .vit import VisionTransformer
 
-__all__ = ["BACKBONES", "RESNET_BLOCKS", "STAGES", "BackboneConfig", "ResNet", "ToyNet", "build_backbone", "mlp",
-           "torchvision_resnet"]
+__all__ = ["BACKBONES", "RESNET_BLOCKS", "STAGES", "BackboneConfig", "DINOHead", "ResNet", "ToyNet",
+           "VisionTransformer", "build_backbone", "mlp", "torchvision_resnet"]

@@ -15,6 +15,7 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from ..errors import SelfsupError, closest
+from .vit import VisionTransformer, default_patch_size
 
 STAGES = ("conv1", "res2", "res3", "res4", "res5")
 
@@ -31,7 +32,17 @@ class BackboneConfig:
     small_stem: bool | None = None
     """3x3 stride-1 first conv and no max-pool, for 28-64 px images; None: when image_size <= 64."""
     width: int = 64
-    """Channels of the first stage (64 in torchvision); 32 or 16 for CPU-sized experiments."""
+    """ResNet: channels of the first stage (64 in torchvision); 32 or 16 for CPU-sized experiments.
+    A ViT's size is in its name (vit_tiny, vit_small)."""
+    patch_size: int | None = None
+    """ViT: patch side in pixels; None: 4 up to 32 px images, 8 up to 96 px, 16 above."""
+    registers: int = 0
+    """ViT: register tokens (Darcet et al. 2024); 0 = none."""
+
+    def build(self, in_channels: int, image_size: int) -> nn.Module:
+        """This backbone for images of ``in_channels`` x ``image_size``^2."""
+        return build_backbone(self.name, in_channels, image_size, self.small_stem, self.width,
+                              patch_size=self.patch_size, registers=self.registers)
 
 
 def torchvision_resnet(depth: int = 18, in_channels: int = 3, small_stem: bool = False, width: int = 64
@@ -138,17 +149,28 @@ BACKBONES: dict[str, Callable[..., nn.Module]] = {
     "resnet34": lambda **kw: ResNet(34, **kw),
     "resnet50": lambda **kw: ResNet(50, **kw),
     "toy": ToyNet,
+    "vit_tiny": lambda **kw: VisionTransformer("tiny", **kw),
+    "vit_small": lambda **kw: VisionTransformer("small", **kw),
 }
 
 
 def build_backbone(name: str, in_channels: int, image_size: int, small_stem: bool | None = None,
-                   width: int = 64) -> nn.Module:
+                   width: int = 64, *, patch_size: int | None = None, registers: int = 0) -> nn.Module:
     """Backbone ``name`` for images of ``in_channels`` x ``image_size``^2.
 
-    ``small_stem=None`` picks the small stem for images of 64 px or less.
+    ResNets: ``small_stem=None`` picks the small stem for images of 64 px or less. ViTs:
+    ``patch_size`` (None: :func:`default_patch_size`) and ``registers``.
     """
     if name not in BACKBONES:
         raise SelfsupError(f"unknown backbone '{name}'{closest(name, BACKBONES)}; known: {', '.join(BACKBONES)}")
+    if name.startswith("vit_"):
+        if width != 64:
+            raise SelfsupError(f"backbone.width sets a ResNet's channels; a ViT's size is its name (vit_tiny, "
+                               f"vit_small), got width={width}")
+        return BACKBONES[name](image_size=image_size, in_channels=in_channels,
+                               patch_size=patch_size or default_patch_size(image_size), registers=registers)
+    if patch_size is not None or registers:
+        raise SelfsupError(f"backbone.patch_size and backbone.registers are ViT settings; {name} has neither")
     if width < 1:
         raise SelfsupError(f"backbone.width must be positive, got {width}")
     if small_stem is None:

@@ -22,15 +22,13 @@ from ..engine.runtime import pick_device, provenance, resolve_precision, write_j
 from ..errors import SelfsupError
 from ..eval import extract_features, knn_accuracy
 from ..methods import Method, build_method
-from ..models import build_backbone
 from ..report import write_report
 from ..views import EvalView, ImageInfo
 
 
 def build_model(config: RunConfig, data: dict[str, Any]) -> Method:
     """The method of ``config`` for images described by ``data`` (channels, image_size, mean, std, images)."""
-    backbone = build_backbone(config.backbone.name, data["channels"], data["image_size"],
-                              config.backbone.small_stem, config.backbone.width)
+    backbone = config.backbone.build(data["channels"], data["image_size"])
     image = ImageInfo(data["image_size"], data["channels"], tuple(data["mean"]), tuple(data["std"]))
     return build_method(config.method_name, config.method_args, config.views, backbone, image,
                         data.get("images", 0), config.train.seed)

@@ -50,7 +50,9 @@ class MultiCropViews(nn.Module):
 
     Caron et al. 2021 (DINO, arXiv:2104.14294): global crops of 224 px with scale (0.4, 1),
     local crops of 96 px with scale (0.05, 0.4). Here sides are relative to the dataset's:
-    ``global_size`` defaults to it and ``local_size`` to 3/7 of it (96/224). Returns
+    ``global_size`` defaults to it and ``local_size`` to 3/7 of it (96/224). ``global_augment_b``
+    gives the second global crop its own settings (DINO's blur 0.1 and solarize 0.2 there, blur
+    1.0 on the first, 0.5 on the locals); None draws both from ``global_augment``. Returns
     [global 1, global 2, local 1, ..., local N]; run a network over them with
     :func:`selfsup.blocks.forward_by_resolution` (one pass per resolution).
     """
@@ -58,6 +60,7 @@ class MultiCropViews(nn.Module):
     def __init__(self, image: ImageInfo, *, num_local: int = 6, global_size: int | None = None,
                  local_size: int | None = None,
                  global_augment: AugmentSpec = AugmentSpec(crop_scale=(0.4, 1.0)),
+                 global_augment_b: AugmentSpec | None = None,
                  local_augment: AugmentSpec = AugmentSpec(crop_scale=(0.05, 0.4))) -> None:
         super().__init__()
         if num_local < 0:
@@ -65,10 +68,12 @@ class MultiCropViews(nn.Module):
         self.num_local = num_local
         self.num_outputs = 2 + num_local
         self.global_crop = Augment(image, global_augment, size=global_size or image.size)
+        self.global_crop_b = Augment(image, global_augment_b, size=global_size or image.size) \
+            if global_augment_b is not None else None
         self.local_crop = Augment(image, local_augment, size=local_size or max(4, round(image.size * 3 / 7)))
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
-        return [self.global_crop(images), self.global_crop(images)] + \
+        return [self.global_crop(images), (self.global_crop_b or self.global_crop)(images)] + \
             [self.local_crop(images) for _ in range(self.num_local)]
 
 

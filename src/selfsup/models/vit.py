@@ -1,0 +1,154 @@
+"""Vision Transformer with optional register tokens, and access to its attention and token norms.
+
+Dosovitskiy et al. "An Image is Worth 16x16 Words: Transformers for Image Recognition at
+Scale", ICLR 2021 (arXiv:2010.11929); registers: Darcet, Oquab, Mairal, Bojanowski. "Vision
+Transformers Need Registers", ICLR 2024 (arXiv:2309.16588).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import SelfsupError
+
+#: (embedding dim, depth, heads) of the DeiT sizes DINO trains (Touvron et al. 2021).
+VIT_SIZES = {"tiny": (192, 12, 3), "small": (384, 12, 6)}
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention; ``keep_attention`` stores the softmax maps of the last call."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        if dim % heads:
+            raise SelfsupError(f"ViT dim {dim} is not divisible by {heads} heads")
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.keep_attention = False
+        self.attention: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, tokens, dim = x.shape
+        q, k, v = self.qkv(x).view(batch, tokens, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
+        if self.keep_attention:  # the explicit product, to look at; the fused kernel otherwise
+            weights = (q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])).softmax(-1)
+            self.attention = weights.detach()
+            out = weights @ v
+        else:
+            out = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(out.transpose(1, 2).reshape(batch, tokens, dim))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x)) with GELU, ratio 4."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0) -> None:
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(dim, eps=1e-6), nn.LayerNorm(dim, eps=1e-6)
+        self.attn = Attention(dim, heads)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class VisionTransformer(nn.Module):
+    """ViT backbone: patch embedding, [CLS] + patch tokens (+ registers), pre-norm blocks.
+
+    ``forward(x) -> (B, dim)``, the final [CLS] token (DINO's representation). Register tokens
+    (``registers`` > 0) are learnable tokens appended after the patch embedding, without
+    position embedding, that take part in attention and are dropped at the output (Darcet et al.
+    2024, Sec. 3); ``tokens(x)`` returns all final tokens by kind, ``attention_maps(x)`` the
+    last block's attention. Images of another size than ``image_size`` (multi-crop's local
+    crops) get the position embedding interpolated to their patch grid (bicubic, as DINO).
+    Initialisation as timm/DINO: truncated normal (std 0.02) for tokens and linear layers.
+    """
+
+    prefers_channels_last = False
+
+    def __init__(self, size: str = "tiny", image_size: int = 32, in_channels: int = 3, patch_size: int = 4,
+                 registers: int = 0) -> None:
+        super().__init__()
+        if size not in VIT_SIZES:
+            raise SelfsupError(f"unknown ViT size '{size}'; known: {', '.join(VIT_SIZES)}")
+        if patch_size < 1 or image_size % patch_size:
+            raise SelfsupError(f"backbone.patch_size {patch_size} must divide the image size {image_size} "
+                               f"(divisors: {', '.join(str(d) for d in range(2, image_size) if image_size % d == 0)})")
+        if registers < 0:
+            raise SelfsupError(f"backbone.registers must be >= 0, got {registers}")
+        dim, depth, heads = VIT_SIZES[size]
+        self.arch = {"size": size, "image_size": image_size, "in_channels": in_channels, "patch_size": patch_size,
+                     "registers": registers}
+        self.patch_size, self.num_registers, self.num_features = patch_size, registers, dim
+        self.grid = image_size // patch_size
+        self.patch_embed = nn.Conv2d(in_channels, dim, patch_size, patch_size)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.position = nn.Parameter(torch.zeros(1, 1 + self.grid ** 2, dim))
+        self.registers = nn.Parameter(torch.zeros(1, registers, dim)) if registers else None
+        self.blocks = nn.ModuleList(Block(dim, heads) for _ in range(depth))
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        for param in (self.cls_token, self.position, self.registers):
+            if param is not None:
+                nn.init.trunc_normal_(param, std=0.02)
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                nn.init.zeros_(module.bias)
+
+    def _position_for(self, grid_h: int, grid_w: int) -> torch.Tensor:
+        if (grid_h, grid_w) == (self.grid, self.grid):
+            return self.position
+        cls, patches = self.position[:, :1], self.position[:, 1:]
+        patches = patches.reshape(1, self.grid, self.grid, -1).permute(0, 3, 1, 2)
+        patches = F.interpolate(patches, size=(grid_h, grid_w), mode="bicubic", align_corners=False)
+        return torch.cat([cls, patches.permute(0, 2, 3, 1).flatten(1, 2)], dim=1)
+
+    def forward_tokens(self, x: torch.Tensor, final_norm: bool = True) -> torch.Tensor:
+        """(B, C, H, W) -> (B, 1 + R + N, dim) final tokens: [CLS], registers, patches (before the
+        final LayerNorm with ``final_norm=False``: the token norms the registers paper plots)."""
+        patches = self.patch_embed(x)
+        grid_h, grid_w = patches.shape[-2:]
+        tokens = torch.cat([self.cls_token.expand(len(x), -1, -1), patches.flatten(2).transpose(1, 2)], dim=1)
+        tokens = tokens + self._position_for(grid_h, grid_w)
+        if self.registers is not None:
+            tokens = torch.cat([tokens[:, :1], self.registers.expand(len(x), -1, -1), tokens[:, 1:]], dim=1)
+        for block in self.blocks:
+            tokens = block(tokens)
+        return self.norm(tokens) if final_norm else tokens
+
+    def tokens(self, x: torch.Tensor, final_norm: bool = True) -> dict[str, torch.Tensor]:
+        """{"cls": (B, dim), "registers": (B, R, dim), "patches": (B, N, dim)} after the last block."""
+        out = self.forward_tokens(x, final_norm)
+        r = self.num_registers
+        return {"cls": out[:, 0], "registers": out[:, 1:1 + r], "patches": out[:, 1 + r:]}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_tokens(x)[:, 0]
+
+    @torch.no_grad()
+    def attention_maps(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, heads, T, T) attention of the last block (T = 1 + registers + patches)."""
+        return self.inspect(x)["attention"]
+
+    @torch.no_grad()
+    def inspect(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One pass: the last block's attention (B, heads, T, T) and the tokens before the final norm."""
+        last = self.blocks[-1].attn
+        last.keep_attention = True
+        try:
+            tokens = self.forward_tokens(x, final_norm=False)
+        finally:
+            last.keep_attention = False
+        maps, last.attention = last.attention, None
+        return {"attention": maps, "tokens": tokens}
+
+
+def default_patch_size(image_size: int) -> int:
+    """4 px patches up to 32 px images (7x7 or 8x8 grids), 8 up to 96 px, 16 above (ImageNet)."""
+    return 4 if image_size <= 32 else 8 if image_size <= 96 else 16
