@@ -59,17 +59,6 @@ def main() -> None:
               "backbone.name=resnet18", f"backbone.width={args.width}", "backbone.patch_size=null",
               "backbone.registers=0", f"train.device={args.device}", f"eval.train_images={args.eval_train}"]
     rows: dict[str, dict] = {}
-    for method in args.methods:
-        run_dir = out / method
-        summary = pretrain_in_child(method, shared, run_dir)
-        evaluator, config = checkpoint_evaluator(run_dir, quiet=True)
-        results = evaluator.run(["knn", "linear"], config.eval, config.train.seed)[evaluator.name]
-        rows[method] = {"knn_top1": results["knn"]["top1"], "linear_top1": results["linear"]["top1"],
-                        "steps": summary["steps"], "img_per_s": summary["img_per_s"],
-                        "train_minutes": summary["train_minutes"], "peak_rss_mib": summary["peak_rss_mib"],
-                        "batch_size": config.train.batch_size, "image_size": config.data.image_size or 28}
-        print(json.dumps({method: rows[method]}), flush=True)
-
     floors_config = resolve(apply_overrides(read_yaml(find_config("simclr_fashion_mnist")), shared))
     pixels = pixel_evaluator(floors_config, out / "pixels", quiet=True)
     rows["raw pixels"] = pixels.run(["knn", "linear"], floors_config.eval, 0)["raw pixels"]
@@ -82,6 +71,18 @@ def main() -> None:
     rows["random init"] = evaluator.run(["knn", "linear"], floors_config.eval, 0)["random init"]
     for floor in ("raw pixels", "random init"):
         rows[floor] = {"knn_top1": rows[floor]["knn"]["top1"], "linear_top1": rows[floor]["linear"]["top1"]}
+        print(json.dumps({floor: rows[floor]}), flush=True)
+
+    for method in args.methods:
+        run_dir = out / method
+        summary = pretrain_in_child(method, shared, run_dir)
+        evaluator, config = checkpoint_evaluator(run_dir, quiet=True)
+        results = evaluator.run(["knn", "linear"], config.eval, config.train.seed)[evaluator.name]
+        rows[method] = {"knn_top1": results["knn"]["top1"], "linear_top1": results["linear"]["top1"],
+                        "steps": summary["steps"], "img_per_s": summary["img_per_s"],
+                        "train_minutes": summary["train_minutes"], "peak_rss_mib": summary["peak_rss_mib"],
+                        "batch_size": config.train.batch_size, "image_size": config.data.image_size or 28}
+        print(json.dumps({method: rows[method]}), flush=True)
 
     report = {"date": datetime.date.today().isoformat(), "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
               "machine": describe_device(torch.device("cuda") if torch.cuda.is_available() and args.device != "cpu"
@@ -90,7 +91,7 @@ def main() -> None:
     (out / "compare.json").write_text(json.dumps(report, indent=2) + "\n")
     print(f"\n{report['machine']}; {args.minutes} min of pretraining each, ResNet-18 width {args.width}\n")
     print("| method | kNN top-1 | linear top-1 | steps x batch | img/s | peak RSS (MiB) |\n|---|---|---|---|---|---|")
-    for name, row in rows.items():
+    for name, row in sorted(rows.items(), key=lambda item: "steps" not in item[1]):
         if "steps" in row:
             print(f"| {name} ({row['image_size']} px) | {row['knn_top1']:.2f} | {row['linear_top1']:.2f} | "
                   f"{row['steps']} x {row['batch_size']} | {row['img_per_s']} | {row['peak_rss_mib']} |")

@@ -215,3 +215,21 @@ def test_dino_trains_a_vit_with_registers_and_every_token_part_learns():
     out["loss"].backward()
     assert with_registers.backbone.registers.grad.abs().sum() > 0
     assert with_registers.teacher.backbone.registers.grad is None
+
+
+def test_simsiam_predictor_keeps_the_peak_rate_while_the_rest_follows_the_schedule():
+    from selfsup.engine.optim import OptimConfig, apply_schedule, build_optimizer
+
+    method = _method("simsiam", proj_dim=16, pred_hidden_dim=8)
+    groups = method.param_groups()
+    assert [g["name"] for g in groups] == ["backbone", "projector", "predictor"]
+    owned = sum(len(g["params"]) for g in groups)
+    assert owned == len(list(method.parameters()))  # every parameter in exactly one group
+    optimizer = build_optimizer(groups, OptimConfig(), lr=0.1)
+    apply_schedule(optimizer, lr=0.01, weight_decay=0.0, peak_lr=0.1)  # late in the cosine
+    rates = {g["name"]: g["lr"] for g in optimizer.param_groups}
+    assert rates == {"backbone": 0.01, "projector": 0.01, "predictor": 0.1}
+    fixed = _method("simsiam", proj_dim=16, pred_hidden_dim=8, fix_predictor_lr=False)
+    optimizer = build_optimizer(fixed.param_groups(), OptimConfig(), lr=0.1)
+    apply_schedule(optimizer, lr=0.01, weight_decay=0.0, peak_lr=0.1)
+    assert {g["lr"] for g in optimizer.param_groups} == {0.01}

@@ -130,7 +130,7 @@ class Engine:
         """One optimiser step on a uint8 batch; returns the loss averaged over processes."""
         total = self.schedule.total_steps
         lr, weight_decay = self.schedule.lr(self.step), self.schedule.weight_decay_at(self.step)
-        apply_schedule(self.optimizer, lr, weight_decay)
+        apply_schedule(self.optimizer, lr, weight_decay, self.schedule.peak_lr)
         for spec, _, norms in self.freezes:
             for norm in norms:
                 norm.train(self.step >= spec.until_step)

@@ -96,10 +96,13 @@ class Schedule:
         return cosine_schedule(step, self.total_steps, self.weight_decay, self.final_weight_decay)
 
 
-def apply_schedule(optimizer: torch.optim.Optimizer, lr: float, weight_decay: float) -> None:
-    """Every group at its own scale of the scheduled values."""
+def apply_schedule(optimizer: torch.optim.Optimizer, lr: float, weight_decay: float,
+                   peak_lr: float | None = None) -> None:
+    """Every group at its own scale of the scheduled values; groups with ``fixed_lr`` stay at
+    (their scale of) ``peak_lr`` throughout (SimSiam's predictor)."""
     for group in optimizer.param_groups:
-        group["lr"] = lr * group.get("lr_scale", 1.0)
+        base = peak_lr if group.get("fixed_lr") and peak_lr is not None else lr
+        group["lr"] = base * group.get("lr_scale", 1.0)
         group["weight_decay"] = weight_decay * group.get("wd_scale", 1.0)
 
 
@@ -117,7 +120,8 @@ def split_groups(groups: Iterable[dict], lr_scales: dict[str, float], exclude_no
     """Optimiser groups from named groups: each split into decayed weights and exempt norms and
     biases (no decay, no LARS adaptation), with its learning-rate scale.
 
-    Group dicts may carry ``lr_scale`` (a method's own choice, multiplied by ``lr_scales[name]``).
+    Group dicts may carry ``lr_scale`` (a method's own choice, multiplied by ``lr_scales[name]``)
+    and ``fixed_lr`` (no warm-up or decay: the peak rate throughout).
     """
     groups = list(groups)
     names = [g["name"] for g in groups]
@@ -134,7 +138,8 @@ def split_groups(groups: Iterable[dict], lr_scales: dict[str, float], exclude_no
         for subset, decays in ((decayed, True), (exempt, False)):
             if subset:
                 out.append({"params": subset, "name": group["name"], "lr_scale": scale,
-                            "wd_scale": 1.0 if decays else 0.0, "lars": decays})
+                            "wd_scale": 1.0 if decays else 0.0, "lars": decays,
+                            "fixed_lr": bool(group.get("fixed_lr", False))})
     return out
 
 

@@ -23,8 +23,9 @@ class SimSiam(Method):
 
     Defaults from the paper: projector of 3 layers 2048 -> 2048 with BN after every layer
     (the output's too), predictor a 2-layer bottleneck 2048 -> 512 -> 2048 with BN in the hidden
-    layer. (The CIFAR variant of the paper uses a 2-layer projector: ``proj_layers``.) The paper
-    keeps the predictor's learning rate fixed; here it follows the same schedule as the rest.
+    layer. (The CIFAR variant of the paper uses a 2-layer projector: ``proj_layers``.) The
+    predictor trains at the peak rate throughout, without warm-up or decay (Sec. 4.2: slightly
+    better, "the predictor should adapt to the latest representations"); ``fix_predictor_lr``.
     """
 
     embedding_head = "projector"
@@ -37,11 +38,21 @@ class SimSiam(Method):
         proj_dim: int = 2048,
         proj_layers: int = 3,
         pred_hidden_dim: int = 512,
+        fix_predictor_lr: bool = True,
         shared: bool = False,
     ) -> None:
         super().__init__(backbone, views, shared=shared)
+        self.fix_predictor_lr = fix_predictor_lr
         self.projector = mlp(backbone.num_features, proj_dim, proj_dim, proj_layers, last_batch_norm=True)
         self.predictor = mlp(proj_dim, pred_hidden_dim, proj_dim)
+
+    def param_groups(self) -> list[dict]:
+        predictor = {id(p) for p in self.predictor.parameters()}
+        groups = [{"name": "backbone", "params": list(self.backbone.parameters())},
+                  {"name": "projector", "params": list(self.projector.parameters())},
+                  {"name": "predictor", "params": [p for p in self.parameters() if id(p) in predictor],
+                   "fixed_lr": self.fix_predictor_lr}]
+        return groups
 
     def forward(self, batch: Batch, progress: float) -> dict[str, torch.Tensor]:
         view_a, view_b = batch.views
