@@ -539,3 +539,44 @@ def test_shuffle_bn_normalises_with_the_shuffled_slice_and_unshuffles_exactly(tw
         assert torch.allclose(y, expected, atol=1e-5)
         # Statistics of the own batch alone would give something else.
         assert not torch.allclose(y, r["batchnorm"]["plain"], atol=1e-2)
+
+
+# ----------------------------------------------------------------------------------------------
+# HOG (MaskFeat's targets) against scikit-image
+# ----------------------------------------------------------------------------------------------
+
+def test_hog_equals_scikit_image_on_random_and_structured_images():
+    skimage_feature = pytest.importorskip("skimage.feature")
+    import numpy as np
+
+    from selfsup.blocks import hog
+
+    g = torch.Generator().manual_seed(0)
+    ramp = torch.linspace(0, 1, 24, dtype=torch.float64)
+    images = [torch.rand(24, 32, generator=g, dtype=torch.float64),       # noise: every bin
+              ramp.view(24, 1) * ramp.view(1, 24).repeat(1, 2)[:, :32],    # smooth gradients
+              (torch.rand(24, 32, generator=g, dtype=torch.float64) > 0.5).double()]  # edges
+    for cell, bins in ((8, 9), (4, 6)):
+        ours = hog(torch.stack(images).unsqueeze(1), cell=cell, bins=bins)  # (3, 1, h, w, bins)
+        for i, image in enumerate(images):
+            reference = skimage_feature.hog(image.numpy(), orientations=bins, pixels_per_cell=(cell, cell),
+                                            cells_per_block=(1, 1), block_norm="L2", feature_vector=False)
+            assert np.allclose(ours[i, 0].numpy(), reference[:, :, 0, 0, :], atol=1e-10), (i, cell, bins)
+
+
+def test_hog_keeps_channels_apart_and_patch_targets_follow_the_token_order():
+    from selfsup.blocks import hog, patch_targets
+
+    g = torch.Generator().manual_seed(1)
+    images = torch.rand(2, 3, 16, 16, generator=g)
+    cells = hog(images, cell=4)
+    assert cells.shape == (2, 3, 4, 4, 9)
+    assert torch.allclose(cells[:, 1], hog(images[:, 1:2], cell=4)[:, 0])
+    assert torch.allclose(cells.pow(2).sum(-1), torch.ones(2, 3, 4, 4), atol=1e-4)  # unit length (non-flat cells)
+    targets = patch_targets(images, patch=8, cell=4)
+    assert targets.shape == (2, 4, 3 * 4 * 9)  # 2 x 2 patches; 3 channels x 2 x 2 cells x 9 bins
+    # Patch 1 (row 0, column 1) of image 0 holds cells (0..1, 2..3) of every channel.
+    expected = cells[0, :, 0:2, 2:4].reshape(-1)
+    assert torch.allclose(targets[0, 1], expected)
+    with pytest.raises(ValueError, match="must divide the patch"):
+        patch_targets(images, patch=8, cell=3)

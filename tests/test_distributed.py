@@ -144,6 +144,7 @@ METHOD_SETTINGS = {
     "moco": {"method__queue_size": 64}, "byol": {"method__proj_hidden_dim": 64, "method__pred_hidden_dim": 64},
     "simsiam": {"method__proj_dim": 64}, "barlow_twins": {"method__proj_dim": 64},
     "dino": {"method__out_dim": 64, "method__hidden_dim": 64, "views__num_local": 2},
+    "maskfeat": {"backbone__name": "vit_tiny", "backbone__width": 64}, "composite": {"method__proj_hidden_dim": 64},
 }
 
 

@@ -9,12 +9,14 @@ from ..views import ImageInfo
 from .barlow_twins import BarlowTwins
 from .base import Method
 from .byol import BYOL
+from .composite import Composite
 from .context import ContextPrediction
 from .counting import Counting
 from .decoupled_rotnet import DecoupledRotNet
 from .dino import DINO
 from .exemplar import Exemplar
 from .jigsaw import Jigsaw
+from .maskfeat import MaskFeat
 from .moco import MoCo
 from .multitask import MultiTask
 from .npid import NPID
@@ -42,6 +44,10 @@ METHODS: dict[str, type[Method]] = {
     "simsiam": SimSiam,
     "barlow_twins": BarlowTwins,
     "dino": DINO,
+    # Several objectives in one.
+    "composite": Composite,
+    # Masked prediction.
+    "maskfeat": MaskFeat,
 }
 
 
@@ -79,6 +85,6 @@ def instantiate(method_cls: type[Method], backbone: nn.Module, views: nn.Module,
                       **{k: v for k, v in injected.items() if k in method_cls.injected_args})
 
 
-__all__ = ["BYOL", "DINO", "METHODS", "NPID", "PIRL", "BarlowTwins", "ContextPrediction", "Counting", "DecoupledRotNet",
-           "Exemplar", "Jigsaw", "Method", "MoCo", "MultiTask", "Rotation", "SimCLR", "SimSiam", "build_method",
-           "describe_methods", "get_method"]
+__all__ = ["BYOL", "DINO", "METHODS", "NPID", "PIRL", "BarlowTwins", "Composite", "ContextPrediction", "Counting",
+           "DecoupledRotNet", "Exemplar", "Jigsaw", "MaskFeat", "Method", "MoCo", "MultiTask", "Rotation", "SimCLR",
+           "SimSiam", "build_method", "describe_methods", "get_method"]

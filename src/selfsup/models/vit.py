@@ -109,12 +109,19 @@ class VisionTransformer(nn.Module):
         patches = F.interpolate(patches, size=(grid_h, grid_w), mode="bicubic", align_corners=False)
         return torch.cat([cls, patches.permute(0, 2, 3, 1).flatten(1, 2)], dim=1)
 
-    def forward_tokens(self, x: torch.Tensor, final_norm: bool = True) -> torch.Tensor:
+    def forward_tokens(self, x: torch.Tensor, final_norm: bool = True, mask: torch.Tensor | None = None,
+                       mask_token: torch.Tensor | None = None) -> torch.Tensor:
         """(B, C, H, W) -> (B, 1 + R + N, dim) final tokens: [CLS], registers, patches (before the
-        final LayerNorm with ``final_norm=False``: the token norms the registers paper plots)."""
+        final LayerNorm with ``final_norm=False``: the token norms the registers paper plots).
+
+        ``mask`` (B, N) replaces the embeddings of the masked patches by ``mask_token`` (dim,)
+        before the position embedding is added (MaskFeat, BEiT)."""
         patches = self.patch_embed(x)
         grid_h, grid_w = patches.shape[-2:]
-        tokens = torch.cat([self.cls_token.expand(len(x), -1, -1), patches.flatten(2).transpose(1, 2)], dim=1)
+        patches = patches.flatten(2).transpose(1, 2)
+        if mask is not None:
+            patches = torch.where(mask.unsqueeze(-1), mask_token.to(patches.dtype), patches)
+        tokens = torch.cat([self.cls_token.expand(len(x), -1, -1), patches], dim=1)
         tokens = tokens + self._position_for(grid_h, grid_w)
         if self.registers is not None:
             tokens = torch.cat([tokens[:, :1], self.registers.expand(len(x), -1, -1), tokens[:, 1:]], dim=1)

@@ -67,12 +67,13 @@ class Augment(nn.Module):
                  normalize: bool = True) -> None:
         super().__init__()
         self.spec, self.size = spec, size or image.size
-        ops: list[nn.Module] = [K.RandomResizedCrop((self.size, self.size), scale=spec.crop_scale,
-                                                    ratio=spec.crop_ratio)]
+        self.crop = K.RandomResizedCrop((self.size, self.size), scale=spec.crop_scale, ratio=spec.crop_ratio)
+        self.flip = K.RandomHorizontalFlip(p=spec.flip_p) if spec.flip_p > 0 else None
+        ops: list[nn.Module] = [self.crop]
         if spec.rotation_degrees > 0:
             ops.append(K.RandomRotation(spec.rotation_degrees, p=1.0))
-        if spec.flip_p > 0:
-            ops.append(K.RandomHorizontalFlip(p=spec.flip_p))
+        if self.flip is not None:
+            ops.append(self.flip)
         if spec.jitter_p > 0 and any(spec.jitter[:2] if image.channels == 1 else spec.jitter):
             ops.append(ColorJitter(*spec.jitter, p=spec.jitter_p, channels=image.channels))
         if spec.grayscale_p > 0 and image.channels == 3:
@@ -90,6 +91,18 @@ class Augment(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.ops(to_unit_float(images))
+
+    def geometry(self) -> torch.Tensor:
+        """(B, 5) of the last call: the crop box [x0, y0, x1, y1] as fractions of the image side
+        and 1.0 where the view was mirrored (the transform an inverse-predictive task predicts)."""
+        params = getattr(self.crop, "_params", None)
+        if not params or "src" not in params:
+            raise RuntimeError("geometry() describes the last view made: call the augmentation first")
+        corners = params["src"].float()                                      # (B, 4, 2) x, y
+        side = params["input_size"].float().flip(-1)                          # (B, 2) as (W, H)
+        box = torch.cat([corners[:, 0], corners[:, 2] + 1], dim=1) / side.repeat(1, 2)
+        flipped = self.flip._params["batch_prob"].float() if self.flip is not None else torch.zeros(len(box))
+        return torch.cat([box, flipped.to(box.device).view(-1, 1)], dim=1)
 
 
 class EvalView(nn.Module):

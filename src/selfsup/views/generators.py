@@ -45,6 +45,35 @@ class TwoViews(nn.Module):
         return [self.first(images), (self.second or self.first)(images)]
 
 
+def relative_transform(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """The transform from one view to the other, from their :meth:`Augment.geometry` (B, 5):
+    (B, 5) = [centre shift x, y (in image sides), log width ratio, log height ratio, 1 if exactly
+    one of the two is mirrored]."""
+    centre_a, centre_b = (first[:, :2] + first[:, 2:4]) / 2, (second[:, :2] + second[:, 2:4]) / 2
+    size_a = (first[:, 2:4] - first[:, :2]).clamp_min(1e-6)
+    size_b = (second[:, 2:4] - second[:, :2]).clamp_min(1e-6)
+    mirrored = (first[:, 4] != second[:, 4]).float().view(-1, 1)
+    return torch.cat([centre_b - centre_a, torch.log(size_b / size_a), mirrored], dim=1)
+
+
+class TwoViewsAndTransform(nn.Module):
+    """Two augmented views and the transform relating them: [view a, view b, (B, 5)
+    :func:`relative_transform`], for objectives that predict the transform (inverse-predictive
+    learning, Tsai et al. 2021)."""
+
+    num_outputs = 3
+
+    def __init__(self, image: ImageInfo, *, augment: AugmentSpec = AugmentSpec()) -> None:
+        super().__init__()
+        self.augment = Augment(image, augment)
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        first = self.augment(images)
+        first_geometry = self.augment.geometry()
+        second = self.augment(images)
+        return [first, second, relative_transform(first_geometry, self.augment.geometry()).to(first.device)]
+
+
 class MultiCropViews(nn.Module):
     """2 global crops and ``num_local`` local crops at their own resolution (SwAV, DINO).
 
