@@ -4,6 +4,7 @@ from __future__ import annotations
 import gzip
 import os
 import pickle
+import socket
 import struct
 from pathlib import Path
 
@@ -160,3 +161,10 @@ def _seeded() -> None:
 requires_fashion_mnist = pytest.mark.skipif(
     not (FASHION_MNIST / "train-images-idx3-ubyte.gz").is_file(),
     reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist; .ci/run does it)")
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on, for a gloo rendezvous on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -7,7 +7,6 @@ started once for the module: starting the processes costs far more than the chec
 """
 import math
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
+from conftest import free_port
 from selfsup.blocks import (FeatureQueue, MemoryBank, ema_update, forward_by_resolution, frozen_copy,
                             momentum_schedule, shuffled_forward)
 from selfsup.losses import nce_loss
@@ -425,11 +425,6 @@ def test_memory_bank_nce_drops_the_samples_own_entry_from_the_noise_terms():
 QUEUE_SIZE, SHUFFLE_BATCH, SHUFFLE_CALLS = 8, 4, 5
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _queue_rows(rank: int, call: int) -> torch.Tensor:
     """Three keys per rank and call, named by their values: 100 * rank + 10 * call + i."""
@@ -481,7 +476,7 @@ def _two_rank_worker(rank: int, world: int, port: int, out: str) -> None:
 def two_ranks(tmp_path_factory) -> list[dict]:  # noqa: ANN001
     """Per rank, what the blocks did in two gloo processes (run once for the module)."""
     out = tmp_path_factory.mktemp("two_ranks")
-    mp.spawn(_two_rank_worker, args=(2, _free_port(), str(out)), nprocs=2, join=True)
+    mp.spawn(_two_rank_worker, args=(2, free_port(), str(out)), nprocs=2, join=True)
     return torch.load(out / "two_ranks.pt", weights_only=False)
 
 

@@ -2,7 +2,6 @@
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +11,7 @@ import torch
 import torch.multiprocessing as mp
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from conftest import tiny_config, tiny_overrides
+from conftest import free_port, tiny_config, tiny_overrides
 from selfsup.engine import checkpoint
 from selfsup.errors import SelfsupError
 from selfsup.views import ReplayViews
@@ -20,11 +19,6 @@ from selfsup.views import ReplayViews
 pytestmark = pytest.mark.slow
 GLOBAL_BATCH = 16
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _fixed_views(rank: int, world: int) -> list[torch.Tensor]:
@@ -99,7 +93,7 @@ def one_thread():
 def test_two_gloo_processes_equal_one_process_on_the_concatenated_batch(mnist_root, tmp_path, one_thread):
     from selfsup.recipes.pretrain import Pretraining
 
-    mp.spawn(_worker, args=(2, _free_port(), str(mnist_root), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), str(mnist_root), str(tmp_path)), nprocs=2, join=True)
     results = json.loads((tmp_path / "results.json").read_text())
     assert "cannot be split evenly over 2 processes" in results["odd_batch"]
     assert "sync_bn needs GPUs" in results["sync_bn"]
@@ -176,7 +170,7 @@ def test_every_method_takes_ddp_steps_with_identical_replicas(mnist_root, tmp_pa
     from selfsup.methods import METHODS
 
     assert set(METHOD_SETTINGS) == set(METHODS), "a new method needs its DDP smoke settings here"
-    mp.spawn(_every_method_worker, args=(2, _free_port(), str(mnist_root), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_every_method_worker, args=(2, free_port(), str(mnist_root), str(tmp_path)), nprocs=2, join=True)
     results = json.loads((tmp_path / "every_method.json").read_text())
     for name, result in results.items():
         assert all(math.isfinite(loss) for loss in result["losses"]), name
@@ -214,7 +208,7 @@ def _buffers_worker(rank: int, world: int, port: int, root: str, out: str) -> No
 
 
 def test_ddp_broadcasts_no_buffers_and_averages_batchnorm_statistics(mnist_root, tmp_path, one_thread):
-    mp.spawn(_buffers_worker, args=(2, _free_port(), str(mnist_root), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_buffers_worker, args=(2, free_port(), str(mnist_root), str(tmp_path)), nprocs=2, join=True)
     results = json.loads((tmp_path / "buffers.json").read_text())
     assert results == {"broadcast_buffers": False, "bank_entry_kept_per_rank": True,
                        "norm_stats_differ_during_epoch": True, "norm_stats_equal_after_epoch": True}

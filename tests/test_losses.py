@@ -203,14 +203,11 @@ def _gathering_worker(rank: int, world: int, port: int, out: str) -> None:
 
 @pytest.mark.slow
 def test_losses_that_gather_give_two_processes_the_loss_and_gradients_of_one(tmp_path):
-    import socket
-
     import torch.multiprocessing as mp
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_gathering_worker, args=(WORLD, port, str(tmp_path)), nprocs=WORLD, join=True)
+    from conftest import free_port
+
+    mp.spawn(_gathering_worker, args=(WORLD, free_port(), str(tmp_path)), nprocs=WORLD, join=True)
     ranks = torch.load(tmp_path / "gathering.pt", weights_only=False)
     for name, loss_fn in GATHERING_LOSSES.items():
         z_a, z_b = (z.clone().requires_grad_() for z in _embeddings())

@@ -47,12 +47,9 @@ class SimSiam(Method):
         self.predictor = mlp(proj_dim, pred_hidden_dim, proj_dim)
 
     def param_groups(self) -> list[dict]:
-        predictor = {id(p) for p in self.predictor.parameters()}
-        groups = [{"name": "backbone", "params": list(self.backbone.parameters())},
-                  {"name": "projector", "params": list(self.projector.parameters())},
-                  {"name": "predictor", "params": [p for p in self.parameters() if id(p) in predictor],
-                   "fixed_lr": self.fix_predictor_lr}]
-        return groups
+        return [{"name": "backbone", "params": list(self.backbone.parameters())},
+                {"name": "projector", "params": list(self.projector.parameters())},
+                {"name": "predictor", "params": list(self.predictor.parameters()), "fixed_lr": self.fix_predictor_lr}]
 
     def forward(self, batch: Batch, progress: float) -> dict[str, torch.Tensor]:
         view_a, view_b = batch.views
