@@ -22,6 +22,21 @@ refused with the closest valid key. The resolved config, git revision and librar
 are saved in the run directory.
 """
 
+EPILOG_EVAL = """\
+examples:
+  selfsup eval all runs/simclr-fmnist                  # kNN + linear probe of checkpoints/last.pt
+  selfsup eval layers runs/rotation runs/jigsaw --dim 1024 2048
+  selfsup eval finetune runs/simclr-fmnist --labels 0.1 --head-layers 1   # SimCLR v2's fine-tuning
+"""
+
+EPILOG_DISTILL = """\
+examples (SimCLR v2: pretrain, fine-tune on 10% of the labels, distill on every image):
+  selfsup pretrain -c simclr_fashion_mnist --set method.proj_layers=3 --run-dir runs/simclr3
+  selfsup eval finetune runs/simclr3 --labels 0.1 --head-layers 1 --run-dir runs/simclr3-ft
+  selfsup distill runs/simclr3-ft --run-dir runs/simclr3-student                 # same backbone
+  selfsup distill runs/simclr3-ft --student backbone.width=16 --run-dir runs/small-student
+"""
+
 
 def _config_from_args(args: argparse.Namespace):  # noqa: ANN202
     from .config import apply_overrides, find_config, read_yaml, resolve
@@ -35,6 +50,18 @@ def _config_from_args(args: argparse.Namespace):  # noqa: ANN202
     if args.method and isinstance(raw.get("method"), dict) and raw["method"].get("name") != args.method:
         raw["method"] = {"name": args.method}  # another method's hyper-parameters do not carry over
     return resolve(apply_overrides(raw, overrides + list(args.set)))
+
+
+def _add_training_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup, epochs: int, lr: float) -> None:
+    parser.add_argument("--epochs", type=int, default=epochs, help=f"default {epochs}")
+    parser.add_argument("--batch-size", type=int, default=256, help="default 256")
+    parser.add_argument("--lr", type=float, default=lr, help=f"SGD peak rate at batch 256, cosine decay (default {lr})")
+    parser.add_argument("--weight-decay", type=float, default=5e-4, help="default 5e-4")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the label choice and the training (default 0)")
+    parser.add_argument("--test-every", type=int, default=1, help="test top-1 every N epochs and after the last "
+                                                                   "(default 1)")
+    parser.add_argument("--run-dir", help="where checkpoints and logs go")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -87,6 +114,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     overrides = list(args.set)
     if args.protocol == "layers":
         return cmd_eval_layers(args, overrides)
+    if args.protocol == "finetune":
+        return cmd_eval_finetune(args, overrides)
     if args.k is not None:
         overrides.append(f"eval.knn_k={args.k}")
     if args.temperature is not None:
@@ -132,6 +161,50 @@ def cmd_eval_layers(args: argparse.Namespace, overrides: list[str]) -> int:
 
     print(layers_table(everything))
     print(f"results: {out_dir / 'layers.json'}, chart: {out_dir / 'layers.png'}")
+    return 0
+
+
+def _classifier_training(args: argparse.Namespace, backbone_lr_scale: float):  # noqa: ANN202
+    from .engine import OptimConfig
+    from .recipes.classifier import ClassifierTraining
+
+    return ClassifierTraining(epochs=args.epochs, batch_size=args.batch_size, backbone_lr_scale=backbone_lr_scale,
+                              optim=OptimConfig(name="sgd", lr=args.lr, weight_decay=args.weight_decay,
+                                                warmup_epochs=0.0),
+                              test_every=args.test_every, device=args.device or "auto",
+                              precision=args.precision or "auto", seed=args.seed)
+
+
+def _single_source(args: argparse.Namespace, what: str) -> str:
+    if len(args.checkpoint) != 1 or args.pixels:
+        raise SelfsupError(f"{what} takes one checkpoint (or run directory), got {len(args.checkpoint)}")
+    return args.checkpoint[0]
+
+
+def cmd_eval_finetune(args: argparse.Namespace, overrides: list[str]) -> int:
+    from .recipes.evaluate import default_output_dir
+    from .recipes.finetune import finetune
+
+    source = _single_source(args, "eval finetune")
+    run_dir = args.run_dir or str(default_output_dir(Path(source)) / f"finetune-{100 * args.labels:g}pct-h{args.head_layers}")
+    summary = finetune(source, run_dir, _classifier_training(args, args.backbone_lr_scale),
+                       head_layers=args.head_layers, labels=args.labels, overrides=overrides, resume=args.resume,
+                       quiet=args.quiet)
+    print(f"fine-tuned on {100 * args.labels:g}% of the labels from {args.head_layers} head layer(s): "
+          f"test top-1 {summary.get('test_top1', float('nan')):.2f}%  ({run_dir})")
+    return 0
+
+
+# ---------------------------------------------------------------- distill
+
+def cmd_distill(args: argparse.Namespace) -> int:
+    from .recipes.distill import distill
+
+    run_dir = args.run_dir or f"runs/distill-{time.strftime('%Y%m%d-%H%M%S')}"
+    summary = distill(args.teacher, run_dir, _classifier_training(args, 1.0), student=list(args.student),
+                      temperature=args.temperature, teacher_weight=args.teacher_weight, labels=args.labels,
+                      overrides=list(args.set), resume=args.resume, quiet=args.quiet)
+    print(f"student test top-1 {summary.get('test_top1', float('nan')):.2f}%  ({run_dir})")
     return 0
 
 
@@ -233,10 +306,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_pretrain)
 
-    p = commands.add_parser("eval", help="evaluate checkpoints: kNN, linear probe, layer-wise probe")
-    p.add_argument("protocol", choices=["knn", "linear", "all", "layers"],
+    p = commands.add_parser("eval", help="evaluate checkpoints: kNN, linear probe, layer-wise probe, fine-tuning",
+                            epilog=EPILOG_EVAL, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("protocol", choices=["knn", "linear", "all", "layers", "finetune"],
                    help="knn: weighted kNN (k=200, T=0.07); linear: logistic regression on frozen features; "
-                        "layers: linear probes on pooled conv1, res2..res5 features, one chart for all checkpoints")
+                        "layers: linear probes on pooled conv1, res2..res5 features, one chart for all checkpoints; "
+                        "finetune: train encoder + linear head on (a fraction of) the labels")
     p.add_argument("checkpoint", nargs="*", help="checkpoint files or run directories (their checkpoints/last.pt)")
     _add_config_args(p)
     p.add_argument("--pixels", action="store_true", help="evaluate raw pixels instead (the baseline)")
@@ -254,8 +329,38 @@ def build_parser() -> argparse.ArgumentParser:
                         "(e.g. --dim 1024 2048 4096) give a table and a chart per size, from one forward pass")
     p.add_argument("--train-size", type=int,
                    help="layers: probe on a class-balanced subset of this many training images (faster)")
+    group = p.add_argument_group("finetune")
+    group.add_argument("--labels", type=float, default=1.0,
+                       help="fraction of the training labels, class-balanced by --seed (default 1.0; e.g. 0.01, 0.1)")
+    group.add_argument("--head-layers", type=int, default=0,
+                       help="keep this many hidden layers of the projection head on the trunk (SimCLR v2: 1, "
+                            "the middle of its 3-layer head); default 0, the backbone's output")
+    _add_training_args(group, epochs=30, lr=0.1)
+    group.add_argument("--backbone-lr-scale", type=float, default=0.1,
+                       help="trunk learning rate as a fraction of the head's (default 0.1)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_eval)
+
+    p = commands.add_parser("distill", help="train a student on a fine-tuned teacher's predictions over "
+                                            "unlabelled images (SimCLR v2's third stage)",
+                            epilog=EPILOG_DISTILL, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("teacher", help="a fine-tuned checkpoint or run directory (selfsup eval finetune)")
+    p.add_argument("--student", action="append", default=[], metavar="backbone.KEY=VALUE",
+                   help="the student's backbone, as changes to the teacher's (e.g. backbone.width=16); "
+                        "default: the teacher's backbone, fresh")
+    p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature of both (default 1)")
+    p.add_argument("--teacher-weight", type=float, default=1.0,
+                   help="lambda: weight of the teacher term; 1 - lambda weighs cross-entropy on labels (default 1: "
+                        "no labels used)")
+    p.add_argument("--labels", type=float, default=0.0,
+                   help="fraction of the training labels the label term may use (default 0)")
+    _add_training_args(p, epochs=30, lr=0.1)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a key of the teacher's config, e.g. data.root=...")
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"])
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_distill)
 
     p = commands.add_parser("tokens", help="ViT checkpoints: [CLS] attention maps and token-norm histograms "
                                            "(with and without registers)")

@@ -51,6 +51,11 @@ def export_backbone(checkpoint_path: str | Path, out: str | Path) -> dict:
     if out.suffix not in (".safetensors", ".pt", ".pth"):
         raise SelfsupError(f"--out {out}: use a .safetensors (recommended) or .pt file name")
     backbone, config, state = load_encoder(checkpoint_path)
+    head_layers = state.get("encoder", {}).get("head_layers", 0)
+    if head_layers:
+        raise SelfsupError(f"{state['path']} was fine-tuned with {head_layers} projection-head layer(s) on its "
+                           "trunk, which a torchvision ResNet has no place for; export the pretraining checkpoint, "
+                           "or a network fine-tuned with --head-layers 0")
     if not isinstance(backbone, ResNet):
         raise SelfsupError(f"export to torchvision needs a ResNet backbone; this checkpoint uses "
                            f"'{config.backbone.name}'")

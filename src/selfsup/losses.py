@@ -138,3 +138,27 @@ def dino_loss(student: list[torch.Tensor], teacher: list[torch.Tensor], center: 
     terms = [-(target * log_probs[v]).sum(-1).mean()
              for i, target in enumerate(targets) for v in range(len(log_probs)) if v != i]
     return torch.stack(terms).mean()
+
+
+def distillation(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0,
+                 targets: torch.Tensor | None = None, teacher_weight: float = 1.0) -> torch.Tensor:
+    """Knowledge distillation (Hinton, Vinyals, Dean 2015), as SimCLR v2's third stage uses it.
+
+    ``teacher_weight * T^2 * KL(softmax(t / T) || softmax(s / T)) + (1 - teacher_weight) * CE(y, s)``,
+    both terms means over the batch (the label term over the images with a target >= 0).
+    The T^2 keeps the soft term's gradient at the scale of the label term's when T changes
+    (Hinton et al., Sec. 2). KL differs from SimCLR v2's cross-entropy with the teacher's
+    probabilities (Chen et al. 2020b, eq. 2) by the teacher's entropy, a constant: same gradient,
+    and 0 when the student matches the teacher. ``teacher_weight=1`` needs no labels.
+    """
+    if not 0.0 <= teacher_weight <= 1.0:
+        raise ValueError(f"teacher_weight must be in [0, 1], got {teacher_weight}")
+    student_log_p = F.log_softmax(student_logits.float() / temperature, dim=1)
+    teacher_log_p = F.log_softmax(teacher_logits.float() / temperature, dim=1)
+    soft = F.kl_div(student_log_p, teacher_log_p, reduction="batchmean", log_target=True) * temperature ** 2
+    if teacher_weight == 1.0:
+        return soft
+    labelled = targets >= 0 if targets is not None else torch.zeros(len(student_logits), dtype=torch.bool)
+    hard = (F.cross_entropy(student_logits[labelled].float(), targets[labelled]) if labelled.any()
+            else student_logits.sum() * 0.0)
+    return teacher_weight * soft + (1.0 - teacher_weight) * hard

@@ -31,6 +31,23 @@ def mlp(in_dim: int, hidden_dim: int, out_dim: int, num_layers: int = 2, batch_n
     return nn.Sequential(*layers)
 
 
+class HeadTrunk(nn.Module):
+    """A backbone followed by the first hidden layers of its projection :func:`mlp`: the network
+    SimCLR v2 fine-tunes (Chen et al. 2020b, Sec. 2: from the middle layer of the 3-layer head,
+    which beat fine-tuning from the backbone's output with few labels)."""
+
+    def __init__(self, backbone: nn.Module, projector: nn.Sequential, layers: int) -> None:
+        super().__init__()
+        ends = [i + 1 for i, module in enumerate(projector) if not isinstance(module, (nn.Linear, nn.BatchNorm1d))]
+        if not 1 <= layers <= len(ends):
+            raise ValueError(f"the projection head has {len(ends)} hidden layer(s); cannot keep {layers}")
+        self.backbone, self.head = backbone, projector[:ends[layers - 1]]
+        self.num_features = [m for m in self.head if isinstance(m, nn.Linear)][-1].out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+
 class DINOHead(nn.Module):
     """DINO's projection head (Caron et al. 2021, App. and official code): an MLP of
     ``num_layers`` (GELU, no BN) to a ``bottleneck_dim`` bottleneck, L2 normalisation, then a

@@ -21,7 +21,7 @@ from torch import nn
 
 from ..data import BatchLoader, ImageDataset
 from ..engine import Batch, Engine, Freeze, OptimConfig, Schedule, build_optimizer, checkpoint, dist
-from ..engine.runtime import pick_device, resolve_precision
+from ..engine.runtime import pick_device, resolve_precision, write_json
 from ..errors import SelfsupError
 from ..views import AugmentSpec, EvalView, ImageInfo, OneView
 
@@ -67,6 +67,8 @@ class ClassifierTraining:
     """Trunk learning rate as a fraction of the head's (0 freezes the trunk: a linear probe)."""
     head_warmup_epochs: float = 0.0
     """Epochs at the start in which only the head trains (trunk frozen, its BatchNorm statistics kept)."""
+    test_every: int = 1
+    """Measure test top-1 every this many epochs (and after the last)."""
     device: str = "auto"
     precision: str = "auto"
     seed: int = 0
@@ -78,6 +80,7 @@ class AccuracyMonitor:
 
     def __init__(self, model: nn.Module, dataset: ImageDataset, view: EvalView, batch_size: int = 512) -> None:
         self.model, self.dataset, self.view, self.batch_size = model, dataset, view, batch_size
+        self.last: float | None = None
 
     @torch.no_grad()
     def __call__(self) -> dict[str, float]:
@@ -94,28 +97,31 @@ class AccuracyMonitor:
                 correct += int((logits.argmax(1).cpu() == targets).sum())
             self.model.train(was_training)
             accuracy = 100.0 * correct / len(self.dataset)
-        return {"test_top1": dist.broadcast_object(accuracy)}
+        self.last = dist.broadcast_object(accuracy)
+        return {"test_top1": self.last}
 
 
 def fit_classifier(model: nn.Module, train: ImageDataset, test: ImageDataset | None, run_dir: str | Path,
                    settings: ClassifierTraining, *, meta: dict[str, Any] | None = None, resume: bool = False,
-                   quiet: bool = False) -> dict[str, Any]:
+                   unlabelled: bool = False, quiet: bool = False) -> dict[str, Any]:
     """Fit ``model`` on the labelled images of ``train`` with the engine; test top-1 each epoch.
 
-    Checkpoints, metrics and the summary go to ``run_dir`` like a pretraining run's.
+    ``unlabelled``: train on every image, its target -1 where it has no label (a distillation
+    student, a semi-supervised learner). Checkpoints, metrics and the summary go to ``run_dir``
+    like a pretraining run's.
     """
     run_dir = Path(run_dir)
     device = pick_device(settings.device)
     dist.init_from_env(device.type)
     precision = resolve_precision(settings.precision, device)
-    labelled = train.select((train.targets >= 0).nonzero().squeeze(1))
-    if len(labelled) < settings.batch_size:
-        raise SelfsupError(f"{len(labelled)} labelled training images are fewer than a batch of "
-                           f"{settings.batch_size}; lower the batch size")
+    training = train if unlabelled else train.select((train.targets >= 0).nonzero().squeeze(1))
+    if len(training) < settings.batch_size:
+        raise SelfsupError(f"{len(training)} {'' if unlabelled else 'labelled '}training images are fewer than a "
+                           f"batch of {settings.batch_size}; lower the batch size")
     resume_from = checkpoint.prepare_run_dir(run_dir, resume) if dist.is_main() else None
     resume_from = dist.broadcast_object(resume_from)
     model.to(device)
-    loader = BatchLoader(labelled, settings.batch_size // dist.world_size(), device=device, seed=settings.seed,
+    loader = BatchLoader(training, settings.batch_size // dist.world_size(), device=device, seed=settings.seed,
                          rank=dist.rank(), world_size=dist.world_size())
     steps_per_epoch = len(loader)
     schedule = Schedule.from_config(settings.optim, settings.epochs * steps_per_epoch, steps_per_epoch,
@@ -129,18 +135,24 @@ def fit_classifier(model: nn.Module, train: ImageDataset, test: ImageDataset | N
     warmup = round(settings.head_warmup_epochs * steps_per_epoch)
     freeze = (Freeze("encoder.", schedule.total_steps if frozen_trunk else warmup),) \
         if frozen_trunk or warmup else ()
-    mean, std = labelled.stats()
+    mean, std = training.stats()
     monitor = AccuracyMonitor(model, test, EvalView(train.image_size, mean, std)) if test is not None else None
     # The test accuracy is logged every epoch but never chooses best.pt (that would select on test data).
     engine = Engine(model, loader, optimizer, schedule, run_dir=run_dir, device=device, precision=precision,
                     clip_grad=settings.optim.clip_grad, freeze=freeze, monitor=monitor,
+                    monitor_every=max(settings.test_every, 1),
                     meta={"classifier": True, **(meta or {})}, seed=settings.seed, log_every=settings.log_every,
                     quiet=quiet)
     if resume_from is not None:
         engine.restore(checkpoint.load(resume_from))
     else:
         engine.seed_streams()
-    return engine.fit(resumed=resume_from is not None)
+    summary = engine.fit(resumed=resume_from is not None)
+    if monitor is not None and monitor.last is not None:
+        summary["test_top1"] = round(monitor.last, 2)
+        if dist.is_main():
+            write_json(run_dir / "summary.json", summary)
+    return summary
 
 
 def classifier_views(image: ImageInfo, augment: AugmentSpec = FINE_TUNE_AUGMENT) -> OneView:

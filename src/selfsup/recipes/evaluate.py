@@ -18,6 +18,7 @@ from ..engine import checkpoint
 from ..errors import SelfsupError
 from ..eval import Evaluator
 from ..methods import get_method
+from ..models import HeadTrunk
 from ..views import EvalView
 from .pretrain import build_model
 
@@ -30,13 +31,42 @@ def load_checkpoint_config(path: str | Path, overrides: list[str] = ()) -> tuple
     return config, state
 
 
-def load_encoder(path: str | Path, overrides: list[str] = ()) -> tuple[nn.Module, RunConfig, dict[str, Any]]:
-    """The encoder of a checkpoint (its backbone, by default), on the CPU, without heads or banks."""
+def projection_trunk(method: nn.Module, config: RunConfig, head_layers: int) -> HeadTrunk:
+    """``method``'s backbone with the first ``head_layers`` hidden layers of its projection MLP."""
+    head = getattr(method, get_method(config.method_name).embedding_head or "", None)
+    if not isinstance(head, nn.Sequential):
+        raise SelfsupError(f"{config.method_name} has no MLP projection head to fine-tune from; "
+                           "use --head-layers 0 (the backbone's output)")
+    try:
+        return HeadTrunk(method.backbone, head, head_layers)
+    except ValueError as error:
+        raise SelfsupError(f"{config.method_name}: {error} (--head-layers)") from None
+
+
+def load_encoder(path: str | Path, overrides: list[str] = (), head_layers: int = 0,
+                 ) -> tuple[nn.Module, RunConfig, dict[str, Any]]:
+    """The encoder of a checkpoint, on the CPU, without (other) heads or banks.
+
+    That is its backbone, or the trunk it was fine-tuned as; ``head_layers`` > 0 takes the
+    backbone of a pretraining checkpoint with the first hidden layers of its projection head
+    on top (SimCLR v2's fine-tuning trunk, :class:`~selfsup.models.HeadTrunk`).
+    """
     config, state = load_checkpoint_config(path, overrides)
     data = state["data"]
-    encoder = config.backbone.build(data["channels"], data["image_size"])
-    prefix = state.get("encoder", {}).get("prefix", "backbone")
-    checkpoint.load_weights(encoder, checkpoint.submodule_weights(state["model"], prefix), state["path"])
+    saved = state.get("encoder", {})
+    if head_layers:
+        if saved.get("head_layers") or "classifier" in state:
+            raise SelfsupError(f"{state['path']} is a fine-tuned network already; its trunk is used as it is "
+                               "(--head-layers 0)")
+        method = build_model(config, data)
+        checkpoint.load_weights(method, state["model"], state["path"])
+        return projection_trunk(method, config, head_layers), config, state
+    if saved.get("head_layers"):
+        encoder = projection_trunk(build_model(config, data), config, saved["head_layers"])
+    else:
+        encoder = config.backbone.build(data["channels"], data["image_size"])
+    checkpoint.load_weights(encoder, checkpoint.submodule_weights(state["model"], saved.get("prefix", "backbone")),
+                            state["path"])
     return encoder, config, state
 
 

@@ -1,0 +1,68 @@
+"""Fine-tuning a pretrained encoder on (a fraction of) the labels, and loading the classifier back.
+
+SimCLR v2 (Chen et al. 2020b, "Big Self-Supervised Models are Strong Semi-Supervised Learners",
+Sec. 2) fine-tunes from the middle layer of its 3-layer projection head rather than from the
+backbone's output (``head_layers=1``); with 1% and 10% of the labels that was worth a few
+points. The fine-tuned network is the teacher of the third stage (:mod:`.distill`).
+
+A fine-tuned checkpoint is a run directory like a pretraining run's: its ``encoder`` entry
+says where the trunk's weights are and how many head layers it keeps, so ``selfsup eval`` and
+:func:`load_encoder` read it like any other checkpoint, and :func:`load_classifier` rebuilds
+trunk + linear head.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..data import ImageDataset, load_splits
+from ..engine import checkpoint
+from ..errors import SelfsupError
+from ..views import ImageInfo
+from .classifier import Classifier, ClassifierTraining, classifier_views, fit_classifier
+from .evaluate import load_encoder
+
+
+def label_index(train: ImageDataset, fraction: float, seed: int) -> torch.Tensor:
+    """Indices of a class-balanced ``fraction`` of the labelled images of ``train`` (at least one
+    per class); the same for a seed."""
+    if not 0.0 < fraction <= 1.0:
+        raise SelfsupError(f"the label fraction must be in (0, 1], got {fraction}")
+    labelled = (train.targets >= 0).nonzero().squeeze(1)
+    count = max(round(fraction * len(labelled)), len(train.targets[labelled].unique()))
+    return labelled[train.select(labelled).balanced_index(count, seed)]
+
+
+def finetune(path: str | Path, run_dir: str | Path, settings: ClassifierTraining, *, head_layers: int = 0,
+             labels: float = 1.0, overrides: list[str] = (), resume: bool = False,
+             quiet: bool = False) -> dict[str, Any]:
+    """Fine-tune the encoder of checkpoint ``path`` (plus ``head_layers`` of its projection head)
+    with a linear head on a class-balanced fraction ``labels`` of the training labels."""
+    encoder, config, state = load_encoder(path, overrides, head_layers)
+    data = state["data"]
+    splits = load_splits(config.data, seed=config.train.seed, labeled=True, quiet=quiet)
+    train = splits.train.select(label_index(splits.train, labels, settings.seed))
+    image = ImageInfo(data["image_size"], data["channels"], tuple(data["mean"]), tuple(data["std"]))
+    model = Classifier(encoder, len(data["classes"]), classifier_views(image))
+    source_encoder = state.get("encoder", {})
+    meta = {"config": config.to_dict(), "data": data,
+            "encoder": {"prefix": "encoder", "method": config.method_name,
+                        "head_layers": head_layers or source_encoder.get("head_layers", 0)},
+            "classifier": {"classes": len(data["classes"]), "labels": labels, "labelled_images": len(train),
+                           "source": str(Path(state["path"]).resolve()), "stage": "fine-tuned"}}
+    return fit_classifier(model, train, splits.test, run_dir, settings, meta=meta, resume=resume, quiet=quiet)
+
+
+def load_classifier(path: str | Path, overrides: list[str] = ()) -> tuple[Classifier, dict[str, Any]]:
+    """The classifier (trunk + linear head) of a fine-tuned or distilled checkpoint, on the CPU."""
+    encoder, _, state = load_encoder(path, overrides)
+    if not isinstance(state.get("classifier"), dict):
+        raise SelfsupError(f"{state['path']} holds no classifier (it is a pretraining checkpoint); "
+                           "fine-tune it first: selfsup eval finetune CHECKPOINT")
+    data = state["data"]
+    image = ImageInfo(data["image_size"], data["channels"], tuple(data["mean"]), tuple(data["std"]))
+    model = Classifier(encoder, state["classifier"]["classes"], classifier_views(image))
+    checkpoint.load_weights(model.head, checkpoint.submodule_weights(state["model"], "head"), state["path"])
+    return model, state
