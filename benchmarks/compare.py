@@ -2,7 +2,8 @@
 
 Each method keeps its preset's recipe (configs/<method>_fashion_mnist.yaml: optimiser, batch
 size, views, heads, image size), and all share the backbone (ResNet-18 of ``--width`` with the
-small stem; DINO's ViT preset is switched to it too) and ``--minutes`` of pretraining, timed
+small stem; DINO's ViT preset is switched to it too; MaskFeat, which masks ViT patches, and
+DINO again run on ViT-tiny with 4 px patches, next to a random-init ViT) and ``--minutes`` of pretraining, timed
 by the run itself (``train.minutes``: set-up included). Each pretraining runs in its own
 process, so its peak memory (max RSS) is its own. Then weighted kNN (k=200, T=0.07) and the
 linear probe on a class-balanced subset of ``--eval-train`` training images and the full test
@@ -31,6 +32,8 @@ from selfsup.recipes.evaluate import checkpoint_evaluator, evaluation_splits, pi
 from selfsup.views import EvalView
 
 ROOT = Path(__file__).resolve().parents[1]
+VIT_ONLY = ("maskfeat",)
+VIT = ["backbone.name=vit_tiny", "backbone.width=64", "backbone.patch_size=4", "backbone.registers=0"]  # width: unused
 
 
 def pretrain_in_child(method: str, overrides: list[str], run_dir: Path) -> dict:
@@ -47,7 +50,10 @@ def pretrain_in_child(method: str, overrides: list[str], run_dir: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--methods", nargs="+", default=list(METHODS))
+    parser.add_argument("--methods", nargs="*", default=[m for m in METHODS if m not in VIT_ONLY],
+                        help="methods on the ResNet-18 (default: all but the ViT-only ones)")
+    parser.add_argument("--vit-methods", nargs="*", default=["maskfeat", "dino"],
+                        help="methods also run on ViT-tiny (4 px patches), next to a random-init ViT floor")
     parser.add_argument("--minutes", type=float, default=2.0, help="pretraining budget per method")
     parser.add_argument("--width", type=int, default=16, help="ResNet-18 width (64 = standard)")
     parser.add_argument("--eval-train", type=int, default=5000, help="training images for kNN and the linear probe")
@@ -63,33 +69,41 @@ def main() -> None:
     pixels = pixel_evaluator(floors_config, out / "pixels", quiet=True)
     rows["raw pixels"] = pixels.run(["knn", "linear"], floors_config.eval, 0)["raw pixels"]
     splits = evaluation_splits(floors_config, quiet=True)
-    torch.manual_seed(0)
-    random_init = floors_config.backbone.build(splits.train.channels, splits.train.image_size)
     mean, std = splits.train.stats()
-    evaluator = Evaluator("random init", splits.train, splits.test, EvalView(splits.train.image_size, mean, std),
-                          out / "random-init", random_init, device=args.device, quiet=True)
-    rows["random init"] = evaluator.run(["knn", "linear"], floors_config.eval, 0)["random init"]
-    for floor in ("raw pixels", "random init"):
+    floors = [("random init", floors_config)]
+    if args.vit_methods:
+        floors.append(("random init (vit_tiny)", resolve(apply_overrides(floors_config.to_dict(), VIT))))
+    for floor, config in floors:
+        torch.manual_seed(0)
+        random_init = config.backbone.build(splits.train.channels, splits.train.image_size)
+        evaluator = Evaluator(floor, splits.train, splits.test, EvalView(splits.train.image_size, mean, std),
+                              out / floor.replace(" ", "-").replace("(", "").replace(")", ""), random_init,
+                              device=args.device, quiet=True)
+        rows[floor] = evaluator.run(["knn", "linear"], config.eval, 0)[floor]
+    for floor in ["raw pixels"] + [name for name, _ in floors]:
         rows[floor] = {"knn_top1": rows[floor]["knn"]["top1"], "linear_top1": rows[floor]["linear"]["top1"]}
         print(json.dumps({floor: rows[floor]}), flush=True)
 
-    for method in args.methods:
-        run_dir = out / method
-        summary = pretrain_in_child(method, shared, run_dir)
+    runs = [(method, method, shared) for method in args.methods]
+    runs += [(f"{method} (vit_tiny)", method, shared + VIT) for method in args.vit_methods]
+    for name, method, overrides in runs:
+        run_dir = out / name.replace(" (vit_tiny)", "-vit")
+        summary = pretrain_in_child(method, overrides, run_dir)
         evaluator, config = checkpoint_evaluator(run_dir, quiet=True)
         results = evaluator.run(["knn", "linear"], config.eval, config.train.seed)[evaluator.name]
-        rows[method] = {"knn_top1": results["knn"]["top1"], "linear_top1": results["linear"]["top1"],
-                        "steps": summary["steps"], "img_per_s": summary["img_per_s"],
-                        "train_minutes": summary["train_minutes"], "peak_rss_mib": summary["peak_rss_mib"],
-                        "batch_size": config.train.batch_size, "image_size": config.data.image_size or 28}
-        print(json.dumps({method: rows[method]}), flush=True)
+        rows[name] = {"knn_top1": results["knn"]["top1"], "linear_top1": results["linear"]["top1"],
+                      "steps": summary["steps"], "img_per_s": summary["img_per_s"],
+                      "train_minutes": summary["train_minutes"], "peak_rss_mib": summary["peak_rss_mib"],
+                      "batch_size": config.train.batch_size, "image_size": config.data.image_size or 28}
+        print(json.dumps({name: rows[name]}), flush=True)
 
     report = {"date": datetime.date.today().isoformat(), "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
               "machine": describe_device(torch.device("cuda") if torch.cuda.is_available() and args.device != "cpu"
                                          else torch.device("cpu")),
               "versions": library_versions(), "shared_overrides": shared, "rows": rows}
     (out / "compare.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\n{report['machine']}; {args.minutes} min of pretraining each, ResNet-18 width {args.width}\n")
+    print(f"\n{report['machine']}; {args.minutes} min of pretraining each, ResNet-18 width {args.width} "
+          "(ViT-tiny where marked)\n")
     print("| method | kNN top-1 | linear top-1 | steps x batch | img/s | peak RSS (MiB) |\n|---|---|---|---|---|---|")
     for name, row in sorted(rows.items(), key=lambda item: "steps" not in item[1]):
         if "steps" in row:

@@ -87,6 +87,21 @@ def timed(steps: int, warmup: int, step_fn) -> float:  # noqa: ANN001
     return images / (time.perf_counter() - start)
 
 
+def interleaved_rounds(variants: dict, rounds: int, steps: int, warmup: int) -> dict[str, list[float]]:
+    """Images/s of every variant (a step function returning its batch size) in ``rounds`` rounds
+    run A B C ... A B C ..., so that drift hits all alike; ``warmup`` untimed steps each first."""
+    for step in variants.values():
+        for _ in range(warmup):
+            step()
+    results: dict[str, list[float]] = {name: [] for name in variants}
+    width = max(map(len, variants))
+    for index in range(rounds):
+        for name, step in variants.items():
+            results[name].append(timed(steps, 0, step))
+            print(f"round {index + 1}: {name:{width}s} {results[name][-1]:7.1f} img/s", flush=True)
+    return results
+
+
 def cpu_flags() -> list[str]:
     """The CPU features that decide which precision runs natively (empty off Linux)."""
     try:
@@ -287,14 +302,7 @@ def main() -> None:
             step = lightly_pipeline(trainer, args, workers, precision, channels_last)
             if step is not None:
                 variants[f"{label} workers={workers}"] = step
-    for step in variants.values():  # warm-up once, outside the timed rounds
-        for _ in range(args.warmup):
-            step()
-    rounds: dict[str, list[float]] = {name: [] for name in variants}
-    for round_index in range(args.rounds):
-        for name, step in variants.items():
-            rounds[name].append(timed(args.steps, 0, step))
-            print(f"round {round_index + 1}: {name:52s} {rounds[name][-1]:7.1f} img/s", flush=True)
+    rounds = interleaved_rounds(variants, args.rounds, args.steps, args.warmup)
     median = {name: statistics.median(values) for name, values in rounds.items()}
 
     def paired(numerator: str, denominator: str) -> list[float]:
