@@ -27,6 +27,7 @@ examples:
   selfsup eval all runs/simclr-fmnist                  # kNN + linear probe of checkpoints/last.pt
   selfsup eval layers runs/rotation runs/jigsaw --dim 1024 2048
   selfsup eval finetune runs/simclr-fmnist --labels 0.1 --head-layers 1   # SimCLR v2's fine-tuning
+  selfsup eval finetune runs/simclr-fmnist --labels 0.05 0.1 0.2 1 --seeds 0 1 2 3 4   # mean +- std
 """
 
 EPILOG_DISTILL = """\
@@ -183,15 +184,26 @@ def _single_source(args: argparse.Namespace, what: str) -> str:
 
 def cmd_eval_finetune(args: argparse.Namespace, overrides: list[str]) -> int:
     from .recipes.evaluate import default_output_dir
-    from .recipes.finetune import finetune
+    from .recipes.finetune import finetune, finetune_sweep
 
     source = _single_source(args, "eval finetune")
-    run_dir = args.run_dir or str(default_output_dir(Path(source)) / f"finetune-{100 * args.labels:g}pct-h{args.head_layers}")
-    summary = finetune(source, run_dir, _classifier_training(args, args.backbone_lr_scale),
-                       head_layers=args.head_layers, labels=args.labels, overrides=overrides, resume=args.resume,
-                       quiet=args.quiet)
-    print(f"fine-tuned on {100 * args.labels:g}% of the labels from {args.head_layers} head layer(s): "
-          f"test top-1 {summary.get('test_top1', float('nan')):.2f}%  ({run_dir})")
+    settings = _classifier_training(args, args.backbone_lr_scale)
+    seeds = args.seeds or [args.seed]
+    if len(args.labels) == 1 and len(seeds) == 1:
+        run_dir = args.run_dir or str(default_output_dir(Path(source))
+                                      / f"finetune-{100 * args.labels[0]:g}pct-h{args.head_layers}")
+        summary = finetune(source, run_dir, settings, head_layers=args.head_layers, labels=args.labels[0],
+                           overrides=overrides, resume=args.resume, quiet=args.quiet)
+        print(f"fine-tuned on {100 * args.labels[0]:g}% of the labels from {args.head_layers} head layer(s): "
+              f"test top-1 {summary.get('test_top1', float('nan')):.2f}%  ({run_dir})")
+        return 0
+    out_dir = Path(args.run_dir or default_output_dir(Path(source)) / f"finetune-h{args.head_layers}")
+    report = finetune_sweep(source, out_dir, settings, fractions=args.labels, seeds=seeds,
+                            head_layers=args.head_layers, overrides=overrides, quiet=args.quiet)
+    for row in report["summary"]:
+        print(f"{row['labels']:>6s} of the labels: test top-1 {row['mean top-1 (%)']:.2f} +- {row['std']:.2f} "
+              f"over {row['seeds']} seed(s)")
+    print(f"results: {out_dir / 'finetune.json'}, {out_dir / 'finetune.md'}")
     return 0
 
 
@@ -330,8 +342,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-size", type=int,
                    help="layers: probe on a class-balanced subset of this many training images (faster)")
     group = p.add_argument_group("finetune")
-    group.add_argument("--labels", type=float, default=1.0,
-                       help="fraction of the training labels, class-balanced by --seed (default 1.0; e.g. 0.01, 0.1)")
+    group.add_argument("--labels", type=float, nargs="+", default=[1.0],
+                       help="fraction(s) of the training labels, class-balanced by the seed (default 1.0; e.g. "
+                            "--labels 0.01 0.05 0.1 0.2 1)")
+    group.add_argument("--seeds", type=int, nargs="+",
+                       help="repeat every fraction over these seeds (labels and training), mean +- std in "
+                            "RUN_DIR/finetune.md; a killed sweep continues where it was")
     group.add_argument("--head-layers", type=int, default=0,
                        help="keep this many hidden layers of the projection head on the trunk (SimCLR v2: 1, "
                             "the middle of its 3-layer head); default 0, the backbone's output")
@@ -414,7 +430,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{prefix}error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("\ninterrupted. Continue a pretraining run with --resume.", file=sys.stderr)
+        print("\ninterrupted. Continue a run with the same command and --resume (a fine-tuning sweep "
+              "continues by itself).", file=sys.stderr)
         return 130
     finally:
         from .engine import dist

@@ -12,6 +12,9 @@ trunk + linear head.
 """
 from __future__ import annotations
 
+import dataclasses
+import json
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +22,9 @@ import torch
 
 from ..data import ImageDataset, load_splits
 from ..engine import checkpoint
+from ..engine.runtime import write_json
 from ..errors import SelfsupError
+from ..eval import markdown_table
 from ..views import ImageInfo
 from .classifier import Classifier, ClassifierTraining, classifier_views, fit_classifier
 from .evaluate import load_encoder
@@ -66,3 +71,44 @@ def load_classifier(path: str | Path, overrides: list[str] = ()) -> tuple[Classi
     model = Classifier(encoder, state["classifier"]["classes"], classifier_views(image))
     checkpoint.load_weights(model.head, checkpoint.submodule_weights(state["model"], "head"), state["path"])
     return model, state
+
+
+def finetune_sweep(path: str | Path, out_dir: str | Path, settings: ClassifierTraining, *,
+                   fractions: list[float], seeds: list[int], head_layers: int = 0, overrides: list[str] = (),
+                   quiet: bool = False) -> dict[str, Any]:
+    """:func:`finetune` for every label fraction and seed (the seed picks the labels and seeds the
+    training), each in ``out_dir/<pct>pct-seed<s>``; test top-1 per run, and mean and standard
+    deviation per fraction, in ``out_dir/finetune.json`` and ``finetune.md``.
+
+    Finished runs are read back, interrupted ones resumed: a killed sweep continues where it was.
+    """
+    out_dir = Path(out_dir)
+    if not fractions or not seeds:
+        raise SelfsupError("give at least one label fraction and one seed")
+    runs: dict[str, dict[str, float]] = {}
+    for fraction in fractions:
+        label = f"{100 * fraction:g}%"
+        runs[label] = {}
+        for seed in seeds:
+            run_dir = out_dir / f"{100 * fraction:g}pct-seed{seed}"
+            finished = run_dir / "summary.json"
+            if finished.is_file() and "test_top1" in json.loads(finished.read_text()):
+                summary = json.loads(finished.read_text())
+            else:
+                summary = finetune(path, run_dir, dataclasses.replace(settings, seed=seed), head_layers=head_layers,
+                                   labels=fraction, overrides=overrides,
+                                   resume=(run_dir / "checkpoints" / "last.pt").is_file(), quiet=quiet)
+            runs[label][str(seed)] = summary["test_top1"]
+    rows = []
+    for label, by_seed in runs.items():
+        values = list(by_seed.values())
+        rows.append({"labels": label, "seeds": len(values), "mean top-1 (%)": round(statistics.mean(values), 2),
+                     "std": round(statistics.stdev(values), 2) if len(values) > 1 else 0.0,
+                     "runs": ", ".join(f"{v:.2f}" for v in values)})
+    report = {"checkpoint": str(Path(path).resolve()), "head_layers": head_layers, "seeds": seeds,
+              "settings": dataclasses.asdict(settings), "runs": runs, "summary": rows}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / "finetune.json", report)
+    (out_dir / "finetune.md").write_text(markdown_table(rows, ["labels", "seeds", "mean top-1 (%)", "std", "runs"])
+                                         + "\n")
+    return report

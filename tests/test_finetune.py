@@ -1,0 +1,58 @@
+"""Fine-tuning with few labels, repeated over label fractions and seeds (SPEC 7): the table of
+mean and standard deviation, and a killed sweep that continues where it was."""
+import json
+import statistics
+
+import pytest
+
+from conftest import tiny_overrides
+from selfsup.cli import main
+from selfsup.recipes import finetune as finetune_module
+
+
+@pytest.fixture
+def pretrained(mnist_root, tmp_path):
+    run = tmp_path / "simclr"
+    sets = [arg for item in tiny_overrides(mnist_root, train__epochs=1) for arg in ("--set", item)]
+    assert main(["pretrain", "--run-dir", str(run), "--quiet"] + sets) == 0
+    return run
+
+
+SWEEP = ["--labels", "0.25", "1", "--seeds", "0", "1", "--epochs", "1", "--batch-size", "8", "--device", "cpu",
+         "--quiet"]
+
+
+def test_sweep_reports_mean_and_std_over_seeds(pretrained, tmp_path, capsys):
+    out = tmp_path / "sweep"
+    assert main(["eval", "finetune", str(pretrained), "--run-dir", str(out)] + SWEEP) == 0
+    printed = capsys.readouterr().out
+    assert "25% of the labels: test top-1" in printed and "over 2 seed(s)" in printed
+    report = json.loads((out / "finetune.json").read_text())
+    assert set(report["runs"]) == {"25%", "100%"} and set(report["runs"]["25%"]) == {"0", "1"}
+    for row in report["summary"]:
+        values = list(report["runs"][row["labels"]].values())
+        assert row["mean top-1 (%)"] == pytest.approx(statistics.mean(values), abs=0.01)
+        assert row["std"] == pytest.approx(statistics.stdev(values), abs=0.01)
+    labelled = {seed: json.loads((out / f"25pct-seed{seed}" / "summary.json").read_text())["steps"] for seed in "01"}
+    assert labelled == {"0": 20 // 8, "1": 20 // 8}  # 25% of 80 images, one epoch of batches of 8
+    assert "| 25% | 2 |" in (out / "finetune.md").read_text()
+
+
+def test_a_killed_sweep_continues_where_it_was(pretrained, tmp_path, monkeypatch):
+    out = tmp_path / "sweep"
+    original, calls = finetune_module.finetune, []
+
+    def dies_on_the_third_run(*args, **kwargs):
+        calls.append(kwargs["labels"])
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(finetune_module, "finetune", dies_on_the_third_run)
+    assert main(["eval", "finetune", str(pretrained), "--run-dir", str(out)] + SWEEP) == 130  # as after Ctrl-C
+    done = {name: (out / name / "summary.json").stat().st_mtime_ns for name in ("25pct-seed0", "25pct-seed1")}
+    calls.clear()
+    assert main(["eval", "finetune", str(pretrained), "--run-dir", str(out)] + SWEEP) == 0
+    assert calls == [1.0, 1.0]  # only the two runs that had not finished
+    assert all((out / name / "summary.json").stat().st_mtime_ns == t for name, t in done.items())
+    assert len(json.loads((out / "finetune.json").read_text())["runs"]["100%"]) == 2
