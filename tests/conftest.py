@@ -105,6 +105,18 @@ def mnist_root(tmp_path: Path) -> Path:
     return write_mnist_folder(tmp_path / "fmnist")
 
 
+@pytest.fixture
+def pretrained_run(mnist_root: Path, tmp_path: Path) -> Path:
+    """A finished one-epoch tiny SimCLR run (toy backbone, width 8), for the commands that start
+    from a checkpoint (fine-tuning, ClusterFit)."""
+    from selfsup.cli import main
+
+    run = tmp_path / "simclr"
+    sets = [arg for item in tiny_overrides(mnist_root, train__epochs=1) for arg in ("--set", item)]
+    assert main(["pretrain", "--run-dir", str(run), "--quiet"] + sets) == 0
+    return run
+
+
 def tiny_overrides(root: Path, **extra: object) -> list[str]:
     """--set overrides for a run of a few seconds: toy backbone, 16 px, batch 16."""
     settings = {

@@ -5,26 +5,17 @@ import statistics
 
 import pytest
 
-from conftest import tiny_overrides
 from selfsup.cli import main
 from selfsup.recipes import finetune as finetune_module
-
-
-@pytest.fixture
-def pretrained(mnist_root, tmp_path):
-    run = tmp_path / "simclr"
-    sets = [arg for item in tiny_overrides(mnist_root, train__epochs=1) for arg in ("--set", item)]
-    assert main(["pretrain", "--run-dir", str(run), "--quiet"] + sets) == 0
-    return run
 
 
 SWEEP = ["--labels", "0.25", "1", "--seeds", "0", "1", "--epochs", "1", "--batch-size", "8", "--device", "cpu",
          "--quiet"]
 
 
-def test_sweep_reports_mean_and_std_over_seeds(pretrained, tmp_path, capsys):
+def test_sweep_reports_mean_and_std_over_seeds(pretrained_run, tmp_path, capsys):
     out = tmp_path / "sweep"
-    assert main(["eval", "finetune", str(pretrained), "--run-dir", str(out)] + SWEEP) == 0
+    assert main(["eval", "finetune", str(pretrained_run), "--run-dir", str(out)] + SWEEP) == 0
     printed = capsys.readouterr().out
     assert "25% of the labels: test top-1" in printed and "over 2 seed(s)" in printed
     report = json.loads((out / "finetune.json").read_text())
@@ -38,7 +29,7 @@ def test_sweep_reports_mean_and_std_over_seeds(pretrained, tmp_path, capsys):
     assert "| 25% | 2 |" in (out / "finetune.md").read_text()
 
 
-def test_a_killed_sweep_continues_where_it_was(pretrained, tmp_path, monkeypatch):
+def test_a_killed_sweep_continues_where_it_was(pretrained_run, tmp_path, monkeypatch):
     out = tmp_path / "sweep"
     original, calls = finetune_module.finetune, []
 
@@ -49,10 +40,10 @@ def test_a_killed_sweep_continues_where_it_was(pretrained, tmp_path, monkeypatch
         return original(*args, **kwargs)
 
     monkeypatch.setattr(finetune_module, "finetune", dies_on_the_third_run)
-    assert main(["eval", "finetune", str(pretrained), "--run-dir", str(out)] + SWEEP) == 130  # as after Ctrl-C
+    assert main(["eval", "finetune", str(pretrained_run), "--run-dir", str(out)] + SWEEP) == 130  # as after Ctrl-C
     done = {name: (out / name / "summary.json").stat().st_mtime_ns for name in ("25pct-seed0", "25pct-seed1")}
     calls.clear()
-    assert main(["eval", "finetune", str(pretrained), "--run-dir", str(out)] + SWEEP) == 0
+    assert main(["eval", "finetune", str(pretrained_run), "--run-dir", str(out)] + SWEEP) == 0
     assert calls == [1.0, 1.0]  # only the two runs that had not finished
     assert all((out / name / "summary.json").stat().st_mtime_ns == t for name, t in done.items())
     assert len(json.loads((out / "finetune.json").read_text())["runs"]["100%"]) == 2

@@ -38,6 +38,15 @@ examples (SimCLR v2: pretrain, fine-tune on 10% of the labels, distill on every 
   selfsup distill runs/simclr3-ft --student backbone.width=16 --run-dir runs/small-student
 """
 
+EPILOG_CLUSTER = """\
+examples:
+  selfsup cluster runs/rotation --clusters 200 --epochs 10 --run-dir runs/clusterfit-rot
+  selfsup cluster runs/rotation --layer res4 --student backbone.width=16 --run-dir runs/cf-res4
+  selfsup cluster runs/clusterfit-rot/ncf ...      # N_cf is a checkpoint like any other
+Run the same command again after a kill: finished stages (features, clusters) are kept and the
+training of N_cf resumes from its last checkpoint.
+"""
+
 
 def _config_from_args(args: argparse.Namespace):  # noqa: ANN202
     from .config import apply_overrides, find_config, read_yaml, resolve
@@ -63,6 +72,16 @@ def _add_training_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup
                                                                    "(default 1)")
     parser.add_argument("--run-dir", help="where checkpoints and logs go")
     parser.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
+
+
+def _add_new_network_args(parser: argparse.ArgumentParser, source: str) -> None:
+    """Training of a fresh network from a checkpoint's config (distill, cluster)."""
+    _add_training_args(parser, epochs=30, lr=0.1)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help=f"override a key of {source} config, e.g. data.root=...")
+    parser.add_argument("--device", help="auto, cpu, cuda, cuda:N")
+    parser.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"])
+    parser.add_argument("--quiet", action="store_true")
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -220,6 +239,21 @@ def cmd_distill(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cluster(args: argparse.Namespace) -> int:
+    from .recipes.cluster import ClusterFitSettings, clusterfit
+
+    run_dir = args.run_dir or f"runs/clusterfit-{time.strftime('%Y%m%d-%H%M%S')}"
+    settings = ClusterFitSettings(clusters=args.clusters, layer=args.layer, layer_dim=args.layer_dim,
+                                  iterations=args.iterations, backend=args.backend,
+                                  training=_classifier_training(args, 1.0))
+    report = clusterfit(args.checkpoint, run_dir, settings, student=list(args.student), overrides=list(args.set),
+                        quiet=args.quiet)
+    for name, results in report["results"].items():
+        print(f"{name}: kNN top-1 {results['knn']:.2f}%, linear top-1 {results['linear']:.2f}%")
+    print(f"results: {Path(run_dir) / 'clusterfit.json'}")
+    return 0
+
+
 # ---------------------------------------------------------------- data
 
 def cmd_tokens(args: argparse.Namespace) -> int:
@@ -370,13 +404,24 @@ def build_parser() -> argparse.ArgumentParser:
                         "no labels used)")
     p.add_argument("--labels", type=float, default=0.0,
                    help="fraction of the training labels the label term may use (default 0)")
-    _add_training_args(p, epochs=30, lr=0.1)
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a key of the teacher's config, e.g. data.root=...")
-    p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
-    p.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"])
-    p.add_argument("--quiet", action="store_true")
+    _add_new_network_args(p, "the teacher's")
     p.set_defaults(func=cmd_distill)
+
+    p = commands.add_parser("cluster", help="ClusterFit: cluster a pretrained network's features, train a fresh "
+                                             "network on the clusters, evaluate both", epilog=EPILOG_CLUSTER,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint", help="N_pre: any selfsup checkpoint or run directory (pretrained or fine-tuned)")
+    p.add_argument("--clusters", type=int, default=200, help="K (default 200; the paper's 16,000 is for ImageNet)")
+    p.add_argument("--layer", default="output",
+                   help="features to cluster: output (default), or a stage conv1, res2 .. res5 (pooled)")
+    p.add_argument("--layer-dim", type=int, default=2048, help="a stage is pooled to about this many features")
+    p.add_argument("--iterations", type=int, default=50, help="k-means iterations (default 50)")
+    p.add_argument("--backend", choices=["auto", "torch", "faiss"], default="auto",
+                   help="k-means: faiss when installed (auto), or the exact torch implementation")
+    p.add_argument("--student", action="append", default=[], metavar="backbone.KEY=VALUE",
+                   help="N_cf's backbone as changes to N_pre's (default: the same backbone, fresh)")
+    _add_new_network_args(p, "N_pre's")
+    p.set_defaults(func=cmd_cluster)
 
     p = commands.add_parser("tokens", help="ViT checkpoints: [CLS] attention maps and token-norm histograms "
                                            "(with and without registers)")

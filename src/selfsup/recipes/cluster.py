@@ -1,0 +1,153 @@
+"""ClusterFit (Yan, Misra, Gupta, Ghadiyaram, Mahajan. "ClusterFit: Improving Generalization of
+Visual Representations", CVPR 2020): cluster a pretrained network's features, train a fresh
+network to predict the clusters, use that network downstream.
+
+Stages, each written to the run directory and skipped when already there (a killed run
+continues at the stage it reached; the training stage resumes from its last checkpoint):
+
+1. ``features.pt``: features of the training images from N_pre, at its output or a pooled
+   stage (``layer``: ``conv1``, ``res2`` .. ``res5``), L2-normalised.
+2. ``clusters.pt`` (+ ``clusters.json``): k-means into K clusters (faiss when installed, torch
+   otherwise; :func:`selfsup.eval.kmeans`): centroids, assignments, cluster sizes.
+3. ``ncf/``: N_cf trained from scratch on the cluster indices as labels, with the classifier
+   recipe (every parameter at the full rate).
+4. ``clusterfit.json``: kNN and linear probe, on the real labels, of N_pre and of N_cf.
+
+The paper's defaults scale with ImageNet (K = 16,000 clusters of res5 features of 1M
+images); for 60,000 Fashion-MNIST images K = 100-500 keeps clusters populated.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..config import apply_overrides, resolve
+from ..data import load_splits
+from ..engine import OptimConfig
+from ..engine.runtime import write_json
+from ..errors import SelfsupError
+from ..eval import extract_features, kmeans
+from ..eval.layers import stage_features
+from ..views import EvalView, ImageInfo
+from .classifier import Classifier, ClassifierTraining, classifier_views, fit_classifier
+from .evaluate import checkpoint_evaluator, load_encoder
+
+STAGES = ("conv1", "res2", "res3", "res4", "res5")
+
+
+@dataclass
+class ClusterFitSettings:
+    clusters: int = 200
+    """K, the number of pseudo-classes."""
+    layer: str = "output"
+    """Features N_pre is clustered on: its output, or a stage pooled to about ``layer_dim`` features."""
+    layer_dim: int = 2048
+    iterations: int = 50
+    backend: str = "auto"
+    training: ClassifierTraining = field(default_factory=lambda: ClassifierTraining(
+        epochs=30, backbone_lr_scale=1.0, optim=OptimConfig(name="sgd", lr=0.1, weight_decay=5e-4,
+                                                             warmup_epochs=0.0)))
+    """How N_cf is trained on the pseudo-labels (from scratch: the trunk at the head's rate)."""
+
+
+def cluster_features(path: str | Path, settings: ClusterFitSettings, overrides: list[str] = (),
+                     quiet: bool = False) -> tuple[torch.Tensor, dict[str, Any]]:
+    """L2-normalised features of the training images from the encoder of checkpoint ``path``."""
+    encoder, config, state = load_encoder(path, overrides)
+    data = state["data"]
+    train = load_splits(config.data, seed=config.train.seed, labeled=False, quiet=quiet).train
+    view = EvalView(data["image_size"], data["mean"], data["std"])
+    options = {"batch_size": config.eval.batch_size, "desc": f"features of N_pre ({settings.layer})" if not quiet
+               else None}
+    if settings.layer == "output":
+        features = extract_features(encoder, train.images, view, **options)
+    elif settings.layer in STAGES:
+        trunk = getattr(encoder, "backbone", encoder)
+        features = stage_features(trunk, train.images, view, dims=(settings.layer_dim,),
+                                  **options)[f"{settings.layer}@{settings.layer_dim}"]
+    else:
+        raise SelfsupError(f"unknown layer '{settings.layer}'; use output or one of {', '.join(STAGES)}")
+    return F.normalize(features.float(), dim=1), {"images": len(train), "layer": settings.layer}
+
+
+def clusterfit(path: str | Path, run_dir: str | Path, settings: ClusterFitSettings, *, student: list[str] = (),
+               overrides: list[str] = (), quiet: bool = False) -> dict[str, Any]:
+    """Run (or continue) every stage of ClusterFit from the checkpoint ``path`` into ``run_dir``."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    source = str(Path(load_encoder(path, overrides)[2]["path"]).resolve())
+    stamp = {"source": source, "layer": settings.layer, "layer_dim": settings.layer_dim}
+
+    features_file = run_dir / "features.pt"
+    saved = torch.load(features_file, weights_only=True) if features_file.is_file() else None
+    if saved is None or saved["stamp"] != json.dumps(stamp):
+        features, info = cluster_features(path, settings, overrides, quiet)
+        torch.save({"features": features, "stamp": json.dumps(stamp), **info}, features_file)
+    else:
+        features = saved["features"]
+
+    clusters_file = run_dir / "clusters.pt"
+    wanted = json.dumps({**stamp, "clusters": settings.clusters, "iterations": settings.iterations,
+                         "seed": settings.training.seed})
+    saved = torch.load(clusters_file, weights_only=True) if clusters_file.is_file() else None
+    if saved is None or saved["stamp"] != wanted:
+        result = kmeans(features, settings.clusters, iterations=settings.iterations, seed=settings.training.seed,
+                        backend=settings.backend, spherical=True)
+        sizes = torch.bincount(result.assignments, minlength=settings.clusters)
+        torch.save({"centroids": result.centroids, "assignments": result.assignments, "stamp": wanted},
+                   clusters_file)
+        write_json(run_dir / "clusters.json", {
+            "clusters": settings.clusters, "backend": result.backend, "iterations": result.iterations,
+            "inertia": result.inertia, "smallest": int(sizes.min()), "largest": int(sizes.max()),
+            "sizes": sizes.tolist()})
+        assignments = result.assignments
+    else:
+        assignments = saved["assignments"]
+
+    ncf_dir = run_dir / "ncf"
+    if not (ncf_dir / "summary.json").is_file():
+        train_ncf(path, ncf_dir, assignments, settings, student=student, overrides=overrides, quiet=quiet)
+
+    results = {}
+    for name, checkpoint_path in (("N_pre", path), ("N_cf", ncf_dir)):
+        evaluator, config = checkpoint_evaluator(checkpoint_path, list(overrides), run_dir / "eval", quiet)
+        evaluator.name = name
+        results[name] = {protocol: round(result["top1"], 2) for protocol, result in
+                         evaluator.run(["knn", "linear"], config.eval, config.train.seed)[name].items()}
+    report = {"source": source, "settings": dataclasses.asdict(settings), "results": results,
+              "clusters": json.loads((run_dir / "clusters.json").read_text())["clusters"]}
+    write_json(run_dir / "clusterfit.json", report)
+    return report
+
+
+def train_ncf(path: str | Path, run_dir: Path, assignments: torch.Tensor, settings: ClusterFitSettings, *,
+              student: list[str] = (), overrides: list[str] = (), quiet: bool = False) -> dict[str, Any]:
+    """N_cf: a fresh network (N_pre's backbone, or ``student`` changes to it) on the cluster labels."""
+    bad = [item for item in student if not item.startswith("backbone.")]
+    if bad:
+        raise SelfsupError(f"N_cf settings are backbone keys (backbone.name=..., backbone.width=...), got {bad}")
+    _, config, state = load_encoder(path, overrides)
+    config = resolve(apply_overrides(config.to_dict(), list(student)))
+    data = state["data"]
+    train = load_splits(config.data, seed=config.train.seed, labeled=False, quiet=quiet).train
+    if len(assignments) != len(train):
+        raise SelfsupError(f"{len(assignments)} cluster assignments for {len(train)} training images: the "
+                           "dataset changed since the clustering; delete features.pt and clusters.pt")
+    pseudo = dataclasses.replace(train, targets=assignments.long(),
+                                 classes=[f"cluster {i}" for i in range(settings.clusters)])
+    torch.manual_seed(settings.training.seed)
+    encoder = config.backbone.build(data["channels"], data["image_size"])
+    image = ImageInfo(data["image_size"], data["channels"], tuple(data["mean"]), tuple(data["std"]))
+    model = Classifier(encoder, settings.clusters, classifier_views(image))
+    meta = {"config": config.to_dict(), "data": data,
+            "encoder": {"prefix": "encoder", "method": config.method_name, "head_layers": 0},
+            "classifier": {"classes": settings.clusters, "stage": "clusterfit",
+                           "source": str(Path(state["path"]).resolve())}}
+    return fit_classifier(model, pseudo, None, run_dir, settings.training, meta=meta,
+                          resume=(run_dir / "checkpoints" / "last.pt").is_file(), quiet=quiet)
