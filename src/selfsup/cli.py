@@ -312,6 +312,16 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import(args: argparse.Namespace) -> int:
+    from .export import import_torchvision
+
+    args.method = None
+    path = import_torchvision(args.weights, args.run_dir, _config_from_args(args), quiet=args.quiet)
+    print(f"wrote {path}: evaluate, fine-tune, distill or cluster it like any selfsup run, e.g.\n"
+          f"  selfsup eval all {args.run_dir}")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import write_report
 
@@ -447,6 +457,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="checkpoint file or run directory")
     p.add_argument("--out", default="backbone.safetensors", help=".safetensors (default) or .pt")
     p.set_defaults(func=cmd_export)
+
+    p = commands.add_parser("import", help="a torchvision ResNet's weights (.pth/.pt/.safetensors) as a selfsup "
+                                            "checkpoint, for eval, finetune, distill and cluster")
+    p.add_argument("weights", help="the state dict of a torchvision resnet18/34/50 (fc is dropped)")
+    p.add_argument("--run-dir", required=True, help="where checkpoints/last.pt is written")
+    _add_config_args(p)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_import)
 
     p = commands.add_parser("report", help="(re)write the plots and summary of a run directory")
     p.add_argument("run_dir")

@@ -83,7 +83,7 @@ def load(path: str | Path) -> dict[str, Any]:
     state = read_weights_only(path)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise SelfsupError(f"{path} is a PyTorch file but not a selfsup checkpoint (no '{FORMAT}' marker). "
-                           "To start from torchvision weights, load them into the backbone yourself.")
+                           "To start from a torchvision ResNet's weights: selfsup import WEIGHTS --run-dir DIR.")
     if state.get("version", 0) > VERSION:
         raise SelfsupError(f"{path} was written by a newer selfsup (format {state['version']}); upgrade selfsup.")
     state["path"] = str(path)

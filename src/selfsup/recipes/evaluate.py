@@ -121,7 +121,8 @@ def checkpoint_evaluator(path: str | Path, overrides: list[str] = (), out_dir: P
     stat = ckpt_path.stat()
     key = {"stem": ckpt_path.stem + ("-embedding" if embedding else ""), "checkpoint": str(ckpt_path.resolve()),
            "step": state["step"], "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-    name = f"{config.method_name} ({ckpt_path.stem}, step {state['step']}{suffix})"
+    method = state.get("encoder", {}).get("method", config.method_name)
+    name = f"{method} ({ckpt_path.stem}, step {state['step']}{suffix})"
     evaluator = Evaluator(name, splits.train, splits.test, EvalView(data["image_size"], data["mean"], data["std"]),
                           out_dir or default_output_dir(Path(path)), module, device=config.train.device,
                           precision=config.train.precision, cache_key=key, batch_size=config.eval.batch_size,
