@@ -66,7 +66,8 @@ def main() -> None:
     parser.add_argument("--epochs-1pct", type=int, default=20)
     parser.add_argument("--epochs-10pct", type=int, default=4)
     parser.add_argument("--distill-epochs", type=int, default=2)
-    parser.add_argument("--unlabelled", type=int, default=20000, help="training images the students learn from")
+    parser.add_argument("--unlabelled", type=int, default=60000,
+                        help="training images the students learn from (default: all 60,000)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "out" / "simclr_v2"))
     args = parser.parse_args()
@@ -101,7 +102,8 @@ def main() -> None:
            from_scratch(config, 0.1, args.epochs_10pct, half, out / f"scratch-10%-w{half}", args.device))
     for width in (args.width, half):
         summary = distill(teacher, out / f"student-w{width}", settings(args.distill_epochs, args.device, 1.0),
-                          student=[f"backbone.width={width}"], overrides=[f"data.subset={args.unlabelled}"],
+                          student=[f"backbone.width={width}"],
+                          overrides=[f"data.subset={args.unlabelled}"] if args.unlabelled < 60000 else [],
                           quiet=True)
         record("distilled", "10% (teacher's)", f"ResNet-18 w{width} student, {args.unlabelled} unlabelled images, "
                f"{args.distill_epochs} epochs", summary["test_top1"])

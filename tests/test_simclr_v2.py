@@ -163,6 +163,10 @@ def test_pretrain_finetune_from_the_head_then_distill(simclr3_run, tmp_path, cap
     assert json.loads((student / "summary.json").read_text())["steps"] == 80 // 16  # every training image, no labels
     rows = [json.loads(line) for line in (student / "metrics.jsonl").read_text().splitlines()]
     assert any("teacher_agreement" in row for row in rows)
+    pool = tmp_path / "pool"  # data.subset draws the images the student learns from
+    assert main(["distill", str(tuned), "--set", "data.subset=48", "--epochs", "1", "--batch-size", "16",
+                 "--run-dir", str(pool), "--device", "cpu", "--quiet"]) == 0
+    assert json.loads((pool / "summary.json").read_text())["steps"] == 48 // 16
 
 
 def test_finetune_and_distill_refuse_what_cannot_work(simclr3_run, tmp_path, capsys):

@@ -67,7 +67,8 @@ def distill(teacher_path: str | Path, run_dir: str | Path, settings: ClassifierT
     ``student``: overrides of the teacher's ``backbone`` section (e.g. ``backbone.width=16``);
     none gives a student of the teacher's backbone (without its head layers). ``labels``: the
     class-balanced fraction of the training labels the label term may use (0: none, and then
-    ``teacher_weight`` must be 1).
+    ``teacher_weight`` must be 1). ``data.subset`` (in ``overrides``) draws the images the
+    student learns from: a class-balanced subset of that size.
     """
     if labels == 0.0 and teacher_weight < 1.0:
         raise SelfsupError(f"a label term (teacher_weight {teacher_weight} < 1) needs labels: give a label fraction")
@@ -83,6 +84,8 @@ def distill(teacher_path: str | Path, run_dir: str | Path, settings: ClassifierT
     model = Distiller(encoder, len(data["classes"]), classifier_views(image), teacher, temperature=temperature,
                       teacher_weight=teacher_weight)
     splits = load_splits(config.data, seed=config.train.seed, labeled=True, quiet=quiet)
+    if config.data.subset is not None:  # the pool of images the student learns from (data.subset)
+        splits.train = splits.train.balanced_subset(config.data.subset, settings.seed)
     # Every image trains the student; only the chosen fraction keeps its label.
     targets = torch.full_like(splits.train.targets, -1)
     if labels > 0:
