@@ -1,8 +1,11 @@
 """The training and test sets of a run, built in one place for pretraining and for evaluation."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
+
+import torch
 
 from ..errors import SelfsupError
 from .catalog import USER_FORMATS, load_dataset
@@ -24,6 +27,9 @@ class DataConfig:
     """Stored image size; None keeps the native size (ImageFolder needs one: 64 by default)."""
     subset: int | None = None
     """Use a class-balanced subset of this many training images (seeded), e.g. for quick runs."""
+    label_noise: float = 0.0
+    """Fraction of the training labels replaced by another class, drawn uniformly (seeded; the
+    test split keeps its labels): ClusterFit's label-noise study."""
     download: bool = False
     """Fetch the dataset from its official URL when it is not found."""
     skip_bad: bool = False
@@ -72,6 +78,8 @@ def load_splits(cfg: DataConfig, *, seed: int = 0, labeled: bool = False, hold_o
         train, held_out = train.split_off(hold_out, seed)
     if cfg.subset is not None and not labeled:
         train = train.balanced_subset(cfg.subset, seed)
+    if cfg.label_noise:
+        train = with_label_noise(train, cfg.label_noise, seed)
     try:
         test = load_dataset(split=cfg.test_split, **common)
     except SelfsupError as err:
@@ -85,6 +93,23 @@ def load_splits(cfg: DataConfig, *, seed: int = 0, labeled: bool = False, hold_o
             if not part.labeled:
                 raise SelfsupError(f"{part.name} ({part.split}) has no labels: kNN and linear evaluation need them")
     return Splits(train, test, held_out)
+
+
+def with_label_noise(dataset: ImageDataset, fraction: float, seed: int = 0) -> ImageDataset:
+    """A copy of ``dataset`` with round(``fraction`` x labelled images) labels flipped, each to one of
+    the other classes drawn uniformly; which images and which classes is fixed by ``seed``."""
+    if not 0.0 <= fraction <= 1.0:
+        raise SelfsupError(f"data.label_noise must be a fraction in [0, 1], got {fraction}")
+    classes = len(dataset.classes)
+    if classes < 2:
+        raise SelfsupError(f"{dataset.name}: label noise needs at least 2 classes")
+    generator = torch.Generator().manual_seed(seed + 7919)  # its own stream: the subset draws stay as they were
+    labelled = (dataset.targets >= 0).nonzero().squeeze(1)
+    flipped = labelled[torch.randperm(len(labelled), generator=generator)[:round(fraction * len(labelled))]]
+    targets = dataset.targets.clone()
+    shift = torch.randint(1, classes, (len(flipped),), generator=generator)  # never the true class
+    targets[flipped] = (targets[flipped] + shift) % classes
+    return dataclasses.replace(dataset, targets=targets)
 
 
 def labeled_part(dataset: ImageDataset) -> ImageDataset:

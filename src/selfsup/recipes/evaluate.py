@@ -7,6 +7,8 @@ whole method, since the embedding needs its heads.
 """
 from __future__ import annotations
 
+import dataclasses
+
 from pathlib import Path
 from typing import Any
 
@@ -88,8 +90,10 @@ def default_output_dir(checkpoint_path: Path) -> Path:
 
 
 def evaluation_splits(config: RunConfig, quiet: bool = False) -> Splits:
-    """The labelled train split (a balanced subset when ``eval.train_images`` says so) and the test split."""
-    splits = load_splits(config.data, seed=config.train.seed, labeled=True, quiet=quiet)
+    """The labelled train split (a balanced subset when ``eval.train_images`` says so) and the test
+    split, with the true labels: a network trained on noisy labels is evaluated on clean ones."""
+    data = dataclasses.replace(config.data, label_noise=0.0)
+    splits = load_splits(data, seed=config.train.seed, labeled=True, quiet=quiet)
     if config.eval.train_images is not None:
         splits.train = splits.train.balanced_subset(config.eval.train_images, config.train.seed)
     return splits
