@@ -72,3 +72,33 @@ def test_too_few_labels_for_a_batch_is_refused(mnist_root, tmp_path):
     model, splits, settings = _setup(mnist_root, batch_size=512)
     with pytest.raises(SelfsupError, match="80 labelled training images are fewer than a batch of 512"):
         fit_classifier(model, splits.train, splits.test, tmp_path, settings, quiet=True)
+
+
+def test_transfer_modes_per_stage_freeze_fine_tune_and_retrain(mnist_root, tmp_path):
+    model, splits, settings = _setup(mnist_root, epochs=1, layer_modes={"conv1": "frozen", "res5": "retrain"})
+    before = _trunk(model)
+    fit_classifier(model, splits.train, splits.test, tmp_path, settings, quiet=True)
+    after = model.encoder.state_dict()
+    frozen = [k for k in before if k.startswith("stages.conv1.")]
+    assert frozen and all(torch.equal(after[k], before[k]) for k in frozen)  # weights and BN statistics
+    assert not torch.equal(after["stages.res2.0.weight"], before["stages.res2.0.weight"])
+    groups = checkpoint.load(tmp_path)["optimizer"]["param_groups"]
+    scales = {g["name"]: g["lr_scale"] for g in groups}
+    assert "backbone.conv1" not in scales  # not in the optimiser at all
+    assert scales["backbone.res2"] == pytest.approx(0.1) and scales["backbone.res5"] == 1.0
+
+
+def test_retrained_stages_start_from_fresh_weights(mnist_root):
+    from selfsup.recipes.classifier import stage_groups
+
+    model, _, _ = _setup(mnist_root)
+    before = _trunk(model)
+    groups, frozen = stage_groups(model, model.param_groups(), {"res5": "retrain", "res4": "frozen"}, 0.1)
+    after = model.encoder.state_dict()
+    assert not torch.equal(after["stages.res5.0.weight"], before["stages.res5.0.weight"])
+    assert torch.equal(after["stages.res4.0.weight"], before["stages.res4.0.weight"])
+    assert frozen == ["encoder.stages.res4."] and {g["name"] for g in groups} >= {"head", "backbone.res5"}
+    for modes, message in (({"fc7": "frozen"}, "no stage 'fc7'; this trunk has conv1, res2"),
+                           ({"res5": "thaw"}, "unknown mode 'thaw'; use frozen, finetune, retrain")):
+        with pytest.raises(SelfsupError, match=message):
+            stage_groups(model, model.param_groups(), modes, 0.1)

@@ -47,3 +47,15 @@ def test_a_killed_sweep_continues_where_it_was(pretrained_run, tmp_path, monkeyp
     assert calls == [1.0, 1.0]  # only the two runs that had not finished
     assert all((out / name / "summary.json").stat().st_mtime_ns == t for name, t in done.items())
     assert len(json.loads((out / "finetune.json").read_text())["runs"]["100%"]) == 2
+
+
+def test_layer_modes_from_the_command_line(pretrained_run, tmp_path, capsys):
+    from selfsup.engine import checkpoint
+
+    run = tmp_path / "modes"
+    assert main(["eval", "finetune", str(pretrained_run), "--layer-modes", "conv1=frozen", "res5=retrain",
+                 "--epochs", "1", "--batch-size", "16", "--run-dir", str(run), "--device", "cpu", "--quiet"]) == 0
+    names = {g["name"] for g in checkpoint.load(run)["optimizer"]["param_groups"]}
+    assert "backbone.conv1" not in names and {"backbone.res5", "backbone.res2", "head"} <= names
+    assert main(["eval", "finetune", str(pretrained_run), "--layer-modes", "res5:retrain", "--quiet"]) == 2
+    assert "--layer-modes takes STAGE=MODE pairs" in capsys.readouterr().err

@@ -207,6 +207,10 @@ def cmd_eval_finetune(args: argparse.Namespace, overrides: list[str]) -> int:
 
     source = _single_source(args, "eval finetune")
     settings = _classifier_training(args, args.backbone_lr_scale)
+    bad = [item for item in args.layer_modes if "=" not in item]
+    if bad:
+        raise SelfsupError(f"--layer-modes takes STAGE=MODE pairs (e.g. res5=retrain), got {' '.join(bad)}")
+    settings.layer_modes = dict(item.split("=", 1) for item in args.layer_modes)
     seeds = args.seeds or [args.seed]
     if len(args.labels) == 1 and len(seeds) == 1:
         run_dir = args.run_dir or str(default_output_dir(Path(source))
@@ -398,6 +402,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_training_args(group, epochs=30, lr=0.1)
     group.add_argument("--backbone-lr-scale", type=float, default=0.1,
                        help="trunk learning rate as a fraction of the head's (default 0.1)")
+    group.add_argument("--layer-modes", nargs="+", default=[], metavar="STAGE=MODE",
+                       help="transfer mode per trunk stage (conv1, res2..res5): frozen, finetune (default, at "
+                            "--backbone-lr-scale) or retrain (re-initialised, at the head's rate), e.g. "
+                            "--layer-modes conv1=frozen res2=frozen res5=retrain")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_eval)
 

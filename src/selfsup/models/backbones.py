@@ -101,6 +101,11 @@ class ResNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
+    def stage_prefixes(self) -> dict[str, tuple[str, ...]]:
+        """The parameter-name prefixes of each stage (conv1 = the stem, res2..res5 = layer1..4)."""
+        return {"conv1": ("net.conv1.", "net.bn1."), "res2": ("net.layer1.",), "res3": ("net.layer2.",),
+                "res4": ("net.layer3.",), "res5": ("net.layer4.",)}
+
     def forward_stages(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         net = self.net
         x = net.maxpool(net.relu(net.bn1(net.conv1(x))))
@@ -132,6 +137,9 @@ class ToyNet(nn.Module):
             self.stages[name] = stage(c_in, c_out, stride)
             c_in = c_out
         self.num_features = widths[-1]
+
+    def stage_prefixes(self) -> dict[str, tuple[str, ...]]:
+        return {name: (f"stages.{name}.",) for name in self.stages}
 
     def forward_stages(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         out = {}

@@ -67,6 +67,10 @@ class ClassifierTraining:
     """Trunk learning rate as a fraction of the head's (0 freezes the trunk: a linear probe)."""
     head_warmup_epochs: float = 0.0
     """Epochs at the start in which only the head trains (trunk frozen, its BatchNorm statistics kept)."""
+    layer_modes: dict[str, str] = field(default_factory=dict)
+    """Transfer mode per stage of the trunk (SPEC 7): ``frozen`` (never trains, BatchNorm statistics
+    kept), ``finetune`` (at ``backbone_lr_scale``; the default for stages not named) or ``retrain``
+    (weights re-initialised, trained at the head's rate), e.g. ``{conv1: frozen, res5: retrain}``."""
     test_every: int = 1
     """Measure test top-1 every this many epochs (and after the last)."""
     device: str = "auto"
@@ -128,13 +132,21 @@ def fit_classifier(model: nn.Module, train: ImageDataset, test: ImageDataset | N
                                     settings.batch_size)
     scales = dict(settings.optim.lr_scales)
     frozen_trunk = settings.backbone_lr_scale == 0
-    if not frozen_trunk:
+    groups = model.param_groups()
+    frozen_prefixes: list[str] = []
+    if settings.layer_modes:
+        if frozen_trunk:
+            raise SelfsupError("backbone_lr_scale 0 freezes the whole trunk; with per-stage layer_modes give "
+                               "the fine-tuned stages a rate (e.g. 0.1) and mark the others frozen")
+        groups, frozen_prefixes = stage_groups(model, groups, settings.layer_modes, settings.backbone_lr_scale)
+    elif not frozen_trunk:
         scales.setdefault("backbone", settings.backbone_lr_scale)
-    groups = [g for g in model.param_groups() if not (frozen_trunk and g["name"] == "backbone")]
+    groups = [g for g in groups if not (frozen_trunk and g["name"] == "backbone")]
     optimizer = build_optimizer(groups, dataclasses.replace(settings.optim, lr_scales=scales), schedule.peak_lr)
     warmup = round(settings.head_warmup_epochs * steps_per_epoch)
-    freeze = (Freeze("encoder.", schedule.total_steps if frozen_trunk else warmup),) \
-        if frozen_trunk or warmup else ()
+    freeze = tuple(Freeze(prefix, schedule.total_steps) for prefix in frozen_prefixes)
+    if frozen_trunk or warmup:
+        freeze += (Freeze("encoder.", schedule.total_steps if frozen_trunk else warmup),)
     mean, std = training.stats()
     monitor = AccuracyMonitor(model, test, EvalView(train.image_size, mean, std)) if test is not None else None
     # The test accuracy is logged every epoch but never chooses best.pt (that would select on test data).
@@ -153,6 +165,46 @@ def fit_classifier(model: nn.Module, train: ImageDataset, test: ImageDataset | N
         if dist.is_main():
             write_json(run_dir / "summary.json", summary)
     return summary
+
+
+LAYER_MODES = ("frozen", "finetune", "retrain")
+
+
+def stage_groups(model: nn.Module, groups: list[dict], modes: dict[str, str], trunk_scale: float
+                 ) -> tuple[list[dict], list[str]]:
+    """The ``backbone`` group of ``model`` split by stage of its trunk, each at the rate of its mode
+    (``retrain`` stages re-initialised here); returns the groups and the prefixes of frozen stages."""
+    encoder = model.encoder
+    trunk_name, trunk = ("backbone.", encoder.backbone) if hasattr(encoder, "backbone") else ("", encoder)
+    if not hasattr(trunk, "stage_prefixes"):
+        raise SelfsupError(f"per-stage transfer modes need a ResNet-style trunk; {type(trunk).__name__} has no stages")
+    stages = trunk.stage_prefixes()
+    for stage, mode in modes.items():
+        if stage not in stages:
+            raise SelfsupError(f"layer_modes: no stage '{stage}'; this trunk has {', '.join(stages)}")
+        if mode not in LAYER_MODES:
+            raise SelfsupError(f"layer_modes.{stage}: unknown mode '{mode}'; use {', '.join(LAYER_MODES)}")
+    named = dict(encoder.named_parameters())
+    taken: set[str] = set()
+    out, frozen = [g for g in groups if g["name"] != "backbone"], []
+    for stage, prefixes in stages.items():
+        mode = modes.get(stage, "finetune")
+        full = [trunk_name + prefix for prefix in prefixes]
+        names = [n for n in named if n.startswith(tuple(full))]
+        taken.update(names)
+        if mode == "frozen":
+            frozen += ["encoder." + prefix for prefix in full]
+            continue
+        if mode == "retrain":
+            for module_name, module in encoder.named_modules():
+                if (module_name + ".").startswith(tuple(full)) and hasattr(module, "reset_parameters"):
+                    module.reset_parameters()
+        out.append({"name": f"backbone.{stage}", "params": [named[n] for n in names],
+                    "lr_scale": 1.0 if mode == "retrain" else trunk_scale})
+    rest = [p for n, p in named.items() if n not in taken]  # e.g. the head layers of a HeadTrunk
+    if rest:
+        out.append({"name": "backbone.rest", "params": rest, "lr_scale": trunk_scale})
+    return out, frozen
 
 
 def classifier_views(image: ImageInfo, augment: AugmentSpec = FINE_TUNE_AUGMENT) -> OneView:
