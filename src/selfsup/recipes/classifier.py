@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import RunConfig, apply_overrides, resolve
 from ..data import BatchLoader, ImageDataset
 from ..engine import Batch, Engine, Freeze, OptimConfig, Schedule, build_optimizer, checkpoint, dist
 from ..engine.runtime import pick_device, resolve_precision, write_json
@@ -205,6 +206,32 @@ def stage_groups(model: nn.Module, groups: list[dict], modes: dict[str, str], tr
     if rest:
         out.append({"name": "backbone.rest", "params": rest, "lr_scale": trunk_scale})
     return out, frozen
+
+
+def backbone_changes(student: list[str]) -> list[str]:
+    """``student`` checked to be changes of a backbone section (``backbone.KEY=VALUE``): refused
+    before anything is loaded."""
+    bad = [item for item in student if not item.startswith("backbone.")]
+    if bad:
+        raise SelfsupError(f"student settings are backbone keys (backbone.name=..., backbone.width=...), got {bad}")
+    return list(student)
+
+
+def fresh_network(config: RunConfig, student: list[str], data: dict[str, Any], seed: int
+                  ) -> tuple[RunConfig, nn.Module]:
+    """A freshly initialised backbone for the images of ``data``: ``config``'s, with the ``student``
+    changes (:func:`backbone_changes`) to its backbone section; the config it was built from."""
+    config = resolve(apply_overrides(config.to_dict(), list(student)))
+    torch.manual_seed(seed)
+    return config, config.backbone.build(data["channels"], data["image_size"])
+
+
+def classifier_meta(config: RunConfig, data: dict[str, Any], head_layers: int = 0, **facts: Any) -> dict[str, Any]:
+    """What a classifier's checkpoints record so that ``load_encoder`` / ``load_classifier`` rebuild it:
+    the config and data facts, the trunk under ``encoder`` (with its head layers), the head's facts."""
+    return {"config": config.to_dict(), "data": data,
+            "encoder": {"prefix": "encoder", "method": config.method_name, "head_layers": head_layers},
+            "classifier": facts}
 
 
 def classifier_views(image: ImageInfo, augment: AugmentSpec = FINE_TUNE_AUGMENT) -> OneView:

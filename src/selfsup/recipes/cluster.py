@@ -27,7 +27,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..config import apply_overrides, resolve
+from ..config import RunConfig
 from ..data import load_splits
 from ..engine import OptimConfig
 from ..engine.runtime import write_json
@@ -35,7 +35,8 @@ from ..errors import SelfsupError
 from ..eval import extract_features, kmeans
 from ..eval.layers import stage_features
 from ..views import EvalView, ImageInfo
-from .classifier import Classifier, ClassifierTraining, classifier_views, fit_classifier
+from .classifier import (Classifier, ClassifierTraining, backbone_changes, classifier_meta, classifier_views,
+                         fit_classifier, fresh_network)
 from .evaluate import checkpoint_evaluator, load_encoder
 
 STAGES = ("conv1", "res2", "res3", "res4", "res5")
@@ -59,7 +60,12 @@ class ClusterFitSettings:
 def cluster_features(path: str | Path, settings: ClusterFitSettings, overrides: list[str] = (),
                      quiet: bool = False) -> tuple[torch.Tensor, dict[str, Any]]:
     """L2-normalised features of the training images from the encoder of checkpoint ``path``."""
-    encoder, config, state = load_encoder(path, overrides)
+    return encoder_features(*load_encoder(path, overrides), settings, quiet)
+
+
+def encoder_features(encoder: torch.nn.Module, config: RunConfig, state: dict[str, Any],
+                     settings: ClusterFitSettings, quiet: bool = False) -> tuple[torch.Tensor, dict[str, Any]]:
+    """:func:`cluster_features` of an encoder already loaded from its checkpoint."""
     data = state["data"]
     train = load_splits(config.data, seed=config.train.seed, labeled=False, quiet=quiet).train
     view = EvalView(data["image_size"], data["mean"], data["std"])
@@ -81,13 +87,15 @@ def clusterfit(path: str | Path, run_dir: str | Path, settings: ClusterFitSettin
     """Run (or continue) every stage of ClusterFit from the checkpoint ``path`` into ``run_dir``."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    source = str(Path(load_encoder(path, overrides)[2]["path"]).resolve())
+    student = backbone_changes(student)
+    encoder, config, state = load_encoder(path, overrides)  # once, for every stage
+    source = str(Path(state["path"]).resolve())
     stamp = {"source": source, "layer": settings.layer, "layer_dim": settings.layer_dim}
 
     features_file = run_dir / "features.pt"
     saved = torch.load(features_file, weights_only=True) if features_file.is_file() else None
     if saved is None or saved["stamp"] != json.dumps(stamp):
-        features, info = cluster_features(path, settings, overrides, quiet)
+        features, info = encoder_features(encoder, config, state, settings, quiet)
         torch.save({"features": features, "stamp": json.dumps(stamp), **info}, features_file)
     else:
         features = saved["features"]
@@ -112,7 +120,7 @@ def clusterfit(path: str | Path, run_dir: str | Path, settings: ClusterFitSettin
 
     ncf_dir = run_dir / "ncf"
     if not (ncf_dir / "summary.json").is_file():
-        train_ncf(path, ncf_dir, assignments, settings, student=student, overrides=overrides, quiet=quiet)
+        train_ncf(config, state, ncf_dir, assignments, settings, student=student, quiet=quiet)
 
     results = {}
     for name, checkpoint_path in (("N_pre", path), ("N_cf", ncf_dir)):
@@ -126,28 +134,20 @@ def clusterfit(path: str | Path, run_dir: str | Path, settings: ClusterFitSettin
     return report
 
 
-def train_ncf(path: str | Path, run_dir: Path, assignments: torch.Tensor, settings: ClusterFitSettings, *,
-              student: list[str] = (), overrides: list[str] = (), quiet: bool = False) -> dict[str, Any]:
-    """N_cf: a fresh network (N_pre's backbone, or ``student`` changes to it) on the cluster labels."""
-    bad = [item for item in student if not item.startswith("backbone.")]
-    if bad:
-        raise SelfsupError(f"N_cf settings are backbone keys (backbone.name=..., backbone.width=...), got {bad}")
-    _, config, state = load_encoder(path, overrides)
-    config = resolve(apply_overrides(config.to_dict(), list(student)))
+def train_ncf(config: RunConfig, state: dict[str, Any], run_dir: Path, assignments: torch.Tensor,
+              settings: ClusterFitSettings, *, student: list[str] = (), quiet: bool = False) -> dict[str, Any]:
+    """N_cf: a fresh network (N_pre's backbone of ``config``, or ``student`` changes to it) on the
+    cluster labels of N_pre's checkpoint ``state``."""
     data = state["data"]
+    config, encoder = fresh_network(config, student, data, settings.training.seed)
     train = load_splits(config.data, seed=config.train.seed, labeled=False, quiet=quiet).train
     if len(assignments) != len(train):
         raise SelfsupError(f"{len(assignments)} cluster assignments for {len(train)} training images: the "
                            "dataset changed since the clustering; delete features.pt and clusters.pt")
     pseudo = dataclasses.replace(train, targets=assignments.long(),
                                  classes=[f"cluster {i}" for i in range(settings.clusters)])
-    torch.manual_seed(settings.training.seed)
-    encoder = config.backbone.build(data["channels"], data["image_size"])
-    image = ImageInfo(data["image_size"], data["channels"], tuple(data["mean"]), tuple(data["std"]))
-    model = Classifier(encoder, settings.clusters, classifier_views(image))
-    meta = {"config": config.to_dict(), "data": data,
-            "encoder": {"prefix": "encoder", "method": config.method_name, "head_layers": 0},
-            "classifier": {"classes": settings.clusters, "stage": "clusterfit",
-                           "source": str(Path(state["path"]).resolve())}}
+    model = Classifier(encoder, settings.clusters, classifier_views(ImageInfo.of(data)))
+    meta = classifier_meta(config, data, classes=settings.clusters, stage="clusterfit",
+                           source=str(Path(state["path"]).resolve()))
     return fit_classifier(model, pseudo, None, run_dir, settings.training, meta=meta,
                           resume=(run_dir / "checkpoints" / "last.pt").is_file(), quiet=quiet)

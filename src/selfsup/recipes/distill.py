@@ -22,7 +22,8 @@ from ..engine import Batch
 from ..errors import SelfsupError
 from ..losses import distillation
 from ..views import ImageInfo
-from .classifier import Classifier, ClassifierTraining, classifier_views, fit_classifier
+from .classifier import (Classifier, ClassifierTraining, backbone_changes, classifier_meta, classifier_views,
+                         fit_classifier, fresh_network)
 from .finetune import label_index, load_classifier
 
 
@@ -72,15 +73,12 @@ def distill(teacher_path: str | Path, run_dir: str | Path, settings: ClassifierT
     """
     if labels == 0.0 and teacher_weight < 1.0:
         raise SelfsupError(f"a label term (teacher_weight {teacher_weight} < 1) needs labels: give a label fraction")
-    bad = [item for item in student if not item.startswith("backbone.")]
-    if bad:
-        raise SelfsupError(f"student settings are backbone keys (backbone.name=..., backbone.width=...), got {bad}")
+    student = backbone_changes(student)
     teacher, state = load_classifier(teacher_path, overrides)
-    config = resolve(apply_overrides(state["config"], list(overrides) + list(student)))
     data = state["data"]
-    torch.manual_seed(settings.seed)
-    encoder = config.backbone.build(data["channels"], data["image_size"])
-    image = ImageInfo(data["image_size"], data["channels"], tuple(data["mean"]), tuple(data["std"]))
+    config, encoder = fresh_network(resolve(apply_overrides(state["config"], list(overrides))), student, data,
+                                    settings.seed)
+    image = ImageInfo.of(data)
     model = Distiller(encoder, len(data["classes"]), classifier_views(image), teacher, temperature=temperature,
                       teacher_weight=teacher_weight)
     splits = load_splits(config.data, seed=config.train.seed, labeled=True, quiet=quiet)
@@ -92,10 +90,8 @@ def distill(teacher_path: str | Path, run_dir: str | Path, settings: ClassifierT
         chosen = label_index(splits.train, labels, settings.seed)
         targets[chosen] = splits.train.targets[chosen]
     train = dataclasses.replace(splits.train, targets=targets)
-    meta = {"config": config.to_dict(), "data": data,
-            "encoder": {"prefix": "encoder", "method": config.method_name, "head_layers": 0},
-            "classifier": {"classes": len(data["classes"]), "labels": labels, "stage": "distilled",
-                           "teacher": str(Path(state["path"]).resolve()), "temperature": temperature,
-                           "teacher_weight": teacher_weight}}
+    meta = classifier_meta(config, data, classes=len(data["classes"]), labels=labels, stage="distilled",
+                           teacher=str(Path(state["path"]).resolve()), temperature=temperature,
+                           teacher_weight=teacher_weight)
     return fit_classifier(model, train, splits.test, run_dir, settings, meta=meta, resume=resume,
                           unlabelled=True, quiet=quiet)

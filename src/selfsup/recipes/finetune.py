@@ -26,7 +26,7 @@ from ..engine.runtime import write_json
 from ..errors import SelfsupError
 from ..eval import markdown_table
 from ..views import ImageInfo
-from .classifier import Classifier, ClassifierTraining, classifier_views, fit_classifier
+from .classifier import Classifier, ClassifierTraining, classifier_meta, classifier_views, fit_classifier
 from .evaluate import load_encoder
 
 
@@ -49,14 +49,12 @@ def finetune(path: str | Path, run_dir: str | Path, settings: ClassifierTraining
     data = state["data"]
     splits = load_splits(config.data, seed=config.train.seed, labeled=True, quiet=quiet)
     train = splits.train.select(label_index(splits.train, labels, settings.seed))
-    image = ImageInfo(data["image_size"], data["channels"], tuple(data["mean"]), tuple(data["std"]))
+    image = ImageInfo.of(data)
     model = Classifier(encoder, len(data["classes"]), classifier_views(image))
     source_encoder = state.get("encoder", {})
-    meta = {"config": config.to_dict(), "data": data,
-            "encoder": {"prefix": "encoder", "method": config.method_name,
-                        "head_layers": head_layers or source_encoder.get("head_layers", 0)},
-            "classifier": {"classes": len(data["classes"]), "labels": labels, "labelled_images": len(train),
-                           "source": str(Path(state["path"]).resolve()), "stage": "fine-tuned"}}
+    meta = classifier_meta(config, data, head_layers or source_encoder.get("head_layers", 0),
+                           classes=len(data["classes"]), labels=labels, labelled_images=len(train),
+                           source=str(Path(state["path"]).resolve()), stage="fine-tuned")
     return fit_classifier(model, train, splits.test, run_dir, settings, meta=meta, resume=resume, quiet=quiet)
 
 
@@ -67,7 +65,7 @@ def load_classifier(path: str | Path, overrides: list[str] = ()) -> tuple[Classi
         raise SelfsupError(f"{state['path']} holds no classifier (it is a pretraining checkpoint); "
                            "fine-tune it first: selfsup eval finetune CHECKPOINT")
     data = state["data"]
-    image = ImageInfo(data["image_size"], data["channels"], tuple(data["mean"]), tuple(data["std"]))
+    image = ImageInfo.of(data)
     model = Classifier(encoder, state["classifier"]["classes"], classifier_views(image))
     checkpoint.load_weights(model.head, checkpoint.submodule_weights(state["model"], "head"), state["path"])
     return model, state

@@ -29,7 +29,7 @@ from ..views import EvalView, ImageInfo
 def build_model(config: RunConfig, data: dict[str, Any]) -> Method:
     """The method of ``config`` for images described by ``data`` (channels, image_size, mean, std, images)."""
     backbone = config.backbone.build(data["channels"], data["image_size"])
-    image = ImageInfo(data["image_size"], data["channels"], tuple(data["mean"]), tuple(data["std"]))
+    image = ImageInfo.of(data)
     return build_method(config.method_name, config.method_args, config.views, backbone, image,
                         data.get("images", 0), config.train.seed)
 

@@ -26,6 +26,11 @@ class ImageInfo:
     mean: tuple[float, ...]
     std: tuple[float, ...]
 
+    @classmethod
+    def of(cls, data: dict) -> ImageInfo:
+        """From the data facts a run records (``image_size``, ``channels``, ``mean``, ``std``)."""
+        return cls(data["image_size"], data["channels"], tuple(data["mean"]), tuple(data["std"]))
+
 
 @dataclass(frozen=True)
 class AugmentSpec:
