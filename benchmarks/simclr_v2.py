@@ -23,17 +23,13 @@ import json
 import sys
 from pathlib import Path
 
-import torch
-
 from compare import pretrain_in_child
 from selfsup.config import apply_overrides, find_config, read_yaml, resolve
-from selfsup.data import load_splits
 from selfsup.engine import OptimConfig
 from selfsup.engine.runtime import describe_device, library_versions, pick_device
-from selfsup.recipes.classifier import Classifier, ClassifierTraining, classifier_views, fit_classifier
+from selfsup.recipes.classifier import ClassifierTraining
 from selfsup.recipes.distill import distill
-from selfsup.recipes.finetune import finetune, label_index
-from selfsup.views import ImageInfo
+from selfsup.recipes.finetune import finetune, supervised
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,16 +43,9 @@ def settings(epochs: int, device: str, backbone_lr_scale: float = 0.1) -> Classi
 
 def from_scratch(config, fraction: float, epochs: int, width: int | None, run_dir: Path, device: str) -> float:
     """The network of ``config`` (or of ``width``) from random initialisation on the labels alone."""
-    splits = load_splits(config.data, labeled=True, quiet=True)
     if width is not None:
         config = resolve(apply_overrides(config.to_dict(), [f"backbone.width={width}"]))
-    torch.manual_seed(0)
-    encoder = config.backbone.build(splits.train.channels, splits.train.image_size)
-    mean, std = splits.train.stats()
-    model = Classifier(encoder, len(splits.train.classes), classifier_views(ImageInfo(28, 1, mean, std)))
-    train = splits.train.select(label_index(splits.train, fraction, 0))
-    summary = fit_classifier(model, train, splits.test, run_dir, settings(epochs, device, 1.0), quiet=True)
-    return summary["test_top1"]
+    return supervised(config, run_dir, settings(epochs, device, 1.0), labels=fraction, quiet=True)["test_top1"]
 
 
 def main() -> None:

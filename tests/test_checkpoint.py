@@ -94,3 +94,12 @@ def test_load_weights_names_missing_and_mismatched_keys():
     del weights["1.bias"]
     with pytest.raises(SelfsupError, match=r"missing: 1.bias; shape mismatch: 0.weight \(4, 2\) vs \(3, 2\)"):
         checkpoint.load_weights(model, weights, "x.pt")
+
+
+def test_a_config_key_added_after_the_checkpoint_is_no_difference():
+    """Checkpoints written before a key existed (e.g. backbone.norm) still load: their run used what
+    is now the default; a key they hold with another value is still refused."""
+    state = {"path": "old.pt", "config": {"method": {"name": "simclr"}, "backbone": {"name": "resnet18"}}}
+    checkpoint.check_compatible(state, {"method": {"name": "simclr"}, "backbone": {"name": "resnet18", "norm": "batch"}})
+    with pytest.raises(SelfsupError, match="backbone.name"):
+        checkpoint.check_compatible(state, {"method": {"name": "simclr"}, "backbone": {"name": "resnet50"}})

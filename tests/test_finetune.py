@@ -59,3 +59,32 @@ def test_layer_modes_from_the_command_line(pretrained_run, tmp_path, capsys):
     assert "backbone.conv1" not in names and {"backbone.res5", "backbone.res2", "head"} <= names
     assert main(["eval", "finetune", str(pretrained_run), "--layer-modes", "res5:retrain", "--quiet"]) == 2
     assert "--layer-modes takes STAGE=MODE pairs" in capsys.readouterr().err
+
+
+def test_supervised_baseline_from_random_init_and_as_a_noisy_n_pre(mnist_root, tmp_path, capsys):
+    """`selfsup supervised`: a preset's backbone trained on labels alone; its checkpoint reads back
+    as a classifier (distillation teacher, ClusterFit's N_pre) and records the label noise."""
+    from selfsup.engine import checkpoint
+    from selfsup.recipes.finetune import load_classifier
+
+    sets = [arg for item in ("backbone.name=toy", "backbone.width=8", "data.name=fashion_mnist",
+                             f"data.root={mnist_root}") for arg in ("--set", item)]
+    run = tmp_path / "noisy"
+    assert main(["supervised"] + sets + ["--label-noise", "0.5", "--steps", "5", "--batch-size", "8",
+                                         "--run-dir", str(run), "--quiet"]) == 0
+    assert "trained from random initialisation on 100% of the labels" in capsys.readouterr().out
+    state = checkpoint.load(run)
+    assert state["step"] == 5 and state["config"]["data"]["label_noise"] == 0.5
+    assert state["encoder"]["method"] == "supervised (50% label noise)"
+    model, _ = load_classifier(run)
+    assert model.head.out_features == 10  # the Fashion-MNIST format names its 10 classes
+    assert main(["eval", "knn", str(run), "--quiet"]) == 0
+    assert "supervised (50% label noise)" in capsys.readouterr().out
+    sweep = tmp_path / "sweep"
+    assert main(["supervised"] + sets + ["--labels", "0.25", "1", "--seeds", "0", "1", "--steps", "2",
+                                         "--batch-size", "8", "--run-dir", str(sweep), "--quiet"]) == 0
+    report = json.loads((sweep / "finetune.json").read_text())
+    assert report["checkpoint"] == "random initialisation" and set(report["runs"]["25%"]) == {"0", "1"}
+    steps = {json.loads((sweep / name / "summary.json").read_text())["steps"] for name in ("25pct-seed0", "100pct-seed1")}
+    assert steps == {2}  # --steps: the same schedule for 20 labelled images as for 80
+    assert main(["supervised"] + sets + ["--steps", "0", "--run-dir", str(tmp_path / "bad"), "--quiet"]) == 2

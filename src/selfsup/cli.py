@@ -38,6 +38,14 @@ examples (SimCLR v2: pretrain, fine-tune on 10% of the labels, distill on every 
   selfsup distill runs/simclr3-ft --student backbone.width=16 --run-dir runs/small-student
 """
 
+EPILOG_SUPERVISED = """\
+examples:
+  selfsup supervised -c simclr_fashion_mnist --set backbone.width=16 --epochs 10 --run-dir runs/sup
+  selfsup supervised -c simclr_fashion_mnist --label-noise 0.5 --run-dir runs/sup-noise50   # a noisy N_pre
+  selfsup cluster runs/sup-noise50 --clusters 100 --run-dir runs/cf-noise50                  # ClusterFit from it
+  selfsup supervised -c selfie_fashion_mnist --labels 0.05 0.1 0.2 1 --seeds 0 1 2 3 4 --steps 300
+"""
+
 EPILOG_CLUSTER = """\
 examples:
   selfsup cluster runs/rotation --clusters 200 --epochs 10 --run-dir runs/clusterfit-rot
@@ -64,6 +72,8 @@ def _config_from_args(args: argparse.Namespace):  # noqa: ANN202
 
 def _add_training_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup, epochs: int, lr: float) -> None:
     parser.add_argument("--epochs", type=int, default=epochs, help=f"default {epochs}")
+    parser.add_argument("--steps", type=int, help="train for this many optimisation steps instead of --epochs "
+                                                  "(the same schedule whatever the number of labels)")
     parser.add_argument("--batch-size", type=int, default=256, help="default 256")
     parser.add_argument("--lr", type=float, default=lr, help=f"SGD peak rate at batch 256, cosine decay (default {lr})")
     parser.add_argument("--weight-decay", type=float, default=5e-4, help="default 5e-4")
@@ -188,7 +198,7 @@ def _classifier_training(args: argparse.Namespace, backbone_lr_scale: float):  #
     from .engine import OptimConfig
     from .recipes.classifier import ClassifierTraining
 
-    return ClassifierTraining(epochs=args.epochs, batch_size=args.batch_size, backbone_lr_scale=backbone_lr_scale,
+    return ClassifierTraining(epochs=args.epochs, steps=args.steps, batch_size=args.batch_size, backbone_lr_scale=backbone_lr_scale,
                               optim=OptimConfig(name="sgd", lr=args.lr, weight_decay=args.weight_decay,
                                                 warmup_epochs=0.0),
                               test_every=args.test_every, device=args.device or "auto",
@@ -223,11 +233,40 @@ def cmd_eval_finetune(args: argparse.Namespace, overrides: list[str]) -> int:
     out_dir = Path(args.run_dir or default_output_dir(Path(source)) / f"finetune-h{args.head_layers}")
     report = finetune_sweep(source, out_dir, settings, fractions=args.labels, seeds=seeds,
                             head_layers=args.head_layers, overrides=overrides, quiet=args.quiet)
+    return _print_sweep(report, out_dir)
+
+
+def _print_sweep(report: dict, out_dir: Path) -> int:
     for row in report["summary"]:
         print(f"{row['labels']:>6s} of the labels: test top-1 {row['mean top-1 (%)']:.2f} +- {row['std']:.2f} "
               f"over {row['seeds']} seed(s)")
     print(f"results: {out_dir / 'finetune.json'}, {out_dir / 'finetune.md'}")
     return 0
+
+
+# ---------------------------------------------------------------- supervised
+
+def cmd_supervised(args: argparse.Namespace) -> int:
+    from .config import apply_overrides, find_config, read_yaml, resolve
+    from .recipes.finetune import supervised, supervised_sweep
+
+    raw = read_yaml(find_config(args.config)) if args.config else {}
+    overrides = [f"{key}={getattr(args, flag)}" for flag, key in
+                 (("data", "data.name"), ("data_root", "data.root"), ("label_noise", "data.label_noise"))
+                 if getattr(args, flag) is not None]
+    config = resolve(apply_overrides(raw, overrides + list(args.set)))
+    settings = _classifier_training(args, 1.0)
+    seeds = args.seeds or [args.seed]
+    noise = f"-noise{100 * config.data.label_noise:g}" if config.data.label_noise else ""
+    if len(args.labels) == 1 and len(seeds) == 1:
+        run_dir = args.run_dir or f"runs/supervised-{config.data.name}{noise}-{time.strftime('%Y%m%d-%H%M%S')}"
+        summary = supervised(config, run_dir, settings, labels=args.labels[0], resume=args.resume, quiet=args.quiet)
+        print(f"trained from random initialisation on {100 * args.labels[0]:g}% of the labels: "
+              f"test top-1 {summary.get('test_top1', float('nan')):.2f}%  ({run_dir})")
+        return 0
+    out_dir = Path(args.run_dir or f"runs/supervised-{config.data.name}{noise}-sweep")
+    report = supervised_sweep(config, out_dir, settings, fractions=args.labels, seeds=seeds, quiet=args.quiet)
+    return _print_sweep(report, out_dir)
 
 
 # ---------------------------------------------------------------- distill
@@ -408,6 +447,20 @@ def build_parser() -> argparse.ArgumentParser:
                             "--layer-modes conv1=frozen res2=frozen res5=retrain")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_eval)
+
+    p = commands.add_parser("supervised", help="train a config's backbone from random initialisation on (a fraction "
+                                               "of) the labels: the baseline, or a supervised N_pre",
+                            epilog=EPILOG_SUPERVISED, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_config_args(p)
+    p.add_argument("--label-noise", type=float, help="data.label_noise: move this fraction of the training labels "
+                                                     "to another class (ClusterFit's study); tests stay clean")
+    p.add_argument("--labels", type=float, nargs="+", default=[1.0],
+                   help="fraction(s) of the training labels, class-balanced by the seed (default 1.0)")
+    p.add_argument("--seeds", type=int, nargs="+",
+                   help="repeat every fraction over these seeds, mean +- std in RUN_DIR/finetune.md")
+    _add_training_args(p, epochs=30, lr=0.1)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_supervised)
 
     p = commands.add_parser("distill", help="train a student on a fine-tuned teacher's predictions over "
                                             "unlabelled images (SimCLR v2's third stage)",

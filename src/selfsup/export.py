@@ -28,11 +28,16 @@ def torchvision_recipe(arch: dict, weights_file: str) -> str:
     lines = ["import torch", "import torchvision", "from torch import nn", ""]
     if weights_file.endswith(".safetensors"):
         lines.insert(0, "from safetensors.torch import load_file")
-    lines.append(f"model = torchvision.models.resnet{depth}()")
+    layer_norm = arch.get("norm", "batch") == "layer"
+    if layer_norm:  # CPC v2's patch encoder: every BatchNorm a one-group GroupNorm (per-sample layer norm)
+        lines.append(f"model = torchvision.models.resnet{depth}(norm_layer=lambda channels: nn.GroupNorm(1, channels))")
+    else:
+        lines.append(f"model = torchvision.models.resnet{depth}()")
     if small_stem or channels != 3 or width != 64:
         conv = (f"nn.Conv2d({channels}, {width}, kernel_size=3, stride=1, padding=1, bias=False)" if small_stem
                 else f"nn.Conv2d({channels}, {width}, kernel_size=7, stride=2, padding=3, bias=False)")
-        lines += [f"model.conv1 = {conv}", f"model.bn1 = nn.BatchNorm2d({width})"]
+        norm = f"nn.GroupNorm(1, {width})" if layer_norm else f"nn.BatchNorm2d({width})"
+        lines += [f"model.conv1 = {conv}", f"model.bn1 = {norm}"]
     if small_stem:
         lines.append("model.maxpool = nn.Identity()  # small-image stem")
     if width != 64:

@@ -96,11 +96,14 @@ def architecture(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def check_compatible(state: dict[str, Any], config: dict[str, Any]) -> None:
-    """Refuse a checkpoint of another architecture, naming what differs."""
+    """Refuse a checkpoint of another architecture, naming what differs.
+
+    A key the checkpoint's config lacks was added to selfsup after it was written (its run used
+    what became the default, which ``config`` holds after resolution): not a difference."""
     saved, wanted = architecture(state["config"]), architecture(config)
     differences = []
     for section in ("method", "backbone"):
-        for key in sorted(set(saved[section]) | set(wanted[section])):
+        for key in sorted(saved[section]):
             if saved[section].get(key) != wanted[section].get(key):
                 differences.append(f"{section}.{key}: checkpoint {saved[section].get(key)!r}, "
                                    f"config {wanted[section].get(key)!r}")

@@ -6,6 +6,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..engine import Batch, default_param_groups
+from ..errors import SelfsupError
+from ..models.heads import HeadTrunk
 from ..views import TwoViews
 
 
@@ -79,6 +81,19 @@ class Method(nn.Module):
         if self.embedding_head is None:
             raise NotImplementedError(f"{type(self).__name__} has no embedding of its own")
         return F.normalize(getattr(self, self.embedding_head)(self.backbone(x)).float(), dim=1)
+
+    def fine_tune_trunk(self, head_layers: int) -> nn.Module:
+        """The network fine-tuning starts from when asked to keep ``head_layers`` of the method's
+        head: by default the backbone with the first hidden layers of its projection MLP
+        (SimCLR v2's trunk, :class:`~selfsup.models.HeadTrunk`)."""
+        head = getattr(self, self.embedding_head or "", None)
+        if not isinstance(head, nn.Sequential):
+            raise SelfsupError(f"{type(self).__name__} has no MLP projection head to fine-tune from; "
+                               "use --head-layers 0 (the backbone's output)")
+        try:
+            return HeadTrunk(self.backbone, head, head_layers)
+        except ValueError as error:
+            raise SelfsupError(f"{type(self).__name__}: {error} (--head-layers)") from None
 
     @classmethod
     def has_embedding(cls) -> bool:

@@ -38,30 +38,39 @@ class BackboneConfig:
     """ViT: patch side in pixels; None: 4 up to 32 px images, 8 up to 96 px, 16 above."""
     registers: int = 0
     """ViT: register tokens (Darcet et al. 2024); 0 = none."""
+    norm: str = "batch"
+    """ResNet and toy: ``batch`` (BatchNorm) or ``layer`` (one group of GroupNorm: each sample
+    normalised over its channels and positions alone, CPC v2's layer norm, so that no image
+    sees another's statistics)."""
 
     def build(self, in_channels: int, image_size: int) -> nn.Module:
         """This backbone for images of ``in_channels`` x ``image_size``^2."""
         return build_backbone(self.name, in_channels, image_size, self.small_stem, self.width,
-                              patch_size=self.patch_size, registers=self.registers)
+                              patch_size=self.patch_size, registers=self.registers, norm=self.norm)
 
 
-def torchvision_resnet(depth: int = 18, in_channels: int = 3, small_stem: bool = False, width: int = 64
-                       ) -> torchvision.models.ResNet:
+NORMS: dict[str, Callable[[int], nn.Module]] = {"batch": nn.BatchNorm2d, "layer": lambda channels: nn.GroupNorm(1, channels)}
+
+
+def torchvision_resnet(depth: int = 18, in_channels: int = 3, small_stem: bool = False, width: int = 64,
+                       norm: str = "batch") -> torchvision.models.ResNet:
     """A plain ``torchvision.models.ResNet`` with the classifier removed (``fc = Identity``).
 
     ``small_stem`` (SimCLR's CIFAR variant, Chen et al. 2020 App. B.9): a 3x3 stride-1 first
     convolution and no max-pool, so 28-32 px images keep their resolution into res2.
     ``width`` scales every stage (64 -> 64/128/256/512 channels as in torchvision).
+    ``norm``: a key of :data:`NORMS` (torchvision's ``norm_layer``).
     """
     builders = {18: torchvision.models.resnet18, 34: torchvision.models.resnet34, 50: torchvision.models.resnet50}
     if depth not in RESNET_BLOCKS:
         raise SelfsupError(f"ResNet depth {depth} is not available; choose 18, 34 or 50")
-    net = builders[depth]()
+    norm_layer = NORMS[norm]
+    net = builders[depth](norm_layer=norm_layer)
     if small_stem or in_channels != 3 or width != 64:
         net.inplanes = width
         net.conv1 = (nn.Conv2d(in_channels, width, 3, 1, 1, bias=False) if small_stem
                      else nn.Conv2d(in_channels, width, 7, 2, 3, bias=False))
-        net.bn1 = nn.BatchNorm2d(width)
+        net.bn1 = norm_layer(width)
         if small_stem:
             net.maxpool = nn.Identity()
         if width != 64:
@@ -75,7 +84,7 @@ def torchvision_resnet(depth: int = 18, in_channels: int = 3, small_stem: bool =
         for module in net.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(module, nn.BatchNorm2d):
+            elif isinstance(module, (nn.BatchNorm2d, nn.GroupNorm)):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
     net.fc = nn.Identity()
@@ -92,10 +101,13 @@ class ResNet(nn.Module):
     stage_names = STAGES
     prefers_channels_last = True
 
-    def __init__(self, depth: int = 18, in_channels: int = 3, small_stem: bool = False, width: int = 64) -> None:
+    def __init__(self, depth: int = 18, in_channels: int = 3, small_stem: bool = False, width: int = 64,
+                 norm: str = "batch") -> None:
         super().__init__()
         self.arch = {"depth": depth, "in_channels": in_channels, "small_stem": small_stem, "width": width}
-        self.net = torchvision_resnet(depth, in_channels, small_stem, width)
+        if norm != "batch":  # absent from the arch of batch-norm networks, as in checkpoints before the option
+            self.arch["norm"] = norm
+        self.net = torchvision_resnet(depth, in_channels, small_stem, width, norm)
         self.num_features = 8 * width * (4 if depth == 50 else 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -106,11 +118,12 @@ class ResNet(nn.Module):
         return {"conv1": ("net.conv1.", "net.bn1."), "res2": ("net.layer1.",), "res3": ("net.layer2.",),
                 "res4": ("net.layer3.",), "res5": ("net.layer4.",)}
 
-    def forward_stages(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward_stages(self, x: torch.Tensor, until: str = "res5") -> dict[str, torch.Tensor]:
+        """The feature map of every stage up to ``until`` (the later ones are not computed)."""
         net = self.net
         x = net.maxpool(net.relu(net.bn1(net.conv1(x))))
         out = {"conv1": x}
-        for name, layer in zip(STAGES[1:], (net.layer1, net.layer2, net.layer3, net.layer4)):
+        for name, layer in zip(STAGES[1:STAGES.index(until) + 1], (net.layer1, net.layer2, net.layer3, net.layer4)):
             x = layer(x)
             out[name] = x
         return out
@@ -122,12 +135,14 @@ class ToyNet(nn.Module):
     stage_names = STAGES
     prefers_channels_last = False
 
-    def __init__(self, in_channels: int = 3, width: int = 8) -> None:
+    def __init__(self, in_channels: int = 3, width: int = 8, norm: str = "batch") -> None:
         super().__init__()
         self.arch = {"in_channels": in_channels, "width": width}
+        if norm != "batch":
+            self.arch["norm"] = norm
 
         def stage(c_in: int, c_out: int, stride: int) -> nn.Sequential:
-            return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU())
+            return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), NORMS[norm](c_out), nn.ReLU())
 
         widths = (width, width, 2 * width, 4 * width, 4 * width)
         strides = (1, 1, 2, 2, 1)
@@ -141,11 +156,13 @@ class ToyNet(nn.Module):
     def stage_prefixes(self) -> dict[str, tuple[str, ...]]:
         return {name: (f"stages.{name}.",) for name in self.stages}
 
-    def forward_stages(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward_stages(self, x: torch.Tensor, until: str = "res5") -> dict[str, torch.Tensor]:
         out = {}
         for name, stage in self.stages.items():
             x = stage(x)
             out[name] = x
+            if name == until:
+                break
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -163,11 +180,12 @@ BACKBONES: dict[str, Callable[..., nn.Module]] = {
 
 
 def build_backbone(name: str, in_channels: int, image_size: int, small_stem: bool | None = None,
-                   width: int = 64, *, patch_size: int | None = None, registers: int = 0) -> nn.Module:
+                   width: int = 64, *, patch_size: int | None = None, registers: int = 0,
+                   norm: str = "batch") -> nn.Module:
     """Backbone ``name`` for images of ``in_channels`` x ``image_size``^2.
 
     ResNets: ``small_stem=None`` picks the small stem for images of 64 px or less. ViTs:
-    ``patch_size`` (None: :func:`default_patch_size`) and ``registers``.
+    ``patch_size`` (None: :func:`default_patch_size`) and ``registers``. ``norm``: a key of :data:`NORMS`.
     """
     if name not in BACKBONES:
         raise SelfsupError(f"unknown backbone '{name}'{closest(name, BACKBONES)}; known: {', '.join(BACKBONES)}")
@@ -175,14 +193,18 @@ def build_backbone(name: str, in_channels: int, image_size: int, small_stem: boo
         if width != 64:
             raise SelfsupError(f"backbone.width sets a ResNet's channels; a ViT's size is its name (vit_tiny, "
                                f"vit_small), got width={width}")
+        if norm != "batch":
+            raise SelfsupError("backbone.norm chooses a ResNet's normalisation; a ViT always uses layer norm")
         return BACKBONES[name](image_size=image_size, in_channels=in_channels,
                                patch_size=patch_size or default_patch_size(image_size), registers=registers)
     if patch_size is not None or registers:
         raise SelfsupError(f"backbone.patch_size and backbone.registers are ViT settings; {name} has neither")
+    if norm not in NORMS:
+        raise SelfsupError(f"backbone.norm must be one of {', '.join(NORMS)}, got '{norm}'")
     if width < 1:
         raise SelfsupError(f"backbone.width must be positive, got {width}")
     if small_stem is None:
         small_stem = image_size <= 64
     if name == "toy":
-        return ToyNet(in_channels=in_channels, width=width)
-    return BACKBONES[name](in_channels=in_channels, small_stem=small_stem, width=width)
+        return ToyNet(in_channels=in_channels, width=width, norm=norm)
+    return BACKBONES[name](in_channels=in_channels, small_stem=small_stem, width=width, norm=norm)

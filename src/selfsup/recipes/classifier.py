@@ -61,6 +61,9 @@ class ClassifierTraining:
     """How a classifier is trained (defaults: the fine-tuning protocol of SimCLR / SPEC section 7)."""
 
     epochs: int = 30
+    steps: int | None = None
+    """A fixed number of optimisation steps instead of ``epochs`` (Selfie's protocol: the same
+    schedule whatever the label fraction); None: ``epochs`` passes over the labelled images."""
     batch_size: int = 256
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(name="sgd", lr=0.1, weight_decay=5e-4,
                                                                     warmup_epochs=0.0))
@@ -129,8 +132,10 @@ def fit_classifier(model: nn.Module, train: ImageDataset, test: ImageDataset | N
     loader = BatchLoader(training, settings.batch_size // dist.world_size(), device=device, seed=settings.seed,
                          rank=dist.rank(), world_size=dist.world_size())
     steps_per_epoch = len(loader)
-    schedule = Schedule.from_config(settings.optim, settings.epochs * steps_per_epoch, steps_per_epoch,
-                                    settings.batch_size)
+    if settings.steps is not None and settings.steps < 1:
+        raise SelfsupError(f"steps must be positive, got {settings.steps}")
+    schedule = Schedule.from_config(settings.optim, settings.steps or settings.epochs * steps_per_epoch,
+                                    steps_per_epoch, settings.batch_size)
     scales = dict(settings.optim.lr_scales)
     frozen_trunk = settings.backbone_lr_scale == 0
     groups = model.param_groups()
@@ -228,8 +233,12 @@ def fresh_network(config: RunConfig, student: list[str], data: dict[str, Any], s
 
 def classifier_meta(config: RunConfig, data: dict[str, Any], head_layers: int = 0, **facts: Any) -> dict[str, Any]:
     """What a classifier's checkpoints record so that ``load_encoder`` / ``load_classifier`` rebuild it:
-    the config and data facts, the trunk under ``encoder`` (with its head layers), the head's facts."""
-    return {"config": config.to_dict(), "data": data,
+    the config and data facts, the trunk under ``encoder`` (with its head layers), the head's facts.
+    Its evaluation uses the trunk's features: the pretraining method's own embedding (Selfie's,
+    CPC's presets ask for it) is not part of a classifier."""
+    saved = config.to_dict()
+    saved["eval"]["features"] = "backbone"
+    return {"config": saved, "data": data,
             "encoder": {"prefix": "encoder", "method": config.method_name, "head_layers": head_layers},
             "classifier": facts}
 

@@ -20,7 +20,6 @@ from ..engine import checkpoint
 from ..errors import SelfsupError
 from ..eval import Evaluator
 from ..methods import get_method
-from ..models import HeadTrunk
 from ..views import EvalView
 from .pretrain import build_model
 
@@ -32,17 +31,6 @@ def load_checkpoint_config(path: str | Path, overrides: list[str] = ()) -> tuple
     checkpoint.check_compatible(state, config.to_dict())
     return config, state
 
-
-def projection_trunk(method: nn.Module, config: RunConfig, head_layers: int) -> HeadTrunk:
-    """``method``'s backbone with the first ``head_layers`` hidden layers of its projection MLP."""
-    head = getattr(method, get_method(config.method_name).embedding_head or "", None)
-    if not isinstance(head, nn.Sequential):
-        raise SelfsupError(f"{config.method_name} has no MLP projection head to fine-tune from; "
-                           "use --head-layers 0 (the backbone's output)")
-    try:
-        return HeadTrunk(method.backbone, head, head_layers)
-    except ValueError as error:
-        raise SelfsupError(f"{config.method_name}: {error} (--head-layers)") from None
 
 
 def load_encoder(path: str | Path, overrides: list[str] = (), head_layers: int = 0,
@@ -62,9 +50,9 @@ def load_encoder(path: str | Path, overrides: list[str] = (), head_layers: int =
                                "(--head-layers 0)")
         method = build_model(config, data)
         checkpoint.load_weights(method, state["model"], state["path"])
-        return projection_trunk(method, config, head_layers), config, state
+        return method.fine_tune_trunk(head_layers), config, state
     if saved.get("head_layers"):
-        encoder = projection_trunk(build_model(config, data), config, saved["head_layers"])
+        encoder = build_model(config, data).fine_tune_trunk(saved["head_layers"])
     else:
         encoder = config.backbone.build(data["channels"], data["image_size"])
     checkpoint.load_weights(encoder, checkpoint.submodule_weights(state["model"], saved.get("prefix", "backbone")),

@@ -15,18 +15,21 @@ from __future__ import annotations
 import dataclasses
 import json
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..config import RunConfig
 from ..data import ImageDataset, load_splits
 from ..engine import checkpoint
 from ..engine.runtime import write_json
 from ..errors import SelfsupError
 from ..eval import markdown_table
 from ..views import ImageInfo
-from .classifier import Classifier, ClassifierTraining, classifier_meta, classifier_views, fit_classifier
+from .classifier import (Classifier, ClassifierTraining, classifier_meta, classifier_views, fit_classifier,
+                         fresh_network)
 from .evaluate import load_encoder
 
 
@@ -71,6 +74,25 @@ def load_classifier(path: str | Path, overrides: list[str] = ()) -> tuple[Classi
     return model, state
 
 
+def supervised(config: RunConfig, run_dir: str | Path, settings: ClassifierTraining, *, labels: float = 1.0,
+               resume: bool = False, quiet: bool = False) -> dict[str, Any]:
+    """The backbone of ``config`` trained from random initialisation (seeded by ``settings.seed``)
+    on a class-balanced fraction ``labels`` of its training labels: the baseline pretraining is
+    measured against, and a supervised N_pre (with ``data.label_noise``, ClusterFit's study).
+    The checkpoint reads back like a fine-tuned one (:func:`load_classifier`, distillation,
+    ClusterFit, ``selfsup eval``)."""
+    splits = load_splits(config.data, seed=config.train.seed, labeled=True, quiet=quiet)
+    data = splits.info()
+    train = splits.train.select(label_index(splits.train, labels, settings.seed))
+    _, encoder = fresh_network(config, [], data, settings.seed)
+    model = Classifier(encoder, len(data["classes"]), classifier_views(ImageInfo.of(data)))
+    meta = classifier_meta(config, data, classes=len(data["classes"]), labels=labels, labelled_images=len(train),
+                           label_noise=config.data.label_noise, stage="supervised")
+    meta["encoder"]["method"] = "supervised" + (f" ({100 * config.data.label_noise:g}% label noise)"
+                                                if config.data.label_noise else "")
+    return fit_classifier(model, train, splits.test, run_dir, settings, meta=meta, resume=resume, quiet=quiet)
+
+
 def finetune_sweep(path: str | Path, out_dir: str | Path, settings: ClassifierTraining, *,
                    fractions: list[float], seeds: list[int], head_layers: int = 0, overrides: list[str] = (),
                    quiet: bool = False) -> dict[str, Any]:
@@ -80,6 +102,29 @@ def finetune_sweep(path: str | Path, out_dir: str | Path, settings: ClassifierTr
 
     Finished runs are read back, interrupted ones resumed: a killed sweep continues where it was.
     """
+    def run(fraction: float, seed: int, run_dir: Path, resume: bool) -> dict[str, Any]:
+        return finetune(path, run_dir, dataclasses.replace(settings, seed=seed), head_layers=head_layers,
+                        labels=fraction, overrides=overrides, resume=resume, quiet=quiet)
+
+    return label_sweep(run, out_dir, fractions, seeds, {"checkpoint": str(Path(path).resolve()),
+                                                        "head_layers": head_layers, "settings": settings})
+
+
+def supervised_sweep(config: RunConfig, out_dir: str | Path, settings: ClassifierTraining, *,
+                     fractions: list[float], seeds: list[int], quiet: bool = False) -> dict[str, Any]:
+    """:func:`supervised` (random initialisation) for every label fraction and seed, reported as
+    :func:`finetune_sweep` reports: the baseline row of a few-label table."""
+    def run(fraction: float, seed: int, run_dir: Path, resume: bool) -> dict[str, Any]:
+        return supervised(config, run_dir, dataclasses.replace(settings, seed=seed), labels=fraction, resume=resume,
+                          quiet=quiet)
+
+    return label_sweep(run, out_dir, fractions, seeds, {"checkpoint": "random initialisation", "settings": settings})
+
+
+def label_sweep(run: Callable[[float, int, Path, bool], dict[str, Any]], out_dir: str | Path,
+                fractions: list[float], seeds: list[int], facts: dict[str, Any]) -> dict[str, Any]:
+    """``run(fraction, seed, run_dir, resume)`` for every fraction and seed in ``out_dir/<pct>pct-seed<s>``
+    (finished runs read back, interrupted ones resumed), summarised in ``finetune.json`` / ``.md``."""
     out_dir = Path(out_dir)
     if not fractions or not seeds:
         raise SelfsupError("give at least one label fraction and one seed")
@@ -93,9 +138,7 @@ def finetune_sweep(path: str | Path, out_dir: str | Path, settings: ClassifierTr
             if finished.is_file() and "test_top1" in json.loads(finished.read_text()):
                 summary = json.loads(finished.read_text())
             else:
-                summary = finetune(path, run_dir, dataclasses.replace(settings, seed=seed), head_layers=head_layers,
-                                   labels=fraction, overrides=overrides,
-                                   resume=(run_dir / "checkpoints" / "last.pt").is_file(), quiet=quiet)
+                summary = run(fraction, seed, run_dir, (run_dir / "checkpoints" / "last.pt").is_file())
             runs[label][str(seed)] = summary["test_top1"]
     rows = []
     for label, by_seed in runs.items():
@@ -103,8 +146,8 @@ def finetune_sweep(path: str | Path, out_dir: str | Path, settings: ClassifierTr
         rows.append({"labels": label, "seeds": len(values), "mean top-1 (%)": round(statistics.mean(values), 2),
                      "std": round(statistics.stdev(values), 2) if len(values) > 1 else 0.0,
                      "runs": ", ".join(f"{v:.2f}" for v in values)})
-    report = {"checkpoint": str(Path(path).resolve()), "head_layers": head_layers, "seeds": seeds,
-              "settings": dataclasses.asdict(settings), "runs": runs, "summary": rows}
+    report = {**facts, "settings": dataclasses.asdict(facts["settings"]), "seeds": seeds, "runs": runs,
+              "summary": rows}
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "finetune.json", report)
     (out_dir / "finetune.md").write_text(markdown_table(rows, ["labels", "seeds", "mean top-1 (%)", "std", "runs"])
