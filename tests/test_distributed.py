@@ -139,6 +139,7 @@ METHOD_SETTINGS = {
     "simsiam": {"method__proj_dim": 64}, "barlow_twins": {"method__proj_dim": 64},
     "dino": {"method__out_dim": 64, "method__hidden_dim": 64, "views__num_local": 2},
     "maskfeat": {"backbone__name": "vit_tiny", "backbone__width": 64}, "composite": {"method__proj_hidden_dim": 64},
+    "selfie": {}, "cpc": {"backbone__norm": "layer"},
 }
 
 

@@ -162,3 +162,23 @@ def distillation(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tem
     hard = (F.cross_entropy(student_logits[labelled].float(), targets[labelled]) if labelled.any()
             else student_logits.sum() * 0.0)
     return teacher_weight * soft + (1.0 - teacher_weight) * hard
+
+
+def candidate_nce(queries: torch.Tensor, candidates: torch.Tensor, targets: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """InfoNCE as a choice among candidates: CPC (Oord et al. 2018, eq. 4; Henaff et al. 2019)
+    and Selfie (Trinh et al. 2019, Sec. 2.1).
+
+    Args:
+        queries: (G, Q, D) predictions, in G groups (Selfie: one per image, the distractors
+            being the other masked patches of that image; CPC: one group, the whole batch).
+        candidates: (G, C, D) the patch embeddings a query chooses among, in its own group.
+        targets: (G, Q) the index in ``candidates`` of each query's true patch.
+
+    logits = queries . candidates (plain dot products, no temperature, as both papers),
+    cross-entropy with the true patch as the class, mean over all G x Q queries. Returns the
+    loss and the share of queries whose largest logit is their true patch.
+    """
+    logits = (queries.float() @ candidates.float().transpose(1, 2)).flatten(0, 1)   # (G * Q, C)
+    targets = targets.flatten()
+    return F.cross_entropy(logits, targets), (logits.argmax(1) == targets).float().mean()

@@ -12,6 +12,7 @@ from .byol import BYOL
 from .composite import Composite
 from .context import ContextPrediction
 from .counting import Counting
+from .cpc import CPC
 from .decoupled_rotnet import DecoupledRotNet
 from .dino import DINO
 from .exemplar import Exemplar
@@ -22,6 +23,7 @@ from .multitask import MultiTask
 from .npid import NPID
 from .pirl import PIRL
 from .rotation import Rotation
+from .selfie import Selfie
 from .simclr import SimCLR
 from .simsiam import SimSiam
 
@@ -39,6 +41,7 @@ METHODS: dict[str, type[Method]] = {
     "pirl": PIRL,
     "simclr": SimCLR,
     "moco": MoCo,
+    "cpc": CPC,
     # Non-contrastive: agreement between views without negatives.
     "byol": BYOL,
     "simsiam": SimSiam,
@@ -48,6 +51,7 @@ METHODS: dict[str, type[Method]] = {
     "composite": Composite,
     # Masked prediction.
     "maskfeat": MaskFeat,
+    "selfie": Selfie,
 }
 
 
@@ -85,6 +89,6 @@ def instantiate(method_cls: type[Method], backbone: nn.Module, views: nn.Module,
                       **{k: v for k, v in injected.items() if k in method_cls.injected_args})
 
 
-__all__ = ["BYOL", "DINO", "METHODS", "NPID", "PIRL", "BarlowTwins", "Composite", "ContextPrediction", "Counting",
-           "DecoupledRotNet", "Exemplar", "Jigsaw", "MaskFeat", "Method", "MoCo", "MultiTask", "Rotation", "SimCLR",
+__all__ = ["BYOL", "CPC", "DINO", "METHODS", "NPID", "PIRL", "BarlowTwins", "Composite", "ContextPrediction", "Counting",
+           "DecoupledRotNet", "Exemplar", "Jigsaw", "MaskFeat", "Method", "MoCo", "MultiTask", "Rotation", "Selfie", "SimCLR",
            "SimSiam", "build_method", "describe_methods", "get_method"]

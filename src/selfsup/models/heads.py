@@ -74,3 +74,63 @@ class DINOHead(nn.Module):
         x = F.normalize(self.mlp(x), dim=-1)
         weight = F.normalize(self.last_layer.weight, dim=1) if self.norm_last_layer else self.last_layer.weight
         return F.linear(x, weight)
+
+
+class AttentionPooling(nn.Module):
+    """Selfie's attention pooling network A (Trinh et al. 2019, Sec. 2.2): a learned vector u0 and
+    the input vectors h_1..h_n go through BERT-style Transformer blocks; u0's output is the pooled
+    vector u. Max and average pooling are its limits; here the network learns how to pool.
+
+    BERT's block (Devlin et al. 2019), as the paper: self-attention, then two fully connected
+    layers (``dim`` -> ``ffn_ratio * dim`` -> ``dim``, GeLU between), dropout 0.1 on the
+    attention weights and before each residual connection, layer norm after it (post-norm).
+    Paper defaults: 3 blocks; 1024 dims, 32 heads and an intermediate size of 640 (ratio 0.625),
+    i.e. 32 dimensions per head, which ``head_dim`` keeps on smaller networks. No positional
+    embeddings on the inputs: the set of h_i is pooled as a set.
+    """
+
+    def __init__(self, dim: int, blocks: int = 3, head_dim: int = 32, ffn_ratio: float = 0.625,
+                 dropout: float = 0.1) -> None:
+        super().__init__()
+        heads = max(1, dim // head_dim)
+        if dim % heads:
+            raise ValueError(f"{dim} features do not split into {heads} heads of {head_dim}")
+        self.u0 = nn.Parameter(torch.zeros(1, 1, dim))
+        nn.init.trunc_normal_(self.u0, std=0.02)
+        layer = nn.TransformerEncoderLayer(dim, heads, max(1, round(ffn_ratio * dim)), dropout, activation="gelu",
+                                           batch_first=True, norm_first=False)
+        self.blocks = nn.TransformerEncoder(layer, blocks, enable_nested_tensor=False)
+
+    def forward(self, tokens: torch.Tensor, offset: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, n, dim) -> u (B, dim); ``offset`` (B, dim) is added to u0 first (a query's location)."""
+        first = self.u0.expand(len(tokens), -1, -1)
+        if offset is not None:
+            first = first + offset[:, None]
+        return self.blocks(torch.cat([first, tokens], dim=1))[:, 0]
+
+
+class AttentionPoolTrunk(nn.Module):
+    """The stages of a ResNet-style backbone up to ``until`` on the whole image, each position of
+    the last feature map a token for :class:`AttentionPooling` instead of global average pooling:
+    Selfie's "ResNet-36 + attention pooling" fine-tuning network (Trinh et al. 2019, Sec. 4.2).
+    The later stages stay in ``backbone`` (so its weights load by name) but are not used."""
+
+    def __init__(self, backbone: nn.Module, pooling: AttentionPooling, until: str) -> None:
+        super().__init__()
+        self.backbone, self.pooling, self.until = backbone, pooling, until
+        self.num_features = pooling.u0.shape[-1]
+        for stage in unused_stages(backbone, until):
+            for name, param in backbone.named_parameters():
+                if name.startswith(stage):
+                    param.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.backbone.forward_stages(x, until=self.until)[self.until]
+        return self.pooling(features.flatten(2).transpose(1, 2))
+
+
+def unused_stages(backbone: nn.Module, until: str) -> tuple[str, ...]:
+    """The parameter-name prefixes of the stages of ``backbone`` after stage ``until``."""
+    stages = backbone.stage_prefixes()
+    names = list(stages)
+    return tuple(prefix for stage in names[names.index(until) + 1:] for prefix in stages[stage])

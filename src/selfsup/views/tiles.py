@@ -101,6 +101,17 @@ def cut_tiles(x: torch.Tensor, grid: int = 3, tile: int | None = None, min_gap: 
     return gathered.view(batch, cells, channels, tile, tile)
 
 
+def grid_patches(x: torch.Tensor, size: int, stride: int | None = None) -> torch.Tensor:
+    """(B, C, S, S) -> (B, G * G, C, size, size), the patches of a grid with ``stride`` pixels
+    between origins, in row-major order: side by side (Selfie; ``stride=None``) or overlapping
+    (CPC: 64 px patches every 32 px); G = (S - size) // stride + 1, pixels past the last whole
+    patch left out."""
+    stride = stride or size
+    batch, channels = x.shape[:2]
+    grid = x.unfold(2, size, stride).unfold(3, size, stride)                  # (B, C, G, G, size, size)
+    return grid.permute(0, 2, 3, 1, 4, 5).reshape(batch, -1, channels, size, size)
+
+
 def normalize_tiles(tiles: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     """Each tile to zero mean and unit variance per channel (Noroozi & Favaro: no shortcut
     through the tiles' low-level statistics)."""
