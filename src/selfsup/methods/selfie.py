@@ -12,7 +12,7 @@ from torch import nn
 from ..engine import Batch
 from ..errors import SelfsupError
 from ..losses import candidate_nce
-from ..models.heads import AttentionPooling, AttentionPoolTrunk, unused_stages
+from ..models.heads import AttentionPooling, AttentionPoolTrunk, freeze_after
 from ..views import OneView, grid_patches
 from .base import Method
 
@@ -92,10 +92,7 @@ class Selfie(Method):
         if query not in ("add", "pool"):
             raise SelfsupError(f"method.query must be add (the paper's u + position) or pool, got '{query}'")
         self.patch_stage, self.query, self.scaled_logits = patch_stage, query, scaled_logits
-        for prefix in unused_stages(backbone, patch_stage):  # not P: never trained here
-            for name, param in backbone.named_parameters():
-                if name.startswith(prefix):
-                    param.requires_grad_(False)
+        freeze_after(backbone, patch_stage)  # the later stages are not P: never trained here
         dim = self.feature_dim(backbone.arch["in_channels"])
         self.pooling = AttentionPooling(dim, attention_blocks, head_dim, ffn_ratio, dropout)
         row_column = position_embedding == "row_column" or (position_embedding == "auto" and locations > 16)

@@ -119,18 +119,18 @@ class AttentionPoolTrunk(nn.Module):
         super().__init__()
         self.backbone, self.pooling, self.until = backbone, pooling, until
         self.num_features = pooling.u0.shape[-1]
-        for stage in unused_stages(backbone, until):
-            for name, param in backbone.named_parameters():
-                if name.startswith(stage):
-                    param.requires_grad_(False)
+        freeze_after(backbone, until)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = self.backbone.forward_stages(x, until=self.until)[self.until]
         return self.pooling(features.flatten(2).transpose(1, 2))
 
 
-def unused_stages(backbone: nn.Module, until: str) -> tuple[str, ...]:
-    """The parameter-name prefixes of the stages of ``backbone`` after stage ``until``."""
+def freeze_after(backbone: nn.Module, until: str) -> None:
+    """No gradient for the stages of ``backbone`` after stage ``until`` (a network that stops there)."""
     stages = backbone.stage_prefixes()
     names = list(stages)
-    return tuple(prefix for stage in names[names.index(until) + 1:] for prefix in stages[stage])
+    unused = tuple(prefix for stage in names[names.index(until) + 1:] for prefix in stages[stage])
+    for name, param in backbone.named_parameters():
+        if name.startswith(unused):
+            param.requires_grad_(False)
