@@ -28,6 +28,7 @@ examples:
   selfsup eval layers runs/rotation runs/jigsaw --dim 1024 2048
   selfsup eval finetune runs/simclr-fmnist --labels 0.1 --head-layers 1   # SimCLR v2's fine-tuning
   selfsup eval finetune runs/simclr-fmnist --labels 0.05 0.1 0.2 1 --seeds 0 1 2 3 4   # mean +- std
+  selfsup eval fewshot runs/simclr-fmnist runs/byol-fmnist --ways 5 --shots 1 5    # episodes, 95% intervals
 """
 
 EPILOG_DISTILL = """\
@@ -155,6 +156,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.bn_recalibration is not None:
         setting = {"auto": "auto", "on": "true", "off": "false"}[args.bn_recalibration]
         overrides.append(f"eval.bn_recalibration={setting}")
+    for flag, key in (("ways", "fewshot_ways"), ("queries", "fewshot_queries"), ("episodes", "fewshot_episodes")):
+        if getattr(args, flag) is not None:
+            overrides.append(f"eval.{key}={getattr(args, flag)}")
+    for flag, key in (("shots", "fewshot_shots"), ("classes", "fewshot_classes")):
+        if getattr(args, flag):
+            overrides.append(f"eval.{key}=[{', '.join(str(v) for v in getattr(args, flag))}]")
     for flag, key in (("data", "data.name"), ("data_root", "data.root"), ("device", "train.device"),
                       ("precision", "train.precision")):
         if getattr(args, flag) is not None:
@@ -174,6 +181,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     for evaluator, config in evaluators:
         results = evaluator.run(protocols, config.eval, config.train.seed)
         for protocol in protocols:
+            if protocol == "fewshot":
+                for shots in config.eval.fewshot_shots:
+                    entry = results[evaluator.name][f"{config.eval.fewshot_ways}-way {shots}-shot"]
+                    print(f"{evaluator.name}  {config.eval.fewshot_ways}-way {shots}-shot: {entry['top1']:.2f}% "
+                          f"+- {entry['ci95']:.2f} (95%, {entry['episodes']} episodes)")
+                continue
             print(f"{evaluator.name}  {protocol}: top-1 {results[evaluator.name][protocol]['top1']:.2f}%")
         print(f"results: {evaluator.out_dir / 'results.json'}")
     return 0
@@ -407,10 +420,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("eval", help="evaluate checkpoints: kNN, linear probe, layer-wise probe, fine-tuning",
                             epilog=EPILOG_EVAL, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("protocol", choices=["knn", "linear", "all", "layers", "finetune"],
+    p.add_argument("protocol", choices=["knn", "linear", "all", "layers", "finetune", "fewshot"],
                    help="knn: weighted kNN (k=200, T=0.07); linear: logistic regression on frozen features; "
                         "layers: linear probes on pooled conv1, res2..res5 features, one chart for all checkpoints; "
-                        "finetune: train encoder + linear head on (a fraction of) the labels")
+                        "finetune: train encoder + linear head on (a fraction of) the labels; fewshot: N-way "
+                        "K-shot episodes on the test split, nearest class centroid of frozen features")
     p.add_argument("checkpoint", nargs="*", help="checkpoint files or run directories (their checkpoints/last.pt)")
     _add_config_args(p)
     p.add_argument("--pixels", action="store_true", help="evaluate raw pixels instead (the baseline)")
@@ -428,6 +442,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "(e.g. --dim 1024 2048 4096) give a table and a chart per size, from one forward pass")
     p.add_argument("--train-size", type=int,
                    help="layers: probe on a class-balanced subset of this many training images (faster)")
+    group = p.add_argument_group("fewshot")
+    group.add_argument("--ways", type=int, help="classes per episode (eval.fewshot_ways, default 5)")
+    group.add_argument("--shots", type=int, nargs="+", help="labelled images per class, one result each "
+                                                            "(eval.fewshot_shots, default 1 5)")
+    group.add_argument("--queries", type=int, help="query images per class (default 15)")
+    group.add_argument("--episodes", type=int, help="episodes (default 600)")
+    group.add_argument("--classes", type=int, nargs="+",
+                       help="draw episodes from these class indices only (held-out classes); default all")
     group = p.add_argument_group("finetune")
     group.add_argument("--labels", type=float, nargs="+", default=[1.0],
                        help="fraction(s) of the training labels, class-balanced by the seed (default 1.0; e.g. "

@@ -1,12 +1,14 @@
 """Evaluation protocols on frozen features: weighted kNN, the linear probe, the layer-wise probe,
-k-means, and BatchNorm recalibration. Nothing here reads configs or checkpoints (see
+few-shot episodes, k-means, and BatchNorm recalibration. Nothing here reads configs or checkpoints (see
 :mod:`selfsup.recipes.evaluate`)."""
 from .calibrate import recalibrate_batchnorm
 from .evaluator import PROTOCOLS, EvalConfig, Evaluator, markdown_table, record, results_table
 from .features import extract_features, pixel_features
+from .fewshot import Episode, fewshot_accuracy, nearest_centroid, sample_episodes
 from .kmeans import KMeansResult, kmeans
 from .knn import knn_accuracy, knn_predict
 from .linear import linear_probe
 
-__all__ = ["PROTOCOLS", "EvalConfig", "Evaluator", "KMeansResult", "extract_features", "kmeans", "knn_accuracy", "knn_predict", "linear_probe",
-           "markdown_table", "pixel_features", "recalibrate_batchnorm", "record", "results_table"]
+__all__ = ["PROTOCOLS", "Episode", "EvalConfig", "Evaluator", "KMeansResult", "extract_features", "fewshot_accuracy",
+           "kmeans", "knn_accuracy", "knn_predict", "linear_probe", "markdown_table", "nearest_centroid",
+           "pixel_features", "recalibrate_batchnorm", "record", "results_table", "sample_episodes"]

@@ -22,10 +22,11 @@ from ..engine.runtime import pick_device, resolve_precision, write_json
 from ..views import EvalView
 from .calibrate import recalibrate_batchnorm
 from .features import extract_features, pixel_features
+from .fewshot import fewshot_accuracy
 from .knn import knn_accuracy
 from .linear import linear_probe
 
-PROTOCOLS = ("knn", "linear")
+PROTOCOLS = ("knn", "linear", "fewshot")
 
 
 @dataclass
@@ -55,6 +56,14 @@ class EvalConfig:
     linear_weight_decays: list[float] = field(default_factory=lambda: [0.0, 1e-5, 1e-4, 1e-3])
     """Chosen on a held-out 10% of the training set, then refit on all of it."""
     batch_size: int = 512
+    fewshot_ways: int = 5
+    fewshot_shots: list[int] = field(default_factory=lambda: [1, 5])
+    fewshot_queries: int = 15
+    """Query images per class in every episode."""
+    fewshot_episodes: int = 600
+    fewshot_classes: list[int] | None = None
+    """Classes the episodes are drawn from, on the test split (the held-out classes of an
+    encoder trained with labels); None: all of them."""
 
 
 class Evaluator:
@@ -124,18 +133,36 @@ class Evaluator:
         result["settings"] = f"{cfg.linear_solver}, wd={result['weight_decay']:g} (chosen on 10% held out)"
         return result
 
+    def fewshot(self, cfg: EvalConfig, seed: int = 0) -> dict[str, dict[str, Any]]:
+        """N-way K-shot episodes on the test split's features (one entry per K), nearest centroid."""
+        results = {}
+        classes = cfg.fewshot_classes
+        names = "all classes" if classes is None else "classes " + ", ".join(self.test.classes[c] for c in classes)
+        for shots in cfg.fewshot_shots:
+            result = fewshot_accuracy(self.features("test"), self.test.targets, cfg.fewshot_ways, shots,
+                                      cfg.fewshot_queries, cfg.fewshot_episodes, seed, classes)
+            result = {k: round(v, 2) for k, v in result.items()}
+            result["settings"] = (f"+- {result['ci95']:.2f} (95%), {result['episodes']} episodes, "
+                                  f"{cfg.fewshot_queries} queries per class, nearest centroid, test split, {names}")
+            results[f"{cfg.fewshot_ways}-way {shots}-shot"] = result
+        return results
+
     def run(self, protocols: list[str], cfg: EvalConfig, seed: int = 0) -> dict[str, dict]:
         results: dict[str, dict] = {}
         for protocol in protocols:
             if protocol == "knn":
-                results["knn"] = self.knn(cfg.knn_k, cfg.knn_temperature)
+                entries = {"knn": self.knn(cfg.knn_k, cfg.knn_temperature)}
             elif protocol == "linear":
-                results["linear"] = self.linear(cfg, seed)
+                entries = {"linear": self.linear(cfg, seed)}
+            elif protocol == "fewshot":
+                entries = self.fewshot(cfg, seed)
             else:
                 raise SelfsupError(f"unknown protocol '{protocol}'; choose from {', '.join(PROTOCOLS)}")
             if self.recalibrate:
                 images = min(self.recalibrate, len(self.train))
-                results[protocol]["settings"] += f"; BN recalibrated on {images} train images"
+                for entry in entries.values():
+                    entry["settings"] += f"; BN recalibrated on {images} train images"
+            results.update(entries)
         return record(self.out_dir, self.name, results)
 
 

@@ -231,15 +231,17 @@ def fresh_network(config: RunConfig, student: list[str], data: dict[str, Any], s
     return config, config.backbone.build(data["channels"], data["image_size"])
 
 
-def classifier_meta(config: RunConfig, data: dict[str, Any], head_layers: int = 0, **facts: Any) -> dict[str, Any]:
+def classifier_meta(config: RunConfig, data: dict[str, Any], head_layers: int = 0, *, origin: str | None = None,
+                    **facts: Any) -> dict[str, Any]:
     """What a classifier's checkpoints record so that ``load_encoder`` / ``load_classifier`` rebuild it:
-    the config and data facts, the trunk under ``encoder`` (with its head layers), the head's facts.
+    the config and data facts, the trunk under ``encoder`` (with its head layers and ``origin``, the
+    name evaluations give it; default the config's method), the head's facts.
     Its evaluation uses the trunk's features: the pretraining method's own embedding (Selfie's,
     CPC's presets ask for it) is not part of a classifier."""
     saved = config.to_dict()
     saved["eval"]["features"] = "backbone"
     return {"config": saved, "data": data,
-            "encoder": {"prefix": "encoder", "method": config.method_name, "head_layers": head_layers},
+            "encoder": {"prefix": "encoder", "method": origin or config.method_name, "head_layers": head_layers},
             "classifier": facts}
 
 

@@ -147,7 +147,8 @@ def train_ncf(config: RunConfig, state: dict[str, Any], run_dir: Path, assignmen
     pseudo = dataclasses.replace(train, targets=assignments.long(),
                                  classes=[f"cluster {i}" for i in range(settings.clusters)])
     model = Classifier(encoder, settings.clusters, classifier_views(ImageInfo.of(data)))
-    meta = classifier_meta(config, data, classes=settings.clusters, stage="clusterfit",
+    meta = classifier_meta(config, data, origin=f"ClusterFit N_cf ({settings.clusters} clusters)",
+                           classes=settings.clusters, stage="clusterfit",
                            source=str(Path(state["path"]).resolve()))
     return fit_classifier(model, pseudo, None, run_dir, settings.training, meta=meta,
                           resume=(run_dir / "checkpoints" / "last.pt").is_file(), quiet=quiet)

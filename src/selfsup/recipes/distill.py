@@ -90,8 +90,8 @@ def distill(teacher_path: str | Path, run_dir: str | Path, settings: ClassifierT
         chosen = label_index(splits.train, labels, settings.seed)
         targets[chosen] = splits.train.targets[chosen]
     train = dataclasses.replace(splits.train, targets=targets)
-    meta = classifier_meta(config, data, classes=len(data["classes"]), labels=labels, stage="distilled",
-                           teacher=str(Path(state["path"]).resolve()), temperature=temperature,
+    meta = classifier_meta(config, data, origin="distilled student", classes=len(data["classes"]), labels=labels,
+                           stage="distilled", teacher=str(Path(state["path"]).resolve()), temperature=temperature,
                            teacher_weight=teacher_weight)
     return fit_classifier(model, train, splits.test, run_dir, settings, meta=meta, resume=resume,
                           unlabelled=True, quiet=quiet)

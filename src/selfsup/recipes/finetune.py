@@ -86,10 +86,9 @@ def supervised(config: RunConfig, run_dir: str | Path, settings: ClassifierTrain
     train = splits.train.select(label_index(splits.train, labels, settings.seed))
     _, encoder = fresh_network(config, [], data, settings.seed)
     model = Classifier(encoder, len(data["classes"]), classifier_views(ImageInfo.of(data)))
-    meta = classifier_meta(config, data, classes=len(data["classes"]), labels=labels, labelled_images=len(train),
-                           label_noise=config.data.label_noise, stage="supervised")
-    meta["encoder"]["method"] = "supervised" + (f" ({100 * config.data.label_noise:g}% label noise)"
-                                                if config.data.label_noise else "")
+    noise = f" ({100 * config.data.label_noise:g}% label noise)" if config.data.label_noise else ""
+    meta = classifier_meta(config, data, origin="supervised" + noise, classes=len(data["classes"]), labels=labels,
+                           labelled_images=len(train), label_noise=config.data.label_noise, stage="supervised")
     return fit_classifier(model, train, splits.test, run_dir, settings, meta=meta, resume=resume, quiet=quiet)
 
 
