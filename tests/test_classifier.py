@@ -1,12 +1,14 @@
 """The classifier-training recipe: an encoder plus a linear head on labels, with a trunk learning
 rate scale, a frozen-trunk head warm-up followed by joint training in one fit, and test accuracy."""
 import json
+import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from selfsup.data import DataConfig, load_splits
-from selfsup.engine import OptimConfig, checkpoint
+from selfsup.engine import Batch, OptimConfig, checkpoint
 from selfsup.errors import SelfsupError
 from selfsup.models import build_backbone
 from selfsup.recipes import Classifier, ClassifierTraining, classifier_views, fit_classifier
@@ -102,3 +104,22 @@ def test_retrained_stages_start_from_fresh_weights(mnist_root):
                            ({"res5": "thaw"}, "unknown mode 'thaw'; use frozen, finetune, retrain")):
         with pytest.raises(SelfsupError, match=message):
             stage_groups(model, model.param_groups(), modes, 0.1)
+
+
+def test_label_smoothing_is_distillation_from_a_uniform_teacher():
+    """eps * KL(uniform || p) + (1 - eps) * CE(y, p) = torch's label-smoothed CE - eps * log K."""
+    torch.manual_seed(0)
+    encoder = torch.nn.Linear(3, 4)
+    encoder.num_features = 4
+    model = Classifier(encoder, 5, torch.nn.Identity(), label_smoothing=0.2)
+    x, targets = torch.randn(6, 3), torch.tensor([0, 1, 2, 3, 4, -1])
+    loss = model(Batch([x], targets, torch.arange(6)), 0.0)["loss"]
+    logits = model.classify(x[:5])
+    expected = F.cross_entropy(logits, targets[:5], label_smoothing=0.2) - 0.2 * math.log(5)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    plain = Classifier(encoder, 5, torch.nn.Identity())
+    plain.head = model.head
+    assert plain(Batch([x], targets, torch.arange(6)), 0.0)["loss"].item() == pytest.approx(
+        F.cross_entropy(logits, targets[:5]).item(), rel=1e-6)
+    with pytest.raises(SelfsupError, match="label smoothing"):
+        Classifier(encoder, 5, torch.nn.Identity(), label_smoothing=1.0)

@@ -88,3 +88,14 @@ def test_supervised_baseline_from_random_init_and_as_a_noisy_n_pre(mnist_root, t
     steps = {json.loads((sweep / name / "summary.json").read_text())["steps"] for name in ("25pct-seed0", "100pct-seed1")}
     assert steps == {2}  # --steps: the same schedule for 20 labelled images as for 80
     assert main(["supervised"] + sets + ["--steps", "0", "--run-dir", str(tmp_path / "bad"), "--quiet"]) == 2
+
+
+def test_label_smoothing_from_the_command_line(pretrained_run, mnist_root, tmp_path):
+    from selfsup.engine import checkpoint
+
+    run = tmp_path / "smooth"
+    assert main(["eval", "finetune", str(pretrained_run), "--label-smoothing", "0.1", "--steps", "2",
+                 "--batch-size", "8", "--run-dir", str(run), "--quiet"]) == 0
+    assert checkpoint.load(run)["step"] == 2
+    assert main(["distill", str(run), "--label-smoothing", "0.1", "--steps", "2", "--batch-size", "8",
+                 "--run-dir", str(tmp_path / "student"), "--quiet"]) == 2  # a student has a real teacher

@@ -78,6 +78,9 @@ def _add_training_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup
     parser.add_argument("--batch-size", type=int, default=256, help="default 256")
     parser.add_argument("--lr", type=float, default=lr, help=f"SGD peak rate at batch 256, cosine decay (default {lr})")
     parser.add_argument("--weight-decay", type=float, default=5e-4, help="default 5e-4")
+    parser.add_argument("--label-smoothing", type=float, default=0.0,
+                        help="eps: cross-entropy with (1 - eps) one-hot + eps / K targets, i.e. distillation from a "
+                             "uniform teacher (default 0)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the label choice and the training (default 0)")
     parser.add_argument("--test-every", type=int, default=1, help="test top-1 every N epochs and after the last "
                                                                    "(default 1)")
@@ -211,7 +214,8 @@ def _classifier_training(args: argparse.Namespace, backbone_lr_scale: float):  #
     from .engine import OptimConfig
     from .recipes.classifier import ClassifierTraining
 
-    return ClassifierTraining(epochs=args.epochs, steps=args.steps, batch_size=args.batch_size, backbone_lr_scale=backbone_lr_scale,
+    return ClassifierTraining(epochs=args.epochs, steps=args.steps, batch_size=args.batch_size,
+                              label_smoothing=args.label_smoothing, backbone_lr_scale=backbone_lr_scale,
                               optim=OptimConfig(name="sgd", lr=args.lr, weight_decay=args.weight_decay,
                                                 warmup_epochs=0.0),
                               test_every=args.test_every, device=args.device or "auto",

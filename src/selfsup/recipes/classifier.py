@@ -24,6 +24,7 @@ from ..data import BatchLoader, ImageDataset
 from ..engine import Batch, Engine, Freeze, OptimConfig, Schedule, build_optimizer, checkpoint, dist
 from ..engine.runtime import pick_device, resolve_precision, write_json
 from ..errors import SelfsupError
+from ..losses import distillation
 from ..views import AugmentSpec, EvalView, ImageInfo, OneView
 
 FINE_TUNE_AUGMENT = AugmentSpec(crop_scale=(0.5, 1.0), jitter_p=0.0, grayscale_p=0.0)
@@ -31,13 +32,20 @@ FINE_TUNE_AUGMENT = AugmentSpec(crop_scale=(0.5, 1.0), jitter_p=0.0, grayscale_p
 
 
 class Classifier(nn.Module):
-    """``head(encoder(x))`` trained with cross-entropy on the labelled images of a batch."""
+    """``head(encoder(x))`` trained with cross-entropy on the labelled images of a batch.
+
+    ``label_smoothing`` eps is distillation from a uniform teacher (SPEC 8): eps of the loss is
+    KL(uniform || softmax(s)), the rest cross-entropy with the label, i.e. cross-entropy with
+    targets (1 - eps) one-hot + eps / K (Szegedy et al. 2016), less the constant eps * log K.
+    """
 
     encoder_prefix = "encoder"
 
-    def __init__(self, encoder: nn.Module, num_classes: int, views: nn.Module) -> None:
+    def __init__(self, encoder: nn.Module, num_classes: int, views: nn.Module, label_smoothing: float = 0.0) -> None:
         super().__init__()
-        self.encoder, self.views = encoder, views
+        if not 0.0 <= label_smoothing < 1.0:
+            raise SelfsupError(f"label smoothing must be in [0, 1), got {label_smoothing}")
+        self.encoder, self.views, self.label_smoothing = encoder, views, label_smoothing
         self.head = nn.Linear(encoder.num_features, num_classes)
 
     def classify(self, x: torch.Tensor) -> torch.Tensor:
@@ -51,7 +59,11 @@ class Classifier(nn.Module):
     def forward(self, batch: Batch, progress: float) -> dict[str, torch.Tensor]:
         logits = self.classify(batch.views[0]).float()
         labelled = batch.targets >= 0
-        loss = F.cross_entropy(logits[labelled], batch.targets[labelled])
+        if self.label_smoothing:
+            uniform = torch.zeros_like(logits[labelled])
+            loss = distillation(logits[labelled], uniform, 1.0, batch.targets[labelled], self.label_smoothing)
+        else:
+            loss = F.cross_entropy(logits[labelled], batch.targets[labelled])
         accuracy = (logits[labelled].argmax(1) == batch.targets[labelled]).float().mean()
         return {"loss": loss, "accuracy": accuracy}
 
@@ -69,6 +81,8 @@ class ClassifierTraining:
                                                                     warmup_epochs=0.0))
     backbone_lr_scale: float = 0.1
     """Trunk learning rate as a fraction of the head's (0 freezes the trunk: a linear probe)."""
+    label_smoothing: float = 0.0
+    """eps of :class:`Classifier`: the uniform-teacher special case of distillation."""
     head_warmup_epochs: float = 0.0
     """Epochs at the start in which only the head trains (trunk frozen, its BatchNorm statistics kept)."""
     layer_modes: dict[str, str] = field(default_factory=dict)

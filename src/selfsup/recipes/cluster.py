@@ -146,7 +146,7 @@ def train_ncf(config: RunConfig, state: dict[str, Any], run_dir: Path, assignmen
                            "dataset changed since the clustering; delete features.pt and clusters.pt")
     pseudo = dataclasses.replace(train, targets=assignments.long(),
                                  classes=[f"cluster {i}" for i in range(settings.clusters)])
-    model = Classifier(encoder, settings.clusters, classifier_views(ImageInfo.of(data)))
+    model = Classifier(encoder, settings.clusters, classifier_views(ImageInfo.of(data)), settings.training.label_smoothing)
     meta = classifier_meta(config, data, origin=f"ClusterFit N_cf ({settings.clusters} clusters)",
                            classes=settings.clusters, stage="clusterfit",
                            source=str(Path(state["path"]).resolve()))

@@ -71,6 +71,9 @@ def distill(teacher_path: str | Path, run_dir: str | Path, settings: ClassifierT
     ``teacher_weight`` must be 1). ``data.subset`` (in ``overrides``) draws the images the
     student learns from: a class-balanced subset of that size.
     """
+    if settings.label_smoothing:
+        raise SelfsupError("label smoothing is distillation from a uniform teacher; a distilled student has a real "
+                           "one (set the teacher's share with --teacher-weight)")
     if labels == 0.0 and teacher_weight < 1.0:
         raise SelfsupError(f"a label term (teacher_weight {teacher_weight} < 1) needs labels: give a label fraction")
     student = backbone_changes(student)

@@ -53,7 +53,7 @@ def finetune(path: str | Path, run_dir: str | Path, settings: ClassifierTraining
     splits = load_splits(config.data, seed=config.train.seed, labeled=True, quiet=quiet)
     train = splits.train.select(label_index(splits.train, labels, settings.seed))
     image = ImageInfo.of(data)
-    model = Classifier(encoder, len(data["classes"]), classifier_views(image))
+    model = Classifier(encoder, len(data["classes"]), classifier_views(image), settings.label_smoothing)
     source_encoder = state.get("encoder", {})
     meta = classifier_meta(config, data, head_layers or source_encoder.get("head_layers", 0),
                            classes=len(data["classes"]), labels=labels, labelled_images=len(train),
@@ -85,7 +85,7 @@ def supervised(config: RunConfig, run_dir: str | Path, settings: ClassifierTrain
     data = splits.info()
     train = splits.train.select(label_index(splits.train, labels, settings.seed))
     _, encoder = fresh_network(config, [], data, settings.seed)
-    model = Classifier(encoder, len(data["classes"]), classifier_views(ImageInfo.of(data)))
+    model = Classifier(encoder, len(data["classes"]), classifier_views(ImageInfo.of(data)), settings.label_smoothing)
     noise = f" ({100 * config.data.label_noise:g}% label noise)" if config.data.label_noise else ""
     meta = classifier_meta(config, data, origin="supervised" + noise, classes=len(data["classes"]), labels=labels,
                            labelled_images=len(train), label_noise=config.data.label_noise, stage="supervised")
