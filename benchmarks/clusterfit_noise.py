@@ -26,7 +26,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from selfsup.config import apply_overrides, find_config, read_yaml, resolve  # noqa: E402
-from selfsup.engine import OptimConfig  # noqa: E402
 from selfsup.engine.runtime import describe_device, library_versions, pick_device  # noqa: E402
 from selfsup.recipes.classifier import ClassifierTraining  # noqa: E402
 from selfsup.recipes.cluster import ClusterFitSettings, clusterfit  # noqa: E402
@@ -40,8 +39,7 @@ NETWORKS = ("N_pre", "distillation", "ClusterFit")
 
 def training(epochs: int, device: str) -> ClassifierTraining:
     """SGD 0.1 per 256 images, cosine, batch 128, every parameter at the full rate."""
-    return ClassifierTraining(epochs=epochs, batch_size=128, backbone_lr_scale=1.0, test_every=1000, device=device,
-                              optim=OptimConfig(name="sgd", lr=0.1, weight_decay=5e-4, warmup_epochs=0.0))
+    return ClassifierTraining(epochs=epochs, batch_size=128, backbone_lr_scale=1.0, test_every=1000, device=device)
 
 
 def probe(run_dir: Path, overrides: list[str]) -> dict[str, float]:

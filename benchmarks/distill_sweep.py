@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from selfsup.config import apply_overrides, resolve
-from selfsup.engine import OptimConfig, checkpoint
+from selfsup.engine import checkpoint
 from selfsup.engine.runtime import describe_device, library_versions, pick_device
 from selfsup.recipes.classifier import ClassifierTraining
 from selfsup.recipes.distill import distill
@@ -30,8 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def training(steps: int, device: str, label_smoothing: float = 0.0) -> ClassifierTraining:
     return ClassifierTraining(steps=steps, batch_size=128, backbone_lr_scale=1.0, test_every=1000, device=device,
-                              label_smoothing=label_smoothing,
-                              optim=OptimConfig(name="sgd", lr=0.1, weight_decay=5e-4, warmup_epochs=0.0))
+                              label_smoothing=label_smoothing)
 
 
 def main() -> None:

@@ -34,12 +34,11 @@ import torch  # noqa: E402
 from compare import pretrain_in_child  # noqa: E402
 from selfsup.config import apply_overrides, find_config, read_yaml, resolve  # noqa: E402
 from selfsup.data import load_splits  # noqa: E402
-from selfsup.engine import OptimConfig  # noqa: E402
 from selfsup.engine.runtime import describe_device, library_versions, pick_device  # noqa: E402
 from selfsup.recipes.classifier import ClassifierTraining  # noqa: E402
 from selfsup.recipes.evaluate import checkpoint_evaluator, load_method  # noqa: E402
 from selfsup.recipes.finetune import finetune_sweep, supervised_sweep  # noqa: E402
-from selfsup.views import EvalView, cut_tiles  # noqa: E402
+from selfsup.views import EvalView, grid_patches  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = {"paper (u + position, unscaled)": ["method.query=add", "method.scaled_logits=false"],
@@ -60,7 +59,7 @@ def u_spread(run_dir: Path) -> float:
     method.eval()
     images = load_splits(config.data, labeled=True, quiet=True).test.images[:256]
     x = EvalView(state["data"]["image_size"], state["data"]["mean"], state["data"]["std"])(images)
-    patches = cut_tiles(x, method.grid, jitter=False)[:, :method.visible_count]
+    patches = grid_patches(x, method.patch_size)[:, :method.visible_count]
     return method.encode(patches).std(0).mean().item()
 
 
@@ -72,7 +71,6 @@ def knn(run_dir: Path, train_images: int) -> float:
 def settings(steps: int, backbone_lr_scale: float, device: str, **extra) -> ClassifierTraining:
     """SGD 0.1 per 256 images, cosine, ``steps`` steps of 64; test top-1 after the last."""
     return ClassifierTraining(steps=steps, batch_size=64, backbone_lr_scale=backbone_lr_scale, test_every=1000,
-                              optim=OptimConfig(name="sgd", lr=0.1, weight_decay=5e-4, warmup_epochs=0.0),
                               device=device, **extra)
 
 

@@ -25,7 +25,6 @@ from pathlib import Path
 
 from compare import pretrain_in_child
 from selfsup.config import apply_overrides, find_config, read_yaml, resolve
-from selfsup.engine import OptimConfig
 from selfsup.engine.runtime import describe_device, library_versions, pick_device
 from selfsup.recipes.classifier import ClassifierTraining
 from selfsup.recipes.distill import distill
@@ -37,7 +36,6 @@ ROOT = Path(__file__).resolve().parents[1]
 def settings(epochs: int, device: str, backbone_lr_scale: float = 0.1) -> ClassifierTraining:
     """SGD at 0.1 per 256 images, cosine, trunk at ``backbone_lr_scale`` of the head; test top-1 at the end."""
     return ClassifierTraining(epochs=epochs, batch_size=128, backbone_lr_scale=backbone_lr_scale,
-                              optim=OptimConfig(name="sgd", lr=0.1, weight_decay=5e-4, warmup_epochs=0.0),
                               test_every=1000, device=device)
 
 

@@ -63,10 +63,10 @@ def _config_from_args(args: argparse.Namespace):  # noqa: ANN202
     raw = read_yaml(find_config(args.config)) if args.config else {}
     shortcuts = {"method": "method.name", "epochs": "train.epochs", "batch_size": "train.batch_size",
                  "minutes": "train.minutes", "device": "train.device", "precision": "train.precision",
-                 "data": "data.name", "data_root": "data.root"}
+                 "data": "data.name", "data_root": "data.root", "label_noise": "data.label_noise"}
     overrides = [f"{key}={getattr(args, flag)}" for flag, key in shortcuts.items()
                  if getattr(args, flag, None) is not None]
-    if args.method and isinstance(raw.get("method"), dict) and raw["method"].get("name") != args.method:
+    if getattr(args, "method", None) and isinstance(raw.get("method"), dict) and raw["method"].get("name") != args.method:
         raw["method"] = {"name": args.method}  # another method's hyper-parameters do not carry over
     return resolve(apply_overrides(raw, overrides + list(args.set)))
 
@@ -264,14 +264,9 @@ def _print_sweep(report: dict, out_dir: Path) -> int:
 # ---------------------------------------------------------------- supervised
 
 def cmd_supervised(args: argparse.Namespace) -> int:
-    from .config import apply_overrides, find_config, read_yaml, resolve
     from .recipes.finetune import supervised, supervised_sweep
 
-    raw = read_yaml(find_config(args.config)) if args.config else {}
-    overrides = [f"{key}={getattr(args, flag)}" for flag, key in
-                 (("data", "data.name"), ("data_root", "data.root"), ("label_noise", "data.label_noise"))
-                 if getattr(args, flag) is not None]
-    config = resolve(apply_overrides(raw, overrides + list(args.set)))
+    config = _config_from_args(args)
     settings = _classifier_training(args, 1.0)
     seeds = args.seeds or [args.seed]
     noise = f"-noise{100 * config.data.label_noise:g}" if config.data.label_noise else ""
@@ -375,7 +370,6 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_import(args: argparse.Namespace) -> int:
     from .export import import_torchvision
 
-    args.method = None
     path = import_torchvision(args.weights, args.run_dir, _config_from_args(args), quiet=args.quiet)
     print(f"wrote {path}: evaluate, fine-tune, distill or cluster it like any selfsup run, e.g.\n"
           f"  selfsup eval all {args.run_dir}")

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from ..errors import SelfsupError
+from .evaluator import markdown_table
 
 
 def split_classes(classes: int, per_task: int = 2, order: list[int] | None = None) -> list[list[int]]:
@@ -78,11 +79,10 @@ class AccuracyMatrix:
                 "backward_transfer": round(self.backward_transfer(), 2), "forgetting": round(self.forgetting(), 2)}
 
     def markdown(self) -> str:
-        header = "| after task | " + " | ".join(f"task {j}" for j in range(self.tasks)) + " |"
-        lines = [header, "|---" * (self.tasks + 1) + "|"]
-        for i, row in enumerate(self.values.tolist()):
-            lines.append(f"| {i} | " + " | ".join("" if v != v else f"{v:.2f}" for v in row) + " |")
-        return "\n".join(lines)
+        rows = [{"after task": i} for i in range(self.tasks)]
+        for (i, j), value in _cells(self.values):
+            rows[i][f"task {j}"] = value
+        return markdown_table(rows, ["after task"] + [f"task {j}" for j in range(self.tasks)])
 
     def plot(self, path: Path, title: str) -> None:
         import matplotlib
