@@ -49,3 +49,167 @@ def test_an_incomplete_matrix_refuses_final_metrics():
     single = AccuracyMatrix(1)
     single.record(0, 0, 70)
     assert single.forgetting() == 0.0 and single.backward_transfer() == 0.0 and single.average_accuracy() == 70
+
+
+# ---------------------------------------------------------------- the continual command
+
+from selfsup.cli import main  # noqa: E402
+from selfsup.engine import Batch, Engine, OptimConfig  # noqa: E402
+from selfsup.losses import distillation  # noqa: E402
+from selfsup.recipes import continual as continual_module  # noqa: E402
+from selfsup.recipes.classifier import ClassifierTraining, StartingPoint, classify_all  # noqa: E402
+from selfsup.recipes.continual import (ContinualLearner, ContinualSettings, run_sequence,  # noqa: E402
+                                       task_sequence, task_training_set)
+
+from conftest import tiny_config  # noqa: E402
+
+
+def _start(root):
+    return StartingPoint.load(None, tiny_config(root), seed=0, quiet=True)
+
+
+def _training(**changes):
+    return ClassifierTraining(**{**dict(epochs=2, batch_size=8, device="cpu", precision="fp32", log_every=1,
+                                        optim=OptimConfig(lr=0.1, weight_decay=0.0, warmup_epochs=0.0)),
+                                 **changes})
+
+
+def _learner(scenario, current=1):
+    torch.manual_seed(0)
+    encoder = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    encoder.num_features = 3
+    learner = ContinualLearner(encoder, torch.nn.Identity(), [[0, 1], [2, 3]], 4, scenario)
+    learner.current = current
+    return learner
+
+
+def test_heads_are_masked_by_task_or_by_the_classes_seen():
+    task, cls = _learner("task"), _learner("class", current=0)
+    targets = torch.tensor([0, 3])
+    assert task.allowed(targets).tolist() == [[True, True, False, False], [False, False, True, True]]
+    assert cls.allowed(targets).tolist() == [[True, True, False, False]] * 2
+    cls.current = 1
+    assert cls.allowed(targets).all()
+    assert task.old_heads() == [[0, 1]] and _learner("class").old_heads() == [[0, 1]]
+
+
+def test_lwf_loss_is_new_cross_entropy_plus_distillation_of_the_old_heads():
+    learner = _learner("task")
+    learner.lwf_weight, learner.lwf_temperature = 0.5, 2.0
+    images, targets = torch.randn(3, 1, 2, 2), torch.tensor([2, 3, 2])
+    learner.old_logits = torch.randn(5, 4)
+    index = torch.tensor([4, 0, 2])
+    out = learner(Batch([images], targets, index), 0.0)
+    logits = learner.classify(images)
+    new = torch.nn.functional.cross_entropy(logits[:, 2:], targets - 2)
+    old = distillation(logits[:, :2], learner.old_logits[index][:, :2], 2.0)
+    assert out["loss_new"].item() == pytest.approx(new.item(), abs=1e-6)
+    assert out["loss"].item() == pytest.approx((new + 0.5 * old).item(), abs=1e-6)
+
+
+def test_lwf_soft_labels_are_recorded_from_the_old_model_before_any_update(mnist_root, tmp_path, monkeypatch):
+    start = _start(mnist_root)
+    original, seen = continual_module.fit_classifier, []
+
+    def checked_fit(model, train, test, run_dir, settings, **kwargs):
+        recorded = None if model.old_logits is None else model.old_logits.clone()
+        if recorded is not None:  # the network as it is now, before this task's first step
+            assert torch.equal(recorded, classify_all(model, train.images, start.eval_view()))
+            assert settings.head_warmup_epochs == 1.0
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        summary = original(model, train, test, run_dir, settings, **kwargs)
+        assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+        if recorded is not None:
+            assert torch.equal(model.old_logits, recorded)  # never refreshed during training
+        seen.append(recorded is not None)
+        return summary
+
+    monkeypatch.setattr(continual_module, "fit_classifier", checked_fit)
+    report = run_sequence(start, tmp_path / "lwf", _training(), ContinualSettings(strategy="lwf", scenario="task"),
+                          quiet=True)
+    assert seen == [False, True]
+    assert report["matrix"][0][1] is None and len(report["matrix"][1]) == 2
+
+
+def test_rehearsal_replays_a_balanced_buffer_and_joint_keeps_everything(mnist_root):
+    train = _start(mnist_root).splits.train
+    tasks = task_sequence(train, ContinualSettings())
+    assert tasks == [[0, 1], [2, 3]]
+    rehearsal = task_training_set(train, tasks, 1, ContinualSettings(strategy="rehearsal", buffer_size=6), 0)
+    new = (rehearsal.targets >= 2).sum().item()
+    assert new == 40 and len(rehearsal) == 40 + 6 * (40 // 6)
+    old = rehearsal.targets[rehearsal.targets < 2]
+    assert (old == 0).sum() == (old == 1).sum()  # balanced over the old classes
+    assert len(torch.unique(rehearsal.images[rehearsal.targets < 2], dim=0)) == 6  # 6 images, repeated
+    joint = task_training_set(train, tasks, 1, ContinualSettings(strategy="joint"), 0)
+    assert len(joint) == 80
+    assert len(task_training_set(train, tasks, 0, ContinualSettings(strategy="joint"), 0)) == 40
+    with pytest.raises(SelfsupError, match="permutation"):
+        task_sequence(train, ContinualSettings(order=[0, 1, 2, 5]))
+    with pytest.raises(SelfsupError, match="one task"):
+        task_sequence(train, ContinualSettings(classes_per_task=4))
+
+
+def test_feature_extraction_never_moves_the_trunk(mnist_root, tmp_path):
+    start = _start(mnist_root)
+    trunk = {k: v.clone() for k, v in start.encoder.state_dict().items()}
+    run_sequence(start, tmp_path / "fe", _training(), ContinualSettings(strategy="feature-extraction"), quiet=True)
+    final = continual_module.checkpoint.load(tmp_path / "fe" / "task-1" / "checkpoints" / "last.pt")["model"]
+    assert all(torch.equal(final[f"encoder.{k}"], v) for k, v in trunk.items())
+    assert not torch.equal(final["head.weight"], torch.zeros_like(final["head.weight"]))
+
+
+CONTINUAL = ["--epochs", "2", "--batch-size", "8", "--device", "cpu", "--quiet", "--buffer-size", "6",
+             "--lwf-warmup-epochs", "0.5"]
+
+
+def _tiny_sets(root):
+    return [arg for item in ("data.name=fashion_mnist", f"data.root={root}", "backbone.name=toy", "backbone.width=8")
+            for arg in ("--set", item)]
+
+
+def test_continual_command_end_to_end_and_resumes_after_a_kill(mnist_root, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "cl"
+    command = ["continual", "--run-dir", str(out), "--strategies", "finetune", "rehearsal", "--scenarios", "task",
+               "class"] + CONTINUAL + _tiny_sets(mnist_root)
+    original, steps = Engine.train_step, []
+
+    def dies_in_the_second_task_of_rehearsal(self, images, targets, index):  # noqa: ANN001
+        steps.append(str(self.run_dir))
+        if str(self.run_dir).endswith("task-rehearsal/task-1") and self.step == 3:
+            raise KeyboardInterrupt
+        return original(self, images, targets, index)
+
+    monkeypatch.setattr(Engine, "train_step", dies_in_the_second_task_of_rehearsal)
+    assert main(command) == 130
+    done_before = len(steps)
+    monkeypatch.setattr(Engine, "train_step", original)
+    steps.clear()
+    monkeypatch.setattr(Engine, "train_step", lambda self, *a: (steps.append(str(self.run_dir)), original(self, *a))[1])
+    assert main(command) == 0
+    # Finished tasks are read back, the killed one continues from its checkpoint.
+    assert not any(s.endswith(("task-finetune/task-0", "task-finetune/task-1", "task-rehearsal/task-0"))
+                   for s in steps)
+    assert done_before > 0 and any(s.endswith("task-rehearsal/task-1") for s in steps)
+    printed = capsys.readouterr().out
+    assert "class-incremental  rehearsal" in printed
+    table = (out / "continual.md").read_text()
+    assert table.count("| task-incremental |") == 2 and table.count("| class-incremental |") == 2
+    report = json.loads((out / "class-finetune" / "continual.json").read_text())
+    assert len(report["matrix"]) == 2 and report["matrix"][1][1] is not None and "forgetting" in report
+    assert (out / "class-finetune" / "accuracy.png").stat().st_size > 1000
+    assert (out / "continual.png").stat().st_size > 5000
+    # A continual checkpoint reads back like a fine-tuned one.
+    assert main(["eval", "knn", str(out / "class-finetune" / "task-1"), "--quiet"]) == 0
+
+
+def test_continual_refuses_bad_input(pretrained_run, mnist_root, tmp_path, capsys):
+    base = ["continual", "--run-dir", str(tmp_path / "x")] + CONTINUAL
+    assert main(base + ["--strategies", "ewc"] + _tiny_sets(mnist_root)) == 2
+    assert "unknown continual strategy 'ewc'" in capsys.readouterr().err
+    assert main(base + ["--classes-per-task", "3"] + _tiny_sets(mnist_root)) == 2
+    assert "do not split" in capsys.readouterr().err
+    assert main(base + [str(pretrained_run), "-c", "simclr_fashion_mnist"]) == 2
+    assert "not both" in capsys.readouterr().err
+    assert main(base + ["--label-smoothing", "0.1"] + _tiny_sets(mnist_root)) == 2
+    assert "label smoothing" in capsys.readouterr().err

@@ -56,6 +56,24 @@ Run the same command again after a kill: finished stages (features, clusters) ar
 training of N_cf resumes from its last checkpoint.
 """
 
+EPILOG_CONTINUAL = """\
+examples (split Fashion-MNIST: 5 tasks of 2 classes):
+  selfsup continual -c simclr_fashion_mnist --set backbone.width=16 --epochs 2 --run-dir runs/cl-scratch
+  selfsup continual runs/simclr-fmnist --strategies finetune lwf rehearsal --scenarios class --buffer-size 500
+  selfsup continual runs/simclr-fmnist --classes-per-task 5 --order 9 8 7 6 5 4 3 2 1 0
+Each scenario x strategy goes to RUN_DIR/<scenario>-<strategy> (accuracy matrix .md/.png/.json);
+the comparison to RUN_DIR/continual.md. Run the same command again after a kill: it resumes.
+"""
+
+EPILOG_SEMISUP = """\
+examples:
+  selfsup semisup -c simclr_fashion_mnist --method fixmatch --labels 0.01 --epochs 5 --run-dir runs/fixmatch
+  selfsup semisup runs/simclr-fmnist --method mean-teacher --labels 0.01 0.05 --seeds 0 1 2   # mean +- std
+  selfsup semisup runs/simclr-fmnist --method fixmatch --option threshold=0.9 --ratio 3
+methods: labels-only, pseudo-label, entropy-min, pi-model, temporal-ensembling, mean-teacher, fixmatch,
+uda, mixmatch. An epoch is one pass over the unlabelled images. Killed sweeps resume by themselves.
+"""
+
 
 def _config_from_args(args: argparse.Namespace):  # noqa: ANN202
     from .config import apply_overrides, find_config, read_yaml, resolve
@@ -294,6 +312,82 @@ def cmd_distill(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- downstream strategies
+
+def _starting_point(args: argparse.Namespace):  # noqa: ANN202
+    """A checkpoint's encoder (``--set`` changes its config), or with ``-c`` a config's backbone at
+    random initialisation seeded by ``--seed``."""
+    from .recipes.classifier import StartingPoint
+
+    if args.checkpoint and args.config:
+        raise SelfsupError("give a checkpoint to start from or a config (-c) for a random initialisation, not both")
+    if args.checkpoint:
+        overrides = list(args.set) + [f"{key}={getattr(args, flag)}" for flag, key in
+                                      (("data_root", "data.root"), ("device", "train.device"))
+                                      if getattr(args, flag, None) is not None]
+        return StartingPoint.load(args.checkpoint, None, overrides, quiet=args.quiet)
+    return StartingPoint.load(None, _config_from_args(args), seed=args.seed, quiet=args.quiet)
+
+
+def _add_start_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", nargs="?", help="a selfsup checkpoint or run directory to start from; "
+                                                      "without it, -c CONFIG's backbone from random initialisation")
+    _add_config_args(parser)
+    parser.add_argument("--backbone-lr-scale", type=float,
+                        help="trunk rate as a fraction of the head's (default 0.1 from a checkpoint, 1 from random "
+                             "initialisation)")
+    parser.add_argument("--quiet", action="store_true")
+
+
+def _start_lr_scale(args: argparse.Namespace) -> float:
+    if args.backbone_lr_scale is not None:
+        return args.backbone_lr_scale
+    return 0.1 if args.checkpoint else 1.0
+
+
+def cmd_continual(args: argparse.Namespace) -> int:
+    from .recipes.continual import ContinualSettings, continual
+
+    start = _starting_point(args)
+    settings = ContinualSettings(classes_per_task=args.classes_per_task, order=args.order,
+                                 buffer_size=args.buffer_size, lwf_weight=args.lwf_weight,
+                                 lwf_temperature=args.lwf_temperature, lwf_warmup_epochs=args.lwf_warmup_epochs)
+    out_dir = Path(args.run_dir or f"runs/continual-{start.data['dataset']}-{time.strftime('%Y%m%d-%H%M%S')}")
+    result = continual(start, out_dir, _classifier_training(args, _start_lr_scale(args)), strategies=args.strategies,
+                       scenarios=args.scenarios, settings=settings, quiet=args.quiet)
+    for row in result["summary"]:
+        print(f"{row['scenario']:>18s}  {row['strategy']:<18s} average accuracy {row['average accuracy (%)']:6.2f}%  "
+              f"forgetting {row['forgetting']:6.2f}  final row {row['final row']}")
+    print(f"results: {out_dir / 'continual.md'}, matrices and plots in {out_dir}/<scenario>-<strategy>/")
+    return 0
+
+
+def cmd_semisup(args: argparse.Namespace) -> int:
+    import yaml
+
+    from .recipes.semisup import SemiSupervisedSettings, semisup, semisup_sweep
+
+    bad = [item for item in args.option if "=" not in item]
+    if bad:
+        raise SelfsupError(f"--option takes KEY=VALUE pairs (e.g. threshold=0.9), got {' '.join(bad)}")
+    options = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.option)}
+    settings = SemiSupervisedSettings(method=args.semisup_method, weight=args.weight, rampup=args.rampup, ratio=args.ratio,
+                                      options=options)
+    start = _starting_point(args)
+    training = _classifier_training(args, _start_lr_scale(args))
+    seeds = args.seeds or [args.seed]
+    if len(args.labels) == 1 and len(seeds) == 1:
+        run_dir = args.run_dir or f"runs/semisup-{args.semisup_method}-{100 * args.labels[0]:g}pct-{time.strftime('%Y%m%d-%H%M%S')}"
+        summary = semisup(start, run_dir, training, settings, labels=args.labels[0], resume=args.resume,
+                          quiet=args.quiet)
+        print(f"{args.semisup_method} with {100 * args.labels[0]:g}% of the labels: test top-1 "
+              f"{summary.get('test_top1', float('nan')):.2f}%  ({run_dir})")
+        return 0
+    out_dir = Path(args.run_dir or f"runs/semisup-{args.semisup_method}-sweep")
+    report = semisup_sweep(start, out_dir, training, settings, fractions=args.labels, seeds=seeds, quiet=args.quiet)
+    return _print_sweep(report, out_dir)
+
+
 def cmd_cluster(args: argparse.Namespace) -> int:
     from .recipes.cluster import ClusterFitSettings, clusterfit
 
@@ -497,6 +591,44 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fraction of the training labels the label term may use (default 0)")
     _add_new_network_args(p, "the teacher's")
     p.set_defaults(func=cmd_distill)
+
+    p = commands.add_parser("continual", help="learn a sequence of tasks (split classes) with a continual strategy: "
+                                              "accuracy matrix, forgetting, plot", epilog=EPILOG_CONTINUAL,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_start_args(p)
+    p.add_argument("--strategies", nargs="+", default=["feature-extraction", "finetune", "lwf", "rehearsal", "joint"],
+                   metavar="NAME", help="feature-extraction, finetune, lwf, rehearsal, joint (default: all)")
+    p.add_argument("--scenarios", nargs="+", default=["task", "class"], metavar="NAME",
+                   help="task (a head per task, task known at test) and/or class (one head over every class seen)")
+    p.add_argument("--classes-per-task", type=int, default=2, help="default 2 (split Fashion-MNIST: 5 tasks)")
+    p.add_argument("--order", type=int, nargs="+", help="class order the tasks are cut from (default 0..K-1)")
+    p.add_argument("--buffer-size", type=int, default=200, help="rehearsal: images kept over the classes seen "
+                                                                "(default 200)")
+    p.add_argument("--lwf-weight", type=float, default=1.0, help="LwF's lambda_o (default 1)")
+    p.add_argument("--lwf-temperature", type=float, default=2.0, help="LwF's T (default 2)")
+    p.add_argument("--lwf-warmup-epochs", type=float, default=1.0,
+                   help="LwF: epochs of each new task with the trunk frozen, only the head training (default 1)")
+    _add_training_args(p, epochs=3, lr=0.02)
+    p.set_defaults(func=cmd_continual)
+
+    p = commands.add_parser("semisup", help="semi-supervised training on a label fraction and every unlabelled "
+                                            "image (FixMatch, Mean Teacher, MixMatch, ...)", epilog=EPILOG_SEMISUP,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_start_args(p)
+    p.add_argument("--method", dest="semisup_method", default="fixmatch", help="default fixmatch (see below)")
+    p.add_argument("--labels", type=float, nargs="+", default=[0.01],
+                   help="fraction(s) of the training labels, class-balanced by the seed (default 0.01)")
+    p.add_argument("--seeds", type=int, nargs="+", help="repeat every fraction over these seeds (mean +- std)")
+    p.add_argument("--weight", type=float, help="weight of the unlabelled loss (default: the method's)")
+    p.add_argument("--rampup", type=float, help="fraction of training over which that weight ramps up "
+                                                "(default: the method's)")
+    p.add_argument("--ratio", type=float, help="mu: unlabelled images per labelled one in a batch (default: the "
+                                               "method's, 7 for FixMatch)")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a setting of the method, e.g. threshold=0.9 (FixMatch, UDA, pseudo-label), ema=0.999 "
+                        "(Mean Teacher), alpha=0.6 (temporal ensembling), temperature=0.5 (MixMatch, UDA)")
+    _add_training_args(p, epochs=10, lr=0.03)
+    p.set_defaults(func=cmd_semisup)
 
     p = commands.add_parser("cluster", help="ClusterFit: cluster a pretrained network's features, train a fresh "
                                              "network on the clusters, evaluate both", epilog=EPILOG_CLUSTER,

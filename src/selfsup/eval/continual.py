@@ -78,6 +78,13 @@ class AccuracyMatrix:
                 "average_accuracy": round(self.average_accuracy(), 2),
                 "backward_transfer": round(self.backward_transfer(), 2), "forgetting": round(self.forgetting(), 2)}
 
+    @classmethod
+    def from_dict(cls, saved: dict) -> AccuracyMatrix:
+        """The matrix of a :meth:`to_dict`."""
+        matrix = cls(len(saved["matrix"]))
+        matrix.values = torch.tensor([[float("nan") if v is None else v for v in row] for row in saved["matrix"]])
+        return matrix
+
     def markdown(self) -> str:
         rows = [{"after task": i} for i in range(self.tasks)]
         for (i, j), value in _cells(self.values):
@@ -85,12 +92,10 @@ class AccuracyMatrix:
         return markdown_table(rows, ["after task"] + [f"task {j}" for j in range(self.tasks)])
 
     def plot(self, path: Path, title: str) -> None:
-        import matplotlib
+        plot_matrices({title: self}, path)
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(1.2 * self.tasks + 2, 1.0 * self.tasks + 1.5))
+    def draw(self, ax, title: str):  # noqa: ANN001, ANN201
+        """The matrix as a heatmap with its values on ``ax``; returns the image (for a colour bar)."""
         image = ax.imshow(self.values.numpy(), vmin=0, vmax=100, cmap="viridis")
         for (i, j), value in _cells(self.values):
             ax.text(j, i, f"{value:.0f}", ha="center", va="center", color="white" if value < 60 else "black")
@@ -98,12 +103,31 @@ class AccuracyMatrix:
         ax.set_ylabel("after training task")
         ax.set_xticks(range(self.tasks))
         ax.set_yticks(range(self.tasks))
-        ax.set_title(title)
-        fig.colorbar(image, ax=ax, label="accuracy (%)")
-        fig.tight_layout()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
+        ax.set_title(title, fontsize=9)
+        return image
+
+
+def plot_matrices(matrices: dict[str, AccuracyMatrix], path: Path, columns: int = 5) -> None:
+    """Accuracy matrices side by side (e.g. every strategy of a comparison), one colour scale."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = min(columns, len(matrices))
+    rows = -(-len(matrices) // columns)
+    tasks = max(m.tasks for m in matrices.values())
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * (1.0 * tasks + 1.5) + 1, rows * (0.9 * tasks + 1.5)),
+                             squeeze=False)
+    image = None
+    for ax, (title, matrix) in zip(axes.flat, matrices.items()):
+        image = matrix.draw(ax, title)
+    for ax in list(axes.flat)[len(matrices):]:
+        ax.axis("off")
+    fig.colorbar(image, ax=axes.ravel().tolist(), label="accuracy (%)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
 
 
 def _cells(values: torch.Tensor) -> list[tuple[tuple[int, int], float]]:

@@ -10,6 +10,7 @@ the head (LwF's first phase) in the same fit. Any module with ``views``, ``param
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,19 +109,23 @@ class AccuracyMonitor:
     def __call__(self) -> dict[str, float]:
         accuracy = None
         if dist.is_main():
-            device = next(self.model.parameters()).device
-            was_training = self.model.training
-            self.model.eval()
-            view = self.view.to(device)
-            correct = 0
-            for images, targets in zip(self.dataset.images.split(self.batch_size),
-                                       self.dataset.targets.split(self.batch_size)):
-                logits = self.model.classify(view(images.to(device)))
-                correct += int((logits.argmax(1).cpu() == targets).sum())
-            self.model.train(was_training)
-            accuracy = 100.0 * correct / len(self.dataset)
+            logits = classify_all(self.model, self.dataset.images, self.view, self.batch_size)
+            accuracy = 100.0 * (logits.argmax(1) == self.dataset.targets).float().mean().item()
         self.last = dist.broadcast_object(accuracy)
         return {"test_top1": self.last}
+
+
+@torch.no_grad()
+def classify_all(model: nn.Module, images: torch.Tensor, view: nn.Module, batch_size: int = 512) -> torch.Tensor:
+    """``model.classify`` of uint8 ``images`` in the deterministic ``view``, in evaluation mode, batched
+    on the model's device: fp32 logits on the CPU (the model's mode is put back)."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    view = view.to(device)
+    logits = [model.classify(view(chunk.to(device))).float().cpu() for chunk in images.split(batch_size)]
+    model.train(was_training)
+    return torch.cat(logits)
 
 
 def fit_classifier(model: nn.Module, train: ImageDataset, test: ImageDataset | None, run_dir: str | Path,
@@ -262,3 +267,40 @@ def classifier_meta(config: RunConfig, data: dict[str, Any], head_layers: int = 
 def classifier_views(image: ImageInfo, augment: AugmentSpec = FINE_TUNE_AUGMENT) -> OneView:
     """The training view of a classifier: one mildly augmented view."""
     return OneView(image, augment=augment)
+
+
+@dataclass
+class StartingPoint:
+    """The encoder a downstream strategy starts from (a checkpoint's, or a config's backbone at random
+    initialisation), with the config and data facts it was built for and the splits to train on."""
+
+    encoder: nn.Module
+    config: RunConfig
+    data: dict[str, Any]
+    splits: Any
+    source: str
+    """The checkpoint's resolved path, or ``random initialisation``."""
+
+    @classmethod
+    def load(cls, checkpoint_path: str | Path | None, config: RunConfig | None, overrides: list[str] = (), *,
+             seed: int = 0, quiet: bool = False) -> StartingPoint:
+        from ..data import load_splits
+        from .evaluate import load_encoder
+
+        if checkpoint_path is not None:
+            encoder, config, state = load_encoder(checkpoint_path, overrides)
+            splits = load_splits(config.data, seed=config.train.seed, labeled=True, quiet=quiet)
+            return cls(encoder, config, state["data"], splits, str(Path(state["path"]).resolve()))
+        if config is None:
+            raise SelfsupError("give a checkpoint to start from, or a config (-c) for a random initialisation")
+        splits = load_splits(config.data, seed=config.train.seed, labeled=True, quiet=quiet)
+        data = splits.info()
+        config, encoder = fresh_network(config, [], data, seed)
+        return cls(encoder, config, data, splits, "random initialisation")
+
+    def fresh_encoder(self) -> nn.Module:
+        """A copy of the starting encoder: every run of a comparison starts from the same weights."""
+        return copy.deepcopy(self.encoder)
+
+    def eval_view(self) -> EvalView:
+        return EvalView(self.data["image_size"], tuple(self.data["mean"]), tuple(self.data["std"]))

@@ -1,0 +1,286 @@
+"""Continual learning: one network trained on a sequence of tasks, tested on all of them after each.
+
+The sequence is a split of a labelled dataset into tasks of a few classes (split Fashion-MNIST:
+five tasks of two classes, :func:`~selfsup.eval.continual.split_classes`). Two scenarios
+(van de Ven & Tolias 2019, "Three scenarios for continual learning"):
+
+- ``task`` (task-incremental): a head per task, and the task of a test image is known: the
+  prediction is among its task's classes.
+- ``class`` (class-incremental): one head, and the prediction is among every class seen so far.
+
+Both are one linear layer over all classes whose outputs are masked: in the task scenario to
+the image's task's classes (the rows of a task are its head), in the class scenario to the
+classes seen so far. Strategies:
+
+- ``feature-extraction``: the trunk stays frozen, only the head learns.
+- ``finetune``: trunk and head train on each new task (the forgetting baseline).
+- ``lwf``: Learning without Forgetting (Li & Hoiem 2016, Sec. 3): before a new task, the old
+  heads' outputs on its training images are recorded with the network as it is; the new head
+  is warmed up with the trunk frozen, then everything trains on ``L_new + lambda_o * L_old``
+  (+ weight decay), L_old the distillation of each old head towards its recorded outputs
+  (temperature T = 2, lambda_o = 1 as in the paper; our distillation carries Hinton's T^2).
+  In the class scenario the old "head" is the outputs of the old classes.
+- ``rehearsal``: a buffer of ``buffer_size`` training images, class-balanced over the classes
+  seen so far, is replayed with each new task; its images are repeated to match the new task's
+  count so that about half of every batch is replayed (experience replay, Chaudhry et al. 2019).
+- ``joint``: every image of the tasks seen so far (the upper bound).
+
+Each task is a run of the classifier recipe (:func:`~.classifier.fit_classifier`) in
+``out_dir/<scenario>-<strategy>/task-<t>``; the accuracy matrix is filled after every task and
+saved, so a killed run resumes at the task it was in.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data import ImageDataset
+from ..engine import Batch, checkpoint
+from ..engine.runtime import write_json
+from ..errors import SelfsupError
+from ..eval import markdown_table
+from ..eval.continual import AccuracyMatrix, plot_matrices, split_classes, task_index
+from ..losses import distillation
+from ..views import ImageInfo
+from .classifier import (Classifier, ClassifierTraining, StartingPoint, classifier_meta, classifier_views,
+                         classify_all, fit_classifier)
+
+STRATEGIES = ("feature-extraction", "finetune", "lwf", "rehearsal", "joint")
+SCENARIOS = ("task", "class")
+
+
+@dataclass
+class ContinualSettings:
+    strategy: str = "finetune"
+    scenario: str = "class"
+    classes_per_task: int = 2
+    order: list[int] | None = None
+    """The class order the tasks are cut from (default 0..K-1)."""
+    buffer_size: int = 200
+    """Rehearsal: images kept over all classes seen so far."""
+    lwf_weight: float = 1.0
+    """lambda_o of LwF."""
+    lwf_temperature: float = 2.0
+    lwf_warmup_epochs: float = 1.0
+    """LwF: epochs of each new task (after the first) in which only the head trains."""
+
+    def check(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise SelfsupError(f"unknown continual strategy '{self.strategy}'; use one of {', '.join(STRATEGIES)}")
+        if self.scenario not in SCENARIOS:
+            raise SelfsupError(f"unknown scenario '{self.scenario}'; use task (a head per task) or class (one head)")
+        if self.strategy == "rehearsal" and self.buffer_size < 1:
+            raise SelfsupError(f"rehearsal needs a buffer of at least one image, got {self.buffer_size}")
+        if self.lwf_weight < 0 or self.lwf_temperature <= 0:
+            raise SelfsupError("LwF needs lambda_o >= 0 and a temperature > 0")
+
+
+class ContinualLearner(Classifier):
+    """A trunk and one linear layer over all classes, its outputs masked by task (see the module's
+    docstring). ``current`` is the task being learnt (or just learnt, when testing);
+    ``old_logits`` (LwF) the outputs recorded on the current task's training images."""
+
+    def __init__(self, encoder: nn.Module, views: nn.Module, tasks: list[list[int]], num_classes: int,
+                 scenario: str = "class", lwf_weight: float = 1.0, lwf_temperature: float = 2.0) -> None:
+        super().__init__(encoder, num_classes, views)
+        self.tasks, self.scenario = tasks, scenario
+        self.lwf_weight, self.lwf_temperature = lwf_weight, lwf_temperature
+        task_of_class = torch.full((num_classes,), -1, dtype=torch.long)
+        for task, classes in enumerate(tasks):
+            task_of_class[classes] = task
+        self.register_buffer("task_of_class", task_of_class, persistent=False)
+        self.current = 0
+        self.old_logits: torch.Tensor | None = None
+
+    def allowed(self, targets: torch.Tensor) -> torch.Tensor:
+        """(B, K) mask of the outputs an image may be classified among: its task's classes (task
+        scenario) or every class of tasks 0..current (class scenario)."""
+        if self.scenario == "task":
+            return self.task_of_class[None, :] == self.task_of_class[targets][:, None]
+        seen = (self.task_of_class >= 0) & (self.task_of_class <= self.current)
+        return seen[None, :].expand(len(targets), -1)
+
+    def restricted(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return logits.masked_fill(~self.allowed(targets), float("-inf"))
+
+    def old_heads(self) -> list[list[int]]:
+        """The outputs LwF keeps: each old task's classes (task scenario), or all old classes as one head."""
+        old = self.tasks[:self.current]
+        return [list(c) for c in old] if self.scenario == "task" else [[c for task in old for c in task]]
+
+    def forward(self, batch: Batch, progress: float) -> dict[str, torch.Tensor]:
+        logits = self.classify(batch.views[0]).float()
+        restricted = self.restricted(logits, batch.targets)
+        new = F.cross_entropy(restricted, batch.targets)
+        out = {"accuracy": (restricted.argmax(1) == batch.targets).float().mean()}
+        if self.old_logits is None:
+            return {"loss": new, **out}
+        recorded = self.old_logits[batch.index.cpu()].to(logits.device)
+        old = sum(distillation(logits[:, head], recorded[:, head], self.lwf_temperature) for head in self.old_heads())
+        return {"loss": new + self.lwf_weight * old, "loss_new": new, "loss_old": old, **out}
+
+    @torch.no_grad()
+    def record_old_logits(self, train: ImageDataset, view: nn.Module) -> torch.Tensor:
+        """LwF's y_o: the network's outputs on the new task's training images, before it trains on them."""
+        self.old_logits = classify_all(self, train.images, view)
+        return self.old_logits
+
+    @torch.no_grad()
+    def task_accuracies(self, test: ImageDataset, view: nn.Module, after: int) -> list[float]:
+        """Test accuracy (%) on each task 0..after, the network having learnt tasks 0..after."""
+        self.current = after
+        logits = classify_all(self, test.images, view)
+        correct = self.restricted(logits, test.targets).argmax(1) == test.targets
+        return [100.0 * correct[task_index(test.targets, self.tasks[j])].float().mean().item()
+                for j in range(after + 1)]
+
+
+def task_sequence(train: ImageDataset, settings: ContinualSettings) -> list[list[int]]:
+    """The classes of each task: the classes present in ``train`` (or ``settings.order``, a permutation
+    of them) cut into consecutive groups of ``classes_per_task``."""
+    present = sorted(train.targets[train.targets >= 0].unique().tolist())
+    order = list(settings.order) if settings.order else present
+    if sorted(order) != present:
+        raise SelfsupError(f"the class order must be a permutation of the training classes {present}, got {order}")
+    tasks = [[order[i] for i in task] for task in split_classes(len(order), settings.classes_per_task)]
+    if len(tasks) < 2:
+        raise SelfsupError(f"{len(order)} classes in tasks of {settings.classes_per_task} make one task: nothing to "
+                           "continue to; use fewer classes per task")
+    return tasks
+
+
+def task_training_set(train: ImageDataset, tasks: list[list[int]], task: int, settings: ContinualSettings,
+                      seed: int) -> ImageDataset:
+    """What the strategy trains on in task ``task``: its images, plus the replayed or joint ones."""
+    new = task_index(train.targets, tasks[task])
+    if task == 0 or settings.strategy not in ("rehearsal", "joint"):
+        return train.select(new)
+    old = task_index(train.targets, [c for classes in tasks[:task] for c in classes])
+    if settings.strategy == "joint":
+        return train.select(torch.cat([old, new]))
+    buffer = rehearsal_buffer(train, old, settings.buffer_size, seed)
+    repeats = max(1, len(new) // len(buffer))
+    return train.select(torch.cat([new, buffer.repeat(repeats)]))
+
+
+def rehearsal_buffer(train: ImageDataset, candidates: torch.Tensor, size: int, seed: int) -> torch.Tensor:
+    """Indices of ``size`` images among ``candidates`` (the old tasks' training images), as evenly
+    spread over their classes as possible; seeded."""
+    size = min(size, len(candidates))
+    return candidates[train.select(candidates).balanced_index(size, seed)]
+
+
+def run_sequence(start: StartingPoint, out_dir: str | Path, training: ClassifierTraining,
+                 settings: ContinualSettings, *, resume: bool = True, quiet: bool = False) -> dict[str, Any]:
+    """Train a copy of ``start``'s encoder on the task sequence with ``settings``' strategy; the accuracy
+    matrix, average accuracy and forgetting in ``out_dir/continual.json`` (+ ``.md``, ``.png``)."""
+    settings.check()
+    if training.label_smoothing:
+        raise SelfsupError("label smoothing is not part of the continual strategies; leave it at 0")
+    out_dir = Path(out_dir)
+    train, test = start.splits.train, start.splits.test
+    classes = len(start.data["classes"])
+    tasks = task_sequence(train, settings)
+    learner = ContinualLearner(start.fresh_encoder(), classifier_views(ImageInfo.of(start.data)), tasks, classes,
+                               settings.scenario, settings.lwf_weight, settings.lwf_temperature)
+    view = start.eval_view()
+    progress_file = out_dir / "continual.json"
+    done = _finished_rows(progress_file, tasks, settings, training) if resume else {}
+    matrix = AccuracyMatrix(len(tasks))
+    for task in range(len(tasks)):
+        run_dir = out_dir / f"task-{task}"
+        if task in done:
+            checkpoint.load_weights(learner, checkpoint.load(run_dir / "checkpoints" / "last.pt")["model"],
+                                    str(run_dir))
+            row = done[task]
+        else:
+            learner.current = task
+            task_train = task_training_set(train, tasks, task, settings, training.seed)
+            learner.old_logits = None
+            if settings.strategy == "lwf" and task > 0:
+                learner.record_old_logits(task_train, view)
+            meta = classifier_meta(start.config, start.data, origin=f"continual {settings.strategy} "
+                                   f"({settings.scenario}-incremental, after task {task})", classes=classes,
+                                   stage="continual", task=task, tasks=tasks, source=start.source)
+            fit_classifier(learner, task_train, None, run_dir, _task_training(training, settings, task), meta=meta,
+                           resume=resume and (run_dir / "checkpoints" / "last.pt").is_file(), quiet=quiet)
+            learner.old_logits = None
+            row = learner.task_accuracies(test, view, task)
+        for j, accuracy in enumerate(row):
+            matrix.record(task, j, accuracy)
+        done[task] = row
+        _save_progress(progress_file, tasks, settings, training, done, start.source)
+    report = {**json.loads(progress_file.read_text()), **matrix.to_dict()}
+    write_json(progress_file, report)
+    title = f"{settings.strategy}, {settings.scenario}-incremental: average {matrix.average_accuracy():.1f}%"
+    (out_dir / "accuracy.md").write_text(f"{title}\n\n{matrix.markdown()}\n")
+    matrix.plot(out_dir / "accuracy.png", title)
+    return report
+
+
+def _task_training(training: ClassifierTraining, settings: ContinualSettings, task: int) -> ClassifierTraining:
+    """The classifier recipe's settings for one task: feature extraction freezes the trunk, LwF warms
+    the head up with the trunk frozen (not on the first task: there is nothing to keep)."""
+    if settings.strategy == "feature-extraction":
+        return dataclasses.replace(training, backbone_lr_scale=0.0)
+    if settings.strategy == "lwf" and task > 0:
+        return dataclasses.replace(training, head_warmup_epochs=settings.lwf_warmup_epochs)
+    return training
+
+
+def _identity(tasks: list[list[int]], settings: ContinualSettings, training: ClassifierTraining) -> dict[str, Any]:
+    return {"tasks": tasks, "settings": dataclasses.asdict(settings), "training": dataclasses.asdict(training)}
+
+
+def _finished_rows(progress_file: Path, tasks: list[list[int]], settings: ContinualSettings,
+                   training: ClassifierTraining) -> dict[int, list[float]]:
+    if not progress_file.is_file():
+        return {}
+    saved = json.loads(progress_file.read_text())
+    identity = json.loads(json.dumps(_identity(tasks, settings, training)))
+    if {key: saved.get(key) for key in identity} != identity:
+        raise SelfsupError(f"{progress_file} was written by another task sequence or other settings; "
+                           "give a new output folder (or delete this one)")
+    return {int(task): row for task, row in saved["rows"].items()}
+
+
+def _save_progress(progress_file: Path, tasks: list[list[int]], settings: ContinualSettings,
+                   training: ClassifierTraining, rows: dict[int, list[float]], source: str) -> None:
+    write_json(progress_file, {**_identity(tasks, settings, training), "source": source,
+                               "rows": {str(task): row for task, row in sorted(rows.items())}})
+
+
+def continual(start: StartingPoint, out_dir: str | Path, training: ClassifierTraining, *,
+              strategies: list[str], scenarios: list[str], settings: ContinualSettings = ContinualSettings(),
+              quiet: bool = False) -> dict[str, Any]:
+    """:func:`run_sequence` for every scenario and strategy (each from the same starting weights) in
+    ``out_dir/<scenario>-<strategy>``; a comparison table in ``out_dir/continual.md`` / ``.json``."""
+    out_dir = Path(out_dir)
+    for name in strategies:
+        dataclasses.replace(settings, strategy=name).check()
+    for name in scenarios:
+        dataclasses.replace(settings, scenario=name).check()
+    rows, reports, matrices = [], {}, {}
+    for scenario in scenarios:
+        for strategy in strategies:
+            chosen = dataclasses.replace(settings, strategy=strategy, scenario=scenario)
+            report = run_sequence(start, out_dir / f"{scenario}-{strategy}", training, chosen, quiet=quiet)
+            reports[f"{scenario}-{strategy}"] = report
+            matrices[f"{scenario}-IL {strategy}: {report['average_accuracy']:.1f}%"] = AccuracyMatrix.from_dict(report)
+            rows.append({"scenario": f"{scenario}-incremental", "strategy": strategy,
+                         "average accuracy (%)": report["average_accuracy"],
+                         "forgetting": report["forgetting"], "backward transfer": report["backward_transfer"],
+                         "final row": " / ".join(f"{v:.1f}" for v in report["matrix"][-1])})
+    columns = ["scenario", "strategy", "average accuracy (%)", "forgetting", "backward transfer", "final row"]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / "continual.json", {"source": start.source, "runs": reports, "summary": rows})
+    (out_dir / "continual.md").write_text(markdown_table(rows, columns) + "\n")
+    plot_matrices(matrices, out_dir / "continual.png", columns=len(strategies))
+    return {"summary": rows, "runs": reports}

@@ -1,0 +1,46 @@
+"""Mean Teacher (Tarvainen & Valpola 2017, "Mean teachers are better role models").
+
+The teacher is the exponential moving average of the student's weights (``ema`` 0.99, the
+paper's value for the ramp-up phase; it moves to 0.999 on long schedules) and is never trained
+by gradient. Consistency: ||softmax(student(x')) - softmax(teacher(x''))||^2 over two
+augmentations of each unlabelled image; the paper's weight of 100 on the class-averaged error
+(CIFAR-10) is 10 on our class sum, ramped up over the first 30% of training.
+The saved classifier is the student (what the optimiser trained); the teacher is in the
+checkpoint under ``teacher``.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..blocks.ema import ema_update, frozen_copy
+from ..engine import Batch
+from ..errors import SelfsupError
+from .base import SemiSupervised, squared_error
+
+
+class MeanTeacher(SemiSupervised):
+    weak_views = 2
+    default_weight = 10.0
+    default_rampup = 0.3
+
+    def __init__(self, *args, ema: float = 0.99, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if not 0.0 <= ema < 1.0:
+            raise SelfsupError(f"the teacher's EMA decay must be in [0, 1), got {ema}")
+        self.ema = ema
+        self.teacher = frozen_copy(torch.nn.ModuleDict({"encoder": self.encoder, "head": self.head}))
+
+    def teacher_logits(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.teacher["head"](self.teacher["encoder"](x)).float()
+
+    def unlabelled_loss(self, batch: Batch, logits: torch.Tensor, extra: list[torch.Tensor],
+                        unlabelled: torch.Tensor, progress: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        target = self.teacher_logits(batch.views[1][unlabelled]).softmax(1)
+        return squared_error(logits[unlabelled].softmax(1), target), {}
+
+    def after_step(self, progress: float) -> None:
+        # BatchNorm statistics averaged like the weights (the reference code runs the teacher in
+        # train mode, which gives it running averages of its own).
+        ema_update(self.teacher, torch.nn.ModuleDict({"encoder": self.encoder, "head": self.head}), self.ema,
+                   buffers="average")

@@ -1,0 +1,31 @@
+"""Pseudo-labels (Lee 2013, "Pseudo-Label: The Simple and Efficient Semi-Supervised Learning Method").
+
+The network's own most probable class on an unlabelled image is its label for this step,
+trained with cross-entropy. As later work does (FixMatch's ablation, Sohn et al. 2020), only
+predictions of probability >= ``threshold`` (0.95) count; the weight ramps up over the first
+30% of training (Lee anneals it from 0 to its final value, 3, over the early epochs).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..engine import Batch
+from .base import SemiSupervised
+
+
+class PseudoLabel(SemiSupervised):
+    default_weight = 1.0
+    default_rampup = 0.3
+
+    def __init__(self, *args, threshold: float = 0.95, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.threshold = threshold
+
+    def unlabelled_loss(self, batch: Batch, logits: torch.Tensor, extra: list[torch.Tensor],
+                        unlabelled: torch.Tensor, progress: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        ours = logits[unlabelled]
+        confidence, pseudo = ours.detach().softmax(1).max(1)
+        mask = (confidence >= self.threshold).float()
+        loss = (F.cross_entropy(ours, pseudo, reduction="none") * mask).mean()
+        return loss, {"mask_rate": mask.mean()}

@@ -1,0 +1,36 @@
+"""Unsupervised Data Augmentation (Xie et al. 2020, "Unsupervised Data Augmentation for Consistency
+Training", Sec. 2 and 3.2).
+
+KL(p_weak || p_strong) between the prediction on a weak view (no gradient, sharpened with
+``temperature`` 0.4) and on a strong one (RandAugment), counted only where the weak
+prediction's confidence is at least ``threshold`` (0.8): UDA's confidence-based masking and
+sharpening. lambda = 1. (Training-signal annealing of the labelled loss is left out.)
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..engine import Batch
+from .base import SemiSupervised
+
+
+class UDA(SemiSupervised):
+    strong_views = 1
+    default_weight = 1.0
+    default_ratio = 7.0
+
+    def __init__(self, *args, temperature: float = 0.4, threshold: float = 0.8, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.temperature, self.threshold = temperature, threshold
+
+    def extra_inputs(self, batch: Batch, unlabelled: torch.Tensor) -> list[torch.Tensor]:
+        return [batch.views[1][unlabelled]]
+
+    def unlabelled_loss(self, batch: Batch, logits: torch.Tensor, extra: list[torch.Tensor],
+                        unlabelled: torch.Tensor, progress: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        weak = logits[unlabelled].detach()
+        mask = (weak.softmax(1).amax(1) >= self.threshold).float()
+        target = (weak / self.temperature).log_softmax(1)
+        kl = F.kl_div(extra[0].log_softmax(1), target, reduction="none", log_target=True).sum(1)
+        return (kl * mask).mean(), {"mask_rate": mask.mean()}
