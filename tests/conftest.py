@@ -180,3 +180,35 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def tiny_cli_sets(root: Path) -> list[str]:
+    """``--set`` arguments for a command that builds a network from scratch: toy backbone, the tiny data."""
+    return [arg for item in ("data.name=fashion_mnist", f"data.root={root}", "backbone.name=toy", "backbone.width=8")
+            for arg in ("--set", item)]
+
+
+def killed_then_finished(command: list[str], monkeypatch, run_suffix: str, step: int) -> list[str]:  # noqa: ANN001
+    """Run the CLI ``command`` until a Ctrl-C at ``step`` of the run directory ending in ``run_suffix``
+    (exit status 130), then the same command to the end; returns the run directories that the
+    second call trained in (one entry per step)."""
+    from selfsup.cli import main
+    from selfsup.engine import Engine
+
+    original, trained = Engine.train_step, []
+
+    def dies(self, images, targets, index):  # noqa: ANN001, ANN202
+        if str(self.run_dir).endswith(run_suffix) and self.step == step:
+            raise KeyboardInterrupt
+        return original(self, images, targets, index)
+
+    def records(self, images, targets, index):  # noqa: ANN001, ANN202
+        trained.append(str(self.run_dir))
+        return original(self, images, targets, index)
+
+    monkeypatch.setattr(Engine, "train_step", dies)
+    assert main(command) == 130
+    monkeypatch.setattr(Engine, "train_step", records)
+    assert main(command) == 0
+    monkeypatch.setattr(Engine, "train_step", original)
+    return trained

@@ -21,6 +21,7 @@ LAYERS = [
     {"config"},
     {"report"},
     {"recipes"},
+    {"semisup"},
     {"export", "demo"},
     {"cli"},
     {"__main__"},

@@ -54,14 +54,14 @@ def test_an_incomplete_matrix_refuses_final_metrics():
 # ---------------------------------------------------------------- the continual command
 
 from selfsup.cli import main  # noqa: E402
-from selfsup.engine import Batch, Engine, OptimConfig  # noqa: E402
+from selfsup.engine import Batch, OptimConfig  # noqa: E402
 from selfsup.losses import distillation  # noqa: E402
 from selfsup.recipes import continual as continual_module  # noqa: E402
 from selfsup.recipes.classifier import ClassifierTraining, StartingPoint, classify_all  # noqa: E402
 from selfsup.recipes.continual import (ContinualLearner, ContinualSettings, run_sequence,  # noqa: E402
                                        task_sequence, task_training_set)
 
-from conftest import tiny_config  # noqa: E402
+from conftest import killed_then_finished, tiny_cli_sets, tiny_config  # noqa: E402
 
 
 def _start(root):
@@ -163,34 +163,15 @@ CONTINUAL = ["--epochs", "2", "--batch-size", "8", "--device", "cpu", "--quiet",
              "--lwf-warmup-epochs", "0.5"]
 
 
-def _tiny_sets(root):
-    return [arg for item in ("data.name=fashion_mnist", f"data.root={root}", "backbone.name=toy", "backbone.width=8")
-            for arg in ("--set", item)]
-
-
 def test_continual_command_end_to_end_and_resumes_after_a_kill(mnist_root, tmp_path, monkeypatch, capsys):
     out = tmp_path / "cl"
     command = ["continual", "--run-dir", str(out), "--strategies", "finetune", "rehearsal", "--scenarios", "task",
-               "class"] + CONTINUAL + _tiny_sets(mnist_root)
-    original, steps = Engine.train_step, []
-
-    def dies_in_the_second_task_of_rehearsal(self, images, targets, index):  # noqa: ANN001
-        steps.append(str(self.run_dir))
-        if str(self.run_dir).endswith("task-rehearsal/task-1") and self.step == 3:
-            raise KeyboardInterrupt
-        return original(self, images, targets, index)
-
-    monkeypatch.setattr(Engine, "train_step", dies_in_the_second_task_of_rehearsal)
-    assert main(command) == 130
-    done_before = len(steps)
-    monkeypatch.setattr(Engine, "train_step", original)
-    steps.clear()
-    monkeypatch.setattr(Engine, "train_step", lambda self, *a: (steps.append(str(self.run_dir)), original(self, *a))[1])
-    assert main(command) == 0
+               "class"] + CONTINUAL + tiny_cli_sets(mnist_root)
+    trained = killed_then_finished(command, monkeypatch, "task-rehearsal/task-1", 3)
     # Finished tasks are read back, the killed one continues from its checkpoint.
     assert not any(s.endswith(("task-finetune/task-0", "task-finetune/task-1", "task-rehearsal/task-0"))
-                   for s in steps)
-    assert done_before > 0 and any(s.endswith("task-rehearsal/task-1") for s in steps)
+                   for s in trained)
+    assert any(s.endswith("task-rehearsal/task-1") for s in trained)
     printed = capsys.readouterr().out
     assert "class-incremental  rehearsal" in printed
     table = (out / "continual.md").read_text()
@@ -205,11 +186,11 @@ def test_continual_command_end_to_end_and_resumes_after_a_kill(mnist_root, tmp_p
 
 def test_continual_refuses_bad_input(pretrained_run, mnist_root, tmp_path, capsys):
     base = ["continual", "--run-dir", str(tmp_path / "x")] + CONTINUAL
-    assert main(base + ["--strategies", "ewc"] + _tiny_sets(mnist_root)) == 2
+    assert main(base + ["--strategies", "ewc"] + tiny_cli_sets(mnist_root)) == 2
     assert "unknown continual strategy 'ewc'" in capsys.readouterr().err
-    assert main(base + ["--classes-per-task", "3"] + _tiny_sets(mnist_root)) == 2
+    assert main(base + ["--classes-per-task", "3"] + tiny_cli_sets(mnist_root)) == 2
     assert "do not split" in capsys.readouterr().err
     assert main(base + [str(pretrained_run), "-c", "simclr_fashion_mnist"]) == 2
     assert "not both" in capsys.readouterr().err
-    assert main(base + ["--label-smoothing", "0.1"] + _tiny_sets(mnist_root)) == 2
+    assert main(base + ["--label-smoothing", "0.1"] + tiny_cli_sets(mnist_root)) == 2
     assert "label smoothing" in capsys.readouterr().err

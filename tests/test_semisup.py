@@ -8,9 +8,10 @@ import torch
 import torch.nn.functional as F
 
 from selfsup.cli import main
-from selfsup.engine import Batch, Engine, checkpoint
+from selfsup.engine import Batch, checkpoint
+from conftest import killed_then_finished, tiny_cli_sets
 from selfsup.errors import SelfsupError
-from selfsup.recipes.semisup import SemiSupervisedSettings, build_learner, semisup_training_set
+from selfsup.semisup.recipe import SemiSupervisedSettings, build_learner, semisup_training_set
 from selfsup.semisup import (METHODS, FixMatch, MeanTeacher, PseudoLabel, TemporalEnsembling, sharpen,
                              sigmoid_rampup)
 from selfsup.semisup.uda import UDA
@@ -172,28 +173,12 @@ def test_training_set_holds_every_image_unlabelled_and_the_labels_at_the_ratio(m
 SEMISUP = ["--epochs", "1", "--batch-size", "16", "--device", "cpu", "--quiet"]
 
 
-def _tiny_sets(root):
-    return [arg for item in ("data.name=fashion_mnist", f"data.root={root}", "backbone.name=toy", "backbone.width=8")
-            for arg in ("--set", item)]
-
-
 def test_semisup_command_sweeps_seeds_and_resumes_after_a_kill(mnist_root, tmp_path, monkeypatch, capsys):
     out = tmp_path / "fixmatch"
     command = ["semisup", "--method", "fixmatch", "--labels", "0.25", "--seeds", "0", "1", "--run-dir", str(out),
-               "--option", "threshold=0.5"] + SEMISUP + _tiny_sets(mnist_root)
-    original = Engine.train_step
-
-    def dies_in_the_second_seed(self, images, targets, index):  # noqa: ANN001
-        if str(self.run_dir).endswith("seed1") and self.step == 2:
-            raise KeyboardInterrupt
-        return original(self, images, targets, index)
-
-    monkeypatch.setattr(Engine, "train_step", dies_in_the_second_seed)
-    assert main(command) == 130
-    first = json.loads((out / "25pct-seed0" / "summary.json").read_text())
-    monkeypatch.setattr(Engine, "train_step", original)
-    assert main(command) == 0
-    assert json.loads((out / "25pct-seed0" / "summary.json").read_text()) == first  # read back, not retrained
+               "--option", "threshold=0.5"] + SEMISUP + tiny_cli_sets(mnist_root)
+    trained = killed_then_finished(command, monkeypatch, "seed1", 2)
+    assert trained and all(s.endswith("25pct-seed1") for s in trained)  # seed 0 is read back, seed 1 resumed
     report = json.loads((out / "finetune.json").read_text())
     assert set(report["runs"]["25%"]) == {"0", "1"} and report["method"] == "fixmatch"
     meta = checkpoint.load(out / "25pct-seed1")
@@ -210,7 +195,7 @@ def test_semisup_from_a_checkpoint_and_bad_input(pretrained_run, mnist_root, tmp
     meta = checkpoint.load(run)
     assert meta["classifier"]["source"].endswith("last.pt") and meta["encoder"]["method"].startswith("semi-supervised")
     assert main(["eval", "knn", str(run), "--quiet"]) == 0  # reads back like a fine-tuned checkpoint
-    base = ["semisup", "--run-dir", str(tmp_path / "x")] + SEMISUP + _tiny_sets(mnist_root)
+    base = ["semisup", "--run-dir", str(tmp_path / "x")] + SEMISUP + tiny_cli_sets(mnist_root)
     assert main(base + ["--method", "vat"]) == 2
     assert "unknown semi-supervised method 'vat'" in capsys.readouterr().err
     assert main(base + ["--method", "fixmatch", "--option", "tau=0.9"]) == 2

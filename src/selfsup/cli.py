@@ -74,6 +74,15 @@ methods: labels-only, pseudo-label, entropy-min, pi-model, temporal-ensembling, 
 uda, mixmatch. An epoch is one pass over the unlabelled images. Killed sweeps resume by themselves.
 """
 
+EPILOG_MULTITASK = """\
+examples (Fashion-MNIST: class + coarse grouping, or class + rotation):
+  selfsup multitask -c simclr_fashion_mnist --set backbone.width=8 --epochs 3 --run-dir runs/mtl
+  selfsup multitask runs/simclr-fmnist --tasks class rotation --sharing hard cross-stitch --weighting dwa
+  selfsup multitask -c simclr_cifar10 --tasks class coarse --coarse 0,1,8,9 2,3,4,5,6,7 --weights coarse=0.5
+Each task alone (the single-task baselines) and every sharing x weighting go to RUN_DIR/<name>;
+the comparison to RUN_DIR/multitask.md and .png. Run the same command again after a kill: it resumes.
+"""
+
 
 def _config_from_args(args: argparse.Namespace):  # noqa: ANN202
     from .config import apply_overrides, find_config, read_yaml, resolve
@@ -365,7 +374,7 @@ def cmd_continual(args: argparse.Namespace) -> int:
 def cmd_semisup(args: argparse.Namespace) -> int:
     import yaml
 
-    from .recipes.semisup import SemiSupervisedSettings, semisup, semisup_sweep
+    from .semisup.recipe import SemiSupervisedSettings, semisup, semisup_sweep
 
     bad = [item for item in args.option if "=" not in item]
     if bad:
@@ -386,6 +395,31 @@ def cmd_semisup(args: argparse.Namespace) -> int:
     out_dir = Path(args.run_dir or f"runs/semisup-{args.semisup_method}-sweep")
     report = semisup_sweep(start, out_dir, training, settings, fractions=args.labels, seeds=seeds, quiet=args.quiet)
     return _print_sweep(report, out_dir)
+
+
+def cmd_multitask(args: argparse.Namespace) -> int:
+    from .recipes.multitask import MultiTaskSettings, multitask_comparison
+
+    bad = [item for item in args.weights if "=" not in item]
+    if bad:
+        raise SelfsupError(f"--weights takes TASK=WEIGHT pairs (e.g. coarse=0.5), got {' '.join(bad)}")
+    try:
+        weights = {task: float(value) for task, value in (item.split("=", 1) for item in args.weights)}
+        coarse = [[int(c) for c in group.split(",")] for group in args.coarse] if args.coarse else None
+    except ValueError as err:
+        raise SelfsupError(f"--weights takes numbers and --coarse comma-separated class indices: {err}") from None
+    settings = MultiTaskSettings(tasks=args.tasks, weights=weights, soft_weight=args.soft_weight, coarse=coarse)
+    start = _starting_point(args)
+    out_dir = Path(args.run_dir or f"runs/multitask-{start.data['dataset']}-{time.strftime('%Y%m%d-%H%M%S')}")
+    result = multitask_comparison(start, out_dir, _classifier_training(args, _start_lr_scale(args)), settings,
+                                  sharings=args.sharing, weightings=args.weighting,
+                                  single_task=not args.no_single_task, quiet=args.quiet)
+    for row in result["rows"]:
+        scores = "  ".join(f"{task} {row[f'{task} top-1']:.2f}%" for task in args.tasks
+                           if row.get(f"{task} top-1") is not None)
+        print(f"{row['run']:<22s} {scores}")
+    print(f"results: {out_dir / 'multitask.md'}, {out_dir / 'multitask.png'}")
+    return 0
 
 
 def cmd_cluster(args: argparse.Namespace) -> int:
@@ -629,6 +663,25 @@ def build_parser() -> argparse.ArgumentParser:
                         "(Mean Teacher), alpha=0.6 (temporal ensembling), temperature=0.5 (MixMatch, UDA)")
     _add_training_args(p, epochs=10, lr=0.03)
     p.set_defaults(func=cmd_semisup)
+
+    p = commands.add_parser("multitask", help="multi-task learning: hard / soft sharing, cross-stitch units, "
+                                              "fixed or time-varying task weights", epilog=EPILOG_MULTITASK,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_start_args(p)
+    p.add_argument("--tasks", nargs="+", default=["class", "coarse"], help="class, coarse, rotation (default "
+                                                                           "class coarse; the first is the main one)")
+    p.add_argument("--sharing", nargs="+", default=["hard", "soft", "cross-stitch"], metavar="MODE",
+                   help="hard, soft, cross-stitch (default: all three)")
+    p.add_argument("--weighting", nargs="+", default=["fixed"], metavar="NAME",
+                   help="fixed (--weights) and/or dwa (dynamic weight average, time-varying)")
+    p.add_argument("--weights", nargs="+", default=[], metavar="TASK=W", help="fixed task weights (default 1 each)")
+    p.add_argument("--soft-weight", type=float, default=0.01,
+                   help="soft sharing: weight of the L2 penalty between the trunks (default 0.01)")
+    p.add_argument("--coarse", nargs="+", metavar="I,J,...", help="the coarse task's groups of class indices "
+                                                                 "(known for fashion_mnist and cifar10)")
+    p.add_argument("--no-single-task", action="store_true", help="skip the single-task baselines")
+    _add_training_args(p, epochs=5, lr=0.1)
+    p.set_defaults(func=cmd_multitask)
 
     p = commands.add_parser("cluster", help="ClusterFit: cluster a pretrained network's features, train a fresh "
                                              "network on the clusters, evaluate both", epilog=EPILOG_CLUSTER,

@@ -118,15 +118,20 @@ class ResNet(nn.Module):
         return {"conv1": ("net.conv1.", "net.bn1."), "res2": ("net.layer1.",), "res3": ("net.layer2.",),
                 "res4": ("net.layer3.",), "res5": ("net.layer4.",)}
 
+    def stage_functions(self) -> list[tuple[str, Callable[[torch.Tensor], torch.Tensor]]]:
+        """The stages in order, each a function of the previous one's feature map (cross-stitch networks
+        run several trunks stage by stage)."""
+        net = self.net
+        return [("conv1", lambda x: net.maxpool(net.relu(net.bn1(net.conv1(x))))), ("res2", net.layer1),
+                ("res3", net.layer2), ("res4", net.layer3), ("res5", net.layer4)]
+
     def forward_stages(self, x: torch.Tensor, until: str = "res5") -> dict[str, torch.Tensor]:
         """The feature map of every stage up to ``until`` (the later ones are not computed)."""
-        net = self.net
-        x = net.maxpool(net.relu(net.bn1(net.conv1(x))))
-        out = {"conv1": x}
-        for name, layer in zip(STAGES[1:STAGES.index(until) + 1], (net.layer1, net.layer2, net.layer3, net.layer4)):
-            x = layer(x)
-            out[name] = x
-        return out
+        return run_stages(self.stage_functions(), x, until)
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        """The last stage's feature map -> the backbone's output features."""
+        return torch.flatten(self.net.avgpool(x), 1)
 
 
 class ToyNet(nn.Module):
@@ -156,17 +161,29 @@ class ToyNet(nn.Module):
     def stage_prefixes(self) -> dict[str, tuple[str, ...]]:
         return {name: (f"stages.{name}.",) for name in self.stages}
 
+    def stage_functions(self) -> list[tuple[str, Callable[[torch.Tensor], torch.Tensor]]]:
+        return list(self.stages.items())
+
     def forward_stages(self, x: torch.Tensor, until: str = "res5") -> dict[str, torch.Tensor]:
-        out = {}
-        for name, stage in self.stages.items():
-            x = stage(x)
-            out[name] = x
-            if name == until:
-                break
-        return out
+        return run_stages(self.stage_functions(), x, until)
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean((2, 3))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_stages(x)["res5"].mean((2, 3))
+        return self.pool(self.forward_stages(x)["res5"])
+
+
+def run_stages(stages: list[tuple[str, Callable[[torch.Tensor], torch.Tensor]]], x: torch.Tensor, until: str
+               ) -> dict[str, torch.Tensor]:
+    """The feature map after every stage up to ``until`` (the later ones are not computed)."""
+    out = {}
+    for name, stage in stages:
+        x = stage(x)
+        out[name] = x
+        if name == until:
+            break
+    return out
 
 
 BACKBONES: dict[str, Callable[..., nn.Module]] = {

@@ -104,15 +104,20 @@ class AccuracyMonitor:
     def __init__(self, model: nn.Module, dataset: ImageDataset, view: EvalView, batch_size: int = 512) -> None:
         self.model, self.dataset, self.view, self.batch_size = model, dataset, view, batch_size
         self.last: float | None = None
+        self.results: dict[str, float] = {}
 
     @torch.no_grad()
     def __call__(self) -> dict[str, float]:
         accuracy = None
         if dist.is_main():
-            logits = classify_all(self.model, self.dataset.images, self.view, self.batch_size)
-            accuracy = 100.0 * (logits.argmax(1) == self.dataset.targets).float().mean().item()
-        self.last = dist.broadcast_object(accuracy)
-        return {"test_top1": self.last}
+            if hasattr(self.model, "test_accuracies"):  # several tasks: a multi-task learner
+                accuracy = self.model.test_accuracies(self.dataset, self.view)
+            else:
+                logits = classify_all(self.model, self.dataset.images, self.view, self.batch_size)
+                accuracy = {"test_top1": 100.0 * (logits.argmax(1) == self.dataset.targets).float().mean().item()}
+        self.results = dist.broadcast_object(accuracy)
+        self.last = self.results["test_top1"]
+        return dict(self.results)
 
 
 @torch.no_grad()
@@ -186,7 +191,7 @@ def fit_classifier(model: nn.Module, train: ImageDataset, test: ImageDataset | N
         engine.seed_streams()
     summary = engine.fit(resumed=resume_from is not None)
     if monitor is not None and monitor.last is not None:
-        summary["test_top1"] = round(monitor.last, 2)
+        summary.update({name: round(value, 2) for name, value in monitor.results.items()})
         if dist.is_main():
             write_json(run_dir / "summary.json", summary)
     return summary

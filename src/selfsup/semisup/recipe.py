@@ -5,7 +5,7 @@ The training set is every training image without its label (target -1) plus the 
 ones, repeated so that batches hold about one labelled image per ``ratio`` (mu) unlabelled ones
 (FixMatch draws separate batches of B and mu B; in expectation this is the same). An epoch is
 one pass over the unlabelled images. The run is the classifier recipe's
-(:func:`~.classifier.fit_classifier`): checkpoints, resume, test top-1 per epoch.
+(:func:`~selfsup.recipes.classifier.fit_classifier`): checkpoints, resume, test top-1 per epoch.
 """
 from __future__ import annotations
 
@@ -19,10 +19,10 @@ import torch
 
 from ..data import ImageDataset
 from ..errors import SelfsupError
-from ..semisup import METHODS, SemiSupervised
+from . import METHODS, SemiSupervised
 from ..views import ImageInfo
-from .classifier import ClassifierTraining, StartingPoint, classifier_meta, fit_classifier
-from .finetune import label_index, label_sweep
+from ..recipes.classifier import ClassifierTraining, StartingPoint, classifier_meta, fit_classifier
+from ..recipes.finetune import label_index, label_sweep
 
 
 @dataclass

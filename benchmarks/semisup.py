@@ -1,0 +1,80 @@
+"""Semi-supervised learning at CPU scale: FixMatch and Mean Teacher (and the labels alone) at 1% and 5% of
+the Fashion-MNIST labels, from random initialisation and from a SimCLR checkpoint, over seeds;
+the other methods at one setting.
+
+Every run is a ResNet-18 of width 16 (the SimCLR encoder of section 10: run
+``benchmarks/simclr_v2.py`` first; random initialisation uses the same backbone), trained for
+``--steps`` steps of ``--batch-size`` images (labelled and unlabelled together, 1 : mu), SGD
+at 0.03 with cosine decay, trunk at 1/10 of the head's rate from the checkpoint. These are
+SHORT schedules (FixMatch trains 2^20 steps of 64 + 448 images): they compare methods at equal,
+small compute, not at convergence. Test top-1 on the 10,000 test images; mean +- std over seeds.
+Interrupted runs resume; finished ones are read back.
+
+    python benchmarks/semisup.py                        # ~70 min on 2 CPU cores
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+from pathlib import Path
+
+from selfsup.config import apply_overrides, find_config, read_yaml, resolve
+from selfsup.engine import OptimConfig
+from selfsup.engine.runtime import describe_device, library_versions, pick_device, write_json
+from selfsup.eval import markdown_table
+from selfsup.recipes.classifier import ClassifierTraining, StartingPoint
+from selfsup.semisup.recipe import SemiSupervisedSettings, semisup_sweep
+
+ROOT = Path(__file__).resolve().parents[1]
+MAIN = ("labels-only", "fixmatch", "mean-teacher")
+OTHERS = ("pseudo-label", "entropy-min", "pi-model", "temporal-ensembling", "uda", "mixmatch")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", default=str(ROOT / "benchmarks" / "out" / "simclr_v2" / "pretrain"))
+    parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.05])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--methods", nargs="+", default=list(MAIN))
+    parser.add_argument("--others", nargs="*", default=list(OTHERS), help="methods run once: 1%%, random init, seed 0")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "out" / "semisup"))
+    args = parser.parse_args()
+    config = resolve(apply_overrides(read_yaml(find_config("simclr_fashion_mnist")), ["backbone.width=16"]))
+    starts = {"random init": (StartingPoint.load(None, config, seed=0, quiet=True), 1.0),
+              "SimCLR": (StartingPoint.load(args.checkpoint, None, quiet=True), 0.1)}
+    rows = []
+
+    def run(method: str, start_name: str, fractions: list[float], seeds: list[int]) -> None:
+        start, trunk_scale = starts[start_name]
+        training = ClassifierTraining(steps=args.steps, batch_size=args.batch_size, backbone_lr_scale=trunk_scale,
+                                      optim=OptimConfig(name="sgd", lr=0.03, weight_decay=5e-4, warmup_epochs=0.0),
+                                      test_every=1000, device=args.device)
+        tag = "random" if start_name == "random init" else "simclr"
+        report = semisup_sweep(start, Path(args.out) / f"{method}-{tag}", training,
+                               SemiSupervisedSettings(method=method), fractions=fractions, seeds=seeds, quiet=True)
+        for row in report["summary"]:
+            rows.append({"method": method, "start": start_name, **row})
+            print(json.dumps(rows[-1]), flush=True)
+
+    for method in args.methods:
+        for start_name in starts:
+            run(method, start_name, args.fractions, args.seeds)
+    for method in args.others:
+        run(method, "random init", [args.fractions[0]], [args.seeds[0]])
+    columns = ["method", "start", "labels", "seeds", "mean top-1 (%)", "std", "runs"]
+    table = markdown_table(rows, columns)
+    report = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "checkpoint": args.checkpoint,
+              "device": describe_device(pick_device(args.device)), "versions": library_versions(),
+              "command": " ".join(sys.argv), "steps": args.steps, "batch_size": args.batch_size, "rows": rows}
+    write_json(Path(args.out) / "semisup.json", report)
+    (Path(args.out) / "semisup.md").write_text(table + "\n")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
