@@ -192,5 +192,5 @@ def test_continual_refuses_bad_input(pretrained_run, mnist_root, tmp_path, capsy
     assert "do not split" in capsys.readouterr().err
     assert main(base + [str(pretrained_run), "-c", "simclr_fashion_mnist"]) == 2
     assert "not both" in capsys.readouterr().err
-    assert main(base + ["--label-smoothing", "0.1"] + tiny_cli_sets(mnist_root)) == 2
-    assert "label smoothing" in capsys.readouterr().err
+    with pytest.raises(SelfsupError, match="label smoothing"):
+        run_sequence(_start(mnist_root), tmp_path / "ls", _training(label_smoothing=0.1), ContinualSettings())

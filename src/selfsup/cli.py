@@ -98,16 +98,18 @@ def _config_from_args(args: argparse.Namespace):  # noqa: ANN202
     return resolve(apply_overrides(raw, overrides + list(args.set)))
 
 
-def _add_training_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup, epochs: int, lr: float) -> None:
+def _add_training_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup, epochs: int, lr: float,
+                       label_smoothing: bool = True) -> None:
     parser.add_argument("--epochs", type=int, default=epochs, help=f"default {epochs}")
     parser.add_argument("--steps", type=int, help="train for this many optimisation steps instead of --epochs "
                                                   "(the same schedule whatever the number of labels)")
     parser.add_argument("--batch-size", type=int, default=256, help="default 256")
     parser.add_argument("--lr", type=float, default=lr, help=f"SGD peak rate at batch 256, cosine decay (default {lr})")
     parser.add_argument("--weight-decay", type=float, default=5e-4, help="default 5e-4")
-    parser.add_argument("--label-smoothing", type=float, default=0.0,
-                        help="eps: cross-entropy with (1 - eps) one-hot + eps / K targets, i.e. distillation from a "
-                             "uniform teacher (default 0)")
+    if label_smoothing:
+        parser.add_argument("--label-smoothing", type=float, default=0.0,
+                            help="eps: cross-entropy with (1 - eps) one-hot + eps / K targets, i.e. distillation "
+                                 "from a uniform teacher (default 0)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the label choice and the training (default 0)")
     parser.add_argument("--test-every", type=int, default=1, help="test top-1 every N epochs and after the last "
                                                                    "(default 1)")
@@ -242,7 +244,7 @@ def _classifier_training(args: argparse.Namespace, backbone_lr_scale: float):  #
     from .recipes.classifier import ClassifierTraining
 
     return ClassifierTraining(epochs=args.epochs, steps=args.steps, batch_size=args.batch_size,
-                              label_smoothing=args.label_smoothing, backbone_lr_scale=backbone_lr_scale,
+                              label_smoothing=getattr(args, "label_smoothing", 0.0), backbone_lr_scale=backbone_lr_scale,
                               optim=OptimConfig(name="sgd", lr=args.lr, weight_decay=args.weight_decay,
                                                 warmup_epochs=0.0),
                               test_every=args.test_every, device=args.device or "auto",
@@ -642,7 +644,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lwf-temperature", type=float, default=2.0, help="LwF's T (default 2)")
     p.add_argument("--lwf-warmup-epochs", type=float, default=1.0,
                    help="LwF: epochs of each new task with the trunk frozen, only the head training (default 1)")
-    _add_training_args(p, epochs=3, lr=0.02)
+    _add_training_args(p, epochs=3, lr=0.02, label_smoothing=False)
     p.set_defaults(func=cmd_continual)
 
     p = commands.add_parser("semisup", help="semi-supervised training on a label fraction and every unlabelled "
@@ -661,7 +663,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="a setting of the method, e.g. threshold=0.9 (FixMatch, UDA, pseudo-label), ema=0.999 "
                         "(Mean Teacher), alpha=0.6 (temporal ensembling), temperature=0.5 (MixMatch, UDA)")
-    _add_training_args(p, epochs=10, lr=0.03)
+    _add_training_args(p, epochs=10, lr=0.03, label_smoothing=False)
     p.set_defaults(func=cmd_semisup)
 
     p = commands.add_parser("multitask", help="multi-task learning: hard / soft sharing, cross-stitch units, "
@@ -680,7 +682,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--coarse", nargs="+", metavar="I,J,...", help="the coarse task's groups of class indices "
                                                                  "(known for fashion_mnist and cifar10)")
     p.add_argument("--no-single-task", action="store_true", help="skip the single-task baselines")
-    _add_training_args(p, epochs=5, lr=0.1)
+    _add_training_args(p, epochs=5, lr=0.1, label_smoothing=False)
     p.set_defaults(func=cmd_multitask)
 
     p = commands.add_parser("cluster", help="ClusterFit: cluster a pretrained network's features, train a fresh "

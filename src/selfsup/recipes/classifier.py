@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import RunConfig, apply_overrides, resolve
-from ..data import BatchLoader, ImageDataset
+from ..data import BatchLoader, ImageDataset, Splits
 from ..engine import Batch, Engine, Freeze, OptimConfig, Schedule, build_optimizer, checkpoint, dist
 from ..engine.runtime import pick_device, resolve_precision, write_json
 from ..errors import SelfsupError
@@ -282,7 +282,7 @@ class StartingPoint:
     encoder: nn.Module
     config: RunConfig
     data: dict[str, Any]
-    splits: Any
+    splits: Splits
     source: str
     """The checkpoint's resolved path, or ``random initialisation``."""
 

@@ -26,6 +26,7 @@ the classifier recipe's; test accuracy of every task each epoch.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import itertools
 import json
@@ -120,7 +121,7 @@ class SharedTrunks(nn.Module):
             raise SelfsupError(f"unknown sharing '{sharing}'; use one of {', '.join(SHARING)}")
         self.sharing, self.tasks = sharing, tasks
         copies = 1 if sharing == "hard" else tasks
-        self.trunks = nn.ModuleList([encoder] + [_copy(encoder) for _ in range(copies - 1)])
+        self.trunks = nn.ModuleList([encoder] + [copy.deepcopy(encoder) for _ in range(copies - 1)])
         self.num_features = encoder.num_features
         self.stitches = nn.ModuleList()
         if sharing == "cross-stitch":
@@ -147,12 +148,6 @@ class SharedTrunks(nn.Module):
             for pa, pb in zip(a.parameters(), b.parameters()):
                 total = total + (pa - pb).pow(2).sum()
         return total
-
-
-def _copy(module: nn.Module) -> nn.Module:
-    import copy
-
-    return copy.deepcopy(module)
 
 
 class MultiTaskLearner(nn.Module):
