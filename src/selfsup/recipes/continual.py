@@ -197,8 +197,9 @@ def run_sequence(start: StartingPoint, out_dir: str | Path, training: Classifier
     for task in range(len(tasks)):
         run_dir = out_dir / f"task-{task}"
         if task in done:
-            checkpoint.load_weights(learner, checkpoint.load(run_dir / "checkpoints" / "last.pt")["model"],
-                                    str(run_dir))
+            if task + 1 not in done:  # the last finished task: its weights are where training goes on
+                checkpoint.load_weights(learner, checkpoint.load(run_dir / "checkpoints" / "last.pt")["model"],
+                                        str(run_dir))
             row = done[task]
         else:
             learner.current = task

@@ -240,29 +240,33 @@ class MultiTaskLearner(nn.Module):
 
     @torch.no_grad()
     def test_accuracies(self, test: ImageDataset, view: nn.Module) -> dict[str, float]:
-        """Top-1 (%) of every task on the test images (rotation: each image at all four turns)."""
+        """Top-1 (%) of every task on the test images (rotation: each image at all four turns). The
+        trunks run once per input (upright, rotated), every task's head reads its own features."""
         out = {}
-        for index, task in enumerate(self.tasks):
-            if task.rotated:
-                images, turns = rotate_all(test.images)
-                targets = turns
-            else:
-                images, targets = test.images, task.targets(test.targets, torch.zeros_like(test.targets))
-            logits = classify_all(_TaskView(self, index), images, view)
-            out[f"test_top1_{task.name}"] = 100.0 * (logits.argmax(1) == targets).float().mean().item()
+        for rotated in (False, True):
+            tasks = [(i, task) for i, task in enumerate(self.tasks) if task.rotated == rotated]
+            if not tasks:
+                continue
+            images, turns = rotate_all(test.images) if rotated else (test.images, torch.zeros_like(test.targets))
+            labels = test.targets.repeat(4) if rotated else test.targets
+            logits = classify_all(_AllHeads(self), images, view).split([t.outputs for t in self.tasks], dim=1)
+            for index, task in tasks:
+                correct = logits[index].argmax(1) == task.targets(labels, turns)
+                out[f"test_top1_{task.name}"] = 100.0 * correct.float().mean().item()
         out["test_top1"] = out[f"test_top1_{self.tasks[0].name}"]
         return out
 
 
-class _TaskView(nn.Module):
-    """One task's head on its trunk's features, as a module with ``classify``."""
+class _AllHeads(nn.Module):
+    """Every task's head on its trunk's features, concatenated, as a module with ``classify``."""
 
-    def __init__(self, learner: MultiTaskLearner, index: int) -> None:
+    def __init__(self, learner: MultiTaskLearner) -> None:
         super().__init__()
-        self.learner, self.index = learner, index
+        self.learner = learner
 
     def classify(self, x: torch.Tensor) -> torch.Tensor:
-        return self.learner.heads[self.index](self.learner.encoder(x)[self.index])
+        features = self.learner.encoder(x)
+        return torch.cat([head(f) for head, f in zip(self.learner.heads, features)], dim=1)
 
 
 @dataclass
