@@ -212,3 +212,33 @@ def killed_then_finished(command: list[str], monkeypatch, run_suffix: str, step:
     assert main(command) == 0
     monkeypatch.setattr(Engine, "train_step", original)
     return trained
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+requires_chromium = pytest.mark.skipif(not CHROMIUM.is_file(), reason="Debian's chromium is not installed "
+                                                                      "(apt-get install chromium; .ci/run does)")
+
+
+def open_in_browser(page_path: Path, screenshot: Path) -> dict:
+    """Load ``page_path`` from disk in headless Chromium (Playwright): the images as the browser
+    decoded them, console and page errors, every URL requested, and a full-page screenshot."""
+    from playwright.sync_api import sync_playwright
+
+    flags = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync"]
+    errors, requests = [], []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=flags)
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 900})
+            page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.on("request", lambda request: requests.append(request.url))
+            page.goto(page_path.resolve().as_uri(), wait_until="load")
+            images = page.evaluate("Array.from(document.images).map(i => ({alt: i.alt, complete: i.complete, "
+                                   "width: i.naturalWidth, height: i.naturalHeight}))")
+            title = page.title()
+            page.screenshot(path=str(screenshot), full_page=True)
+        finally:
+            browser.close()
+    return {"images": images, "errors": errors, "requests": requests, "title": title}

@@ -22,6 +22,7 @@ LAYERS = [
     {"report"},
     {"recipes"},
     {"semisup"},
+    {"explore"},
     {"export", "demo"},
     {"cli"},
     {"__main__"},

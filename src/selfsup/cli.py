@@ -491,9 +491,20 @@ def cmd_data(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from .export import export_backbone
 
-    info = export_backbone(args.checkpoint, args.out)
-    print(f"wrote {args.out} and {Path(args.out).with_suffix('.json')}\nload it in plain torchvision with:\n")
-    print(info["recipe"])
+    card = export_backbone(args.checkpoint, args.out, library=args.format, onnx=args.onnx, quiet=args.quiet)
+    out = Path(args.out)
+    check = card["recipe_check"]
+    checked = (f"checked: the {args.format} model equals the encoder to {check['max_abs_diff']:.1e}"
+               if "max_abs_diff" in check else f"recipe not run: {check['skipped']}")
+    print(f"wrote {out} ({card['architecture']['library']} {card['architecture']['model']}, "
+          f"{card['num_features']} features; {checked})\nwrote {out.with_suffix('.json')} (card: architecture, "
+          "preprocessing, provenance, results, recipe)")
+    if "onnx" in card:
+        onnx, onnx_file = card["onnx"], Path(args.onnx) if args.onnx else out.with_suffix(".onnx")
+        print(f"wrote {onnx_file} (opset {onnx['opset']}, dynamic batch; onnxruntime equals PyTorch to "
+              f"{onnx['max_abs_diff']:.1e} at batch sizes {', '.join(map(str, onnx['checked_batch_sizes']))})")
+    print(f"\nload it in plain {args.format} with (the card's \"recipe\"):\n")
+    print(card["recipe"])
     return 0
 
 
@@ -507,9 +518,83 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report import write_report
+    from .explore import inspect_checkpoint
+    from .report import read_run, write_comparison, write_report
 
-    print(f"wrote {write_report(args.run_dir)}")
+    runs = [read_run(path) for path in args.run_dirs]  # every folder checked before any work
+    for run in runs:
+        inspection = None
+        if args.inspect and run.status != "interrupted":
+            checkpoint = run.path / "checkpoints" / f"{args.checkpoint}.pt"
+            if not checkpoint.is_file():
+                checkpoint = run.path / "checkpoints" / "last.pt"
+            inspection = inspect_checkpoint(checkpoint, points=args.points, queries=args.queries,
+                                            neighbours=args.neighbours, probe=args.probe, map_method=args.map,
+                                            seed=args.seed, quiet=args.quiet)
+        elif args.inspect and not args.quiet:
+            print(f"{run.path}: no usable checkpoint; the report shows its curves only")
+        summary = write_report(run.path, inspection)
+        print(f"wrote {summary.parent / 'report.html'} and {summary}")
+    if len(runs) > 1:
+        out = Path(args.out) if args.out else runs[0].path.parent / "comparison"
+        print(f"wrote {write_comparison([run.path for run in runs], out)} and {out / 'comparison.md'}")
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from .report import find_runs, read_run, runs_table
+
+    root = Path(args.dir)
+    paths = find_runs(root)
+    if not paths:
+        print(f"no run directories under {root} (folders with metrics.jsonl or checkpoints/*.pt)")
+        return 0
+    records = [read_run(path, root) for path in paths]
+    if args.status:
+        records = [r for r in records if r.status == args.status]
+    if args.json:
+        print(json.dumps([{**r.row(), "path": str(r.path)} for r in records], indent=2))
+    else:
+        print(runs_table(records))
+        counts = {status: sum(r.status == status for r in records) for status in ("finished", "resumable",
+                                                                                 "interrupted")}
+        print("\n" + ", ".join(f"{n} {status}" for status, n in counts.items() if n))
+    return 0
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    from .explore import embed
+
+    out = Path(args.out) if args.out else _default_index_dir(Path(args.checkpoint), args.images)
+    meta = embed(args.checkpoint, args.images, out, split=args.split, root=args.root, batch_size=args.batch_size,
+                 strict=args.strict, device=args.device, quiet=args.quiet)
+    print(f"wrote {out / 'embeddings.npy'} ({meta['count']} x {meta['dim']}) and {out / 'index.json'}")
+    if meta["skipped"]:
+        print(f"skipped {len(meta['skipped'])} file(s) that could not be decoded (listed in index.json):",
+              file=sys.stderr)
+        for item in meta["skipped"][:10]:
+            print(f"  {item['path']}: {item['reason']}", file=sys.stderr)
+    print(f"search it with: selfsup search {out} QUERY_IMAGE -k 10")
+    return 0
+
+
+def _default_index_dir(checkpoint: Path, images: str) -> Path:
+    """``RUN/embeddings/<images>`` for a run's checkpoint; ``<images>-embeddings`` otherwise."""
+    name = Path(images).name or "images"
+    run = checkpoint if checkpoint.is_dir() else checkpoint.parent.parent if checkpoint.parent.name == \
+        "checkpoints" else None
+    return run / "embeddings" / name if run is not None else Path(f"{name}-embeddings")
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from .explore import search
+
+    result = search(args.index, args.query, args.k, backend=args.backend, checkpoint_path=args.checkpoint,
+                    sheet=args.sheet, device=args.device)
+    for rank, (path, similarity) in enumerate(zip(result.paths, result.similarities), 1):
+        print(f"{rank:3d}  {similarity:.4f}  {path}")
+    if result.sheet is not None:
+        print(f"contact sheet: {result.sheet}  (cosine similarity, exact search with {result.backend})")
     return 0
 
 
@@ -721,9 +806,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_data)
 
-    p = commands.add_parser("export", help="write backbone weights loadable into a plain torchvision model")
+    p = commands.add_parser("export", help="write the encoder as weights for plain torchvision or timm (ResNet and "
+                                            "ViT), a JSON card, and optionally ONNX checked by onnxruntime")
     p.add_argument("checkpoint", help="checkpoint file or run directory")
-    p.add_argument("--out", default="backbone.safetensors", help=".safetensors (default) or .pt")
+    p.add_argument("--out", default="backbone.safetensors",
+                   help=".safetensors (default) or .pt: the target model's state dict; the card goes to OUT.json")
+    p.add_argument("--format", default="torchvision", choices=("torchvision", "timm"),
+                   help="the library whose model loads the weights (default torchvision; ViTs with registers: timm)")
+    p.add_argument("--onnx", nargs="?", const="", default=None, metavar="PATH",
+                   help="also write the encoder as ONNX (default path: OUT with .onnx), with a dynamic batch, and "
+                        "check it with onnxruntime against PyTorch (needs pip install 'selfsup[export]')")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_export)
 
     p = commands.add_parser("import", help="a torchvision ResNet's weights (.pth/.pt/.safetensors) as a selfsup "
@@ -734,9 +827,59 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_import)
 
-    p = commands.add_parser("report", help="(re)write the plots and summary of a run directory")
-    p.add_argument("run_dir")
+    p = commands.add_parser("report", help="an HTML page (and markdown) of a run, or a comparison of several",
+                            description="For each run directory: RUN/report/report.html (self-contained: open it "
+                                        "from disk) and summary.md with the curves, results, a 2-D map of the "
+                                        "test embeddings, nearest-neighbour retrievals, the linear probe's "
+                                        "confusion matrix, the layer-wise chart, config and environment. With "
+                                        "several run directories, also a comparison page (--out).")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--out", help="folder of the comparison page (default: <first run's parent>/comparison)")
+    p.add_argument("--checkpoint", default="last", choices=["last", "best"], help="which checkpoint to inspect")
+    p.add_argument("--no-inspect", dest="inspect", action="store_false",
+                   help="curves and recorded results only: no features, map, retrievals or probe (fast)")
+    p.add_argument("--no-probe", dest="probe", action="store_false",
+                   help="do not fit the linear probe for the confusion matrix when eval/results.json has none")
+    p.add_argument("--map", default="auto", choices=["auto", "umap", "tsne"],
+                   help="2-D map: UMAP when umap-learn is installed (auto), else t-SNE (scikit-learn)")
+    p.add_argument("--points", type=int, default=1000, help="test images on the map (default 1000)")
+    p.add_argument("--queries", type=int, default=10, help="retrieval queries, one class after another (default 10)")
+    p.add_argument("--neighbours", type=int, default=8, help="neighbours shown per query (default 8)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_report)
+
+    p = commands.add_parser("runs", help="a table of the runs under a folder: method, data, epochs, kNN, linear, "
+                                         "status (finished / resumable / interrupted)")
+    p.add_argument("dir", nargs="?", default="runs", help="folder to scan, recursively (default: runs)")
+    p.add_argument("--status", choices=["finished", "resumable", "interrupted"], help="only runs in this state")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_runs)
+
+    p = commands.add_parser("embed", help="an encoder's embeddings of a folder of images (or a dataset split), "
+                                          "as an index for selfsup search")
+    p.add_argument("checkpoint", help="checkpoint file or run directory")
+    p.add_argument("images", help="folder of images (searched recursively) or a dataset name (see selfsup data list)")
+    p.add_argument("--out", help="index folder (default: RUN/embeddings/<images>)")
+    p.add_argument("--split", default="test", help="split of a dataset name (default test)")
+    p.add_argument("--root", help="folder holding the dataset")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--strict", action="store_true", help="stop at the first image that cannot be decoded "
+                                                         "(default: skip it and list it)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_embed)
+
+    p = commands.add_parser("search", help="nearest neighbours of an image in an index from selfsup embed")
+    p.add_argument("index", help="index folder written by selfsup embed")
+    p.add_argument("query", help="query image (any size: preprocessed like the index), or a .npy feature vector")
+    p.add_argument("-k", type=int, default=10, help="neighbours (default 10)")
+    p.add_argument("--backend", default="auto", choices=["auto", "faiss", "torch"],
+                   help="exact cosine search: faiss when installed (auto), else torch")
+    p.add_argument("--checkpoint", help="the index's checkpoint at another path (must hold the same weights)")
+    p.add_argument("--sheet", help="contact sheet PNG (default: INDEX/search-<query>.png)")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_search)
 
     p = commands.add_parser("demo", help="pretrain SimCLR on Fashion-MNIST for a few minutes, evaluate, compare")
     p.add_argument("--run-dir", default="runs/demo")

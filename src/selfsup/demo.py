@@ -19,6 +19,7 @@ from .engine import dist
 from .engine.runtime import pick_device, resolve_precision
 from .errors import SelfsupError
 from .eval import results_table
+from .explore import inspect_checkpoint
 from .recipes.evaluate import checkpoint_evaluator, pixel_evaluator
 from .recipes.pretrain import pretrain
 from .report import write_report
@@ -27,6 +28,9 @@ PROBE_SECONDS_PER_VALUE = 2e-6
 """Linear probe (L-BFGS over the penalty grid, then a refit) per training image and feature,
 measured on a 2-core AVX2 CPU (60k x 256 features: 34 s; 60k x 784 pixels: 90 s with kNN).
 Faster machines take less, which leaves the pretraining a little short of the budget: safe."""
+
+MAP_SECONDS_PER_POINT = 0.012
+"""The report's t-SNE per test image on the map (1,000 of them: about 10 s on a 2-core AVX2 CPU)."""
 
 
 def estimate_evaluation_seconds(config: RunConfig) -> tuple[float, str]:
@@ -50,7 +54,7 @@ def estimate_evaluation_seconds(config: RunConfig) -> tuple[float, str]:
     per_second = config.eval.batch_size / seconds
     pixels = splits.train.channels * splits.train.image_size ** 2
     probes = PROBE_SECONDS_PER_VALUE * train * (encoder.num_features + pixels)
-    total = images / per_second + probes
+    total = images / per_second + probes + MAP_SECONDS_PER_POINT * min(1000, len(splits.test))
     return total, (f"{images} images at {per_second:.0f} img/s = {images / per_second / 60:.1f} min, "
                    f"probes about {probes / 60:.1f} min")
 
@@ -81,10 +85,11 @@ def run_demo(run_dir: str | Path, config_path: Path, overrides: list[str] = (), 
     evaluator, _ = checkpoint_evaluator(run_dir / "checkpoints" / "last.pt", quiet=quiet)
     evaluator.run(["knn", "linear"], config.eval, config.train.seed)
     results = pixel_evaluator(config, evaluator.out_dir, quiet).run(["knn", "linear"], config.eval, config.train.seed)
-    summary = write_report(run_dir)
+    inspection = inspect_checkpoint(run_dir / "checkpoints" / "last.pt", seed=config.train.seed, quiet=quiet)
+    summary = write_report(run_dir, inspection)
     if dist.is_main():
         print("\n" + results_table(results) + "\n")
         budget = f" (budget {minutes:g} min)" if minutes else ""
         print(f"demo finished in {(time.perf_counter() - started) / 60:.1f} min{budget}\n"
-              f"report: {summary}\nplots:  {run_dir / 'report'}")
+              f"report: {run_dir / 'report' / 'report.html'} (open it in a browser) and {summary}")
     return results

@@ -152,18 +152,22 @@ def read_stl10(images_path: Path, labels_path: Path | None, size: int = 96) -> t
 
 # ---------------------------------------------------------------- image folders (Pillow)
 
-def decode_image(path: Path, size: int) -> np.ndarray:
-    """RGB uint8 (3, size, size): shorter side resized to ``size``, then centre-cropped."""
+def decode_image(path: Path, size: int, channels: int = 3) -> np.ndarray:
+    """uint8 (channels, size, size), RGB or gray (``channels`` 1): shorter side resized to ``size``,
+    then centre-cropped."""
     from PIL import Image
 
+    if channels not in (1, 3):
+        raise SelfsupError(f"images are decoded to 1 (gray) or 3 (RGB) channels, not {channels}")
     with Image.open(path) as image:
-        image = image.convert("RGB")
+        image = image.convert("L" if channels == 1 else "RGB")
         scale = size / min(image.size)
         width, height = max(size, round(image.width * scale)), max(size, round(image.height * scale))
         image = image.resize((width, height), Image.Resampling.BICUBIC)
         left, top = (width - size) // 2, (height - size) // 2
         image = image.crop((left, top, left + size, top + size))
-        return np.asarray(image, dtype=np.uint8).transpose(2, 0, 1)
+        pixels = np.array(image, dtype=np.uint8)
+        return pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
 
 
 def list_image_folder(root: Path) -> tuple[list[Path], list[int], list[str]]:

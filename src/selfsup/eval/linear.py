@@ -106,7 +106,9 @@ def linear_probe(
     epochs: int = 100,
     seed: int = 0,
 ) -> dict:
-    """Choose the L2 penalty on a held-out 10%, refit on the whole training set, score on test."""
+    """Choose the L2 penalty on a held-out 10%, refit on the whole training set, score on test.
+
+    ``confusion[i][j]`` counts the test images of class i predicted as j (the report draws it)."""
     mean, std = standardizer(train_features)
     train_x, test_x = (train_features - mean) / std, (test_features - mean) / std
     fit_index, val_index = balanced_holdout(train_labels, 0.1, seed)
@@ -119,8 +121,12 @@ def linear_probe(
         validation[decay] = accuracy(train_x[val_index], train_labels[val_index], *previous)
     best = max(validation, key=lambda d: (validation[d], d))  # ties: the stronger penalty
     weight, bias = fit_logistic(train_x, train_labels, num_classes, best, init=solutions[best], **options)
+    predicted = F.linear(test_x, weight, bias).argmax(1)
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
+    confusion.index_put_((test_labels.long(), predicted), torch.ones_like(predicted), accumulate=True)
     return {
         "top1": accuracy(test_x, test_labels, weight, bias),
+        "confusion": confusion.tolist(),
         "train_top1": accuracy(train_x, train_labels, weight, bias),
         "weight_decay": best,
         "validation_top1": {str(d): round(v, 2) for d, v in validation.items()},

@@ -121,10 +121,10 @@ class VisionTransformer(nn.Module):
         patches = patches.flatten(2).transpose(1, 2)
         if mask is not None:
             patches = torch.where(mask.unsqueeze(-1), mask_token.to(patches.dtype), patches)
-        tokens = torch.cat([self.cls_token.expand(len(x), -1, -1), patches], dim=1)
+        tokens = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), patches], dim=1)
         tokens = tokens + self._position_for(grid_h, grid_w)
         if self.registers is not None:
-            tokens = torch.cat([tokens[:, :1], self.registers.expand(len(x), -1, -1), tokens[:, 1:]], dim=1)
+            tokens = torch.cat([tokens[:, :1], self.registers.expand(x.shape[0], -1, -1), tokens[:, 1:]], dim=1)
         for block in self.blocks:
             tokens = block(tokens)
         return self.norm(tokens) if final_norm else tokens

@@ -1,89 +1,209 @@
-"""Plots and a markdown summary of a run directory (``selfsup report RUN_DIR``)."""
+"""Reports of run directories (``selfsup report``): one self-contained HTML page and markdown.
+
+A run's report (``RUN/report/report.html`` + ``summary.md`` + the PNGs) shows its training
+curves, throughput, results, the layer-wise chart when ``selfsup eval layers`` drew one, the
+resolved config and environment and, given an :class:`Inspection` of its encoder (computed
+by :mod:`selfsup.explore`), the 2-D map of its embeddings, nearest-neighbour retrievals and
+the linear probe's confusion matrix. Several runs give one comparison page.
+"""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import yaml
 
-matplotlib.use("Agg")  # no display needed; must precede pyplot
-import matplotlib.pyplot as plt  # noqa: E402
+from ..engine.metrics import read_rows
+from ..errors import SelfsupError
+from . import figures
+from .document import Document
+from .runs import RunRecord, find_runs, read_run, runs_table
 
-from ..engine.metrics import read_rows  # noqa: E402
-from ..errors import SelfsupError  # noqa: E402
-from ..eval import markdown_table, results_table  # noqa: E402
-
-
-def _plot(path: Path, series: list[tuple[list[float], list[float], str]], xlabel: str, ylabel: str,
-          title: str) -> None:
-    figure, axis = plt.subplots(figsize=(6, 3.6), dpi=120)
-    for xs, ys, label in series:
-        axis.plot(xs, ys, marker="o" if len(xs) < 30 else None, label=label)
-    axis.set_xlabel(xlabel)
-    axis.set_ylabel(ylabel)
-    axis.set_title(title)
-    axis.grid(alpha=0.3)
-    if len(series) > 1:
-        axis.legend()
-    figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
+__all__ = ["Inspection", "RunRecord", "find_runs", "image_grid", "read_run", "runs_table", "write_comparison",
+           "write_report"]
 
 
-def write_report(run_dir: str | Path) -> Path:
-    """Write ``report/loss.png``, ``report/knn.png`` and ``report/summary.md``; return the summary path."""
-    run_dir = Path(run_dir)
-    if not (run_dir / "metrics.jsonl").is_file():
-        raise SelfsupError(f"{run_dir} holds no metrics.jsonl: not a run directory (or the run wrote no step yet)")
-    out = run_dir / "report"
+@dataclass
+class Inspection:
+    """What looking at an encoder's features shows (computed above this layer, drawn here)."""
+
+    encoder: str
+    """The evaluated encoder's name (as in ``eval/results.json``)."""
+    classes: list[str]
+    map_method: str
+    """"UMAP" or "t-SNE"."""
+    coords: np.ndarray
+    """(N, 2) map coordinates of N test images."""
+    labels: np.ndarray
+    queries: np.ndarray
+    """(Q, C, H, W) uint8 test images."""
+    query_labels: np.ndarray
+    neighbours: np.ndarray
+    """(Q, K, C, H, W) uint8: the K training images nearest each query."""
+    neighbour_labels: np.ndarray
+    similarities: np.ndarray
+    """(Q, K) cosine similarities."""
+    confusion: np.ndarray | None
+    """Linear probe on the test split: rows true class, columns predicted (None: not probed)."""
+    linear_top1: float | None
+    retrieval_top1: float
+    """% of the queries' first neighbours of the query's class."""
+
+
+def _curve_series(run: RunRecord, stream: str, key: str, x: str) -> tuple[list[float], list[float], str] | None:
+    rows = [r for r in read_rows(run.path, stream) if key in r and x in r]
+    return ([r[x] for r in rows], [r[key] for r in rows], run.name) if rows else None
+
+
+def _plot_curves(out: Path, runs: list[RunRecord], doc: Document) -> None:
+    """Loss, kNN monitor and throughput curves (overlaid when there are several runs)."""
+    plots = (("loss.png", "step", "loss", "step", "training loss", "Training loss"),
+             ("knn.png", "epoch", "knn_top1", "epoch", "kNN top-1 (%)", "kNN monitor (queries never trained on)"),
+             ("test.png", "epoch", "test_top1", "epoch", "test top-1 (%)", "Test accuracy per epoch"),
+             ("throughput.png", "step", "img_per_s", "step", "images / s", "Training throughput"))
+    for name, stream, key, x, ylabel, title in plots:
+        series = [s for s in (_curve_series(run, stream, key, x) for run in runs) if s is not None]
+        if series:
+            doc.figure(figures.curves(out / name, series, x, ylabel, title), title)
+
+
+def _environment(run: RunRecord) -> str:
+    meta = run.meta
+    if not meta:
+        return "no meta.json in this run directory"
+    lines = [f"date: {meta.get('date')}", f"host: {meta.get('host')}",
+             f"device: {meta.get('device')} x {meta.get('world_size')}, precision {meta.get('precision')}",
+             f"git revision: {meta.get('git_revision')}", f"command: {' '.join(meta.get('command', []))}"]
+    lines += [f"{name}: {version}" for name, version in (meta.get("versions") or {}).items()]
+    return "\n".join(lines)
+
+
+def _facts(run: RunRecord) -> list[str]:
+    facts = [f"status: {run.status}", f"method: {run.method}, data: {run.data}, backbone: {run.backbone}",
+             f"steps: {run.steps if run.steps is not None else '-'}, epochs: {run.epochs}"]
+    if run.summary.get("train_minutes") is not None:
+        facts.append(f"trained {run.summary['train_minutes']} min at {run.summary.get('img_per_s')} img/s; best "
+                     f"{run.summary.get('best_metric')} = {run.summary.get('best')}")
+    monitor = run.meta.get("monitor")
+    if monitor:
+        facts.append(f"kNN monitor (chooses best.pt): {monitor['query_images']} queries from {monitor['queries']}, "
+                     f"bank of {monitor['bank_images']} training images")
+    budget = run.meta.get("budget")
+    if budget:
+        facts.append(f"time budget {budget['minutes']} min: {budget['steps']} steps ({budget['epochs']} epochs) at "
+                     f"{budget['seconds_per_step']} s/step measured")
+    if run.status == "resumable":
+        facts.append("not finished: continue it with the same command and --resume")
+    elif run.status == "interrupted":
+        facts.append("interrupted before a usable checkpoint was written: it has to start again")
+    return facts
+
+
+def _inspection_section(out: Path, inspection: Inspection, doc: Document) -> None:
+    doc.heading("Embeddings")
+    doc.figure(figures.embedding_map(out / "embedding_map.png", inspection.coords, inspection.labels,
+                                     inspection.classes, f"{inspection.map_method} of {len(inspection.labels)} "
+                                     f"test images ({inspection.encoder})"),
+               f"{inspection.map_method} map of the encoder's features on test images, coloured by class")
+    doc.figure(figures.retrieval_grid(out / "retrievals.png", inspection.queries, inspection.query_labels,
+                                      inspection.neighbours, inspection.neighbour_labels, inspection.similarities,
+                                      inspection.classes),
+               f"Nearest-neighbour retrievals: the first neighbour has the query's class for "
+               f"{inspection.retrieval_top1:.0f}% of the {len(inspection.query_labels)} queries")
+    if inspection.confusion is not None:
+        title = "Linear probe on the test split" + (
+            f": top-1 {inspection.linear_top1:.2f}%" if inspection.linear_top1 is not None else "")
+        doc.figure(figures.confusion_matrix(out / "confusion.png", inspection.confusion, inspection.classes, title),
+                   "Confusion matrix of the linear probe (rows: true class, % of the row)")
+
+
+def write_report(run_dir: str | Path, inspection: Inspection | None = None) -> Path:
+    """Write ``RUN/report/report.html``, ``summary.md`` and their PNGs; return the summary's path."""
+    run = read_run(run_dir)
+    if not (run.path / "metrics.jsonl").is_file():
+        raise SelfsupError(f"{run.path} holds no metrics.jsonl: the run wrote no step yet, nothing to report")
+    out = run.path / "report"
     out.mkdir(exist_ok=True)
-    steps, epochs = read_rows(run_dir, "step"), read_rows(run_dir, "epoch")
-    if steps:
-        _plot(out / "loss.png", [([r["step"] for r in steps], [r["loss"] for r in steps], "loss")],
-              "step", "training loss", "Training loss")
-    monitored = [r for r in epochs if "knn_top1" in r]
-    if monitored:
-        _plot(out / "knn.png", [([r["epoch"] for r in monitored], [r["knn_top1"] for r in monitored], "kNN")],
-              "epoch", "kNN top-1 (%)", "kNN monitor (queries never trained on)")
-    lines = [f"# Run {run_dir.name}", ""]
-    meta_path = run_dir / "meta.json"
-    if meta_path.is_file():
-        meta = json.loads(meta_path.read_text())
-        lines += [f"- date: {meta.get('date')}", f"- git revision: {meta.get('git_revision')}",
-                  f"- device: {meta.get('device')} x {meta.get('world_size')}, precision {meta.get('precision')}",
-                  f"- command: `{' '.join(meta.get('command', []))}`"]
-        if meta.get("monitor"):
-            monitor = meta["monitor"]
-            lines.append(f"- kNN monitor (chooses best.pt): {monitor['query_images']} queries from "
-                         f"{monitor['queries']}, bank of {monitor['bank_images']} training images")
-        if meta.get("budget"):
-            budget = meta["budget"]
-            lines.append(f"- time budget {budget['minutes']} min: {budget['steps']} steps "
-                         f"({budget['epochs']} epochs) at {budget['seconds_per_step']} s/step measured")
-        lines.append("")
-    summary_path = run_dir / "summary.json"
-    if summary_path.is_file():
-        summary = json.loads(summary_path.read_text())
-        lines += [f"Trained {summary['steps']} steps in {summary['train_minutes']} min "
-                  f"({summary['img_per_s']} img/s); best {summary['best_metric']} = {summary['best']}.", ""]
+    doc = Document(f"Run {run.path.name}")
+    doc.bullets(_facts(run))
+    doc.heading("Training")
+    _plot_curves(out, [run], doc)
+    epochs = read_rows(run.path, "epoch")
     if epochs:
-        columns = ["epoch", "loss"] + (["knn_top1"] if monitored else []) + ["minutes"]
-        lines += ["## Epochs", "", markdown_table(epochs, columns), ""]
-    results_path = run_dir / "eval" / "results.json"
-    if results_path.is_file():
-        results = json.loads(results_path.read_text())
-        lines += ["## Evaluation", "", results_table(results), ""]
-    for name, caption in (("loss.png", "Training loss"), ("knn.png", "kNN monitor")):
-        if (out / name).is_file():
-            lines += [f"![{caption}]({name})", ""]
-    lines += ["Full configuration: [config.yaml](../config.yaml)", ""]
-    path = out / "summary.md"
-    path.write_text("\n".join(lines))
-    return path
+        columns = [c for c in ("epoch", "loss", "knn_top1", "test_top1", "minutes") if any(c in r for r in epochs)]
+        doc.table([{c: r.get(c) for c in columns} for r in epochs], columns)
+    if run.results:
+        doc.heading("Evaluation")
+        doc.paragraph("From eval/results.json (selfsup eval):")
+        rows = [{"features": name, "protocol": protocol, "top-1 (%)": result.get("top1"),
+                 "settings": result.get("settings", "")}
+                for name, protocols in run.results.items() for protocol, result in protocols.items()
+                if isinstance(result, dict)]
+        doc.table(rows, ["features", "protocol", "top-1 (%)", "settings"])
+    if inspection is not None:
+        _inspection_section(out, inspection, doc)
+    layers = run.path / "eval" / "layers.png"
+    if layers.is_file():
+        doc.heading("Layer-wise linear probe")
+        doc.figure(layers, "Linear probe on pooled features of each stage (selfsup eval layers)")
+    doc.heading("Configuration and environment")
+    if run.config:
+        doc.code("Resolved config (config.yaml)", yaml.safe_dump(run.config, sort_keys=False))
+    doc.code("Environment (meta.json)", _environment(run))
+    summary = out / "summary.md"
+    doc.write(out / "report.html", summary)
+    return summary
+
+
+def write_comparison(run_dirs: list[str | Path], out_dir: str | Path) -> Path:
+    """One page comparing runs: a results table and overlaid curves; return the HTML's path."""
+    runs = [read_run(path) for path in run_dirs]
+    names = [run.name for run in runs]
+    if len(set(names)) < len(names):  # same folder name in different places: tell them apart by parent
+        for run in runs:
+            run.name = f"{run.path.parent.name}/{run.path.name}"
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    doc = Document(f"Comparison of {len(runs)} runs")
+    doc.heading("Results")
+    columns = ["run", "method", "data", "backbone", "epochs", "kNN", "linear", "test top-1", "img/s", "status"]
+    doc.table([run.row() for run in runs], columns)
+    doc.paragraph("kNN and linear: best top-1 (%) in each run's eval/results.json (the kNN monitor's best when "
+                  "the run was not evaluated); test top-1: a classifier's own accuracy.")
+    doc.heading("Curves")
+    _plot_curves(out, runs, doc)
+    detail = [run for run in runs if run.results]
+    if detail:
+        doc.heading("Every evaluation")
+        for run in detail:
+            doc.paragraph(run.name)
+            rows = [{"features": name, "protocol": protocol, "top-1 (%)": result.get("top1"),
+                     "settings": result.get("settings", "")}
+                    for name, protocols in run.results.items() for protocol, result in protocols.items()
+                    if isinstance(result, dict)]
+            doc.table(rows, ["features", "protocol", "top-1 (%)", "settings"])
+    reports = [(run, run.path / "report" / "report.html") for run in runs]
+    if any(page.is_file() for _, page in reports):
+        doc.heading("Each run's report")
+        for run, page in reports:
+            if page.is_file():
+                doc.link(run.name, page)
+    doc.heading("Configurations")
+    for run in runs:
+        doc.code(f"{run.name}: config", yaml.safe_dump(run.config, sort_keys=False) if run.config else "(none)")
+    html_path = out / "comparison.html"
+    doc.write(html_path, out / "comparison.md")
+    (out / "comparison.json").write_text(json.dumps([{**run.row(), "path": str(run.path)} for run in runs],
+                                                    indent=2) + "\n")
+    return html_path
 
 
 def image_grid(dataset, path: str | Path, per_class: int = 8) -> None:  # noqa: ANN001 - ImageDataset
     """A PNG with ``per_class`` sample images of every class (one row each; 10 rows at most)."""
+    import matplotlib.pyplot as plt
+
     classes = dataset.classes[:10] if dataset.labeled else ["unlabeled"]
     figure, axes = plt.subplots(len(classes), per_class, figsize=(per_class * 0.9, len(classes) * 0.95),
                                 squeeze=False)
@@ -100,3 +220,4 @@ def image_grid(dataset, path: str | Path, per_class: int = 8) -> None:  # noqa: 
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
+

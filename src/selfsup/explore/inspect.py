@@ -1,0 +1,107 @@
+"""Looking at an encoder's features for the report: a 2-D map, nearest-neighbour retrievals and
+the linear probe's confusion matrix, all on the features ``selfsup eval`` computes and caches.
+
+The map is UMAP (McInnes et al. 2018) when ``umap-learn`` is installed, t-SNE (van der Maaten
+and Hinton 2008, scikit-learn) otherwise, on L2-normalised features with cosine distances:
+the geometry the kNN protocol and the contrastive losses use.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import SelfsupError
+from ..recipes.evaluate import checkpoint_evaluator
+from ..report import Inspection
+
+MAP_METHODS = ("auto", "umap", "tsne")
+
+
+def project_2d(features: torch.Tensor, method: str = "auto", seed: int = 0) -> tuple[np.ndarray, str]:
+    """(N, D) features -> (N, 2) coordinates and the name of the method used."""
+    if method not in MAP_METHODS:
+        raise SelfsupError(f"unknown map method '{method}'; choose from {', '.join(MAP_METHODS)}")
+    points = F.normalize(features.float(), dim=1).numpy()
+    if len(points) < 5:
+        raise SelfsupError(f"a 2-D map needs at least 5 images, got {len(points)}")
+    if method in ("auto", "umap"):
+        try:
+            import umap
+        except ImportError:
+            if method == "umap":
+                raise SelfsupError("the UMAP map needs umap-learn: pip install umap-learn "
+                                   "(or --map tsne, from scikit-learn)") from None
+        else:
+            reducer = umap.UMAP(n_neighbors=min(15, len(points) - 1), min_dist=0.1, metric="cosine",
+                                random_state=seed)
+            return np.asarray(reducer.fit_transform(points)), "UMAP"
+    try:
+        from sklearn.manifold import TSNE
+    except ImportError:
+        raise SelfsupError("the t-SNE map needs scikit-learn: pip install 'selfsup[report]' "
+                           "(or pip install umap-learn for UMAP)") from None
+    perplexity = float(min(30.0, (len(points) - 1) / 3))
+    tsne = TSNE(n_components=2, perplexity=perplexity, metric="cosine", init="pca", random_state=seed)
+    return np.asarray(tsne.fit_transform(points)), "t-SNE"
+
+
+def spread_queries(labels: torch.Tensor, count: int, seed: int = 0) -> torch.Tensor:
+    """``count`` indices taking the classes in turn (a random member of each), so every class shows."""
+    generator = torch.Generator().manual_seed(seed)
+    members = [torch.nonzero(labels == c).squeeze(1) for c in labels.unique().tolist()]
+    members = [m[torch.randperm(len(m), generator=generator)] for m in members]
+    chosen = []
+    for rank in range(max(len(m) for m in members)):
+        for group in members:
+            if rank < len(group) and len(chosen) < count:
+                chosen.append(int(group[rank]))
+    return torch.tensor(chosen, dtype=torch.long)
+
+
+def nearest(queries: torch.Tensor, bank: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cosine similarities and indices of the ``k`` bank rows nearest each query (exact)."""
+    similarity = F.normalize(queries.float(), dim=1) @ F.normalize(bank.float(), dim=1).T
+    return similarity.topk(min(k, len(bank)), dim=1)
+
+
+def inspect_checkpoint(path: str | Path, *, points: int = 1000, queries: int = 10, neighbours: int = 8,
+                       probe: bool = True, map_method: str = "auto", seed: int = 0,
+                       quiet: bool = False) -> Inspection:
+    """The :class:`Inspection` of a checkpoint's encoder on its dataset (features cached in ``RUN/eval``).
+
+    ``probe`` fits the linear probe when ``eval/results.json`` has no confusion matrix for this
+    encoder yet (and records it there, as ``selfsup eval linear`` would)."""
+    if points < 5 or queries < 1 or neighbours < 1:
+        raise SelfsupError(f"--points must be >= 5 and --queries/--neighbours >= 1 (got {points}, {queries}, "
+                           f"{neighbours})")
+    evaluator, config = checkpoint_evaluator(path, quiet=quiet)
+    train_features, test_features = evaluator.features("train"), evaluator.features("test")
+    train, test = evaluator.train, evaluator.test
+    generator = torch.Generator().manual_seed(seed)
+    shown = torch.randperm(len(test), generator=generator)[:points].sort().values
+    if not quiet:
+        print(f"mapping {len(shown)} test images to 2-D ...", flush=True)
+    coords, method = project_2d(test_features[shown], map_method, seed)
+    asked = spread_queries(test.targets, queries, seed)
+    similarities, found = nearest(test_features[asked], train_features, neighbours)
+    retrieval_top1 = 100.0 * (train.targets[found[:, 0]] == test.targets[asked]).float().mean().item()
+    confusion, linear_top1 = None, None
+    results_path = evaluator.out_dir / "results.json"
+    saved = json.loads(results_path.read_text()).get(evaluator.name, {}) if results_path.is_file() else {}
+    linear = saved.get("linear") if isinstance(saved.get("linear"), dict) else None
+    if probe and (linear is None or "confusion" not in linear):
+        if not quiet:
+            print("fitting the linear probe on the frozen features ...", flush=True)
+        linear = evaluator.run(["linear"], config.eval, seed=config.train.seed)[evaluator.name]["linear"]
+    if linear is not None and "confusion" in linear:
+        confusion, linear_top1 = np.asarray(linear["confusion"]), linear["top1"]
+    return Inspection(
+        encoder=evaluator.name, classes=list(test.classes), map_method=method, coords=coords,
+        labels=test.targets[shown].numpy(), queries=test.images[asked].numpy(),
+        query_labels=test.targets[asked].numpy(), neighbours=train.images[found].numpy(),
+        neighbour_labels=train.targets[found].numpy(), similarities=similarities.numpy(), confusion=confusion,
+        linear_top1=linear_top1, retrieval_top1=retrieval_top1)

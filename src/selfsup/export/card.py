@@ -1,0 +1,85 @@
+"""The JSON card written next to exported weights: what the model is, what it expects, where it
+comes from and how well it did, so that the weights file can be used and trusted alone."""
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from ..engine.runtime import library_versions
+from ..errors import SelfsupError
+
+
+def sha256(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def run_dir_of(checkpoint_path: Path) -> Path | None:
+    """``RUN`` for a checkpoint ``RUN/checkpoints/x.pt``; None for a checkpoint lying elsewhere."""
+    return checkpoint_path.parent.parent if checkpoint_path.parent.name == "checkpoints" else None
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise SelfsupError(f"{path} is not readable JSON ({err}); repair or delete it (the export copies it into "
+                           "the card) and run selfsup export again") from None
+
+
+def preprocessing(data: dict[str, Any], vit: bool) -> dict[str, Any]:
+    """The input the encoder was trained on, from a checkpoint's ``data`` section."""
+    size = data["image_size"]
+    resize = (f"resize each image to {size}x{size} (bilinear, antialiased), as selfsup's evaluation does"
+              + ("; a ViT takes exactly this size (its position embedding is for this patch grid)" if vit else
+                 "; a ResNet accepts other sizes, but its features are those it learnt only at this one"))
+    return {"channels": data["channels"], "image_size": size, "mean": data["mean"], "std": data["std"],
+            "pixels": "pixels in [0, 1] (uint8 / 255), then (x - mean) / std per channel", "resize": resize,
+            "input": f"float32 (B, {data['channels']}, {size}, {size})"}
+
+
+def provenance(state: dict[str, Any], method: str, dataset: str) -> dict[str, Any]:
+    """Where the weights come from: the checkpoint file (with its sha256), its step, and the run's
+    ``meta.json`` (git revision, date, library versions) when it lies in a run directory."""
+    path = Path(state["path"]).resolve()
+    found: dict[str, Any] = {
+        "checkpoint": str(path), "sha256": sha256(path), "step": state.get("step"), "epoch": state.get("epoch"),
+        "method": method, "dataset": dataset, "training_images": state["data"].get("images"),
+        "classes": len(state["data"].get("classes") or []) or None}
+    if state.get("imported"):
+        found["imported_from"] = state["imported"]
+    run = run_dir_of(path)
+    if run is not None and (run / "meta.json").is_file():
+        meta = read_json(run / "meta.json")
+        found["run"] = {"dir": str(run), **{key: meta.get(key) for key in
+                                           ("git_revision", "date", "versions", "command", "device", "precision")}}
+    found["exported"] = {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+                         "versions": library_versions()}
+    return found
+
+
+def results(state: dict[str, Any]) -> dict[str, Any]:
+    """The run's ``eval/results.json`` (entries named "method (checkpoint, step N)") and its
+    ``summary.json``; empty for a checkpoint outside a run directory or a run never evaluated."""
+    run = run_dir_of(Path(state["path"]).resolve())
+    found: dict[str, Any] = {}
+    if run is None:
+        return found
+    if (run / "eval" / "results.json").is_file():
+        found["eval"] = read_json(run / "eval" / "results.json")
+    if (run / "summary.json").is_file():
+        found["summary"] = read_json(run / "summary.json")
+    return found
+
+
+def write_card(path: Path, card: dict[str, Any]) -> None:
+    try:
+        path.write_text(json.dumps(card, indent=2, default=str) + "\n")
+    except OSError as err:
+        raise SelfsupError(f"could not write the card {path}: {err.strerror or err}; choose another --out") from None
