@@ -221,7 +221,8 @@ requires_chromium = pytest.mark.skipif(not CHROMIUM.is_file(), reason="Debian's 
 
 def open_in_browser(page_path: Path, screenshot: Path) -> dict:
     """Load ``page_path`` from disk in headless Chromium (Playwright): the images as the browser
-    decoded them, console and page errors, every URL requested, and a full-page screenshot."""
+    decoded them, console and page errors, every URL requested, the links' resolved targets, and a
+    full-page screenshot."""
     from playwright.sync_api import sync_playwright
 
     flags = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -237,8 +238,9 @@ def open_in_browser(page_path: Path, screenshot: Path) -> dict:
             page.goto(page_path.resolve().as_uri(), wait_until="load")
             images = page.evaluate("Array.from(document.images).map(i => ({alt: i.alt, complete: i.complete, "
                                    "width: i.naturalWidth, height: i.naturalHeight}))")
+            links = page.evaluate("Array.from(document.links).map(a => a.href)")
             title = page.title()
             page.screenshot(path=str(screenshot), full_page=True)
         finally:
             browser.close()
-    return {"images": images, "errors": errors, "requests": requests, "title": title}
+    return {"images": images, "errors": errors, "requests": requests, "title": title, "links": links}

@@ -36,10 +36,11 @@ def _features(run, images):
 
 
 def test_embed_a_folder_skips_the_corrupt_file_and_stores_the_encoders_features(pretrained_run, image_folder,
-                                                                                 tmp_path, capsys):
+                                                                                 tmp_path, capsys, monkeypatch):
     folder, dataset = image_folder
     index = tmp_path / "index"
-    assert main(["embed", str(pretrained_run), str(folder), "--out", str(index), "--batch-size", "5",
+    monkeypatch.chdir(tmp_path)  # a relative folder: the index still holds paths that work from anywhere
+    assert main(["embed", str(pretrained_run), "photos", "--out", str(index), "--batch-size", "5",
                  "--quiet"]) == 0
     captured = capsys.readouterr()
     assert "broken.png" in captured.err and "(32 x " in captured.out
@@ -88,6 +89,19 @@ def test_faiss_and_exact_torch_search_agree(tmp_path):
     assert index.search(queries, 500, "torch")[1].shape == (7, 200)  # k beyond the index: all of it
 
 
+def test_both_backends_break_ties_alike(tmp_path):
+    pytest.importorskip("faiss")
+    generator = torch.Generator().manual_seed(1)
+    embeddings = torch.randn(40, 8, generator=generator)
+    embeddings[[3, 9, 17, 22, 30, 35]] = embeddings[0].clone()  # seven copies of one image
+    index = Index(tmp_path, {"dim": 8, "checkpoint": "x"}, embeddings.numpy())
+    for k in (3, 7, 9):
+        by_faiss, by_torch = index.search(embeddings[:1].numpy(), k, "faiss"), index.search(
+            embeddings[:1].numpy(), k, "torch")
+        assert by_faiss[1].tolist() == by_torch[1].tolist()
+        assert by_torch[1][0, :min(k, 7)].tolist() == [0, 3, 9, 17, 22, 30, 35][:k]  # ties in row order
+
+
 def test_embed_a_dataset_split_and_search_it(pretrained_run, mnist_root, image_folder, tmp_path, capsys):
     folder, dataset = image_folder
     index = tmp_path / "dataset-index"
@@ -126,8 +140,22 @@ def test_search_refuses_an_index_of_another_checkpoint_a_wrong_vector_and_a_dama
     np.save(tmp_path / "right.npy", np.ones(dim, dtype=np.float32))
     assert main(["search", str(index), str(tmp_path / "right.npy"), "-k", "2"]) == 0  # a vector needs no encoder
 
+    np.save(tmp_path / "matrix.npy", np.ones((2, dim), dtype=np.float32))
+    assert main(["search", str(index), str(tmp_path / "matrix.npy")]) == 2
+    assert "a query is one feature vector" in capsys.readouterr().err
+    (tmp_path / "garbage.npy").write_bytes(b"not numpy")
+    assert main(["search", str(index), str(tmp_path / "garbage.npy")]) == 2
+    assert "not a readable .npy array" in capsys.readouterr().err
+
     assert main(["search", str(index), str(folder / "class0" / "broken.png")]) == 2
     assert "cannot decode image" in capsys.readouterr().err
+    assert main(["search", str(index), str(folder)]) == 2
+    assert "is a folder" in capsys.readouterr().err
+    meta = json.loads((index / "index.json").read_text())
+    (index / "index.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "fingerprint"}))
+    assert main(["search", str(index), query]) == 2
+    assert "missing or malformed: fingerprint" in capsys.readouterr().err
+    (index / "index.json").write_text(json.dumps(meta))
     np.save(index / "embeddings.npy", np.zeros((3, dim), dtype=np.float32))
     assert main(["search", str(index), query]) == 2
     assert "inconsistent" in capsys.readouterr().err

@@ -1,8 +1,12 @@
 """``selfsup report`` and ``selfsup runs``: the page and markdown, the pieces they are drawn from,
 the statuses of run directories, and the pages as a real browser shows them."""
 import base64
+import importlib.util
 import json
 import shutil
+from pathlib import Path
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 import numpy as np
 import pytest
@@ -59,31 +63,25 @@ def test_queries_take_the_classes_in_turn_and_neighbours_are_by_cosine():
     assert similarity[0, 1].item() == pytest.approx((3.0 + 0.1) / (np.hypot(3.0, 0.1) * np.sqrt(2)), rel=1e-5)
 
 
-def test_the_2d_map_keeps_well_separated_classes_apart():
+@pytest.mark.parametrize("method, name", [("tsne", "t-SNE"), ("umap", "UMAP")])
+def test_the_2d_map_keeps_well_separated_classes_apart(method, name):
     generator = torch.Generator().manual_seed(0)
     labels = torch.arange(3).repeat_interleave(20)
     features = torch.eye(8)[labels] * 5 + 0.2 * torch.randn(60, 8, generator=generator)
-    coords, method = project_2d(features, "tsne", seed=0)
-    assert method == "t-SNE" and coords.shape == (60, 2)
-    distances = torch.cdist(torch.from_numpy(coords), torch.from_numpy(coords))
+    if method == "umap" and importlib.util.find_spec("umap") is None:  # the map says how to get it
+        with pytest.raises(Exception, match="pip install umap-learn"):
+            project_2d(features, "umap")
+        return
+    coords, used = project_2d(features, method, seed=0)
+    assert used == name and coords.shape == (60, 2)
+    distances = torch.cdist(torch.from_numpy(coords).float(), torch.from_numpy(coords).float())
     distances.fill_diagonal_(float("inf"))
     assert (labels[distances.argmin(1)] == labels).all()  # every point's nearest neighbour on the map: same class
     with pytest.raises(Exception, match="at least 5 images"):
-        project_2d(features[:3], "tsne")
+        project_2d(features[:3], method)
 
 
-def test_asking_for_umap_without_umap_learn_says_how_to_get_it():
-    pytest.importorskip("sklearn")
-    try:
-        import umap  # noqa: F401
-    except ImportError:
-        with pytest.raises(Exception, match="pip install umap-learn"):
-            project_2d(torch.randn(10, 4), "umap")
-    else:
-        assert project_2d(torch.randn(30, 4), "umap")[1] == "UMAP"
-
-
-def _fake_run(folder, summary=True, checkpoint="whole"):
+def _fake_run(folder, summary=True, checkpoint="whole", total_steps=40):
     folder.mkdir(parents=True)
     (folder / "metrics.jsonl").write_text(
         json.dumps({"stream": "step", "step": 10, "epoch": 0, "loss": 2.0, "img_per_s": 100.0}) + "\n"
@@ -91,16 +89,17 @@ def _fake_run(folder, summary=True, checkpoint="whole"):
         + "\n")
     (folder / "config.yaml").write_text("method: {name: byol}\ndata: {name: cifar10}\n"
                                         "backbone: {name: resnet18, width: 32}\ntrain: {epochs: 4}\n")
-    (folder / "meta.json").write_text(json.dumps({"total_steps": 40}))
+    (folder / "meta.json").write_text(json.dumps({"total_steps": total_steps, "steps_per_epoch": 10}))
     if checkpoint:
         (folder / "checkpoints").mkdir()
-        torch.save({"format": "selfsup-checkpoint", "step": 10, "epoch": 1, "total_steps": 40},
-                   folder / "checkpoints" / "last.pt")
+        torch.save({"format": "selfsup-checkpoint", "step": 10, "epoch": 1, "total_steps": total_steps,
+                    "steps_per_epoch": 10, "optimizer": {}}, folder / "checkpoints" / "last.pt")
         if checkpoint == "cut":  # killed while writing: the archive's end is missing
             data = (folder / "checkpoints" / "last.pt").read_bytes()
             (folder / "checkpoints" / "last.pt").write_bytes(data[: len(data) // 2])
     if summary:
-        (folder / "summary.json").write_text(json.dumps({"steps": 40, "img_per_s": 120.0, "train_minutes": 0.5}))
+        (folder / "summary.json").write_text(json.dumps({"steps": total_steps, "img_per_s": 120.0,
+                                                         "train_minutes": 0.5}))
 
 
 def test_runs_table_tells_finished_resumable_and_interrupted_runs_apart(tmp_path, capsys):
@@ -129,6 +128,31 @@ def test_runs_table_tells_finished_resumable_and_interrupted_runs_apart(tmp_path
     assert "is not a folder" in capsys.readouterr().err
 
 
+def test_run_records_read_their_own_results_and_planned_steps(tmp_path, monkeypatch):
+    _fake_run(tmp_path / "capped", total_steps=20)  # train.epochs 4 but train.max_steps 20 = 2 epochs of 10
+    assert read_run(tmp_path / "capped").epochs == "2/2"
+    (tmp_path / "capped" / "eval").mkdir()
+    (tmp_path / "capped" / "eval" / "results.json").write_text(json.dumps({
+        "raw pixels": {"linear": {"top1": 90.0}, "knn": {"top1": 88.0}},  # the demo's baseline, not the run's
+        "byol (best, step 5)": {"linear": {"top1": 60.0}},
+        "byol (last, step 20)": {"linear": {"top1": 55.0}, "knn": {"top1": 44.0}},
+        "byol (last, step 20, embedding)": {"knn": {"top1": 47.0}}}))
+    record = read_run(tmp_path / "capped")
+    assert (record.linear, record.knn) == (55.0, 47.0)  # the latest step's, never the pixels'
+    monkeypatch.chdir(tmp_path / "capped")
+    assert read_run(".").name == "capped"
+
+    imported = tmp_path / "imported" / "checkpoints"
+    imported.mkdir(parents=True)
+    torch.save({"format": "selfsup-checkpoint", "step": 0, "epoch": 0, "imported": {"weights": "r18.pth"},
+                "encoder": {"method": "torchvision resnet18"}, "config": {"method": "simclr"}}, imported / "last.pt")
+    record = read_run(tmp_path / "imported")
+    assert (record.status, record.kind, record.method) == ("finished", "imported", "imported (torchvision resnet18)")
+    _fake_run(tmp_path / "odd", summary=False)
+    (tmp_path / "odd" / "config.yaml").write_text("- just\n- a list\n")
+    assert read_run(tmp_path / "odd").method == "-"
+
+
 def _browser_check(page, screenshot, expected_images):
     seen = open_in_browser(page, screenshot)
     assert seen["errors"] == []
@@ -146,7 +170,7 @@ def test_report_of_a_run_and_a_comparison_in_a_real_browser(pretrained_run, tmp_
     (pretrained_run / "eval").mkdir(exist_ok=True)
     (pretrained_run / "eval-layers.png").rename(pretrained_run / "eval" / "layers.png")  # as selfsup eval layers
     assert main(["report", str(pretrained_run), "--points", "24", "--queries", "4", "--neighbours", "3",
-                 "--quiet"]) == 0
+                 "--map", "tsne", "--quiet"]) == 0
     assert "report.html" in capsys.readouterr().out
     out = pretrained_run / "report"
     markdown = (out / "summary.md").read_text()
@@ -170,7 +194,9 @@ def test_report_of_a_run_and_a_comparison_in_a_real_browser(pretrained_run, tmp_
                                                              ("other/simclr", "resumable")]
     table = (compare / "comparison.md").read_text()
     assert "| run | method | data |" in table and "[other/simclr](" in table
-    _browser_check(compare / "comparison.html", tmp_path / "comparison.png", expected_images=3)
+    seen = _browser_check(compare / "comparison.html", tmp_path / "comparison.png", expected_images=3)
+    assert len(seen["links"]) == 2 and all(Path(url2pathname(urlparse(link).path)).is_file()
+                                           for link in seen["links"])  # the links open each run's page
 
 
 def test_report_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
@@ -181,9 +207,18 @@ def test_report_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
-def test_report_of_a_run_killed_before_its_first_checkpoint_shows_its_curves(tmp_path, capsys):
+def test_report_of_a_run_without_a_usable_checkpoint_shows_its_curves_and_says_why(tmp_path, capsys):
     _fake_run(tmp_path / "early", summary=False, checkpoint=None)
-    assert main(["report", str(tmp_path / "early")]) == 0
-    assert "no usable checkpoint" in capsys.readouterr().out
-    markdown = (tmp_path / "early" / "report" / "summary.md").read_text()
-    assert "status: interrupted" in markdown and "](loss.png)" in markdown and "## Embeddings" not in markdown
+    _fake_run(tmp_path / "cut", summary=False, checkpoint="cut")
+    assert main(["report", str(tmp_path / "early"), str(tmp_path / "cut"), "--out", str(tmp_path / "both")]) == 0
+    assert capsys.readouterr().err.count("No usable checkpoint") == 2
+    for name in ("early", "cut"):
+        markdown = (tmp_path / name / "report" / "summary.md").read_text()
+        assert "status: interrupted" in markdown and "](loss.png)" in markdown and "## Embeddings" not in markdown
+        assert "> No usable checkpoint in" in markdown
+    assert (tmp_path / "both" / "comparison.html").is_file()
+    imported = tmp_path / "imported" / "checkpoints"
+    imported.mkdir(parents=True)
+    shutil.copy(tmp_path / "cut" / "checkpoints" / "last.pt", imported / "last.pt")
+    assert main(["report", str(tmp_path / "early"), str(tmp_path / "imported")]) == 2  # refused before any work
+    assert "holds no metrics.jsonl" in capsys.readouterr().err

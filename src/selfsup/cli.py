@@ -519,21 +519,32 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from .explore import inspect_checkpoint
-    from .report import read_run, write_comparison, write_report
+    from .report import check_reportable, read_run, whole_checkpoint, write_comparison, write_report
 
-    runs = [read_run(path) for path in args.run_dirs]  # every folder checked before any work
+    runs = [read_run(path) for path in args.run_dirs]
+    for run in runs:  # every folder checked before any work
+        check_reportable(run)
     for run in runs:
-        inspection = None
-        if args.inspect and run.status != "interrupted":
-            checkpoint = run.path / "checkpoints" / f"{args.checkpoint}.pt"
-            if not checkpoint.is_file():
-                checkpoint = run.path / "checkpoints" / "last.pt"
-            inspection = inspect_checkpoint(checkpoint, points=args.points, queries=args.queries,
-                                            neighbours=args.neighbours, probe=args.probe, map_method=args.map,
-                                            seed=args.seed, quiet=args.quiet)
-        elif args.inspect and not args.quiet:
-            print(f"{run.path}: no usable checkpoint; the report shows its curves only")
-        summary = write_report(run.path, inspection)
+        inspection, notes = None, []
+        if args.inspect:
+            folder = run.path / "checkpoints"
+            chosen = next((folder / f"{name}.pt" for name in (args.checkpoint, "last")
+                           if whole_checkpoint(folder / f"{name}.pt")), None)
+            if chosen is None:
+                notes.append(f"No usable checkpoint in {folder} (missing or damaged): no embeddings, retrievals or "
+                             "confusion matrix; the curves and recorded results only.")
+            else:
+                if chosen.stem != args.checkpoint:
+                    notes.append(f"checkpoints/{args.checkpoint}.pt is missing or damaged: inspected {chosen.name}.")
+                try:
+                    inspection = inspect_checkpoint(chosen, points=args.points, queries=args.queries,
+                                                    neighbours=args.neighbours, probe=args.probe,
+                                                    map_method=args.map, seed=args.seed, quiet=args.quiet)
+                except SelfsupError as err:  # e.g. data without labels: the rest of the report still stands
+                    notes.append(f"The encoder could not be inspected: {err}")
+        for note in notes:
+            print(f"{run.path}: {note}", file=sys.stderr)
+        summary = write_report(run.path, inspection, notes)
         print(f"wrote {summary.parent / 'report.html'} and {summary}")
     if len(runs) > 1:
         out = Path(args.out) if args.out else runs[0].path.parent / "comparison"

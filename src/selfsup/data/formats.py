@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import pickle
 import zlib
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -188,30 +189,36 @@ def list_image_folder(root: Path) -> tuple[list[Path], list[int], list[str]]:
     return files, labels, classes
 
 
-def read_image_folder(root: Path, size: int, skip_bad: bool = False, quiet: bool = False,
-                      threads: int = 8) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
-    """Decode every image once (a thread pool: Pillow releases the GIL while decoding)."""
-    files, labels, classes = list_image_folder(root)
-
+def decode_images(files: list[Path], size: int, channels: int = 3, threads: int = 8
+                  ) -> Iterator[np.ndarray | Exception]:
+    """:func:`decode_image` of every file in order, in a thread pool (Pillow releases the GIL while
+    decoding); a file that cannot be decoded yields its exception instead of stopping the rest."""
     def decode(path: Path) -> np.ndarray | Exception:
         try:
-            return decode_image(path, size)
+            return decode_image(path, size, channels)
         except Exception as err:  # noqa: BLE001 - Pillow raises many types for bad files
             return err
 
-    images, kept, skipped = [], [], []
     with ThreadPoolExecutor(threads) as pool:
-        results = pool.map(decode, files)
-        for path, label, result in tqdm(zip(files, labels, results), total=len(files), disable=quiet,
-                                        desc=f"decoding {root.name}", unit="img"):
-            if isinstance(result, Exception):
-                if not skip_bad:
-                    raise SelfsupError(f"cannot decode image {path}: {result}. Fix or remove the file, or set "
-                                       "data.skip_bad=true to skip undecodable images")
-                skipped.append(str(path))
-                continue
-            images.append(result)
-            kept.append(label)
+        yield from pool.map(decode, files)
+
+
+def read_image_folder(root: Path, size: int, skip_bad: bool = False, quiet: bool = False,
+                      threads: int = 8) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
+    """Decode every image once."""
+    files, labels, classes = list_image_folder(root)
+    images, kept, skipped = [], [], []
+    results = decode_images(files, size, threads=threads)
+    for path, label, result in tqdm(zip(files, labels, results), total=len(files), disable=quiet,
+                                    desc=f"decoding {root.name}", unit="img"):
+        if isinstance(result, Exception):
+            if not skip_bad:
+                raise SelfsupError(f"cannot decode image {path}: {result}. Fix or remove the file, or set "
+                                   "data.skip_bad=true to skip undecodable images")
+            skipped.append(str(path))
+            continue
+        images.append(result)
+        kept.append(label)
     if not images:
         raise SelfsupError(f"no image in {root} could be decoded")
     return np.stack(images), np.asarray(kept, dtype=np.int64), classes, skipped

@@ -200,7 +200,7 @@ class Engine:
             "format": checkpoint.FORMAT, "version": checkpoint.VERSION, **self.meta,
             "model": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(), "step": self.step, "total_steps": self.schedule.total_steps,
-            "epoch": self.step // self.steps_per_epoch, "world_size": self.world,
+            "steps_per_epoch": self.steps_per_epoch, "epoch": self.step // self.steps_per_epoch, "world_size": self.world,
             "rng": [list(states) for states in dist.gather_objects(rng)],
             "best": self.best, "best_name": self.best_name, "epoch_losses": self.epoch_losses,
             "train_seconds": self.train_seconds,

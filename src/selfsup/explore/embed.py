@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,15 +24,18 @@ from torch import nn
 from tqdm import tqdm
 
 from ..data import DATASETS, USER_FORMATS, load_dataset
-from ..data.formats import IMAGE_SUFFIXES, decode_image
+from ..data.formats import IMAGE_SUFFIXES, decode_image, decode_images
 from ..engine.runtime import pick_device
 from ..errors import SelfsupError
-from ..recipes.evaluate import load_encoder
+from ..recipes.evaluate import load_features
 from ..report import figures
 from ..views import EvalView
 
 INDEX_FILE, EMBEDDINGS_FILE = "index.json", "embeddings.npy"
 BACKENDS = ("auto", "faiss", "torch")
+INDEX_KEYS = ("paths", "dim", "checkpoint", "fingerprint", "source", "image_size", "channels")
+TIE = 1e-5
+"""Similarities this close are ties, broken by row (faiss and torch round differently in the last bits)."""
 
 
 def encoder_fingerprint(encoder: nn.Module) -> str:
@@ -56,6 +59,8 @@ def list_images(folder: Path) -> list[Path]:
 
 def read_image(path: Path, size: int, channels: int) -> np.ndarray:
     """(channels, size, size) uint8, preprocessed as for the index; a clear error for a bad file."""
+    if path.is_dir():
+        raise SelfsupError(f"{path} is a folder; the query is one image file (or a .npy vector)")
     try:
         return decode_image(path, size, channels)
     except FileNotFoundError:
@@ -66,9 +71,11 @@ def read_image(path: Path, size: int, channels: int) -> np.ndarray:
 
 @dataclass
 class Encoder:
-    """A checkpoint's encoder with its preprocessing, on the device, ready to embed uint8 batches."""
+    """A checkpoint's features (as ``selfsup eval`` computes them: its encoder, or its method's own
+    embedding where ``eval.features`` says so) with their preprocessing, on the device."""
 
     module: nn.Module
+    encode: Callable[[torch.Tensor], torch.Tensor]
     view: EvalView
     state: dict
     fingerprint: str
@@ -76,11 +83,12 @@ class Encoder:
 
     @classmethod
     def load(cls, checkpoint_path: str | Path, device: str = "auto") -> Encoder:
-        module, _, state = load_encoder(checkpoint_path)
+        module, encode, _, state = load_features(checkpoint_path)
         data = state["data"]
         target = pick_device(device)
+        module = module.eval().to(target)
         view = EvalView(data["image_size"], data["mean"], data["std"]).to(target)
-        return cls(module.eval().to(target), view, state, encoder_fingerprint(module), target)
+        return cls(module, encode or module, view, state, encoder_fingerprint(module), target)
 
     @property
     def image_size(self) -> int:
@@ -92,24 +100,18 @@ class Encoder:
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        return self.module(self.view(images.to(self.device))).float().cpu()
+        return self.encode(self.view(images.to(self.device))).float().cpu()
 
 
 def _embed_files(encoder: Encoder, files: list[Path], batch_size: int, strict: bool,
                  quiet: bool) -> tuple[torch.Tensor, list[str], list[dict[str, str]]]:
     """Features of the images that decode; the rest listed with the reason (or raised, ``strict``)."""
-    def decode(path: Path) -> np.ndarray | Exception:
-        try:
-            return decode_image(path, encoder.image_size, encoder.channels)
-        except Exception as err:  # noqa: BLE001 - Pillow raises many types for bad files
-            return err
-
     features, kept, skipped = [], [], []
-    with ThreadPoolExecutor(4) as pool, tqdm(total=len(files), desc="embedding", unit="img", disable=quiet) as bar:
+    with tqdm(total=len(files), desc="embedding", unit="img", disable=quiet) as bar:
         for start in range(0, len(files), batch_size):
             chunk = files[start:start + batch_size]
             images = []
-            for path, result in zip(chunk, pool.map(decode, chunk)):
+            for path, result in zip(chunk, decode_images(chunk, encoder.image_size, encoder.channels)):
                 if isinstance(result, Exception):
                     if strict:
                         raise SelfsupError(f"cannot decode image {path} ({result}). Fix or remove the file, or "
@@ -136,11 +138,11 @@ def embed(checkpoint_path: str | Path, source: str, out_dir: str | Path, *, spli
     if batch_size < 1:
         raise SelfsupError(f"--batch-size must be >= 1, got {batch_size}")
     encoder = Encoder.load(checkpoint_path, device)
-    folder = Path(source).expanduser()
+    folder = Path(source).expanduser().resolve()
     skipped: list[dict[str, str]] = []
     if folder.is_dir():
         features, paths, skipped = _embed_files(encoder, list_images(folder), batch_size, strict, quiet)
-        origin = {"folder": str(folder.resolve())}
+        origin = {"folder": str(folder)}
     elif folder.exists():
         raise SelfsupError(f"{source} is a file; give a folder of images or a dataset name "
                            "(to find the neighbours of one image: selfsup search INDEX IMAGE)")
@@ -162,11 +164,41 @@ def embed(checkpoint_path: str | Path, source: str, out_dir: str | Path, *, spli
     meta = {"format": "selfsup-index", "version": 1, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "checkpoint": str(Path(encoder.state["path"]).resolve()), "step": encoder.state.get("step"),
             "method": encoder.state.get("encoder", {}).get("method", encoder.state["config"]["method"]["name"]),
+            "features": "embedding" if encoder.encode is not encoder.module else "encoder",
             "fingerprint": encoder.fingerprint, "dim": int(features.shape[1]), "count": len(paths),
             "image_size": encoder.image_size, "channels": encoder.channels, "source": origin,
             "similarity": "cosine", "paths": paths, "skipped": skipped}
     (out / INDEX_FILE).write_text(json.dumps(meta, indent=1) + "\n")
     return meta
+
+
+def _candidates(bank: np.ndarray, queries: np.ndarray, k: int, backend: str
+                ) -> tuple[list[tuple[np.ndarray, np.ndarray]], str]:
+    """For each query, every row at least as similar as its k-th nearest (all the ties at the
+    boundary, which the two backends would otherwise cut differently), exact."""
+    if backend in ("auto", "faiss"):
+        try:
+            import faiss
+        except ImportError:
+            if backend == "faiss":
+                raise SelfsupError("--backend faiss needs faiss: pip install faiss-cpu "
+                                   "(or --backend torch, exact as well)") from None
+        else:
+            flat = faiss.IndexFlatIP(bank.shape[1])
+            flat.add(np.ascontiguousarray(bank))
+            kth = flat.search(np.ascontiguousarray(queries), k)[0][:, -1]
+            found = []
+            for query, threshold in zip(queries, kth):
+                _, sims, rows = flat.range_search(np.ascontiguousarray(query[None]), float(threshold) - 2 * TIE)
+                found.append((sims, rows.astype(np.int64)))
+            return found, "faiss"
+    similarity = torch.from_numpy(queries) @ torch.from_numpy(bank).T
+    kth = similarity.topk(k, dim=1).values[:, -1:]
+    found = []
+    for row_sims, threshold in zip(similarity, kth):
+        rows = torch.nonzero(row_sims >= threshold - 2 * TIE).squeeze(1)
+        found.append((row_sims[rows].numpy(), rows.numpy()))
+    return found, "torch"
 
 
 @dataclass
@@ -193,6 +225,10 @@ class Index:
                 from None
         if not isinstance(meta, dict) or meta.get("format") != "selfsup-index":
             raise SelfsupError(f"{meta_path} is not a selfsup index file; write one with selfsup embed")
+        missing = [key for key in INDEX_KEYS if key not in meta]
+        if missing or not isinstance(meta["paths"], list) or not isinstance(meta["source"], dict):
+            raise SelfsupError(f"{meta_path} is damaged (missing or malformed: {', '.join(missing) or 'paths/source'}); "
+                               "write the index again with selfsup embed")
         if embeddings.ndim != 2 or len(embeddings) != len(meta["paths"]) or embeddings.shape[1] != meta["dim"]:
             raise SelfsupError(f"the index in {directory} is inconsistent: {EMBEDDINGS_FILE} has shape "
                                f"{tuple(embeddings.shape)}, {INDEX_FILE} lists {len(meta['paths'])} paths of dim "
@@ -226,22 +262,14 @@ class Index:
         if k < 1:
             raise SelfsupError(f"-k must be >= 1, got {k}")
         k = min(k, len(self.embeddings))
-        bank = F.normalize(torch.from_numpy(self.embeddings), dim=1)
-        asked = F.normalize(torch.from_numpy(queries), dim=1)
-        if backend in ("auto", "faiss"):
-            try:
-                import faiss
-            except ImportError:
-                if backend == "faiss":
-                    raise SelfsupError("--backend faiss needs faiss: pip install faiss-cpu "
-                                       "(or --backend torch, exact as well)") from None
-            else:
-                flat = faiss.IndexFlatIP(bank.shape[1])
-                flat.add(np.ascontiguousarray(bank.numpy()))
-                similarities, rows = flat.search(np.ascontiguousarray(asked.numpy()), k)
-                return similarities, rows, "faiss"
-        similarities, rows = (asked @ bank.T).topk(k, dim=1)
-        return similarities.numpy(), rows.numpy(), "torch"
+        bank = F.normalize(torch.from_numpy(self.embeddings), dim=1).numpy()
+        asked = F.normalize(torch.from_numpy(queries), dim=1).numpy()
+        candidates, used = _candidates(bank, asked, k, backend)
+        similarities, rows = np.zeros((len(asked), k), np.float32), np.zeros((len(asked), k), np.int64)
+        for i, (sims, found) in enumerate(candidates):
+            order = np.lexsort((found, -np.round(sims / TIE)))  # by similarity, ties by row: one answer
+            similarities[i], rows[i] = sims[order[:k]], found[order[:k]]
+        return similarities, rows, used
 
     def images(self, rows: list[int]) -> list[np.ndarray]:
         """The indexed images of ``rows`` (uint8 (C, H, W), preprocessed as when embedded)."""
@@ -284,7 +312,17 @@ def search(index_path: str | Path, query: str | Path, k: int = 10, *, backend: s
     if query.suffix == ".npy":
         if not query.is_file():
             raise SelfsupError(f"query vector {query} does not exist")
-        vector, picture = np.load(query).reshape(1, -1), None
+        try:
+            vector, picture = np.load(query), None
+        except (ValueError, OSError) as err:
+            raise SelfsupError(f"{query} is not a readable .npy array ({err}); save one feature vector with "
+                               "numpy.save") from None
+        if vector.ndim == 2 and len(vector) == 1:
+            vector = vector[0]
+        if vector.ndim != 1 or not np.issubdtype(vector.dtype, np.number):
+            raise SelfsupError(f"{query} holds an array of shape {vector.shape}; a query is one feature vector "
+                               f"(shape ({index.meta['dim']},))")
+        vector = vector.reshape(1, -1)
     else:
         encoder = index.encoder(checkpoint_path, device)
         picture = read_image(query, encoder.image_size, encoder.channels)

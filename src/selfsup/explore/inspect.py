@@ -8,6 +8,7 @@ the geometry the kNN protocol and the contrastive losses use.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -33,17 +34,19 @@ def project_2d(features: torch.Tensor, method: str = "auto", seed: int = 0) -> t
             import umap
         except ImportError:
             if method == "umap":
-                raise SelfsupError("the UMAP map needs umap-learn: pip install umap-learn "
-                                   "(or --map tsne, from scikit-learn)") from None
+                raise SelfsupError("the UMAP map needs umap-learn: pip install umap-learn (or 'selfsup[report]'), "
+                                   "or --map tsne") from None
         else:
             reducer = umap.UMAP(n_neighbors=min(15, len(points) - 1), min_dist=0.1, metric="cosine",
                                 random_state=seed)
-            return np.asarray(reducer.fit_transform(points)), "UMAP"
+            with warnings.catch_warnings():  # "n_jobs overridden by setting random_state": reproducible on purpose
+                warnings.simplefilter("ignore", UserWarning)
+                return np.asarray(reducer.fit_transform(points)), "UMAP"
     try:
         from sklearn.manifold import TSNE
     except ImportError:
-        raise SelfsupError("the t-SNE map needs scikit-learn: pip install 'selfsup[report]' "
-                           "(or pip install umap-learn for UMAP)") from None
+        raise SelfsupError("the t-SNE map needs scikit-learn (a dependency of selfsup): pip install scikit-learn; "
+                           "or selfsup report --no-inspect for the curves and results only") from None
     perplexity = float(min(30.0, (len(points) - 1) / 3))
     tsne = TSNE(n_components=2, perplexity=perplexity, metric="cosine", init="pca", random_state=seed)
     return np.asarray(tsne.fit_transform(points)), "t-SNE"
@@ -91,8 +94,12 @@ def inspect_checkpoint(path: str | Path, *, points: int = 1000, queries: int = 1
     retrieval_top1 = 100.0 * (train.targets[found[:, 0]] == test.targets[asked]).float().mean().item()
     confusion, linear_top1 = None, None
     results_path = evaluator.out_dir / "results.json"
-    saved = json.loads(results_path.read_text()).get(evaluator.name, {}) if results_path.is_file() else {}
-    linear = saved.get("linear") if isinstance(saved.get("linear"), dict) else None
+    try:
+        saved = json.loads(results_path.read_text()).get(evaluator.name, {}) if results_path.is_file() else {}
+    except (json.JSONDecodeError, AttributeError):
+        raise SelfsupError(f"{results_path} is damaged (not a JSON object of results); delete it and run "
+                           "selfsup eval (or selfsup report) again") from None
+    linear = saved.get("linear") if isinstance(saved, dict) and isinstance(saved.get("linear"), dict) else None
     if probe and (linear is None or "confusion" not in linear):
         if not quiet:
             print("fitting the linear probe on the frozen features ...", flush=True)

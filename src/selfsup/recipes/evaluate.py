@@ -94,20 +94,26 @@ def recalibration_images(config: RunConfig) -> int:
     return config.eval.bn_recalibration_images if wanted else 0
 
 
-def checkpoint_evaluator(path: str | Path, overrides: list[str] = (), out_dir: Path | None = None,
-                         quiet: bool = False) -> tuple[Evaluator, RunConfig]:
-    """An :class:`Evaluator` of a checkpoint's encoder (or its method's embedding) on its dataset."""
+def load_features(path: str | Path, overrides: list[str] = ()) -> tuple[nn.Module, Any, RunConfig, dict[str, Any]]:
+    """What a checkpoint's features are, as ``eval.features`` says: its encoder (``encode`` None) or
+    its method's own embedding (the whole method, ``encode`` its ``embed``)."""
     config, state = load_checkpoint_config(path, overrides)
-    ckpt_path = Path(state["path"])
-    embedding = config.eval.features == "embedding"
-    if embedding:
+    if config.eval.features == "embedding":
         if not get_method(config.method_name).has_embedding():
             raise SelfsupError(f"{config.method_name} has no embedding of its own; use eval.features=backbone")
         module, _, _ = load_method(path, overrides)
-        encode, suffix = module.embed, ", embedding"
-    else:
-        module, _, _ = load_encoder(path, overrides)
-        encode, suffix = None, ""
+        return module, module.embed, config, state
+    module, _, _ = load_encoder(path, overrides)
+    return module, None, config, state
+
+
+def checkpoint_evaluator(path: str | Path, overrides: list[str] = (), out_dir: Path | None = None,
+                         quiet: bool = False) -> tuple[Evaluator, RunConfig]:
+    """An :class:`Evaluator` of a checkpoint's encoder (or its method's embedding) on its dataset."""
+    module, encode, config, state = load_features(path, overrides)
+    ckpt_path = Path(state["path"])
+    embedding = encode is not None
+    suffix = ", embedding" if embedding else ""
     splits = evaluation_splits(config, quiet)
     data = state["data"]
     stat = ckpt_path.stat()

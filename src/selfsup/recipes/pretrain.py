@@ -202,7 +202,7 @@ class Pretraining:
             write_json(self.run_dir / "meta.json", {
                 **provenance(self.device, self.precision, command), "data": self.data_info,
                 "channels_last": self.channels_last, "resumed_at_step": self.engine.step,
-                "total_steps": self.engine.schedule.total_steps, "monitor": meta["monitor"], "budget": self.budget})
+                "total_steps": self.engine.schedule.total_steps, "steps_per_epoch": self.steps_per_epoch, "monitor": meta["monitor"], "budget": self.budget})
 
     def _schedule(self, total_steps: int) -> Schedule:
         return Schedule.from_config(self.config.optim, total_steps, self.steps_per_epoch, self.config.train.batch_size)

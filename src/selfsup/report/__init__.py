@@ -19,10 +19,10 @@ from ..engine.metrics import read_rows
 from ..errors import SelfsupError
 from . import figures
 from .document import Document
-from .runs import RunRecord, find_runs, read_run, runs_table
+from .runs import RUN_COLUMNS, RunRecord, find_runs, read_run, runs_table, whole_checkpoint
 
-__all__ = ["Inspection", "RunRecord", "find_runs", "image_grid", "read_run", "runs_table", "write_comparison",
-           "write_report"]
+__all__ = ["Inspection", "RunRecord", "check_reportable", "find_runs", "image_grid", "read_run", "runs_table",
+           "whole_checkpoint", "write_comparison", "write_report"]
 
 
 @dataclass
@@ -119,14 +119,33 @@ def _inspection_section(out: Path, inspection: Inspection, doc: Document) -> Non
                    "Confusion matrix of the linear probe (rows: true class, % of the row)")
 
 
-def write_report(run_dir: str | Path, inspection: Inspection | None = None) -> Path:
-    """Write ``RUN/report/report.html``, ``summary.md`` and their PNGs; return the summary's path."""
-    run = read_run(run_dir)
+def check_reportable(run: RunRecord) -> None:
     if not (run.path / "metrics.jsonl").is_file():
-        raise SelfsupError(f"{run.path} holds no metrics.jsonl: the run wrote no step yet, nothing to report")
+        raise SelfsupError(f"{run.path} holds no metrics.jsonl: the run wrote no step yet (or it is a `selfsup "
+                           "import` folder), nothing to report; evaluate it with selfsup eval instead")
+
+
+def _evaluation_rows(results: dict) -> list[dict]:
+    return [{"features": name, "protocol": protocol, "top-1 (%)": result.get("top1"),
+             "settings": result.get("settings", "")}
+            for name, protocols in results.items() if isinstance(protocols, dict)
+            for protocol, result in protocols.items() if isinstance(result, dict)]
+
+
+EVALUATION_COLUMNS = ["features", "protocol", "top-1 (%)", "settings"]
+
+
+def write_report(run_dir: str | Path, inspection: Inspection | None = None, notes: list[str] = ()) -> Path:
+    """Write ``RUN/report/report.html``, ``summary.md`` and their PNGs; return the summary's path.
+
+    ``notes`` are shown at the top (why a part is missing, e.g. no usable checkpoint to inspect)."""
+    run = read_run(run_dir)
+    check_reportable(run)
     out = run.path / "report"
     out.mkdir(exist_ok=True)
     doc = Document(f"Run {run.path.name}")
+    for note in notes:
+        doc.note(note)
     doc.bullets(_facts(run))
     doc.heading("Training")
     _plot_curves(out, [run], doc)
@@ -137,11 +156,7 @@ def write_report(run_dir: str | Path, inspection: Inspection | None = None) -> P
     if run.results:
         doc.heading("Evaluation")
         doc.paragraph("From eval/results.json (selfsup eval):")
-        rows = [{"features": name, "protocol": protocol, "top-1 (%)": result.get("top1"),
-                 "settings": result.get("settings", "")}
-                for name, protocols in run.results.items() for protocol, result in protocols.items()
-                if isinstance(result, dict)]
-        doc.table(rows, ["features", "protocol", "top-1 (%)", "settings"])
+        doc.table(_evaluation_rows(run.results), EVALUATION_COLUMNS)
     if inspection is not None:
         _inspection_section(out, inspection, doc)
     layers = run.path / "eval" / "layers.png"
@@ -168,10 +183,9 @@ def write_comparison(run_dirs: list[str | Path], out_dir: str | Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     doc = Document(f"Comparison of {len(runs)} runs")
     doc.heading("Results")
-    columns = ["run", "method", "data", "backbone", "epochs", "kNN", "linear", "test top-1", "img/s", "status"]
-    doc.table([run.row() for run in runs], columns)
-    doc.paragraph("kNN and linear: best top-1 (%) in each run's eval/results.json (the kNN monitor's best when "
-                  "the run was not evaluated); test top-1: a classifier's own accuracy.")
+    doc.table([run.row() for run in runs], RUN_COLUMNS)
+    doc.paragraph("kNN and linear: top-1 (%) of each run's own latest evaluated checkpoint in its eval/results.json "
+                  "(the kNN monitor's best when it was not evaluated); test top-1: a classifier's own accuracy.")
     doc.heading("Curves")
     _plot_curves(out, runs, doc)
     detail = [run for run in runs if run.results]
@@ -179,11 +193,7 @@ def write_comparison(run_dirs: list[str | Path], out_dir: str | Path) -> Path:
         doc.heading("Every evaluation")
         for run in detail:
             doc.paragraph(run.name)
-            rows = [{"features": name, "protocol": protocol, "top-1 (%)": result.get("top1"),
-                     "settings": result.get("settings", "")}
-                    for name, protocols in run.results.items() for protocol, result in protocols.items()
-                    if isinstance(result, dict)]
-            doc.table(rows, ["features", "protocol", "top-1 (%)", "settings"])
+            doc.table(_evaluation_rows(run.results), EVALUATION_COLUMNS)
     reports = [(run, run.path / "report" / "report.html") for run in runs]
     if any(page.is_file() for _, page in reports):
         doc.heading("Each run's report")

@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto; max-width: 1100px;
@@ -139,4 +140,5 @@ def _cell(value: Any) -> str:
 
 
 def _relative(target: Path, base: Path) -> str:
-    return Path(os.path.relpath(Path(target).resolve(), Path(base).resolve())).as_posix()
+    """``target`` relative to ``base`` as a URL path (a folder named "a #1" is a link, not a fragment)."""
+    return quote(Path(os.path.relpath(Path(target).resolve(), Path(base).resolve())).as_posix())

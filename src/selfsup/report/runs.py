@@ -7,10 +7,13 @@ files: pretraining, fine-tuning, distillation, and the runs inside sweeps. Its s
 - resumable: no summary, but ``checkpoints/last.pt`` is a whole checkpoint file (``--resume``);
 - interrupted: no summary and no usable checkpoint (killed before the first one, or the file is
   damaged): it has to start again.
+
+A ``selfsup import`` folder (weights without an optimiser, nothing to resume) counts as finished.
 """
 from __future__ import annotations
 
 import json
+import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +27,7 @@ from ..errors import SelfsupError
 #: Folders of a run directory that never hold runs themselves.
 RUN_PARTS = {"checkpoints", "tensorboard", "eval", "report", "features", "embeddings", "layers", "tokens"}
 STATUSES = ("finished", "resumable", "interrupted")
+RUN_COLUMNS = ["run", "method", "data", "backbone", "epochs", "kNN", "linear", "test top-1", "img/s", "status"]
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -54,7 +58,10 @@ def checkpoint_facts(path: Path) -> dict[str, Any]:
         return {}
     if not isinstance(state, dict):
         return {}
-    return {key: state.get(key) for key in ("config", "data", "encoder", "classifier", "step", "epoch", "total_steps")}
+    facts = {key: state.get(key) for key in ("config", "data", "encoder", "classifier", "step", "epoch",
+                                             "total_steps", "steps_per_epoch", "imported")}
+    facts["trained"] = "optimizer" in state  # an imported checkpoint holds weights only: nothing to resume
+    return facts
 
 
 @dataclass
@@ -85,8 +92,10 @@ class RunRecord:
 
     @property
     def epochs(self) -> str:
-        done = "-" if self.epochs_done is None else f"{self.epochs_done:.3g}"
-        return done if self.epochs_planned is None else f"{done}/{self.epochs_planned:.3g}"
+        def count(value: float) -> str:
+            return f"{value:.0f}" if float(value).is_integer() else f"{value:.2f}"
+        done = "-" if self.epochs_done is None else count(self.epochs_done)
+        return done if self.epochs_planned is None else f"{done}/{count(self.epochs_planned)}"
 
     def row(self) -> dict[str, Any]:
         def number(value: float | None) -> str:
@@ -103,7 +112,7 @@ def is_run_dir(path: Path) -> bool:
 
 def find_runs(root: str | Path) -> list[Path]:
     """Run directories at or under ``root`` (sorted by path; a run's own sub-folders skipped)."""
-    root = Path(root)
+    root = Path(root).resolve()
     if not root.is_dir():
         raise SelfsupError(f"{root} is not a folder; give the folder that holds run directories (default: runs)")
     found = []
@@ -119,11 +128,30 @@ def find_runs(root: str | Path) -> list[Path]:
     return found
 
 
-def _best_result(results: dict[str, Any], protocol: str) -> float | None:
-    """The protocol's top-1 of the latest-step entry (an entry per checkpoint evaluated)."""
-    values = [entry[protocol]["top1"] for entry in results.values()
-              if isinstance(entry, dict) and isinstance(entry.get(protocol), dict) and "top1" in entry[protocol]]
-    return max(values) if values else None
+#: The names ``selfsup eval`` gives a run's own checkpoints: "simclr (last, step 356)", "... , embedding)".
+OWN_ENTRY = re.compile(r"\((?P<checkpoint>[^,()]+), step (?P<step>\d+)(, embedding)?\)$")
+
+
+def own_result(results: dict[str, Any], protocol: str) -> float | None:
+    """The protocol's best top-1 among the entries of the run's latest evaluated step; entries of
+    other encoders in the same file (the raw-pixel baseline of ``selfsup demo``) are not the run's."""
+    entries = []
+    for name, entry in results.items():
+        match = OWN_ENTRY.search(name)
+        if match and isinstance(entry, dict) and isinstance(entry.get(protocol), dict) and "top1" in entry[protocol]:
+            entries.append((int(match["step"]), entry[protocol]["top1"]))
+    if not entries:
+        return None
+    latest = max(step for step, _ in entries)
+    return max(top1 for step, top1 in entries if step == latest)
+
+
+def _section(config: dict[str, Any], key: str) -> dict[str, Any]:
+    """A config section as a mapping whatever the file holds (``method: simclr`` -> {"name": "simclr"})."""
+    value = config.get(key) if isinstance(config, dict) else None
+    if isinstance(value, str):
+        return {"name": value}
+    return value if isinstance(value, dict) else {}
 
 
 def _backbone_name(backbone: dict[str, Any]) -> str:
@@ -135,18 +163,17 @@ def _backbone_name(backbone: dict[str, Any]) -> str:
     return name
 
 
-def _epochs(config: dict[str, Any], meta: dict[str, Any], summary: dict[str, Any], facts: dict[str, Any],
-            steps: int | None, is_classifier: bool) -> tuple[float | None, float | None]:
-    """Epochs done and planned, from the step counts (a time budget plans a fraction of an epoch)."""
+def _epochs(config: dict[str, Any], meta: dict[str, Any], facts: dict[str, Any],
+            steps: int | None) -> tuple[float | None, float | None]:
+    """Epochs done and planned, from the step counts: steps / steps per epoch (a time budget or
+    ``train.max_steps`` plans other than ``train.epochs``). Runs written before the steps per epoch
+    were recorded fall back to ``train.epochs``."""
     total = meta.get("total_steps") or facts.get("total_steps")
-    budget = summary.get("budget") or meta.get("budget") or {}
-    if budget:
-        planned = budget.get("epochs")
-    elif is_classifier:  # its epochs are not in the (pretraining) config it carries
-        epoch, step = facts.get("epoch"), facts.get("step")
-        planned = round(total * epoch / step, 2) if total and epoch and step else None
-    else:
-        planned = (config.get("train") or {}).get("epochs")
+    per_epoch = meta.get("steps_per_epoch") or facts.get("steps_per_epoch")
+    if total and per_epoch:
+        return (None if steps is None else round(min(steps, total) / per_epoch, 2)), round(total / per_epoch, 2)
+    budget = meta.get("budget") or {}
+    planned = budget.get("epochs") or (None if facts.get("classifier") else _section(config, "train").get("epochs"))
     if not (total and planned and steps is not None):
         return None, planned
     return round(planned * min(steps, total) / total, 2), planned
@@ -154,7 +181,8 @@ def _epochs(config: dict[str, Any], meta: dict[str, Any], summary: dict[str, Any
 
 def read_run(path: str | Path, root: Path | None = None) -> RunRecord:
     """Everything ``selfsup runs`` and ``selfsup report`` show about one run directory."""
-    path = Path(path)
+    path = Path(path).resolve()
+    root = None if root is None else Path(root).resolve()
     if not path.is_dir():
         raise SelfsupError(f"run directory {path} does not exist")
     if not is_run_dir(path):
@@ -169,35 +197,43 @@ def read_run(path: str | Path, root: Path | None = None) -> RunRecord:
             config = yaml.safe_load((path / "config.yaml").read_text()) or {}
         except yaml.YAMLError:
             config = {}
+        config = config if isinstance(config, dict) else {}
     last = path / "checkpoints" / "last.pt"
     usable = last.is_file() and whole_checkpoint(last)
     facts = checkpoint_facts(last) if usable else {}
-    config = config or (facts.get("config") or {})
+    config = config or (facts.get("config") if isinstance(facts.get("config"), dict) else {})
     is_classifier = bool(facts.get("classifier")) or "test_top1" in summary or meta.get("classifier") is True
-    status = "finished" if summary else "resumable" if usable else "interrupted"
+    imported = bool(facts.get("imported"))
+    status = "finished" if summary or imported else "resumable" if usable and facts.get("trained") else \
+        "interrupted"
     epoch_rows, step_rows = read_rows(path, "epoch"), read_rows(path, "step")
     monitored = [r["knn_top1"] for r in epoch_rows if "knn_top1" in r]
-    knn = _best_result(results, "knn")
+    knn = own_result(results, "knn")
     if knn is None and monitored:
         knn = max(monitored)
     test_rows = [r["test_top1"] for r in epoch_rows if "test_top1" in r]
     test_top1 = summary.get("test_top1", test_rows[-1] if test_rows else None)
-    steps = summary.get("steps", step_rows[-1]["step"] if step_rows else facts.get("step"))
-    done, planned = _epochs(config, meta, summary, facts, steps, is_classifier)
+    # Where the run stands: the summary's count, else the checkpoint's step (where --resume restarts).
+    steps = next((value for value in (summary.get("steps"), facts.get("step"),
+                                      step_rows[-1]["step"] if step_rows else None) if value is not None), None)
+    done, planned = _epochs(config, meta, facts, steps)
     if done is None and epoch_rows:
         done = epoch_rows[-1]["epoch"]
-    method = (config.get("method") or {}).get("name", "-")
-    if is_classifier:
+    method = _section(config, "method").get("name", "-")
+    if imported:
+        method = f"imported ({(facts.get('encoder') or {}).get('method', 'weights')})"
+    elif is_classifier:
         origin = (facts.get("encoder") or {}).get("method")
         method = f"classifier ({origin})" if origin else "classifier"
-    data = (config.get("data") or {}).get("name") or (facts.get("data") or {}).get("dataset") or "-"
+    data = _section(config, "data").get("name") or (facts.get("data") or {}).get("dataset") or "-"
     rates = [r["img_per_s"] for r in step_rows if "img_per_s" in r]
     img_per_s = summary.get("img_per_s", sum(rates) / len(rates) if rates else None)
     minutes = summary.get("train_minutes", epoch_rows[-1].get("minutes") if epoch_rows else None)
     name = str(path.relative_to(root)) if root is not None and path != root and root in path.parents else path.name
-    return RunRecord(path=path, name=name or path.name, status=status, kind="classifier" if is_classifier else "pretrain",
-                     method=method, data=data, backbone=_backbone_name(config.get("backbone") or {}), steps=steps,
-                     epochs_done=done, epochs_planned=planned, knn=knn, linear=_best_result(results, "linear"),
+    kind = "imported" if imported else "classifier" if is_classifier else "pretrain"
+    return RunRecord(path=path, name=name or path.name, status=status, kind=kind,
+                     method=method, data=data, backbone=_backbone_name(_section(config, "backbone")), steps=steps,
+                     epochs_done=done, epochs_planned=planned, knn=knn, linear=own_result(results, "linear"),
                      test_top1=test_top1, img_per_s=img_per_s, minutes=minutes, config=config, meta=meta,
                      summary=summary, results=results)
 
@@ -206,5 +242,4 @@ def runs_table(records: list[RunRecord]) -> str:
     """A markdown table of ``records`` (one row each)."""
     from ..eval import markdown_table
 
-    columns = ["run", "method", "data", "backbone", "epochs", "kNN", "linear", "test top-1", "img/s", "status"]
-    return markdown_table([r.row() for r in records], columns)
+    return markdown_table([r.row() for r in records], RUN_COLUMNS)
