@@ -194,7 +194,7 @@ def test_report_of_a_run_and_a_comparison_in_a_real_browser(pretrained_run, tmp_
                                                              ("other/simclr", "resumable")]
     table = (compare / "comparison.md").read_text()
     assert "| run | method | data |" in table and "[other/simclr](" in table
-    seen = _browser_check(compare / "comparison.html", tmp_path / "comparison.png", expected_images=3)
+    seen = _browser_check(compare / "comparison.html", tmp_path / "comparison.png", expected_images=4)
     assert len(seen["links"]) == 2 and all(Path(url2pathname(urlparse(link).path)).is_file()
                                            for link in seen["links"])  # the links open each run's page
 

@@ -174,8 +174,10 @@ def embed(checkpoint_path: str | Path, source: str, out_dir: str | Path, *, spli
 
 def _candidates(bank: np.ndarray, queries: np.ndarray, k: int, backend: str
                 ) -> tuple[list[tuple[np.ndarray, np.ndarray]], str]:
-    """For each query, every row at least as similar as its k-th nearest (all the ties at the
-    boundary, which the two backends would otherwise cut differently), exact."""
+    """For each query, its k nearest rows plus every row tied with the k-th (which the two backends
+    would otherwise cut differently), exact. The ties are looked for only where the (k+1)-th
+    nearest is within :data:`TIE` of the k-th: one search otherwise."""
+    wanted = min(k + 1, len(bank))
     if backend in ("auto", "faiss"):
         try:
             import faiss
@@ -186,19 +188,32 @@ def _candidates(bank: np.ndarray, queries: np.ndarray, k: int, backend: str
         else:
             flat = faiss.IndexFlatIP(bank.shape[1])
             flat.add(np.ascontiguousarray(bank))
-            kth = flat.search(np.ascontiguousarray(queries), k)[0][:, -1]
-            found = []
-            for query, threshold in zip(queries, kth):
-                _, sims, rows = flat.range_search(np.ascontiguousarray(query[None]), float(threshold) - 2 * TIE)
-                found.append((sims, rows.astype(np.int64)))
-            return found, "faiss"
+            sims, rows = flat.search(np.ascontiguousarray(queries), wanted)
+
+            def tied(i: int, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+                _, found_sims, found_rows = flat.range_search(np.ascontiguousarray(queries[i:i + 1]), threshold)
+                return found_sims, found_rows.astype(np.int64)
+            return _with_ties(sims, rows.astype(np.int64), k, tied), "faiss"
     similarity = torch.from_numpy(queries) @ torch.from_numpy(bank).T
-    kth = similarity.topk(k, dim=1).values[:, -1:]
-    found = []
-    for row_sims, threshold in zip(similarity, kth):
-        rows = torch.nonzero(row_sims >= threshold - 2 * TIE).squeeze(1)
-        found.append((row_sims[rows].numpy(), rows.numpy()))
-    return found, "torch"
+    sims, rows = similarity.topk(wanted, dim=1)
+
+    def tied(i: int, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+        found = torch.nonzero(similarity[i] > threshold).squeeze(1)
+        return similarity[i, found].numpy(), found.numpy()
+    return _with_ties(sims.numpy(), rows.numpy(), k, tied), "torch"
+
+
+def _with_ties(sims: np.ndarray, rows: np.ndarray, k: int, tied: Callable) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each query's first k candidates, or all rows above its k-th similarity less 2 TIE when the
+    next one is that close (``tied(query, threshold)`` finds them)."""
+    out = []
+    for i in range(len(sims)):
+        boundary = sims[i, k - 1]
+        if sims.shape[1] > k and sims[i, k] >= boundary - TIE:
+            out.append(tied(i, float(boundary) - 2 * TIE))
+        else:
+            out.append((sims[i, :k], rows[i, :k]))
+    return out
 
 
 @dataclass

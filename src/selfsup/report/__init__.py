@@ -184,6 +184,12 @@ def write_comparison(run_dirs: list[str | Path], out_dir: str | Path) -> Path:
     doc = Document(f"Comparison of {len(runs)} runs")
     doc.heading("Results")
     doc.table([run.row() for run in runs], RUN_COLUMNS)
+    scores = {"kNN": [run.knn for run in runs], "linear": [run.linear for run in runs],
+              "test top-1": [run.test_top1 for run in runs]}
+    scores = {label: values for label, values in scores.items() if any(v is not None for v in values)}
+    if scores:
+        doc.figure(figures.grouped_bars(out / "results.png", [run.name for run in runs], scores, "top-1 (%)",
+                                        "Results"), "Top-1 of each run (%)")
     doc.paragraph("kNN and linear: top-1 (%) of each run's own latest evaluated checkpoint in its eval/results.json "
                   "(the kNN monitor's best when it was not evaluated); test top-1: a classifier's own accuracy.")
     doc.heading("Curves")

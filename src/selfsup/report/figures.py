@@ -28,6 +28,26 @@ def curves(path: Path, series: list[Series], xlabel: str, ylabel: str, title: st
     return _save(figure, path)
 
 
+def grouped_bars(path: Path, names: list[str], groups: dict[str, list[float | None]], ylabel: str, title: str) -> Path:
+    """One group of bars per name, one bar per series (a missing value leaves a gap), values written on top."""
+    figure, axis = plt.subplots(figsize=(min(14.0, max(5.0, 0.9 * len(names) * max(len(groups), 1) + 1.5)), 3.8),
+                                dpi=110)
+    width = 0.8 / max(len(groups), 1)
+    for offset, (label, values) in enumerate(groups.items()):
+        xs = [i + (offset - (len(groups) - 1) / 2) * width for i in range(len(names))]
+        shown = [(x, v) for x, v in zip(xs, values) if v is not None]
+        if shown:
+            bars = axis.bar([x for x, _ in shown], [v for _, v in shown], width, label=label)
+            axis.bar_label(bars, fmt="%.1f", fontsize=7)
+    axis.set_xticks(range(len(names)), names, rotation=30 if len(names) > 4 else 0, ha="right" if len(names) > 4
+                    else "center", fontsize=8)
+    axis.set_ylabel(ylabel)
+    axis.set_title(title)
+    axis.grid(alpha=0.3, axis="y")
+    axis.legend(fontsize=8)
+    return _save(figure, path)
+
+
 def _show(axis, image: np.ndarray) -> None:  # noqa: ANN001 - matplotlib axis
     """One uint8 (C, H, W) image, gray or RGB, without ticks."""
     picture = np.asarray(image).transpose(1, 2, 0)
