@@ -222,3 +222,29 @@ def test_report_of_a_run_without_a_usable_checkpoint_shows_its_curves_and_says_w
     shutil.copy(tmp_path / "cut" / "checkpoints" / "last.pt", imported / "last.pt")
     assert main(["report", str(tmp_path / "early"), str(tmp_path / "imported")]) == 2  # refused before any work
     assert "holds no metrics.jsonl" in capsys.readouterr().err
+
+
+def test_report_of_a_fine_tuned_run_draws_its_own_heads_confusion_matrix(pretrained_run, tmp_path, capsys):
+    from selfsup.recipes.classifier import classify_all
+    from selfsup.recipes.evaluate import checkpoint_evaluator
+    from selfsup.recipes.finetune import load_classifier
+
+    run = tmp_path / "tuned"
+    assert main(["eval", "finetune", str(pretrained_run), "--steps", "3", "--batch-size", "8", "--run-dir", str(run),
+                 "--quiet"]) == 0
+    assert main(["report", str(run), "--points", "20", "--queries", "2", "--neighbours", "2", "--map", "tsne",
+                 "--quiet"]) == 0
+    markdown = (run / "report" / "summary.md").read_text()
+    assert "fine-tuned classifier on the test split" in markdown and "](confusion.png)" in markdown
+    assert not (run / "eval" / "results.json").exists()  # no linear probe was fitted for it
+    from selfsup.explore.inspect import _classifier_confusion
+
+    evaluator, _ = checkpoint_evaluator(run / "checkpoints" / "last.pt", quiet=True)
+    classes = len(evaluator.test.classes)
+    confusion, top1 = _classifier_confusion(run / "checkpoints" / "last.pt", evaluator, classes)
+    model, _ = load_classifier(run / "checkpoints" / "last.pt")
+    predicted = classify_all(model, evaluator.test.images, evaluator.view).argmax(1)
+    assert confusion.sum() == 32 and np.trace(confusion) == (predicted == evaluator.test.targets).sum().item()
+    assert top1 == pytest.approx(100 * np.trace(confusion) / 32, abs=0.01)
+    assert _classifier_confusion(pretrained_run / "checkpoints" / "last.pt", evaluator, classes) is None
+    assert _classifier_confusion(run / "checkpoints" / "last.pt", evaluator, classes + 1) is None  # other classes

@@ -16,7 +16,9 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import SelfsupError
+from ..recipes.classifier import classify_all
 from ..recipes.evaluate import checkpoint_evaluator
+from ..recipes.finetune import load_classifier
 from ..report import Inspection
 
 MAP_METHODS = ("auto", "umap", "tsne")
@@ -92,6 +94,11 @@ def inspect_checkpoint(path: str | Path, *, points: int = 1000, queries: int = 1
     asked = spread_queries(test.targets, queries, seed)
     similarities, found = nearest(test_features[asked], train_features, neighbours)
     retrieval_top1 = 100.0 * (train.targets[found[:, 0]] == test.targets[asked]).float().mean().item()
+    own = _classifier_confusion(path, evaluator, len(test.classes))
+    if own is not None:  # a fine-tuned or distilled network: its own head's errors, not a new probe's
+        confusion, top1 = own
+        return _inspection(evaluator, method, coords, shown, asked, found, similarities, retrieval_top1,
+                           confusion, top1, "Fine-tuned classifier on the test split")
     confusion, linear_top1 = None, None
     results_path = evaluator.out_dir / "results.json"
     try:
@@ -106,9 +113,34 @@ def inspect_checkpoint(path: str | Path, *, points: int = 1000, queries: int = 1
         linear = evaluator.run(["linear"], config.eval, seed=config.train.seed)[evaluator.name]["linear"]
     if linear is not None and "confusion" in linear:
         confusion, linear_top1 = np.asarray(linear["confusion"]), linear["top1"]
+    return _inspection(evaluator, method, coords, shown, asked, found, similarities, retrieval_top1, confusion,
+                       linear_top1, "Linear probe on the test split")
+
+
+def _classifier_confusion(path: str | Path, evaluator, classes: int) -> tuple[np.ndarray, float] | None:  # noqa: ANN001
+    """The confusion matrix and top-1 of a classifier checkpoint's own head on the test split (None
+    for a pretraining checkpoint, or a head over other classes than the test split's)."""
+    try:
+        model, state = load_classifier(path)
+    except SelfsupError:
+        return None
+    if state["classifier"].get("classes") != classes:
+        return None
+    model.to(evaluator.device)
+    predicted = classify_all(model, evaluator.test.images, evaluator.view, evaluator.batch_size).argmax(1)
+    truth = evaluator.test.targets
+    confusion = torch.zeros(classes, classes, dtype=torch.long)
+    confusion.index_put_((truth.long(), predicted), torch.ones_like(predicted), accumulate=True)
+    return confusion.numpy(), round(100.0 * (predicted == truth).float().mean().item(), 2)
+
+
+def _inspection(evaluator, method: str, coords: np.ndarray, shown: torch.Tensor, asked: torch.Tensor,  # noqa: ANN001
+                found: torch.Tensor, similarities: torch.Tensor, retrieval_top1: float, confusion: np.ndarray | None,
+                top1: float | None, confusion_source: str) -> Inspection:
+    train, test = evaluator.train, evaluator.test
     return Inspection(
         encoder=evaluator.name, classes=list(test.classes), map_method=method, coords=coords,
         labels=test.targets[shown].numpy(), queries=test.images[asked].numpy(),
         query_labels=test.targets[asked].numpy(), neighbours=train.images[found].numpy(),
         neighbour_labels=train.targets[found].numpy(), similarities=similarities.numpy(), confusion=confusion,
-        linear_top1=linear_top1, retrieval_top1=retrieval_top1)
+        linear_top1=top1, retrieval_top1=retrieval_top1, confusion_source=confusion_source)

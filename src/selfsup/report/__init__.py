@@ -48,8 +48,11 @@ class Inspection:
     confusion: np.ndarray | None
     """Linear probe on the test split: rows true class, columns predicted (None: not probed)."""
     linear_top1: float | None
+    """Top-1 (%) of what drew the confusion matrix."""
     retrieval_top1: float
     """% of the queries' first neighbours of the query's class."""
+    confusion_source: str = "Linear probe on the test split"
+    """What predicted the confusion matrix: a linear probe, or a classifier run's own head."""
 
 
 def _curve_series(run: RunRecord, stream: str, key: str, x: str) -> tuple[list[float], list[float], str] | None:
@@ -113,10 +116,10 @@ def _inspection_section(out: Path, inspection: Inspection, doc: Document) -> Non
                f"Nearest-neighbour retrievals: the first neighbour has the query's class for "
                f"{inspection.retrieval_top1:.0f}% of the {len(inspection.query_labels)} queries")
     if inspection.confusion is not None:
-        title = "Linear probe on the test split" + (
+        title = inspection.confusion_source + (
             f": top-1 {inspection.linear_top1:.2f}%" if inspection.linear_top1 is not None else "")
         doc.figure(figures.confusion_matrix(out / "confusion.png", inspection.confusion, inspection.classes, title),
-                   "Confusion matrix of the linear probe (rows: true class, % of the row)")
+                   f"Confusion matrix: {inspection.confusion_source.lower()} (rows: true class, % of the row)")
 
 
 def check_reportable(run: RunRecord) -> None:
