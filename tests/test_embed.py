@@ -104,9 +104,9 @@ def test_both_backends_break_ties_alike(tmp_path):
 
 def test_embed_a_dataset_split_and_search_it(pretrained_run, mnist_root, image_folder, tmp_path, capsys):
     folder, dataset = image_folder
-    index = tmp_path / "dataset-index"
-    assert main(["embed", str(pretrained_run), "fashion_mnist", "--root", str(mnist_root), "--split", "test",
-                 "--out", str(index), "--quiet"]) == 0
+    index = pretrained_run / "embeddings" / "fashion_mnist"  # the default place: inside the run
+    assert main(["embed", str(pretrained_run / "checkpoints" / "last.pt"), "fashion_mnist", "--root", str(mnist_root),
+                 "--split", "test", "--quiet"]) == 0
     meta = json.loads((index / "index.json").read_text())
     assert meta["count"] == 32 and meta["paths"][3] == "fashion_mnist:test:3"
     assert np.allclose(np.load(index / "embeddings.npy"), _features(pretrained_run, dataset.images).numpy(),

@@ -591,9 +591,10 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 def _default_index_dir(checkpoint: Path, images: str) -> Path:
     """``RUN/embeddings/<images>`` for a run's checkpoint; ``<images>-embeddings`` otherwise."""
+    from .engine.checkpoint import run_dir_of
+
     name = Path(images).name or "images"
-    run = checkpoint if checkpoint.is_dir() else checkpoint.parent.parent if checkpoint.parent.name == \
-        "checkpoints" else None
+    run = run_dir_of(checkpoint)
     return run / "embeddings" / name if run is not None else Path(f"{name}-embeddings")
 
 

@@ -90,6 +90,15 @@ def load(path: str | Path) -> dict[str, Any]:
     return state
 
 
+def run_dir_of(path: str | Path) -> Path | None:
+    """The run directory a checkpoint belongs to: ``RUN`` for ``RUN/checkpoints/x.pt`` or ``RUN``
+    itself; None for a checkpoint file lying elsewhere."""
+    path = Path(path)
+    if path.is_dir():
+        return path
+    return path.parent.parent if path.parent.name == "checkpoints" else None
+
+
 def architecture(config: dict[str, Any]) -> dict[str, Any]:
     """What must agree between a checkpoint and a model for the weights to fit."""
     return {"method": config["method"], "backbone": config["backbone"]}

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..engine.checkpoint import run_dir_of
 from ..engine.runtime import library_versions
 from ..errors import SelfsupError
 
@@ -18,11 +19,6 @@ def sha256(path: Path, chunk: int = 1 << 20) -> str:
         while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()
-
-
-def run_dir_of(checkpoint_path: Path) -> Path | None:
-    """``RUN`` for a checkpoint ``RUN/checkpoints/x.pt``; None for a checkpoint lying elsewhere."""
-    return checkpoint_path.parent.parent if checkpoint_path.parent.name == "checkpoints" else None
 
 
 def read_json(path: Path) -> Any:

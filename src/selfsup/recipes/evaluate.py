@@ -70,11 +70,8 @@ def load_method(path: str | Path, overrides: list[str] = ()) -> tuple[nn.Module,
 
 def default_output_dir(checkpoint_path: Path) -> Path:
     """``RUN/eval`` for ``RUN/checkpoints/x.pt`` or ``RUN``; next to the file otherwise."""
-    if checkpoint_path.is_dir():
-        return checkpoint_path / "eval"
-    if checkpoint_path.parent.name == "checkpoints":
-        return checkpoint_path.parent.parent / "eval"
-    return checkpoint_path.parent / f"{checkpoint_path.stem}-eval"
+    run = checkpoint.run_dir_of(checkpoint_path)
+    return run / "eval" if run is not None else checkpoint_path.parent / f"{checkpoint_path.stem}-eval"
 
 
 def evaluation_splits(config: RunConfig, quiet: bool = False) -> Splits:
