@@ -108,6 +108,7 @@ def test_runs_table_tells_finished_resumable_and_interrupted_runs_apart(tmp_path
     _fake_run(tmp_path / "runs" / "sweep" / "cut", summary=False, checkpoint="cut")
     _fake_run(tmp_path / "runs" / "early", summary=False, checkpoint=None)
     (tmp_path / "runs" / "notes").mkdir()
+    (tmp_path / "runs" / "latest").symlink_to(tmp_path / "runs" / "done")  # listed once
     assert [p.name for p in find_runs(tmp_path / "runs")] == ["done", "early", "cut", "killed"]
     done = read_run(tmp_path / "runs" / "done")
     assert (done.status, done.method, done.data, done.backbone, done.knn) == ("finished", "byol", "cifar10",

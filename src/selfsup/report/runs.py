@@ -115,9 +115,13 @@ def find_runs(root: str | Path) -> list[Path]:
     root = Path(root).resolve()
     if not root.is_dir():
         raise SelfsupError(f"{root} is not a folder; give the folder that holds run directories (default: runs)")
-    found = []
+    found, seen = [], set()
 
     def visit(folder: Path) -> None:
+        real = folder.resolve()
+        if real in seen:  # a symbolic link to a folder already listed (or a loop)
+            return
+        seen.add(real)
         if is_run_dir(folder):
             found.append(folder)
         for child in sorted(folder.iterdir()):
@@ -173,7 +177,10 @@ def _epochs(config: dict[str, Any], meta: dict[str, Any], facts: dict[str, Any],
     if total and per_epoch:
         return (None if steps is None else round(min(steps, total) / per_epoch, 2)), round(total / per_epoch, 2)
     budget = meta.get("budget") or {}
-    planned = budget.get("epochs") or (None if facts.get("classifier") else _section(config, "train").get("epochs"))
+    train = _section(config, "train")
+    if facts.get("classifier") or train.get("max_steps"):  # its epochs are not what the config says
+        return None, budget.get("epochs")
+    planned = budget.get("epochs") or train.get("epochs")
     if not (total and planned and steps is not None):
         return None, planned
     return round(planned * min(steps, total) / total, 2), planned
