@@ -58,3 +58,6 @@ def test_import_refuses_what_does_not_fit(mnist_root, tmp_path, capsys):
     (tmp_path / "notes.pth").write_bytes(b"not a checkpoint")
     assert main(["import", str(tmp_path / "notes.pth"), "--run-dir", str(tmp_path / "d")] + base) == 2
     assert "selfsup refuses it. It was left untouched" in capsys.readouterr().err  # never unpickled
+    (tmp_path / "damaged.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{broken")
+    assert main(["import", str(tmp_path / "damaged.safetensors"), "--run-dir", str(tmp_path / "e")] + base) == 2
+    assert "damaged.safetensors is not a readable safetensors file" in capsys.readouterr().err

@@ -150,7 +150,7 @@ def test_pretrain_finetune_from_the_head_then_distill(simclr3_run, tmp_path, cap
     assert main(["eval", "knn", str(tuned), "--quiet"]) == 0  # a fine-tuned run evaluates like any other
     capsys.readouterr()
     assert main(["export", str(tuned), "--out", str(tmp_path / "trunk.safetensors")]) == 2
-    assert "1 projection-head layer(s) on its trunk, which a torchvision ResNet has no place for" in \
+    assert "1 projection-head layer(s) on its trunk, which a plain torchvision model has no place for" in \
         capsys.readouterr().err
 
     student = tmp_path / "student"

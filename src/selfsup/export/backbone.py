@@ -2,6 +2,7 @@
 card, and optionally an ONNX file checked with onnxruntime."""
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 from pathlib import Path
@@ -14,7 +15,7 @@ from ..models.backbones import ResNet
 from ..models.vit import VisionTransformer
 from ..recipes.evaluate import load_encoder
 from .card import preprocessing, provenance, results, write_card
-from .onnx_check import RELATIVE_TOLERANCE, export_onnx, require
+from .onnx_check import RELATIVE_TOLERANCE, check_onnx_target, export_onnx
 from .resnet import resnet_target
 from .target import FORMATS, Target
 from .vit import vit_target
@@ -33,16 +34,23 @@ def target_for(encoder: torch.nn.Module, library: str, source: str, backbone_nam
 
 
 def write_weights(weights: dict[str, torch.Tensor], out: Path) -> None:
+    """Write to a temporary file beside ``out``, then rename: a full disk or a kill never leaves a
+    truncated weights file under the name."""
+    partial = out.with_name(out.name + ".partial")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         if out.suffix == ".safetensors":
             from safetensors.torch import save_file
 
-            save_file(weights, str(out))
+            save_file(weights, str(partial))
         else:
-            torch.save(weights, out)
-    except OSError as err:
-        raise SelfsupError(f"could not write {out}: {err.strerror or err}; choose another --out") from None
+            torch.save(weights, partial)
+        os.replace(partial, out)
+    except Exception as err:  # noqa: BLE001 - OSError, SafetensorError, torch's RuntimeError: all a failed write
+        with contextlib.suppress(OSError):
+            partial.unlink(missing_ok=True)
+        reason = getattr(err, "strerror", None) or str(err).strip().splitlines()[0][:200]
+        raise SelfsupError(f"could not write {out}: {reason}; choose another --out (or free disk space)") from None
 
 
 @torch.no_grad()
@@ -53,11 +61,12 @@ def check_recipe(target: Target, encoder: torch.nn.Module, weights_file: Path, i
     Skipped (and said so) when the target library is not installed here: writing needs none."""
     if importlib.util.find_spec(target.library) is None:
         return {"skipped": f"{target.library} is not installed where the export ran"}
-    version = getattr(importlib.import_module(target.library), "__version__", "unknown")
     x = torch.randn((2, *input_shape), generator=torch.Generator().manual_seed(0))
     expected = encoder.eval()(x)
     namespace: dict = {}
+    version = "unknown"
     try:
+        version = getattr(importlib.import_module(target.library), "__version__", "unknown")
         exec(target.recipe(str(weights_file.resolve())), namespace)  # noqa: S102 - our own lines: torch, the library
         diff = (namespace["model"].eval()(x) - expected).abs().max().item()
     except Exception as err:  # noqa: BLE001 - an older or newer library without an argument or a name the recipe uses
@@ -86,10 +95,7 @@ def export_backbone(checkpoint_path: str | Path, out: str | Path, library: str =
         raise SelfsupError(f"--format {library}: choose one of {', '.join(FORMATS)}")
     onnx_path = None if onnx is None else (Path(onnx) if str(onnx) else out.with_suffix(".onnx"))
     if onnx_path is not None:  # before any work: a missing package or a bad name is known now
-        if onnx_path.suffix != ".onnx":
-            raise SelfsupError(f"--onnx {onnx_path}: use a file name ending in .onnx")
-        require("onnx", "--onnx")
-        require("onnxruntime", "--onnx (to check the exported model)")
+        check_onnx_target(onnx_path)
     steps = ["read checkpoint", "convert", "provenance", "write weights", "check recipe"] + \
         (["ONNX export and check"] if onnx_path else [])
     with tqdm(total=len(steps), desc="export", unit="step", disable=quiet, leave=False) as bar:
@@ -102,12 +108,12 @@ def export_backbone(checkpoint_path: str | Path, out: str | Path, library: str =
         encoder, config, state = load_encoder(checkpoint_path)
         encoder.eval()
         backbone_name = config.backbone.name
-        kind = "ViT" if backbone_name.startswith("vit_") else "ResNet"
+        kind = "ViT" if isinstance(encoder, VisionTransformer) else "ResNet"
         head_layers = state.get("encoder", {}).get("head_layers", 0)
         if head_layers:
             raise SelfsupError(f"{state['path']} was fine-tuned with {head_layers} projection-head layer(s) on its "
-                               f"trunk, which a {library} {kind} has no place for; export the pretraining checkpoint, "
-                               "or a network fine-tuned with --head-layers 0")
+                               f"trunk, which a plain {library} model has no place for; export the pretraining "
+                               "checkpoint, or a network fine-tuned with --head-layers 0")
         step("convert")
         target = target_for(encoder, library, state["path"], backbone_name)
         data = state["data"]
@@ -126,6 +132,10 @@ def export_backbone(checkpoint_path: str | Path, out: str | Path, library: str =
             "recipe": target.recipe(out.name),
         }
         step("write weights")
+        for stale in (out.with_suffix(".json"), onnx_path):  # an earlier export's card or ONNX file must not
+            if stale is not None:                             # outlive weights this export may yet remove
+                with contextlib.suppress(OSError):  # an unwritable place: the write below says so
+                    stale.unlink(missing_ok=True)
         write_weights(target.weights, out)
         step("check recipe")
         card["recipe_check"] = check_recipe(target, encoder, out, input_shape)

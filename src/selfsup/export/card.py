@@ -67,8 +67,11 @@ def results(state: dict[str, Any]) -> dict[str, Any]:
     found: dict[str, Any] = {}
     if run is None:
         return found
-    if (run / "eval" / "results.json").is_file():
-        found["eval"] = read_json(run / "eval" / "results.json")
+    if (run / "eval" / "results.json").is_file():  # the entries of these weights only ("method (best, step 12)")
+        tag = f"({Path(state['path']).stem}, step {state.get('step')}"
+        entries = read_json(run / "eval" / "results.json")
+        found["eval"] = {name: entry for name, entry in entries.items() if tag in name} \
+            if isinstance(entries, dict) else {}
     if (run / "summary.json").is_file():
         found["summary"] = read_json(run / "summary.json")
     return found

@@ -22,7 +22,11 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        weights = load_file(str(path))
+        try:
+            weights = load_file(str(path))
+        except Exception as err:  # noqa: BLE001 - SafetensorError and friends: a damaged or foreign file
+            raise SelfsupError(f"{path} is not a readable safetensors file ({str(err)[:200]}); give the weights "
+                               "file itself, as torchvision or safetensors wrote it") from None
     else:
         weights = checkpoint.read_weights_only(path)
         for key in ("state_dict", "model"):

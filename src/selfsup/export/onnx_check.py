@@ -29,6 +29,13 @@ def require(package: str, why: str) -> object:
                            "pip install 'selfsup[export]'") from None
 
 
+def check_onnx_target(path: Path) -> tuple[object, object]:
+    """The onnx and onnxruntime modules, once ``path`` is known to be an .onnx name (errors say the fix)."""
+    if path.suffix != ".onnx":
+        raise SelfsupError(f"--onnx {path}: use a file name ending in .onnx")
+    return require("onnx", "--onnx"), require("onnxruntime", "--onnx (to check the exported model)")
+
+
 def _reason(err: Exception) -> str:
     text = str(err).strip()
     return text.splitlines()[0][:200] if text else type(err).__name__
@@ -69,10 +76,7 @@ def export_onnx(encoder: nn.Module, input_shape: tuple[int, int, int], path: Pat
 
     Returns the card's ``onnx`` entry; raises when the largest difference exceeds
     :data:`RELATIVE_TOLERANCE` times the output's scale."""
-    onnx = require("onnx", "--onnx")
-    ort = require("onnxruntime", "--onnx (to check the exported model)")
-    if path.suffix != ".onnx":
-        raise SelfsupError(f"--onnx {path}: use a file name ending in .onnx")
+    onnx, ort = check_onnx_target(path)
     encoder = encoder.eval()
     generator = torch.Generator().manual_seed(0)
     inputs = [torch.randn((b, *input_shape), generator=generator) for b in batch_sizes]

@@ -27,6 +27,8 @@ def _stem(arch: dict, norm: str) -> list[str]:
 
 def _changes(arch: dict) -> list[str]:
     changes = []
+    if arch["in_channels"] != 3:
+        changes.append(f"conv1 takes {arch['in_channels']}-channel images")
     if arch["small_stem"]:
         changes.append("conv1: 3x3 stride 1 (small-image stem); maxpool removed")
     if arch["width"] != 64:

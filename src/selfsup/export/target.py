@@ -8,6 +8,9 @@ from dataclasses import dataclass, field
 import torch
 
 FORMATS = ("torchvision", "timm")
+#: The oldest releases the recipes are written for (timm: ResNet ``channels`` and the tuple
+#: ``make_blocks`` of 1.0; torchvision: ``VisionTransformer`` and ``_make_layer``).
+REQUIRES = {"torchvision": "torchvision>=0.19", "timm": "timm>=1.0.31"}
 
 
 @dataclass
@@ -26,7 +29,8 @@ class Target:
     changes: list[str] = field(default_factory=list)
 
     def architecture(self) -> dict:
-        return {"library": self.library, "model": self.model, "arguments": self.arguments, "changes": self.changes}
+        return {"library": self.library, "requires": REQUIRES[self.library], "model": self.model,
+                "arguments": self.arguments, "changes": self.changes}
 
 
 def load_lines(weights_file: str) -> tuple[list[str], str]:

@@ -53,8 +53,8 @@ def timm_arguments(arch: dict) -> dict:
     dim, depth, heads = VIT_SIZES[arch["size"]]
     return {"img_size": arch["image_size"], "patch_size": arch["patch_size"], "in_chans": arch["in_channels"],
             "num_classes": 0, "embed_dim": dim, "depth": depth, "num_heads": heads, "mlp_ratio": 4.0,
-            "qkv_bias": True, "class_token": True, "global_pool": "token", "reg_tokens": arch["registers"],
-            "no_embed_class": False}
+            "qkv_bias": True, "class_token": True, "global_pool": "token", "no_embed_class": False,
+            **({"reg_tokens": arch["registers"]} if arch["registers"] else {})}
 
 
 def timm_vit_recipe(arch: dict, weights_file: str) -> str:
