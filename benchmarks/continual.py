@@ -13,14 +13,12 @@ images after every task. One seed. Interrupted runs resume where they were.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import sys
 from pathlib import Path
 
 from selfsup.config import apply_overrides, find_config, read_yaml, resolve
 from selfsup.engine import OptimConfig
-from selfsup.engine.runtime import describe_device, library_versions, pick_device, write_json
+from selfsup.engine.runtime import pick_device, provenance, resolve_precision, write_json
 from selfsup.recipes.classifier import ClassifierTraining, StartingPoint
 from selfsup.recipes.continual import STRATEGIES, ContinualSettings, continual
 
@@ -52,9 +50,9 @@ def main() -> None:
     out = Path(args.out) / name
     result = continual(start, out, training, strategies=list(STRATEGIES), scenarios=["task", "class"],
                        settings=ContinualSettings(buffer_size=args.buffer_size), quiet=True)
-    report = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "source": start.source,
-              "device": describe_device(pick_device(args.device)), "versions": library_versions(),
-              "command": " ".join(sys.argv), "summary": result["summary"]}
+    device = pick_device(args.device)
+    report = {**provenance(device, resolve_precision("auto", device)), "source": start.source,
+              "summary": result["summary"]}
     write_json(out / "benchmark.json", report)
     print(json.dumps(report, indent=1))
     print((out / "continual.md").read_text())

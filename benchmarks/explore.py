@@ -11,7 +11,6 @@ other in this one process, so the ratios are measured side by side.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import shutil
 import subprocess
@@ -23,7 +22,7 @@ import numpy as np
 import torch
 
 from selfsup.data import load_dataset
-from selfsup.engine.runtime import describe_device, library_versions, pick_device, write_json
+from selfsup.engine.runtime import pick_device, provenance, resolve_precision, write_json
 from selfsup.eval import markdown_table
 from selfsup.explore import Index, embed, project_2d, search
 from selfsup.explore.embed import Encoder
@@ -121,10 +120,10 @@ def main() -> None:
                              " + figures + page)", "seconds": round(seconds, 2), "rate": "-"})
     shutil.rmtree(run / "checkpoints")  # 2 copies of the weights are enough on disk
 
-    device = describe_device(pick_device("auto"))
-    report = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "device": device, "versions": library_versions(), "checkpoint": args.checkpoint,
+    machine = pick_device("auto")
+    report = {**provenance(machine, resolve_precision("auto", machine)), "checkpoint": args.checkpoint,
               "faiss_torch_top10_agreement": agreement, "rows": rows}
+    device = report["device"]
     write_json(out / "explore.json", report)
     print(markdown_table(rows, ["step", "seconds", "rate"]))
     print(f"\nfaiss and torch return the same top-10 rows for {agreement} of the entries; {device}")

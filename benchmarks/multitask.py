@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import json
-import sys
 from pathlib import Path
 
 from selfsup.config import apply_overrides, find_config, read_yaml, resolve
 from selfsup.engine import OptimConfig
-from selfsup.engine.runtime import describe_device, library_versions, pick_device, write_json
+from selfsup.engine.runtime import pick_device, provenance, resolve_precision, write_json
 from selfsup.recipes.classifier import ClassifierTraining, StartingPoint
 from selfsup.recipes.multitask import SHARING, WEIGHTING, MultiTaskSettings, multitask_comparison
 
@@ -45,9 +43,8 @@ def main() -> None:
     out = Path(args.out) / "-".join(args.tasks)
     result = multitask_comparison(start, out, training, MultiTaskSettings(tasks=args.tasks), sharings=list(SHARING),
                                   weightings=list(WEIGHTING), quiet=True)
-    report = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
-              "device": describe_device(pick_device(args.device)), "versions": library_versions(),
-              "command": " ".join(sys.argv), "rows": result["rows"]}
+    device = pick_device(args.device)
+    report = {**provenance(device, resolve_precision("auto", device)), "rows": result["rows"]}
     write_json(out / "benchmark.json", report)
     print(json.dumps(report, indent=1))
     print((out / "multitask.md").read_text())

@@ -15,14 +15,12 @@ Interrupted runs resume; finished ones are read back.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import sys
 from pathlib import Path
 
 from selfsup.config import apply_overrides, find_config, read_yaml, resolve
 from selfsup.engine import OptimConfig
-from selfsup.engine.runtime import describe_device, library_versions, pick_device, write_json
+from selfsup.engine.runtime import pick_device, provenance, resolve_precision, write_json
 from selfsup.eval import markdown_table
 from selfsup.recipes.classifier import ClassifierTraining, StartingPoint
 from selfsup.semisup.recipe import SemiSupervisedSettings, semisup_sweep
@@ -68,9 +66,9 @@ def main() -> None:
         run(method, "random init", [args.fractions[0]], [args.seeds[0]])
     columns = ["method", "start", "labels", "seeds", "mean top-1 (%)", "std", "runs"]
     table = markdown_table(rows, columns)
-    report = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "checkpoint": args.checkpoint,
-              "device": describe_device(pick_device(args.device)), "versions": library_versions(),
-              "command": " ".join(sys.argv), "steps": args.steps, "batch_size": args.batch_size, "rows": rows}
+    device = pick_device(args.device)
+    report = {**provenance(device, resolve_precision("auto", device)), "checkpoint": args.checkpoint,
+              "steps": args.steps, "batch_size": args.batch_size, "rows": rows}
     write_json(Path(args.out) / "semisup.json", report)
     (Path(args.out) / "semisup.md").write_text(table + "\n")
     print(table)

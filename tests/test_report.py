@@ -15,7 +15,8 @@ import torch
 from conftest import open_in_browser, requires_chromium
 from selfsup.cli import main
 from selfsup.eval.linear import linear_probe
-from selfsup.explore.inspect import nearest, project_2d, spread_queries
+from selfsup.eval import cosine_topk
+from selfsup.explore.inspect import project_2d, spread_queries
 from selfsup.report import find_runs, read_run
 from selfsup.report.document import Document
 from selfsup.report.figures import curves
@@ -58,7 +59,7 @@ def test_queries_take_the_classes_in_turn_and_neighbours_are_by_cosine():
     assert labels[chosen].tolist() == [0, 1, 2, 0, 1]
     assert len(set(chosen.tolist())) == 5
     bank = torch.tensor([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]])
-    similarity, index = nearest(torch.tensor([[3.0, 0.1]]), bank, k=2)
+    similarity, index = cosine_topk(torch.tensor([[3.0, 0.1]]), bank, k=2)
     assert index.tolist() == [[0, 2]]
     assert similarity[0, 1].item() == pytest.approx((3.0 + 0.1) / (np.hypot(3.0, 0.1) * np.sqrt(2)), rel=1e-5)
 

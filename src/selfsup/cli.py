@@ -500,7 +500,8 @@ def cmd_export(args: argparse.Namespace) -> int:
           f"{card['num_features']} features; {checked})\nwrote {out.with_suffix('.json')} (card: architecture, "
           "preprocessing, provenance, results, recipe)")
     if "onnx" in card:
-        onnx, onnx_file = card["onnx"], Path(args.onnx) if args.onnx else out.with_suffix(".onnx")
+        onnx = card["onnx"]
+        onnx_file = out.parent / onnx["file"]  # the card names it relative to itself
         print(f"wrote {onnx_file} (opset {onnx['opset']}, dynamic batch; onnxruntime equals PyTorch to "
               f"{onnx['max_abs_diff']:.1e} at batch sizes {', '.join(map(str, onnx['checked_batch_sizes']))})")
     print(f"\nload it in plain {args.format} with (the card's \"recipe\"):\n")
@@ -544,11 +545,11 @@ def cmd_report(args: argparse.Namespace) -> int:
                     notes.append(f"The encoder could not be inspected: {err}")
         for note in notes:
             print(f"{run.path}: {note}", file=sys.stderr)
-        summary = write_report(run.path, inspection, notes)
+        summary = write_report(run, inspection, notes)
         print(f"wrote {summary.parent / 'report.html'} and {summary}")
     if len(runs) > 1:
         out = Path(args.out) if args.out else runs[0].path.parent / "comparison"
-        print(f"wrote {write_comparison([run.path for run in runs], out)} and {out / 'comparison.md'}")
+        print(f"wrote {write_comparison(runs, out)} and {out / 'comparison.md'}")
     return 0
 
 

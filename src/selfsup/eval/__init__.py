@@ -6,9 +6,9 @@ from .evaluator import PROTOCOLS, EvalConfig, Evaluator, markdown_table, record,
 from .features import extract_features, pixel_features
 from .fewshot import Episode, fewshot_accuracy, nearest_centroid, sample_episodes
 from .kmeans import KMeansResult, kmeans
-from .knn import knn_accuracy, knn_predict
-from .linear import linear_probe
+from .knn import cosine_topk, knn_accuracy, knn_predict
+from .linear import confusion_matrix, linear_probe
 
-__all__ = ["PROTOCOLS", "Episode", "EvalConfig", "Evaluator", "KMeansResult", "extract_features", "fewshot_accuracy",
-           "kmeans", "knn_accuracy", "knn_predict", "linear_probe", "markdown_table", "nearest_centroid",
+__all__ = ["PROTOCOLS", "Episode", "EvalConfig", "Evaluator", "KMeansResult", "confusion_matrix", "cosine_topk",
+           "extract_features", "fewshot_accuracy", "kmeans", "knn_accuracy", "knn_predict", "linear_probe", "markdown_table", "nearest_centroid",
            "pixel_features", "recalibrate_batchnorm", "record", "results_table", "sample_episodes"]

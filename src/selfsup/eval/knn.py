@@ -21,16 +21,24 @@ def knn_predict(
     Similarity is cosine. Weighted (NPID): each of the k nearest neighbours votes for its class
     with exp(s / temperature), defaults k = 200, temperature = 0.07. Plain: one vote each.
     """
-    bank = F.normalize(train_features.float(), dim=1)
-    k = min(k, bank.shape[0])
+    top_similarity, top_index = cosine_topk(test_features, train_features, k, chunk_size)   # (M, k)
     scores = []
-    for chunk in test_features.float().split(chunk_size):
-        similarity = F.normalize(chunk, dim=1) @ bank.T                              # (m, N)
-        top_similarity, top_index = similarity.topk(k, dim=1)                        # (m, k)
-        votes = (top_similarity / temperature).exp() if weighted else torch.ones_like(top_similarity)
-        one_hot = F.one_hot(train_labels[top_index], num_classes).float()            # (m, k, C)
+    for similarity, index in zip(top_similarity.split(chunk_size), top_index.split(chunk_size)):
+        votes = (similarity / temperature).exp() if weighted else torch.ones_like(similarity)
+        one_hot = F.one_hot(train_labels[index], num_classes).float()                      # (m, k, C)
         scores.append((one_hot * votes.unsqueeze(-1)).sum(1))
     return torch.cat(scores)
+
+
+@torch.no_grad()
+def cosine_topk(queries: torch.Tensor, bank: torch.Tensor, k: int, chunk_size: int = 1024
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cosine similarities and indices (M, min(k, N)) of the bank rows (N, D) nearest each query
+    (M, D), exact; the (m, N) similarities are formed ``chunk_size`` queries at a time."""
+    bank = F.normalize(bank.float(), dim=1)
+    k = min(k, bank.shape[0])
+    found = [(F.normalize(chunk, dim=1) @ bank.T).topk(k, dim=1) for chunk in queries.float().split(chunk_size)]
+    return torch.cat([f.values for f in found]), torch.cat([f.indices for f in found])
 
 
 def knn_accuracy(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,

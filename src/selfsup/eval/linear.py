@@ -79,6 +79,12 @@ def accuracy(features: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor,
     return 100.0 * (F.linear(features, weight, bias).argmax(1) == labels).float().mean().item()
 
 
+def confusion_matrix(labels: torch.Tensor, predicted: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(num_classes, num_classes) counts: entry [i, j] is the images of class i predicted as j."""
+    cells = labels.long() * num_classes + predicted.long()
+    return torch.bincount(cells, minlength=num_classes * num_classes).view(num_classes, num_classes)
+
+
 def balanced_holdout(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Indices (train, held-out) with ``fraction`` of every class held out, chosen by ``seed``."""
     generator = torch.Generator().manual_seed(seed)
@@ -122,11 +128,9 @@ def linear_probe(
     best = max(validation, key=lambda d: (validation[d], d))  # ties: the stronger penalty
     weight, bias = fit_logistic(train_x, train_labels, num_classes, best, init=solutions[best], **options)
     predicted = F.linear(test_x, weight, bias).argmax(1)
-    confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
-    confusion.index_put_((test_labels.long(), predicted), torch.ones_like(predicted), accumulate=True)
     return {
         "top1": accuracy(test_x, test_labels, weight, bias),
-        "confusion": confusion.tolist(),
+        "confusion": confusion_matrix(test_labels, predicted, num_classes).tolist(),
         "train_top1": accuracy(train_x, train_labels, weight, bias),
         "weight_decay": best,
         "validation_top1": {str(d): round(v, 2) for d, v in validation.items()},

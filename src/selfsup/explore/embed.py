@@ -15,6 +15,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -172,28 +173,29 @@ def embed(checkpoint_path: str | Path, source: str, out_dir: str | Path, *, spli
     return meta
 
 
-def _candidates(bank: np.ndarray, queries: np.ndarray, k: int, backend: str
+def _faiss_flat(bank: np.ndarray):  # noqa: ANN202 - faiss.IndexFlatIP, or None without faiss
+    try:
+        import faiss
+    except ImportError:
+        return None
+    flat = faiss.IndexFlatIP(bank.shape[1])
+    flat.add(np.ascontiguousarray(bank))
+    return flat
+
+
+def _candidates(bank: np.ndarray, flat, queries: np.ndarray, k: int  # noqa: ANN001 - faiss index or None
                 ) -> tuple[list[tuple[np.ndarray, np.ndarray]], str]:
     """For each query, its k nearest rows plus every row tied with the k-th (which the two backends
-    would otherwise cut differently), exact. The ties are looked for only where the (k+1)-th
-    nearest is within :data:`TIE` of the k-th: one search otherwise."""
+    would otherwise cut differently), exact: with faiss's ``flat`` index, else in torch. The ties
+    are looked for only where the (k+1)-th nearest is within :data:`TIE` of the k-th."""
     wanted = min(k + 1, len(bank))
-    if backend in ("auto", "faiss"):
-        try:
-            import faiss
-        except ImportError:
-            if backend == "faiss":
-                raise SelfsupError("--backend faiss needs faiss: pip install faiss-cpu "
-                                   "(or --backend torch, exact as well)") from None
-        else:
-            flat = faiss.IndexFlatIP(bank.shape[1])
-            flat.add(np.ascontiguousarray(bank))
-            sims, rows = flat.search(np.ascontiguousarray(queries), wanted)
+    if flat is not None:
+        sims, rows = flat.search(np.ascontiguousarray(queries), wanted)
 
-            def tied(i: int, threshold: float) -> tuple[np.ndarray, np.ndarray]:
-                _, found_sims, found_rows = flat.range_search(np.ascontiguousarray(queries[i:i + 1]), threshold)
-                return found_sims, found_rows.astype(np.int64)
-            return _with_ties(sims, rows.astype(np.int64), k, tied), "faiss"
+        def tied(i: int, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+            _, found_sims, found_rows = flat.range_search(np.ascontiguousarray(queries[i:i + 1]), threshold)
+            return found_sims, found_rows.astype(np.int64)
+        return _with_ties(sims, rows.astype(np.int64), k, tied), "faiss"
     similarity = torch.from_numpy(queries) @ torch.from_numpy(bank).T
     sims, rows = similarity.topk(wanted, dim=1)
 
@@ -277,14 +279,28 @@ class Index:
         if k < 1:
             raise SelfsupError(f"-k must be >= 1, got {k}")
         k = min(k, len(self.embeddings))
-        bank = F.normalize(torch.from_numpy(self.embeddings), dim=1).numpy()
         asked = F.normalize(torch.from_numpy(queries), dim=1).numpy()
-        candidates, used = _candidates(bank, asked, k, backend)
+        flat = None
+        if backend in ("auto", "faiss"):
+            flat = self._faiss
+            if flat is None and backend == "faiss":
+                raise SelfsupError("--backend faiss needs faiss: pip install faiss-cpu (or --backend torch, exact "
+                                   "as well)")
+        candidates, used = _candidates(self._bank, flat, asked, k)
         similarities, rows = np.zeros((len(asked), k), np.float32), np.zeros((len(asked), k), np.int64)
         for i, (sims, found) in enumerate(candidates):
             order = np.lexsort((found, -np.round(sims / TIE)))  # by similarity, ties by row: one answer
             similarities[i], rows[i] = sims[order[:k]], found[order[:k]]
         return similarities, rows, used
+
+    @cached_property
+    def _bank(self) -> np.ndarray:
+        """The embeddings L2-normalised (cosine = inner product), once per index."""
+        return F.normalize(torch.from_numpy(self.embeddings), dim=1).numpy()
+
+    @cached_property
+    def _faiss(self):  # noqa: ANN202 - built once per index; None without faiss
+        return _faiss_flat(self._bank)
 
     def images(self, rows: list[int]) -> list[np.ndarray]:
         """The indexed images of ``rows`` (uint8 (C, H, W), preprocessed as when embedded)."""

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import SelfsupError
+from ..eval import confusion_matrix, cosine_topk
 from ..recipes.classifier import classify_all
 from ..recipes.evaluate import checkpoint_evaluator
 from ..recipes.finetune import load_classifier
@@ -67,12 +68,6 @@ def spread_queries(labels: torch.Tensor, count: int, seed: int = 0) -> torch.Ten
     return torch.tensor(chosen, dtype=torch.long)
 
 
-def nearest(queries: torch.Tensor, bank: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cosine similarities and indices of the ``k`` bank rows nearest each query (exact)."""
-    similarity = F.normalize(queries.float(), dim=1) @ F.normalize(bank.float(), dim=1).T
-    return similarity.topk(min(k, len(bank)), dim=1)
-
-
 def inspect_checkpoint(path: str | Path, *, points: int = 1000, queries: int = 10, neighbours: int = 8,
                        probe: bool = True, map_method: str = "auto", seed: int = 0,
                        quiet: bool = False) -> Inspection:
@@ -92,7 +87,7 @@ def inspect_checkpoint(path: str | Path, *, points: int = 1000, queries: int = 1
         print(f"mapping {len(shown)} test images to 2-D ...", flush=True)
     coords, method = project_2d(test_features[shown], map_method, seed)
     asked = spread_queries(test.targets, queries, seed)
-    similarities, found = nearest(test_features[asked], train_features, neighbours)
+    similarities, found = cosine_topk(test_features[asked], train_features, neighbours)
     retrieval_top1 = 100.0 * (train.targets[found[:, 0]] == test.targets[asked]).float().mean().item()
     own = _classifier_confusion(path, evaluator, len(test.classes))
     if own is not None:  # a fine-tuned or distilled network: its own head's errors, not a new probe's
@@ -129,9 +124,7 @@ def _classifier_confusion(path: str | Path, evaluator, classes: int) -> tuple[np
     model.to(evaluator.device)
     predicted = classify_all(model, evaluator.test.images, evaluator.view, evaluator.batch_size).argmax(1)
     truth = evaluator.test.targets
-    confusion = torch.zeros(classes, classes, dtype=torch.long)
-    confusion.index_put_((truth.long(), predicted), torch.ones_like(predicted), accumulate=True)
-    return confusion.numpy(), round(100.0 * (predicted == truth).float().mean().item(), 2)
+    return confusion_matrix(truth, predicted, classes).numpy(), round(100.0 * (predicted == truth).float().mean().item(), 2)
 
 
 def _inspection(evaluator, method: str, coords: np.ndarray, shown: torch.Tensor, asked: torch.Tensor,  # noqa: ANN001

@@ -8,6 +8,7 @@ the linear probe's confusion matrix. Several runs give one comparison page.
 """
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,11 +139,12 @@ def _evaluation_rows(results: dict) -> list[dict]:
 EVALUATION_COLUMNS = ["features", "protocol", "top-1 (%)", "settings"]
 
 
-def write_report(run_dir: str | Path, inspection: Inspection | None = None, notes: list[str] = ()) -> Path:
+def write_report(run_dir: str | Path | RunRecord, inspection: Inspection | None = None,
+                 notes: list[str] = ()) -> Path:
     """Write ``RUN/report/report.html``, ``summary.md`` and their PNGs; return the summary's path.
 
     ``notes`` are shown at the top (why a part is missing, e.g. no usable checkpoint to inspect)."""
-    run = read_run(run_dir)
+    run = run_dir if isinstance(run_dir, RunRecord) else read_run(run_dir)
     check_reportable(run)
     out = run.path / "report"
     out.mkdir(exist_ok=True)
@@ -175,9 +177,9 @@ def write_report(run_dir: str | Path, inspection: Inspection | None = None, note
     return summary
 
 
-def write_comparison(run_dirs: list[str | Path], out_dir: str | Path) -> Path:
+def write_comparison(run_dirs: list[str | Path | RunRecord], out_dir: str | Path) -> Path:
     """One page comparing runs: a results table and overlaid curves; return the HTML's path."""
-    runs = [read_run(path) for path in run_dirs]
+    runs = [copy.copy(run) if isinstance(run, RunRecord) else read_run(run) for run in run_dirs]
     names = [run.name for run in runs]
     if len(set(names)) < len(names):  # same folder name in different places: tell them apart by parent
         for run in runs:
