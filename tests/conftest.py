@@ -15,7 +15,7 @@ import torch
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
 # Tests run on the CPU with the threads they are given; keep runs reproducible and quiet.
-os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+os.environ["CUDA_VISIBLE_DEVICES"] = ""  # the CPU even where a GPU is visible: the same numbers everywhere
 
 
 def synthetic_images(count: int, size: int = 16, channels: int = 1, classes: int = 4, seed: int = 0
@@ -125,6 +125,8 @@ def tiny_overrides(root: Path, **extra: object) -> list[str]:
         "train.knn_every": 1, "train.knn_bank_size": 64, "train.knn_test_size": 16, "train.log_every": 1,
         "optim.warmup_epochs": 0.5, "eval.linear_max_iter": 30, "eval.linear_weight_decays": "[0.0, 0.001]",
         "views.augment.crop_scale": "[0.5, 1.0]",
+        # A fixed layout: on fp32 CPUs the default times both layouts, and timings differ between runs.
+        "train.channels_last": "false",
     }
     settings.update({k.replace("__", "."): v for k, v in extra.items()})
     if settings.get("method.name", "simclr") != "simclr":  # the projection sizes above are SimCLR's
@@ -157,6 +159,20 @@ def crash_then_resume(config, run_dir: Path, monkeypatch, crash_step: int) -> in
     monkeypatch.setattr(Engine, "train_step", original)
     pretrain(config, run_dir, resume=True, quiet=True)
     return resumed_from
+
+
+@pytest.fixture
+def fixed_clock(monkeypatch):  # noqa: ANN001, ANN201
+    """Time stands still and every training step 'takes' 0.25 s: runs sized to a time budget get
+    the same number of steps on any machine, however fast."""
+    import importlib
+
+    from selfsup.engine import Engine
+
+    for module in ("selfsup.recipes.pretrain", "selfsup.demo"):
+        monkeypatch.setattr(importlib.import_module(module), "clock", lambda: 1000.0)
+    monkeypatch.setattr(Engine, "time_steps", lambda self, count, warmup=1: 0.25)
+    return 0.25
 
 
 def tiny_config(root: Path, **extra: object):  # noqa: ANN201

@@ -2,7 +2,6 @@
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -11,6 +10,7 @@ import yaml
 
 from conftest import tiny_overrides, write_cifar, write_image_folder, write_stl10
 from selfsup.cli import main
+from selfsup.config import load_config
 from selfsup.recipes.evaluate import load_encoder
 from selfsup.views import EvalView
 
@@ -107,25 +107,27 @@ def test_demo_runs_end_to_end(mnist_root, tmp_path, capsys):
     first = json.loads((run / "summary.json").read_text())
     assert main(["demo", "--run-dir", str(run), "--quiet"] + sets) == 0  # a finished demo is re-evaluated
     again = json.loads((run / "summary.json").read_text())
-    assert again["steps"] == first["steps"] and again["train_seconds"] == first["train_seconds"] > 0
+    assert again["steps"] == first["steps"] and again["train_seconds"] == first["train_seconds"]
 
 
-def test_demo_fits_its_time_budget_and_says_how(mnist_root, tmp_path, capsys, monkeypatch):
-    run = tmp_path / "demo"
-    sets = _sets(tiny_overrides(mnist_root, train__epochs=1000))
-    started = time.perf_counter()
-    assert main(["demo", "--run-dir", str(run), "--minutes", "0.1"] + sets) == 0  # 6 s in all
-    elapsed = time.perf_counter() - started
-    printed = capsys.readouterr().out
-    assert "time budget 0.1 min: evaluation about" in printed and "img/s" in printed
-    assert "time budget" in printed and "s/step" in printed and "demo finished in" in printed
-    summary = json.loads((run / "summary.json").read_text())
-    assert summary["steps"] < 1000 * 4 and summary["budget"]["minutes"] < 0.1
-    assert elapsed < 6 + 15  # the budget plus start-up and the first, timed steps
+def test_demo_fits_its_time_budget_and_says_how(mnist_root, tmp_path, capsys, monkeypatch, fixed_clock):
     from selfsup import demo
 
+    run = tmp_path / "demo"
+    sets = _sets(tiny_overrides(mnist_root, train__epochs=1000))
+    # The evaluation's estimate times a real forward pass; the demo then plans with a fixed one.
+    seconds, how = demo.estimate_evaluation_seconds(load_config(None, [item for item in sets if item != "--set"]))
+    assert seconds > 0 and "img/s" in how and "probes about" in how
+    monkeypatch.setattr(demo, "estimate_evaluation_seconds", lambda config: (3.0, "3 s here"))
+    assert main(["demo", "--run-dir", str(run), "--minutes", "0.1"] + sets) == 0  # 6 s in all
+    printed = capsys.readouterr().out
+    assert "time budget 0.1 min: evaluation about 0.1 min (3 s here), pretraining 0.1 min" in printed
+    assert "measured 0.25 s/step" in printed and "demo finished in" in printed
+    summary = json.loads((run / "summary.json").read_text())
+    # 6 s less 3 s of evaluation leave 3 s: 97% of them at 0.25 s a step, on any machine.
+    assert summary["budget"]["minutes"] == pytest.approx(0.05) and summary["steps"] == 11
     monkeypatch.setattr(demo, "estimate_evaluation_seconds", lambda config: (100.0, "slow"))
-    assert main(["demo", "--run-dir", str(tmp_path / "other"), "--minutes", "1"] + sets) == 2
+    assert main(["demo", "--run-dir", str(tmp_path / "slow"), "--minutes", "1"] + sets) == 2
     assert "a 1 min demo leaves -40 s for pretraining" in capsys.readouterr().err
 
 
@@ -167,7 +169,8 @@ def test_every_preset_trains_two_steps(preset, mnist_root, tmp_path):
     """Recipes cannot rot: each preset, its own model, two steps on tiny data of its format."""
     recipe = yaml.safe_load((CONFIGS / f"{preset}.yaml").read_text())
     sets = _preset_data(preset, tmp_path, mnist_root) + [
-        "train.batch_size=4", "train.max_steps=2", "train.knn_every=0", "optim.warmup_epochs=0"]
+        "train.batch_size=4", "train.max_steps=2", "train.knn_every=0", "optim.warmup_epochs=0",
+        "train.channels_last=false"]
     if recipe["backbone"]["name"].startswith("resnet"):
         sets.append("backbone.width=16")  # the preset's architecture, narrower: the recipe is under test, not the FLOPs
     method = recipe["method"]

@@ -143,3 +143,40 @@ def test_non_finite_loss_stops_before_the_update(tmp_path):
 
 def test_precision_name_is_what_autocast_runs():
     assert Precision("fp32", None).autocast(torch.device("cpu")).__class__.__name__ == "nullcontext"
+
+
+def test_best_is_chosen_by_one_criterion_and_skipped_epochs_are_not_candidates(tmp_path):
+    """A monitor every 2 epochs whose value falls: best.pt is the first monitored epoch's state,
+    never rewritten by the epochs in between (where only the loss is known)."""
+    torch.manual_seed(0)
+    module = TinyClassifier()
+    loader = BatchLoader(_data(), 16, device=torch.device("cpu"), seed=0)
+    optim = OptimConfig(lr=0.5, weight_decay=1e-4, warmup_epochs=0.0)
+    schedule = Schedule(6 * len(loader), optim.lr, 0, 0.0, optim.weight_decay, None)
+    values = iter([90.0, 80.0, 70.0])
+    engine = Engine(module, loader, build_optimizer(module.param_groups(), optim, schedule.peak_lr), schedule,
+                    run_dir=tmp_path, device=torch.device("cpu"), precision=resolve_precision("fp32", torch.device("cpu")),
+                    monitor=lambda: {"knn_top1": next(values)}, monitor_every=2, best_by="knn_top1", quiet=True)
+    engine.seed_streams()
+    summary = engine.fit()
+    from selfsup.engine import checkpoint
+
+    best = checkpoint.load(tmp_path / "checkpoints" / "best.pt")
+    assert best["step"] == 2 * len(loader) and best["best"] == 90.0 and best["best_name"] == "knn_top1"
+    assert summary["best"] == 90.0 and summary["best_metric"] == "knn_top1" and engine.criterion == {
+        "metric": "knn_top1", "higher_is_better": True}
+    epochs = _rows(tmp_path, "epoch")
+    assert [("knn_top1" in r) for r in epochs] == [False, True, False, True, False, True]
+
+
+def test_best_by_the_loss_without_a_monitor(tmp_path):
+    module, engine = _engine(tmp_path, epochs=3)
+    summary = engine.fit()
+    from selfsup.engine import checkpoint
+
+    losses = [r["loss"] for r in _rows(tmp_path, "epoch")]
+    best = checkpoint.load(tmp_path / "checkpoints" / "best.pt")
+    assert best["best"] == min(losses) == summary["best"] and summary["best_metric"] == "loss"
+    with pytest.raises(ValueError, match="without a monitor"):
+        Engine(module, engine.loader, engine.optimizer, engine.schedule, run_dir=tmp_path, device=torch.device("cpu"),
+               precision=resolve_precision("fp32", torch.device("cpu")), best_by="knn_top1")

@@ -3,7 +3,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -62,30 +61,41 @@ def test_crash_and_resume_matches_an_uninterrupted_run(mnist_root, tmp_path, mon
     assert [r["loss"] for r in resumed] == pytest.approx([r["loss"] for r in straight], rel=1e-5)
 
 
+KILLED_AT_STEP = """
+import os, signal, sys
+from selfsup.cli import main
+from selfsup.engine import Engine
+
+original = Engine.train_step
+
+def train_step(self, *batch):
+    if self.step == int(os.environ["SELFSUP_KILL_AT"]):
+        os.kill(os.getpid(), signal.SIGKILL)  # no clean-up of any kind, as kill -9 from outside
+    return original(self, *batch)
+
+Engine.train_step = train_step
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 @pytest.mark.slow
 def test_kill_9_then_resume_matches_an_uninterrupted_run(mnist_root, tmp_path):
-    """A real training process is killed with SIGKILL mid-run; --resume must continue exactly."""
+    """A real training process dies of SIGKILL mid-run (at a fixed step, so no race with a poller);
+    --resume must continue exactly."""
     overrides = tiny_overrides(mnist_root, train__epochs=25, train__checkpoint_every_steps=1, train__knn_every=10)
-    command = [sys.executable, "-m", "selfsup", "pretrain", "--quiet", "--run-dir", str(tmp_path / "killed")]
+    arguments = ["pretrain", "--quiet", "--run-dir", str(tmp_path / "killed")]
     for item in overrides:
-        command += ["--set", item]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    metrics = tmp_path / "killed" / "metrics.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and process.poll() is None:
-        if metrics.is_file() and sum(1 for _ in metrics.open()) >= 12:
-            break
-        time.sleep(0.02)
-    assert process.poll() is None, "the run ended before it could be killed: " + process.stderr.read().decode()
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
-    killed_at = checkpoint.load(tmp_path / "killed")["step"]  # readable: writes are atomic
-    assert 0 < killed_at < 100
-    resumed = subprocess.run(command + ["--resume"], capture_output=True, text=True, timeout=300)
+        arguments += ["--set", item]
+    killed = subprocess.run([sys.executable, "-c", KILLED_AT_STEP] + arguments, capture_output=True, text=True,
+                            env={**os.environ, "SELFSUP_KILL_AT": "42"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert checkpoint.load(tmp_path / "killed")["step"] == 42  # readable: writes are atomic
+    command = [sys.executable, "-m", "selfsup"] + arguments
+    resumed = subprocess.run(command + ["--resume"], capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     # The reference runs the same way (a fresh process, default threads), without the kill.
-    straight = [tmp_path / "straight" if part == str(tmp_path / "killed") else part for part in command]
-    assert subprocess.run(straight, capture_output=True, timeout=300).returncode == 0
+    straight = [str(tmp_path / "straight") if part == str(tmp_path / "killed") else part for part in command]
+    assert subprocess.run(straight, capture_output=True).returncode == 0
     _assert_same_weights(_weights(tmp_path / "straight"), _weights(tmp_path / "killed"))
 
 
@@ -162,15 +172,24 @@ def test_monitor_on_the_test_split_says_so(mnist_root, tmp_path):
     assert "best.pt is chosen on test data" in (tmp_path / "report" / "summary.md").read_text()
 
 
-def test_a_time_budget_sizes_the_run_and_says_what_it_chose(mnist_root, tmp_path, capsys):
-    config = tiny_config(mnist_root, train__epochs=1000, train__minutes=0.02)  # 1.2 s of training
+def test_budget_steps_fill_what_is_left_of_the_budget():
+    from selfsup.recipes.pretrain import budget_steps
+
+    assert budget_steps(1.0, 30.0, 0.5) == int(0.97 * 30 / 0.5)  # 30 s left at 0.5 s a step
+    assert budget_steps(1.0, 30.0, 0.5, max_steps=10) == 10
+    assert budget_steps(1.0, 90.0, 0.5) == 1  # the set-up ate the budget: one step still runs
+    assert budget_steps(1.0, 0.0, 0.0) == 1  # a timer that read 0 cannot make the run endless
+
+
+def test_a_time_budget_sizes_the_run_and_says_what_it_chose(mnist_root, tmp_path, capsys, fixed_clock):
+    config = tiny_config(mnist_root, train__epochs=1000, train__minutes=0.05)  # 3 s of training
     summary = pretrain(config, tmp_path, quiet=False)
     printed = capsys.readouterr().out
-    assert "time budget 0.0 min: measured" in printed and "s/step" in printed
+    assert "time budget 0.1 min: measured 0.25 s/step (64 img/s) -> 11 steps of 16 images (2.75 epochs)" in printed
     budget = summary["budget"]
-    assert budget["steps"] == summary["steps"] < 1000 * 4  # far fewer than the 1000 epochs asked for
-    # What is left of 1.2 s after set-up and timing, at the measured speed.
-    assert 1 <= budget["steps"] <= 0.97 * 1.2 / budget["seconds_per_step"] + 1
+    # 97% of 3 s at the timed 0.25 s a step (the set-up took no time on this clock), recorded unrounded.
+    assert budget["steps"] == summary["steps"] == int(0.97 * 3 / 0.25) == 11
+    assert budget["seconds_per_step"] == 0.25 and budget["setup_seconds"] == 0.0
     assert json.loads((tmp_path / "meta.json").read_text())["budget"] == budget
     # Resuming a budgeted run keeps its length (it does not re-time or grow to 1000 epochs).
     again = pretrain(config, tmp_path, resume=True, quiet=True)
@@ -189,18 +208,33 @@ def test_freezing_the_backbone_for_an_epoch_from_the_config(mnist_root, tmp_path
     assert not torch.equal(run.method.projector[0].weight, head)
 
 
-def test_the_faster_memory_layout_is_measured_on_fp32_cpus_without_side_effects(mnist_root, tmp_path, capsys):
-    from selfsup.recipes.pretrain import Pretraining
+def test_the_faster_memory_layout_is_measured_on_fp32_cpus_without_side_effects(mnist_root, tmp_path, capsys,
+                                                                                  monkeypatch):
+    import importlib
 
-    config = tiny_config(mnist_root, backbone__name="resnet18", train__precision="fp32", train__knn_every=0)
-    run = Pretraining(config, tmp_path, quiet=False)
-    printed = capsys.readouterr().out
-    assert "memory layout: channels_last" in printed and "NCHW" in printed
-    assert run.channels_last in (True, False) and json.loads((tmp_path / "meta.json").read_text())["channels_last"] \
-        == run.channels_last
-    fresh = Pretraining(tiny_config(mnist_root, backbone__name="resnet18", train__precision="fp32",
-                                    train__knn_every=0, train__channels_last=run.channels_last),
-                        tmp_path / "fresh", quiet=True)
+    module = importlib.import_module("selfsup.recipes.pretrain")
+    measured = module.time_forward_backward
+    for faster in (True, False):  # the choice follows the timings, whichever layout they favour
+        seconds = {faster: 1.0, not faster: 2.0}
+        calls = []
+
+        def timed(method, images, device, precision, channels_last):  # noqa: ANN001, ANN202
+            calls.append(measured(method, images, device, precision, channels_last))  # really run, then ignored
+            return seconds[channels_last]
+
+        monkeypatch.setattr(module, "time_forward_backward", timed)
+        config = tiny_config(mnist_root, backbone__name="resnet18", train__precision="fp32", train__knn_every=0,
+                             train__channels_last="null")
+        run = module.Pretraining(config, tmp_path / str(faster), quiet=False)
+        printed = capsys.readouterr().out
+        layout = "channels_last" if faster else "NCHW"
+        assert f"memory layout: channels_last {seconds[True]:.2f} s/step, NCHW {seconds[False]:.2f} s/step " \
+               f"(fp32 on this CPU) -> {layout}" in printed
+        assert len(calls) == 4 and run.channels_last is faster
+        assert json.loads((tmp_path / str(faster) / "meta.json").read_text())["channels_last"] is faster
+    fresh = module.Pretraining(tiny_config(mnist_root, backbone__name="resnet18", train__precision="fp32",
+                                           train__knn_every=0, train__channels_last=False), tmp_path / "fresh",
+                               quiet=True)
     _assert_same_weights(run.method.state_dict(), fresh.method.state_dict())  # timing left no trace
 
 
@@ -221,3 +255,36 @@ def test_a_method_can_keep_its_own_parts_fixed_early(mnist_root, tmp_path, monke
     assert torch.equal(run.method.projector[3].weight, last) and not torch.equal(run.method.projector[0].weight, first)
     run.engine.train_step(*next(run.loader.iterate()))
     assert not torch.equal(run.method.projector[3].weight, last)
+
+
+def test_a_resumed_run_keeps_the_layout_its_run_chose(mnist_root, tmp_path, monkeypatch):
+    import importlib
+
+    module = importlib.import_module("selfsup.recipes.pretrain")
+    config = tiny_config(mnist_root, backbone__name="resnet18", train__precision="fp32", train__knn_every=0,
+                         train__channels_last="null", train__epochs=1)
+    monkeypatch.setattr(module, "time_forward_backward", lambda *args: 1.0 if args[-1] else 2.0)
+    module.Pretraining(config, tmp_path, quiet=True).fit()
+    assert checkpoint.load(tmp_path / "checkpoints" / "last.pt")["channels_last"] is True
+
+    def must_not_time(*args):  # noqa: ANN002, ANN202
+        raise AssertionError("a resumed run measured the layout again")
+
+    monkeypatch.setattr(module, "time_forward_backward", must_not_time)
+    longer = tiny_config(mnist_root, backbone__name="resnet18", train__precision="fp32", train__knn_every=0,
+                         train__channels_last="null", train__epochs=2)
+    resumed = module.Pretraining(longer, tmp_path, resume=True, quiet=True)
+    assert resumed.channels_last is True
+
+
+def test_best_pt_follows_the_knn_monitor_only_and_says_so(mnist_root, tmp_path, monkeypatch):
+    from selfsup.recipes.pretrain import KnnMonitor
+
+    falling = iter([70.0, 60.0])
+    monkeypatch.setattr(KnnMonitor, "__call__", lambda self: {"knn_top1": next(falling)})
+    summary = pretrain(tiny_config(mnist_root, train__epochs=4, train__knn_every=2), tmp_path, quiet=True)
+    best = checkpoint.load(tmp_path / "checkpoints" / "best.pt")
+    assert best["step"] == 8 and best["best"] == 70.0  # epoch 2 of 4 (4 steps an epoch); never the loss's choice
+    assert summary["best_metric"] == "knn_top1"
+    assert json.loads((tmp_path / "meta.json").read_text())["best_by"] == {"metric": "knn_top1",
+                                                                          "higher_is_better": True}

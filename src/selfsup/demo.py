@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from time import perf_counter as clock
 
 import torch
 
@@ -62,13 +63,13 @@ def estimate_evaluation_seconds(config: RunConfig) -> tuple[float, str]:
 def run_demo(run_dir: str | Path, config_path: Path, overrides: list[str] = (), minutes: float | None = 5.0,
              quiet: bool = False) -> dict:
     """Pretrain, evaluate and compare within ``minutes`` (None or 0: the preset's epochs)."""
-    started = time.perf_counter()
+    started = clock()
     run_dir = Path(run_dir)
     config = load_config(config_path, overrides)
     resuming = (run_dir / "checkpoints" / "last.pt").is_file()
     if minutes and config.train.minutes is None and not resuming:
         evaluation, how = estimate_evaluation_seconds(config)
-        training = minutes * 60 - evaluation - (time.perf_counter() - started)
+        training = minutes * 60 - evaluation - (clock() - started)
         if training < 0.2 * minutes * 60:
             raise SelfsupError(f"a {minutes:g} min demo leaves {training:.0f} s for pretraining once the evaluation "
                                f"(about {evaluation / 60:.1f} min here: {how}) is done; give it more --minutes")
@@ -90,6 +91,6 @@ def run_demo(run_dir: str | Path, config_path: Path, overrides: list[str] = (), 
     if dist.is_main():
         print("\n" + results_table(results) + "\n")
         budget = f" (budget {minutes:g} min)" if minutes else ""
-        print(f"demo finished in {(time.perf_counter() - started) / 60:.1f} min{budget}\n"
+        print(f"demo finished in {(clock() - started) / 60:.1f} min{budget}\n"
               f"report: {run_dir / 'report' / 'report.html'} (open it in a browser) and {summary}")
     return results

@@ -92,8 +92,10 @@ class Engine:
     """Fits ``module`` (forward(batch, progress) -> {"loss", ...}) with ``optimizer`` on ``loader``.
 
     ``monitor`` (optional) runs at epoch ends every ``monitor_every`` epochs and at the end and
-    returns metrics; ``best_by`` names the one that chooses ``best.pt`` (higher is better), else
-    the epoch's mean loss does. ``meta`` is stored in every checkpoint (config, data facts).
+    returns metrics. One criterion chooses ``best.pt`` for the whole run: ``best_by``, a metric of
+    the monitor (higher is better; epochs where the monitor does not report it are not
+    candidates), or with ``best_by`` None the epoch's mean loss (lower is better). ``meta`` is
+    stored in every checkpoint (config, data facts).
     """
 
     def __init__(self, module: nn.Module, loader: Loader, optimizer: torch.optim.Optimizer, schedule: Schedule, *,
@@ -105,6 +107,8 @@ class Engine:
         self.module, self.loader, self.optimizer, self.schedule = module, loader, optimizer, schedule
         self.run_dir, self.device, self.precision = Path(run_dir), device, precision
         self.channels_last, self.clip_grad = channels_last, clip_grad
+        if best_by is not None and monitor is None:
+            raise ValueError(f"best.pt cannot be chosen by '{best_by}' without a monitor that measures it")
         self.monitor, self.monitor_every, self.best_by = monitor, monitor_every, best_by
         self.meta, self.seed, self.quiet = meta or {}, seed, quiet
         self.log_every, self.checkpoint_every_steps = log_every, checkpoint_every_steps
@@ -213,12 +217,20 @@ class Engine:
             if best:
                 checkpoint.save_atomic(state, self.run_dir / "checkpoints" / "best.pt")
 
+    @property
+    def criterion(self) -> dict[str, Any]:
+        """What chooses best.pt in this run (recorded in meta.json and the summary)."""
+        return {"metric": self.best_by or "loss", "higher_is_better": self.best_by is not None}
+
     def restore(self, state: dict[str, Any]) -> None:
         """Continue from a checkpoint of this run (the caller checked that it fits)."""
         checkpoint.load_weights(self.module, state["model"], state["path"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.step, self.best, self.best_name = state["step"], state["best"], state["best_name"]
+        if self.best_name is not None and self.best_name != self.criterion["metric"]:
+            # Written under another criterion (or by a version that switched between two): not comparable.
+            self.best, self.best_name = None, None
         self.epoch_losses = list(state["epoch_losses"])
         self.train_seconds = state["train_seconds"]
         if state["world_size"] == self.world:
@@ -276,7 +288,8 @@ class Engine:
                 self._end_epoch(epoch)
         finally:
             self.log.close()
-        summary = {"run_dir": str(self.run_dir), "steps": self.step, "best": self.best, "best_metric": self.best_name,
+        summary = {"run_dir": str(self.run_dir), "steps": self.step, "best": self.best,
+                   "best_metric": self.criterion["metric"],
                    "train_seconds": round(self.train_seconds, 2), "train_minutes": round(self.train_seconds / 60, 2),
                    "img_per_s": round(images_per_step * self.step / max(self.train_seconds, 1e-9), 1)}
         if self.main:
@@ -294,12 +307,13 @@ class Engine:
         if self.monitor is not None and ((epoch + 1) % self.monitor_every == 0 or last):
             row.update({k: round(v, 2) for k, v in self.monitor().items()})
             self.module.train()
-        # Best by the monitor when it ran, else by the epoch's mean loss.
-        name, value, better = ((self.best_by, row[self.best_by], lambda new, old: new > old)
-                               if self.best_by in row else ("loss", row["loss"], lambda new, old: new < old))
-        is_best = self.best is None or self.best_name != name or better(value, self.best)
-        if is_best:
-            self.best, self.best_name = value, name
+        metric = self.criterion["metric"]
+        is_best = False
+        if metric in row:  # an epoch the monitor skipped is not a candidate
+            value = row[metric]
+            is_best = self.best is None or (value > self.best if self.best_by else value < self.best)
+            if is_best:
+                self.best, self.best_name = value, metric
         self.log.log("epoch", row)
         if self.main and not self.quiet:
             extra = "".join(f", {k} {v}" for k, v in row.items() if k not in ("step", "epoch", "loss", "minutes"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from time import perf_counter as clock
 from typing import Any
 
 import torch
@@ -131,7 +132,7 @@ class Pretraining:
     def __init__(self, config: RunConfig, run_dir: str | Path, *, resume: bool = False, quiet: bool = False,
                  command: list[str] | None = None) -> None:
         self.config, self.run_dir, self.quiet = config, Path(run_dir), quiet
-        self.started = time.perf_counter()  # a time budget counts the set-up too
+        self.started = clock()  # a time budget counts the set-up too
         cfg = config.train
         self.device = pick_device(cfg.device)
         dist.init_from_env(self.device.type)
@@ -142,6 +143,7 @@ class Pretraining:
         self.precision = resolve_precision(cfg.precision, self.device)
         resume_from = checkpoint.prepare_run_dir(self.run_dir, resume) if self.main else None
         self.resume_from = dist.broadcast_object(resume_from)
+        resumed = checkpoint.load(self.resume_from) if self.resume_from is not None else None
 
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
         hold_out = cfg.knn_test_size if cfg.knn_every > 0 and cfg.monitor_split == "holdout" else 0
@@ -162,9 +164,12 @@ class Pretraining:
             raise SelfsupError(f"train.batch_size={cfg.batch_size} is larger than the training set "
                                f"({len(self.splits.train)} images{f' over {world} processes' if world > 1 else ''}); "
                                "lower the batch size")
-        first_batch = next(self.loader.iterate())[0]
-        self.channels_last = choose_channels_last(config, self.method, first_batch, self.device, self.precision,
-                                                  quiet or not self.main)
+        if resumed is not None and resumed.get("channels_last") is not None and cfg.channels_last is None:
+            self.channels_last = bool(resumed["channels_last"])  # decided once per run: a resumed run computes alike
+        else:
+            first_batch = next(self.loader.iterate())[0]
+            self.channels_last = choose_channels_last(config, self.method, first_batch, self.device, self.precision,
+                                                      quiet or not self.main)
         self.method.to(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
         self.steps_per_epoch = len(self.loader)
         total = cfg.epochs * self.steps_per_epoch if cfg.max_steps is None else \
@@ -175,17 +180,19 @@ class Pretraining:
             if sets is not None else None
         meta = {"config": config.to_dict(), "data": self.data_info,
                 "encoder": {"prefix": self.method.encoder_prefix, "method": config.method_name},
+                "channels_last": self.channels_last,
                 "monitor": self.monitor.describe() if self.monitor is not None else None}
         self.engine = Engine(
             self.method, self.loader, optimizer, self._schedule(total), run_dir=self.run_dir, device=self.device,
             precision=self.precision, channels_last=self.channels_last, clip_grad=config.optim.clip_grad,
             freeze=tuple(Freeze(prefix, round(epochs * self.steps_per_epoch))
                          for prefix, epochs in {**self.method.frozen_epochs(), **config.optim.freeze}.items()),
-            monitor=self.monitor, monitor_every=max(cfg.knn_every, 1), best_by="knn_top1", meta=meta, seed=cfg.seed,
+            monitor=self.monitor, monitor_every=max(cfg.knn_every, 1),
+            best_by="knn_top1" if self.monitor is not None else None, meta=meta, seed=cfg.seed,
             log_every=cfg.log_every, checkpoint_every_steps=cfg.checkpoint_every_steps, quiet=quiet)
         self.budget: dict[str, Any] | None = None
-        if self.resume_from is not None:
-            state = checkpoint.load(self.resume_from)
+        if resumed is not None:
+            state = resumed
             self._check_resumable(state)
             self.engine.restore(state)  # also restores each rank's augmentation stream
             if state.get("budget"):  # a run sized to a time budget keeps the length it was given
@@ -202,7 +209,8 @@ class Pretraining:
             write_json(self.run_dir / "meta.json", {
                 **provenance(self.device, self.precision, command), "data": self.data_info,
                 "channels_last": self.channels_last, "resumed_at_step": self.engine.step,
-                "total_steps": self.engine.schedule.total_steps, "steps_per_epoch": self.steps_per_epoch, "monitor": meta["monitor"], "budget": self.budget})
+                "total_steps": self.engine.schedule.total_steps, "steps_per_epoch": self.steps_per_epoch,
+                "monitor": meta["monitor"], "best_by": self.engine.criterion, "budget": self.budget})
 
     def _schedule(self, total_steps: int) -> Schedule:
         return Schedule.from_config(self.config.optim, total_steps, self.steps_per_epoch, self.config.train.batch_size)
@@ -227,15 +235,13 @@ class Pretraining:
         if minutes <= 0:
             raise SelfsupError(f"train.minutes must be positive, got {minutes}")
         seconds_per_step = self.engine.time_steps(count=3)
-        left = minutes * 60 - (time.perf_counter() - self.started)
-        # The monitor and checkpoints run once an epoch; they take a small share, kept in reserve.
-        steps = max(1, int(0.97 * left / seconds_per_step))
-        if self.config.train.max_steps is not None:
-            steps = min(steps, self.config.train.max_steps)
+        elapsed = clock() - self.started
+        steps = budget_steps(minutes, elapsed, seconds_per_step, self.config.train.max_steps)
         self.engine.schedule = self._schedule(steps)
+        # Unrounded: whatever reads the record back (a test, a report) computes with what the run used.
         self.budget = self.engine.meta["budget"] = {
-            "minutes": minutes, "seconds_per_step": round(seconds_per_step, 3), "steps": steps,
-            "epochs": round(steps / self.steps_per_epoch, 3), "images": steps * self.config.train.batch_size}
+            "minutes": minutes, "setup_seconds": elapsed, "seconds_per_step": seconds_per_step, "steps": steps,
+            "epochs": steps / self.steps_per_epoch, "images": steps * self.config.train.batch_size}
         if self.main and not self.quiet:
             print(f"time budget {minutes:.1f} min: measured {seconds_per_step:.2f} s/step "
                   f"({self.config.train.batch_size / seconds_per_step:.0f} img/s) -> {steps} steps of "
@@ -249,6 +255,19 @@ class Pretraining:
                 write_json(self.run_dir / "summary.json", summary)
             write_report(self.run_dir)
         return summary
+
+
+BUDGET_RESERVE = 0.97
+"""Share of a time budget's training time given to steps; the monitor and checkpoints, once an
+epoch, take the rest."""
+
+
+def budget_steps(minutes: float, elapsed_seconds: float, seconds_per_step: float, max_steps: int | None = None) -> int:
+    """Steps that fit in what is left of ``minutes`` after ``elapsed_seconds`` of set-up, at
+    ``seconds_per_step`` (at least one; at most ``max_steps``)."""
+    left = minutes * 60 - elapsed_seconds
+    steps = max(1, int(BUDGET_RESERVE * left / seconds_per_step)) if seconds_per_step > 0 else 1
+    return min(steps, max_steps) if max_steps is not None else steps
 
 
 def pretrain(config: RunConfig, run_dir: str | Path, *, resume: bool = False, quiet: bool = False,

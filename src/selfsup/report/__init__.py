@@ -96,8 +96,8 @@ def _facts(run: RunRecord) -> list[str]:
                      f"bank of {monitor['bank_images']} training images")
     budget = run.meta.get("budget")
     if budget:
-        facts.append(f"time budget {budget['minutes']} min: {budget['steps']} steps ({budget['epochs']} epochs) at "
-                     f"{budget['seconds_per_step']} s/step measured")
+        facts.append(f"time budget {budget['minutes']:.3g} min: {budget['steps']} steps ({budget['epochs']:.2f} epochs) "
+                     f"at {budget['seconds_per_step']:.3g} s/step measured")
     if run.status == "resumable":
         facts.append("not finished: continue it with the same command and --resume")
     elif run.status == "interrupted":
