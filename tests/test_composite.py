@@ -1,8 +1,9 @@
-"""The composite multi-view objective and the transform its inverse-predictive term predicts."""
+"""The composite multi-view objective (Tsai et al. 2021) and the view transform its optional transform term predicts."""
 import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from selfsup.config import resolve
 from selfsup.engine import Batch
@@ -58,31 +59,72 @@ def _views(method):
         return method.views(images)
 
 
-def test_the_loss_is_the_weighted_sum_of_its_terms_and_the_contrastive_term_is_nt_xent():
-    method = _composite(contrastive_weight=2.0, forward_weight=0.5, inverse_weight=3.0)
+def test_the_defaults_are_tsai_et_al_s_terms_with_the_reference_weights():
+    method = _composite()
+    assert method.weights == {"contrastive": 1.0, "forward": 0.001, "inverse": 0.001, "transform": 0.0}
+    assert method.forward_target == "pixels" and not hasattr(method, "transform_predictor")
+
+
+def test_each_term_is_its_formula_and_the_loss_their_weighted_sum():
+    method = _composite(contrastive_weight=2.0, forward_weight=0.5, inverse_weight=3.0, transform_weight=0.25)
     views = _views(method)
     assert len(views) == 3 and views[2].shape == (6, 5)
     method.eval()
     with torch.no_grad():
         out = method(Batch(views, torch.full((6,), -1), torch.arange(6)), 0.0)
-        proj_a, proj_b = method.projector(method.backbone(views[0])), method.projector(method.backbone(views[1]))
-    terms = {name: out[name].item() for name in ("contrastive", "forward", "inverse")}
-    expected = 2 * terms["contrastive"] + 0.5 * terms["forward"] + 3 * terms["inverse"]
+        feat_a, feat_b = method.backbone(views[0]), method.backbone(views[1])
+        z_a, z_b = F.normalize(feat_a, dim=1), F.normalize(feat_b, dim=1)
+        proj_a, proj_b = method.projector(feat_a), method.projector(feat_b)
+        # Forward-predictive: each view's z rebuilds the *other* view's pixels (Tsai et al.: Z_X -> S).
+        rebuilt_b, rebuilt_a = method.forward_predictor(z_a), method.forward_predictor(z_b)
+    assert rebuilt_b.shape == views[1].shape
+    terms = {name: out[name].item() for name in ("contrastive", "forward", "inverse", "transform")}
+    assert terms["contrastive"] == pytest.approx(nt_xent(proj_a, proj_b, 0.5).item(), rel=1e-5)
+    assert terms["forward"] == pytest.approx(((rebuilt_b - views[1]) ** 2).mean().item()
+                                             + ((rebuilt_a - views[0]) ** 2).mean().item(), rel=1e-5)
+    # Inverse-predictive: the views' representations predict each other, both directions summed.
+    assert terms["inverse"] == pytest.approx(2 * ((z_a - z_b) ** 2).mean().item(), rel=1e-5)
+    expected = 2 * terms["contrastive"] + 0.5 * terms["forward"] + 3 * terms["inverse"] + 0.25 * terms["transform"]
     assert out["loss"].item() == pytest.approx(expected, rel=1e-5)
-    assert out["contrastive"].item() == pytest.approx(nt_xent(proj_a, proj_b, 0.5).item(), rel=1e-5)
-    assert 0.0 <= out["forward"].item() <= 4.0
 
 
-@pytest.mark.parametrize("weights", [(1, 0, 0), (0, 1, 0), (0, 0, 1)])
+def test_the_inverse_term_pulls_the_two_views_representations_together():
+    """Tsai et al.'s L_IP discards view-specific information: minimising it alone makes the two
+    views of an image map to the same z (the transform head did the opposite: it needs them apart)."""
+    method = _composite(contrastive_weight=0, forward_weight=0, inverse_weight=1.0)
+    views = _views(method)
+    optimizer = torch.optim.SGD(method.parameters(), lr=0.5)
+    losses = []
+    for _ in range(20):
+        out = method(Batch(views, torch.full((6,), -1), torch.arange(6)), 0.0)
+        optimizer.zero_grad()
+        out["loss"].backward()
+        optimizer.step()
+        losses.append(out["inverse"].item())
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_the_latent_forward_variant_is_a_named_deviation():
+    method = _composite(forward_target="latent", contrastive_weight=0, forward_weight=1.0, inverse_weight=0)
+    views = _views(method)
+    out = method(Batch(views, torch.full((6,), -1), torch.arange(6)), 0.0)
+    assert 0.0 <= out["forward"].item() <= 4.0  # 2 - 2 cos, both directions
+    with pytest.raises(SelfsupError, match="forward_target is pixels"):
+        _composite(forward_target="image")
+
+
+@pytest.mark.parametrize("weights", [(1, 0, 0, 0), (0, 1, 0, 0), (0, 0, 1, 0), (0, 0, 0, 1)])
 def test_each_term_trains_alone_without_the_other_heads(weights):
-    method = _composite(contrastive_weight=weights[0], forward_weight=weights[1], inverse_weight=weights[2])
+    names = ("contrastive", "forward", "inverse", "transform")
+    method = _composite(**{f"{name}_weight": w for name, w in zip(names, weights)})
     assert hasattr(method, "forward_predictor") == bool(weights[1])
-    assert hasattr(method, "inverse_predictor") == bool(weights[2])
+    assert hasattr(method, "transform_predictor") == bool(weights[3])
+    assert hasattr(method, "projector") == bool(weights[0])
     views = _views(method)
     out = method(Batch(views, torch.full((6,), -1), torch.arange(6)), 0.0)
     out["loss"].backward()
     assert all(p.grad is not None for p in method.parameters())  # no unused parameter (DDP would refuse them)
-    assert set(out) == {"loss", *[n for n, w in zip(("contrastive", "forward", "inverse"), weights) if w]}
+    assert set(out) == {"loss", *[n for n, w in zip(names, weights) if w]}
 
 
 def test_bad_weights_are_refused():

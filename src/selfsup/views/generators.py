@@ -58,13 +58,14 @@ def relative_transform(first: torch.Tensor, second: torch.Tensor) -> torch.Tenso
 
 class TwoViewsAndTransform(nn.Module):
     """Two augmented views and the transform relating them: [view a, view b, (B, 5)
-    :func:`relative_transform`], for objectives that predict the transform (inverse-predictive
-    learning, Tsai et al. 2021)."""
+    :func:`relative_transform`], for the composite objective (its optional transform-prediction
+    term regresses the transform; its forward-predictive decoder rebuilds images of ``image``'s size)."""
 
     num_outputs = 3
 
     def __init__(self, image: ImageInfo, *, augment: AugmentSpec = AugmentSpec()) -> None:
         super().__init__()
+        self.image = image
         self.augment = Augment(image, augment)
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
