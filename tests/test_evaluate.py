@@ -73,16 +73,23 @@ def test_recalibration_replaces_statistics_by_those_of_the_images():
     assert not net.training and norm.momentum == 0.1  # left in eval mode, momentum restored
 
 
-def test_tile_methods_are_recalibrated_by_default(mnist_root, tmp_path):
-    pretrain(tiny_config(mnist_root, method__name="jigsaw", data__image_size=30, train__epochs=1,
-                         train__knn_every=0), tmp_path / "jigsaw", quiet=True)
-    jigsaw, config = checkpoint_evaluator(tmp_path / "jigsaw", quiet=True)
-    assert jigsaw.recalibrate == config.eval.bn_recalibration_images == 10000
-    stats_before = checkpoint.load(tmp_path / "jigsaw")["model"]["backbone.stages.res5.1.running_mean"]
-    result = jigsaw.run(["knn"], config.eval)[jigsaw.name]["knn"]
+@pytest.mark.parametrize("method, settings, norm", [
+    ("jigsaw", {"data__image_size": 30}, "backbone.stages.res5.1.running_mean"),
+    # Selfie's P trains on 4 px patches here: its res4 statistics are patch statistics.
+    ("selfie", {"backbone__name": "resnet18", "eval__features": "embedding"}, "backbone.net.layer3.1.bn2.running_mean"),
+])
+def test_tile_methods_are_recalibrated_by_default(mnist_root, tmp_path, method, settings, norm):
+    pretrain(tiny_config(mnist_root, method__name=method, train__epochs=1, train__knn_every=0, **settings),
+             tmp_path / "tiles", quiet=True)
+    tiles, config = checkpoint_evaluator(tmp_path / "tiles", quiet=True)
+    assert tiles.recalibrate == config.eval.bn_recalibration_images == 10000
+    stats_before = checkpoint.load(tmp_path / "tiles")["model"][norm]
+    result = tiles.run(["knn"], config.eval)[tiles.name]["knn"]
     assert "BN recalibrated on 80 train images" in result["settings"]  # all there are
-    assert not torch.equal(jigsaw.encoder.stages.res5[1].running_mean, stats_before)
-    off, _ = checkpoint_evaluator(tmp_path / "jigsaw", ["eval.bn_recalibration=false"], quiet=True)
+    encoder = getattr(tiles.encoder, "backbone", tiles.encoder)
+    assert not torch.equal(encoder.get_submodule(norm.removeprefix("backbone.").rsplit(".", 1)[0]).running_mean,
+                           stats_before)
+    off, _ = checkpoint_evaluator(tmp_path / "tiles", ["eval.bn_recalibration=false"], quiet=True)
     assert off.recalibrate == 0
     pretrain(tiny_config(mnist_root, train__epochs=1, train__knn_every=0), tmp_path / "simclr", quiet=True)
     assert checkpoint_evaluator(tmp_path / "simclr", quiet=True)[0].recalibrate == 0  # trained on full images

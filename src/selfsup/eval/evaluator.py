@@ -44,8 +44,8 @@ class EvalConfig:
     embedding (NPID/PIRL: the 128-d vectors the memory bank holds; SimCLR: the projection)."""
     bn_recalibration: bool | Literal["auto"] = "auto"
     """Re-estimate BatchNorm statistics on full training images before extracting features
-    (auto: for methods whose trunk trained on tiles or half-size images: jigsaw, context
-    prediction, counting, PIRL, multi-task). Uses no labels."""
+    (auto: for methods whose trunk trained on tiles, patches or half-size images: jigsaw, context
+    prediction, counting, PIRL, multi-task, Selfie). Uses no labels."""
     bn_recalibration_images: int = 10000
     linear_solver: Literal["lbfgs", "sgd"] = "lbfgs"
     """lbfgs: full-batch on the cached features; sgd: mini-batches, for feature sets too large for that."""

@@ -59,10 +59,14 @@ class Selfie(Method):
     (benchmarks/RESULTS.md, section 12). ``query=pool`` is an option beyond the paper (see
     :meth:`queries`). The paper's position jitter is a 4 px zero-pad and random crop; here the
     views' random resized crop. The method's embedding (``eval.features=embedding``) is P on
-    the whole image, pooled: the trained part of the network.
+    the whole image, pooled: the trained part of the network, evaluated after its BatchNorm
+    statistics are re-estimated on whole images (it trained on patches only).
     """
 
     views_class = OneView
+    trains_on_tiles = True
+    """P sees only patches (7 px on 28 px images): its BatchNorm statistics are patch statistics, so
+    evaluation on whole images re-estimates them first, as for Jigsaw (``eval.bn_recalibration``)."""
 
     def __init__(self, backbone: nn.Module, views: nn.Module, *, patch_size: int | None = None,
                  visible: float = 0.75, patch_stage: str = "res4", attention_blocks: int = 3, head_dim: int = 32,
