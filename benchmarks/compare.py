@@ -63,7 +63,8 @@ def main() -> None:
     out = Path(args.out)
     shared = [f"train.minutes={args.minutes}", "train.epochs=1000", "train.knn_every=0", "optim.warmup_epochs=0.02",
               "backbone.name=resnet18", f"backbone.width={args.width}", "backbone.patch_size=null",
-              "backbone.registers=0", f"train.device={args.device}", f"eval.train_images={args.eval_train}"]
+              "backbone.registers=0", "backbone.drop_path=0.0", f"train.device={args.device}",
+              f"eval.train_images={args.eval_train}"]
     rows: dict[str, dict] = {}
     floors_config = resolve(apply_overrides(read_yaml(find_config("simclr_fashion_mnist")), shared))
     pixels = pixel_evaluator(floors_config, out / "pixels", quiet=True)

@@ -44,7 +44,7 @@ DEFAULTS = dataclasses.asdict(AugmentSpec())
 
 def make_trainer(method: str, args: argparse.Namespace, run_dir: Path) -> Pretraining:
     overrides = ["train.knn_every=0", "train.log_every=1000000", "backbone.name=resnet18",
-                 f"backbone.width={args.width}", "backbone.patch_size=null", "backbone.registers=0",
+                 f"backbone.width={args.width}", "backbone.patch_size=null", "backbone.registers=0", "backbone.drop_path=0.0",
                  f"train.device={args.device}", "train.precision=fp32"]
     if args.batch_size:
         overrides.append(f"train.batch_size={args.batch_size}")

@@ -8,6 +8,7 @@ from torch import nn
 from conftest import tiny_config
 from selfsup.blocks import MemoryBank
 from selfsup.engine import checkpoint
+from selfsup.errors import SelfsupError
 from selfsup.eval import recalibrate_batchnorm
 from selfsup.recipes.evaluate import checkpoint_evaluator, load_encoder
 from selfsup.recipes.pretrain import pretrain
@@ -93,3 +94,35 @@ def test_tile_methods_are_recalibrated_by_default(mnist_root, tmp_path, method, 
     assert off.recalibrate == 0
     pretrain(tiny_config(mnist_root, train__epochs=1, train__knn_every=0), tmp_path / "simclr", quiet=True)
     assert checkpoint_evaluator(tmp_path / "simclr", quiet=True)[0].recalibrate == 0  # trained on full images
+
+
+def test_dino_checkpoints_are_evaluated_and_exported_as_their_teacher(mnist_root, tmp_path):
+    run = tmp_path / "dino"
+    pretrain(tiny_config(mnist_root, method__name="dino", method__out_dim=32, method__hidden_dim=16,
+                         method__bottleneck_dim=8, views__num_local=2, backbone__name="resnet18", train__epochs=1,
+                         train__knn_every=0),
+             run, quiet=True)
+    weights = checkpoint.load(run)["model"]
+    teacher, _, state = load_encoder(run)
+    assert state["encoder"]["network"] == "teacher"
+    for name, value in teacher.state_dict().items():
+        assert torch.equal(value, weights[f"teacher.backbone.{name}"]), name
+    student, _, state = load_encoder(run, ["eval.network=student"])
+    assert state["encoder"]["network"] == "student"
+    assert all(torch.equal(v, weights[f"backbone.{k}"]) for k, v in student.state_dict().items())
+    assert any(not torch.equal(weights[f"backbone.{k}"], weights[f"teacher.backbone.{k}"])
+               for k in student.state_dict() if weights[f"backbone.{k}"].is_floating_point())
+    evaluator, _ = checkpoint_evaluator(run, quiet=True)
+    assert evaluator.name == f"dino (last, step {state['step']}, teacher)"
+    assert checkpoint_evaluator(run, ["eval.network=student"], quiet=True)[0].name == f"dino (last, step {state['step']})"
+    from selfsup.export import export_backbone
+
+    card = export_backbone(run, tmp_path / "dino.safetensors", quiet=True)
+    assert card["provenance"]["network"] == "teacher"
+    with pytest.raises(SelfsupError, match="has no teacher network"):
+        load_encoder(pretrain_simclr(mnist_root, tmp_path), ["eval.network=teacher"])
+
+
+def pretrain_simclr(mnist_root, tmp_path):
+    pretrain(tiny_config(mnist_root, train__epochs=1, train__knn_every=0), tmp_path / "simclr", quiet=True)
+    return tmp_path / "simclr"

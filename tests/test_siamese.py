@@ -11,6 +11,7 @@ from selfsup.blocks import momentum_schedule
 from selfsup.config import resolve
 from selfsup.engine import Batch
 from selfsup.engine.optim import split_groups
+from selfsup.errors import SelfsupError
 from selfsup.losses import info_nce
 from selfsup.recipes.pretrain import build_model
 
@@ -215,6 +216,64 @@ def test_dino_trains_a_vit_with_registers_and_every_token_part_learns():
     out["loss"].backward()
     assert with_registers.backbone.registers.grad.abs().sum() > 0
     assert with_registers.teacher.backbone.registers.grad is None
+
+
+def test_dino_last_layer_gain_is_fixed_at_one_or_learnt_from_one():
+    fixed = _dino()
+    assert fixed.head.last_layer.gain is None  # norm_last_layer: unit-length rows
+    learnt = _dino(norm_last_layer=False)
+    gain = learnt.head.last_layer.gain
+    assert gain is not None and torch.equal(gain, torch.ones_like(gain)) and gain.requires_grad
+    with torch.no_grad():  # rows start at unit length (the raw weight's rows were ~0.58 long before)
+        x = torch.randn(4, learnt.backbone.num_features)
+        z = F.normalize(learnt.head.mlp(x), dim=-1)
+        assert torch.allclose(learnt.head(x), z @ F.normalize(learnt.head.last_layer.weight, dim=1).T, atol=1e-6)
+    assert "head.last_layer.gain" in dict(learnt.named_parameters())  # frozen with the layer in the first epoch
+
+
+def test_dino_student_vit_drops_paths_and_its_teacher_never_does():
+    config = resolve({"method": {"name": "dino", "out_dim": 16, "hidden_dim": 16, "bottleneck_dim": 8},
+                      "views": {"num_local": 2}, "backbone": {"name": "vit_tiny", "drop_path": 0.1}})
+    torch.manual_seed(0)
+    method = build_model(config, DATA)
+    rates = [block.drop_path.rate for block in method.backbone.blocks]
+    assert rates[0] == 0.0 and rates[-1] == pytest.approx(0.1) and rates == sorted(rates)  # linear over depth
+    assert all(block.drop_path.rate == 0.0 for block in method.teacher.backbone.blocks)
+    x = _views(method, size=4)[0]
+    method.backbone.train()
+    with torch.no_grad():
+        torch.manual_seed(1)
+        first = method.backbone(x)
+        second = method.backbone(x)
+        assert not torch.allclose(first, second)  # paths dropped at random in training
+        method.backbone.eval()
+        assert torch.equal(method.backbone(x), method.backbone(x))
+    with pytest.raises(SelfsupError, match="ViT settings"):
+        resolve({"backbone": {"name": "resnet18", "drop_path": 0.1}}).backbone.build(3, 16)
+
+
+def test_dino_is_evaluated_as_its_teacher_unless_asked(tmp_path):
+    method = _dino()
+    assert method.encoder is method.teacher.backbone and method.network("student") is method.backbone
+    assert type(method).network_prefix() == "teacher.backbone"
+    moco = _method("moco", queue_size=32)
+    assert moco.encoder is moco.backbone and moco.network("teacher") is moco.key_encoder.backbone
+    with pytest.raises(SelfsupError, match="has no teacher network"):
+        _method("simclr").network("teacher")
+    with pytest.raises(SelfsupError, match="eval.network is one of"):
+        _method("simclr").network("ema")
+
+
+def test_per_parameter_clipping_scales_each_gradient_alone():
+    from selfsup.engine.loop import clip_each_parameter
+
+    small, large = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(3))
+    small.grad, large.grad = torch.tensor([0.3, 0.4]), torch.tensor([6.0, 0.0, 8.0])  # norms 0.5 and 10
+    total = clip_each_parameter([small, large], 3.0)
+    assert total.item() == pytest.approx((0.25 + 100) ** 0.5)  # the norm before clipping, for the log
+    assert torch.allclose(small.grad, torch.tensor([0.3, 0.4]))  # under the bound: untouched
+    assert torch.allclose(large.grad, torch.tensor([6.0, 0.0, 8.0]) * 3.0 / (10 + 1e-6))
+    # A global clip at 3 would have scaled both by 3 / 10.0125.
 
 
 def test_simsiam_predictor_keeps_the_peak_rate_while_the_rest_follows_the_schedule():

@@ -100,13 +100,13 @@ class Engine:
 
     def __init__(self, module: nn.Module, loader: Loader, optimizer: torch.optim.Optimizer, schedule: Schedule, *,
                  run_dir: str | Path, device: torch.device, precision: Precision, channels_last: bool = False,
-                 clip_grad: float | None = None, freeze: tuple[Freeze, ...] = (),
+                 clip_grad: float | None = None, clip_per_parameter: bool = False, freeze: tuple[Freeze, ...] = (),
                  monitor: Callable[[], dict[str, float]] | None = None, monitor_every: int = 1,
                  best_by: str | None = None, meta: dict[str, Any] | None = None, seed: int = 0,
                  log_every: int = 10, checkpoint_every_steps: int = 0, quiet: bool = False) -> None:
         self.module, self.loader, self.optimizer, self.schedule = module, loader, optimizer, schedule
         self.run_dir, self.device, self.precision = Path(run_dir), device, precision
-        self.channels_last, self.clip_grad = channels_last, clip_grad
+        self.channels_last, self.clip_grad, self.clip_per_parameter = channels_last, clip_grad, clip_per_parameter
         if best_by is not None and monitor is None:
             raise ValueError(f"best.pt cannot be chosen by '{best_by}' without a monitor that measures it")
         self.monitor, self.monitor_every, self.best_by = monitor, monitor_every, best_by
@@ -162,7 +162,10 @@ class Engine:
         if self.clip_grad is not None:
             self.scaler.unscale_(self.optimizer)
             trained = [p for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
-            row["grad_norm"] = float(nn.utils.clip_grad_norm_(trained, self.clip_grad))
+            if self.clip_per_parameter:
+                row["grad_norm"] = float(clip_each_parameter(trained, self.clip_grad))
+            else:
+                row["grad_norm"] = float(nn.utils.clip_grad_norm_(trained, self.clip_grad))
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.step += 1
@@ -319,6 +322,19 @@ class Engine:
             extra = "".join(f", {k} {v}" for k, v in row.items() if k not in ("step", "epoch", "loss", "minutes"))
             tqdm.write(f"epoch {epoch + 1}: loss {row['loss']:.4f}{extra}")
         self.save(best=is_best)
+
+
+@torch.no_grad()
+def clip_each_parameter(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
+    """Scale each parameter's gradient down to norm ``max_norm`` if it is longer (DINO's
+    ``clip_gradients``: factor max_norm / (norm + 1e-6) where it is below 1); returns the global
+    norm before clipping, for the log."""
+    norms = torch.stack([p.grad.detach().float().norm() for p in params]) if params else torch.zeros(1)
+    for param, norm in zip(params, norms):
+        factor = max_norm / (norm + 1e-6)
+        if factor < 1:
+            param.grad.mul_(factor)
+    return norms.norm()
 
 
 def _synchronize(device: torch.device) -> None:

@@ -37,7 +37,10 @@ class OptimConfig:
     """Learning-rate multipliers by parameter group (``backbone``, ``heads``, or a method's own
     groups), e.g. ``{backbone: 0.1}`` trains the trunk at a tenth of the heads' rate."""
     clip_grad: float | None = None
-    """Clip the global gradient norm to this value (None: no clipping)."""
+    """Clip gradients to this norm (None: no clipping), as ``clip_mode`` says."""
+    clip_mode: Literal["global", "per_parameter"] = "global"
+    """global: the norm of all gradients together (``clip_grad_norm_``); per_parameter: each
+    parameter's gradient on its own, as DINO's ``clip_gradients`` does."""
     freeze: dict[str, float] = field(default_factory=dict)
     """Parameter-name prefixes that do not train for the first N epochs, e.g. ``{backbone: 1}``
     (warm up the heads on a frozen trunk, then train jointly)."""

@@ -39,6 +39,10 @@ class EvalConfig:
     knn_k: int = 200
     knn_temperature: float = 0.07
     """NPID's weighted kNN: votes exp(cosine / T) of the k nearest training images."""
+    network: Literal["auto", "student", "teacher"] = "auto"
+    """Which network of a method with a momentum teacher is evaluated and exported: auto is the
+    paper's choice (DINO: the teacher, as its evaluation code reads it; MoCo and BYOL: the
+    trained encoder, the student); student or teacher overrides it."""
     features: Literal["backbone", "embedding"] = "backbone"
     """backbone: pooled backbone features (every method, comparable); embedding: the method's own
     embedding (NPID/PIRL: the 128-d vectors the memory bank holds; SimCLR: the projection)."""

@@ -47,7 +47,9 @@ def provenance(state: dict[str, Any], method: str, dataset: str) -> dict[str, An
     found: dict[str, Any] = {
         "checkpoint": str(path), "sha256": sha256(path), "step": state.get("step"), "epoch": state.get("epoch"),
         "method": method, "dataset": dataset, "training_images": state["data"].get("images"),
-        "classes": len(state["data"].get("classes") or []) or None}
+        "classes": len(state["data"].get("classes") or []) or None,
+        # A method with a momentum teacher exports the network its paper evaluates (DINO: the teacher).
+        "network": state.get("encoder", {}).get("network", "student")}
     if state.get("imported"):
         found["imported_from"] = state["imported"]
     run = run_dir_of(path)

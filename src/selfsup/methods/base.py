@@ -1,6 +1,8 @@
 """What every method is: a module whose forward turns a batch of views into ``{"loss": ...}``."""
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -9,6 +11,9 @@ from ..engine import Batch, default_param_groups
 from ..errors import SelfsupError
 from ..models.heads import HeadTrunk
 from ..views import TwoViews
+
+
+NETWORKS = ("auto", "student", "teacher")
 
 
 class Method(nn.Module):
@@ -22,8 +27,10 @@ class Method(nn.Module):
       self-supervised methods ignore them) and ``index`` (dataset indices, for memory banks);
       ``progress`` in [0, 1) is the share of training done (for schedules). Returns
       ``{"loss": scalar, ...}``; other entries are logged.
-    - ``encoder``: the network evaluation and export use (``encoder_prefix`` names it in the state
-      dict, so a checkpoint's encoder loads without building heads and banks).
+    - ``encoder``: the network evaluation and export use: the paper's choice of ``network("student")``
+      (the trained backbone, ``encoder_prefix`` in the state dict) or ``network("teacher")`` (the
+      EMA teacher's backbone, ``teacher_prefix``; DINO evaluates it). ``eval.network`` overrides the
+      choice; a checkpoint's encoder loads by its prefix without building heads and banks.
     - ``param_groups()``: named parameter groups for the optimiser (``backbone`` and ``heads`` by
       default; ``optim.lr_scales`` scales them by name).
     - ``after_step(progress)``: EMA and momentum updates, after every optimiser step.
@@ -41,6 +48,11 @@ class Method(nn.Module):
     injected_args: tuple[str, ...] = ("backbone", "views", "shared")
     """Constructor arguments the builder supplies (not read from the config)."""
     encoder_prefix = "backbone"
+    teacher_prefix: str | None = None
+    """The backbone of the method's momentum teacher in the state dict (MoCo's key encoder, BYOL's
+    target, DINO's teacher); None: the method has no teacher."""
+    evaluated_network: Literal["student", "teacher"] = "student"
+    """The network the paper evaluates and exports (``eval.network: auto``)."""
     trains_on_tiles = False
     """True when the trunk trains on tiles or half-size images, so its BatchNorm statistics do not
     describe full images: evaluation recalibrates them first (``eval.bn_recalibration``)."""
@@ -56,7 +68,23 @@ class Method(nn.Module):
 
     @property
     def encoder(self) -> nn.Module:
-        return self.backbone
+        return self.network()
+
+    def network(self, which: str = "auto") -> nn.Module:
+        """The backbone of the student or the teacher (auto: the one the paper evaluates)."""
+        return self.get_submodule(self.network_prefix(which))
+
+    @classmethod
+    def network_prefix(cls, which: str = "auto") -> str:
+        """State-dict prefix of the network ``which`` (``eval.network``: auto, student or teacher)."""
+        if which not in NETWORKS:
+            raise SelfsupError(f"eval.network is one of {', '.join(NETWORKS)}, got '{which}'")
+        which = cls.evaluated_network if which == "auto" else which
+        if which == "student":
+            return cls.encoder_prefix
+        if cls.teacher_prefix is None:
+            raise SelfsupError(f"{cls.__name__} has no teacher network; use eval.network=student (or auto)")
+        return cls.teacher_prefix
 
     def forward(self, batch: Batch, progress: float) -> dict[str, torch.Tensor]:
         raise NotImplementedError

@@ -29,6 +29,7 @@ class BYOL(Method):
     """
 
     embedding_head = "projector"
+    teacher_prefix = "target.backbone"
 
     def __init__(
         self,

@@ -12,6 +12,7 @@ from ..blocks import Teacher, forward_by_resolution, momentum_schedule
 from ..engine import Batch, dist
 from ..losses import dino_loss
 from ..models.heads import DINOHead
+from ..models.vit import without_drop_path
 from ..views import MultiCropViews
 from .base import Method
 
@@ -31,10 +32,19 @@ class DINO(Method):
     (``freeze_last_layer`` epochs); student temperature 0.1, teacher temperature 0.04
     (``teacher_temperature_start`` and ``teacher_warmup``, a fraction of training, give the
     linear warm-up of the paper's 0.04 -> 0.07 over its first 30 epochs). Works with a ViT
-    (``backbone.name: vit_tiny`` / ``vit_small``, optional registers) or a ResNet.
+    (``backbone.name: vit_tiny`` / ``vit_small``, optional registers) or a ResNet. In the presets,
+    as in the reference: per-parameter gradient clipping at 3 (``optim.clip_mode: per_parameter``)
+    and stochastic depth 0.1 in the student ViT (``backbone.drop_path``; the teacher never drops).
+
+    Evaluated and exported network: the **teacher** (``evaluated_network``), as the paper reports
+    and its evaluation code reads it (``--checkpoint_key teacher``); with a ResNet its BatchNorm
+    statistics come from global crops only, the student's are half local-crop statistics.
+    ``eval.network=student`` evaluates the student instead.
     """
 
     views_class = MultiCropViews
+    teacher_prefix = "teacher.backbone"
+    evaluated_network = "teacher"
 
     def __init__(
         self,
@@ -61,6 +71,7 @@ class DINO(Method):
         self.head = DINOHead(backbone.num_features, out_dim, hidden_dim, bottleneck_dim,
                              norm_last_layer=norm_last_layer)
         self.teacher = Teacher(self.backbone, self.head)
+        without_drop_path(self.teacher)  # the reference builds its teacher ViT without stochastic depth
         self.register_buffer("center", torch.zeros(out_dim))
         self.student_temperature, self.teacher_temperature = student_temperature, teacher_temperature
         self.teacher_temperature_start = teacher_temperature if teacher_temperature_start is None \

@@ -33,6 +33,7 @@ class MoCo(Method):
     """
 
     injected_args = Method.injected_args + ("seed",)
+    teacher_prefix = "key_encoder.backbone"
 
     embedding_head = "projector"
 

@@ -38,6 +38,10 @@ class BackboneConfig:
     """ViT: patch side in pixels; None: 4 up to 32 px images, 8 up to 96 px, 16 above."""
     registers: int = 0
     """ViT: register tokens (Darcet et al. 2024); 0 = none."""
+    drop_path: float = 0.0
+    """ViT: stochastic depth (Huang et al. 2016): each block's residual branches are dropped per
+    sample in training, at a rate rising linearly over the blocks to this value (DINO's students:
+    0.1; a momentum teacher never drops)."""
     norm: str = "batch"
     """ResNet and toy: ``batch`` (BatchNorm) or ``layer`` (one group of GroupNorm: each sample
     normalised over its channels and positions alone, CPC v2's layer norm, so that no image
@@ -46,7 +50,8 @@ class BackboneConfig:
     def build(self, in_channels: int, image_size: int) -> nn.Module:
         """This backbone for images of ``in_channels`` x ``image_size``^2."""
         return build_backbone(self.name, in_channels, image_size, self.small_stem, self.width,
-                              patch_size=self.patch_size, registers=self.registers, norm=self.norm)
+                              patch_size=self.patch_size, registers=self.registers, norm=self.norm,
+                              drop_path=self.drop_path)
 
 
 NORMS: dict[str, Callable[[int], nn.Module]] = {"batch": nn.BatchNorm2d, "layer": lambda channels: nn.GroupNorm(1, channels)}
@@ -198,11 +203,12 @@ BACKBONES: dict[str, Callable[..., nn.Module]] = {
 
 def build_backbone(name: str, in_channels: int, image_size: int, small_stem: bool | None = None,
                    width: int = 64, *, patch_size: int | None = None, registers: int = 0,
-                   norm: str = "batch") -> nn.Module:
+                   norm: str = "batch", drop_path: float = 0.0) -> nn.Module:
     """Backbone ``name`` for images of ``in_channels`` x ``image_size``^2.
 
     ResNets: ``small_stem=None`` picks the small stem for images of 64 px or less. ViTs:
-    ``patch_size`` (None: :func:`default_patch_size`) and ``registers``. ``norm``: a key of :data:`NORMS`.
+    ``patch_size`` (None: :func:`default_patch_size`), ``registers`` and ``drop_path``. ``norm``: a
+    key of :data:`NORMS`.
     """
     if name not in BACKBONES:
         raise SelfsupError(f"unknown backbone '{name}'{closest(name, BACKBONES)}; known: {', '.join(BACKBONES)}")
@@ -213,9 +219,11 @@ def build_backbone(name: str, in_channels: int, image_size: int, small_stem: boo
         if norm != "batch":
             raise SelfsupError("backbone.norm chooses a ResNet's normalisation; a ViT always uses layer norm")
         return BACKBONES[name](image_size=image_size, in_channels=in_channels,
-                               patch_size=patch_size or default_patch_size(image_size), registers=registers)
-    if patch_size is not None or registers:
-        raise SelfsupError(f"backbone.patch_size and backbone.registers are ViT settings; {name} has neither")
+                               patch_size=patch_size or default_patch_size(image_size), registers=registers,
+                               drop_path=drop_path)
+    if patch_size is not None or registers or drop_path:
+        raise SelfsupError(f"backbone.patch_size, backbone.registers and backbone.drop_path are ViT settings; "
+                           f"{name} has none of them")
     if norm not in NORMS:
         raise SelfsupError(f"backbone.norm must be one of {', '.join(NORMS)}, got '{norm}'")
     if width < 1:

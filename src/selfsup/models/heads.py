@@ -53,9 +53,10 @@ class DINOHead(nn.Module):
     ``num_layers`` (GELU, no BN) to a ``bottleneck_dim`` bottleneck, L2 normalisation, then a
     weight-normalised linear layer to ``out_dim`` prototypes without bias.
 
-    With ``norm_last_layer`` (the default) every row of the last layer is used at unit length
-    (weight norm with its gain fixed at 1), which DINO found to stabilise training; the layer is
-    named ``last_layer`` so that it can be frozen for the first epoch.
+    The last layer is weight norm as in the reference: each row's direction times a gain that
+    starts at 1. With ``norm_last_layer`` (the default) the gain stays fixed at 1 (rows used at unit
+    length, which DINO found to stabilise training); without, it is learnt. The layer is named
+    ``last_layer`` so that it (gain included) can be frozen for the first epoch.
     """
 
     def __init__(self, in_dim: int, out_dim: int = 65536, hidden_dim: int = 2048, bottleneck_dim: int = 256,
@@ -67,13 +68,26 @@ class DINOHead(nn.Module):
                 nn.init.trunc_normal_(module.weight, std=0.02)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
-        self.last_layer = nn.Linear(bottleneck_dim, out_dim, bias=False)
+        self.last_layer = WeightNormLinear(bottleneck_dim, out_dim, learn_gain=not norm_last_layer)
         self.norm_last_layer = norm_last_layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.normalize(self.mlp(x), dim=-1)
-        weight = F.normalize(self.last_layer.weight, dim=1) if self.norm_last_layer else self.last_layer.weight
-        return F.linear(x, weight)
+        return self.last_layer(F.normalize(self.mlp(x), dim=-1))
+
+
+class WeightNormLinear(nn.Module):
+    """y = x (g * v / ||v||)^T per output row (Salimans & Kingma 2016), no bias: ``weight`` is v and,
+    with ``learn_gain``, ``gain`` is g (one per row, starting at 1); otherwise g is 1."""
+
+    def __init__(self, in_dim: int, out_dim: int, learn_gain: bool = False) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(out_dim, in_dim))
+        nn.init.kaiming_uniform_(self.weight, a=5 ** 0.5)  # nn.Linear's initialisation
+        self.gain = nn.Parameter(torch.ones(out_dim)) if learn_gain else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = F.normalize(self.weight, dim=1)
+        return F.linear(x, weight if self.gain is None else weight * self.gain[:, None])
 
 
 class AttentionPooling(nn.Module):

@@ -43,19 +43,47 @@ class Attention(nn.Module):
         return self.proj(out.transpose(1, 2).reshape(batch, tokens, dim))
 
 
-class Block(nn.Module):
-    """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x)) with GELU, ratio 4."""
+class DropPath(nn.Module):
+    """Stochastic depth (Huang et al. 2016) on a residual branch: in training, each sample's branch
+    output is dropped with probability ``rate`` and the kept ones scaled by 1 / (1 - rate)."""
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0) -> None:
+    def __init__(self, rate: float = 0.0) -> None:
+        super().__init__()
+        if not 0.0 <= rate < 1.0:
+            raise SelfsupError(f"backbone.drop_path must lie in [0, 1), got {rate}")
+        self.rate = rate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.rate == 0.0:
+            return x
+        keep = 1.0 - self.rate
+        mask = torch.empty((x.shape[0],) + (1,) * (x.ndim - 1), device=x.device, dtype=x.dtype).bernoulli_(keep)
+        return x * mask / keep
+
+
+def without_drop_path(module: nn.Module) -> nn.Module:
+    """``module`` with every :class:`DropPath` off (a momentum teacher's copy of a student)."""
+    for layer in module.modules():
+        if isinstance(layer, DropPath):
+            layer.rate = 0.0
+    return module
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x)) with GELU, ratio 4,
+    each residual branch behind a :class:`DropPath`."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, drop_path: float = 0.0) -> None:
         super().__init__()
         self.norm1, self.norm2 = nn.LayerNorm(dim, eps=1e-6), nn.LayerNorm(dim, eps=1e-6)
         self.attn = Attention(dim, heads)
         hidden = int(dim * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+        self.drop_path = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
 class VisionTransformer(nn.Module):
@@ -65,7 +93,8 @@ class VisionTransformer(nn.Module):
     (``registers`` > 0) are learnable tokens appended after the patch embedding, without
     position embedding, that take part in attention and are dropped at the output (Darcet et al.
     2024, Sec. 3); ``tokens(x)`` returns all final tokens by kind, ``attention_maps(x)`` the
-    last block's attention. Images of another size than ``image_size`` (multi-crop's local
+    last block's attention. ``drop_path``: stochastic depth in training (:class:`DropPath`). Images
+    of another size than ``image_size`` (multi-crop's local
     crops) get the position embedding interpolated to their patch grid (bicubic, as DINO).
     Initialisation as timm/DINO: truncated normal (std 0.02) for tokens and linear layers.
     """
@@ -73,7 +102,7 @@ class VisionTransformer(nn.Module):
     prefers_channels_last = False
 
     def __init__(self, size: str = "tiny", image_size: int = 32, in_channels: int = 3, patch_size: int = 4,
-                 registers: int = 0) -> None:
+                 registers: int = 0, drop_path: float = 0.0) -> None:
         super().__init__()
         if size not in VIT_SIZES:
             raise SelfsupError(f"unknown ViT size '{size}'; known: {', '.join(VIT_SIZES)}")
@@ -91,7 +120,9 @@ class VisionTransformer(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.position = nn.Parameter(torch.zeros(1, 1 + self.grid ** 2, dim))
         self.registers = nn.Parameter(torch.zeros(1, registers, dim)) if registers else None
-        self.blocks = nn.ModuleList(Block(dim, heads) for _ in range(depth))
+        # DINO's stochastic depth: the rate rises linearly from 0 at the first block to drop_path at the last.
+        rates = torch.linspace(0, drop_path, depth).tolist()
+        self.blocks = nn.ModuleList(Block(dim, heads, drop_path=rate) for rate in rates)
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         for param in (self.cls_token, self.position, self.registers):
             if param is not None:

@@ -181,7 +181,8 @@ def fit_classifier(model: nn.Module, train: ImageDataset, test: ImageDataset | N
     monitor = AccuracyMonitor(model, test, EvalView(train.image_size, mean, std)) if test is not None else None
     # The test accuracy is logged every epoch but never chooses best.pt (that would select on test data).
     engine = Engine(model, loader, optimizer, schedule, run_dir=run_dir, device=device, precision=precision,
-                    clip_grad=settings.optim.clip_grad, freeze=freeze, monitor=monitor,
+                    clip_grad=settings.optim.clip_grad,
+                    clip_per_parameter=settings.optim.clip_mode == "per_parameter", freeze=freeze, monitor=monitor,
                     monitor_every=max(settings.test_every, 1),
                     meta={"classifier": True, **(meta or {})}, seed=settings.seed, log_every=settings.log_every,
                     quiet=quiet)

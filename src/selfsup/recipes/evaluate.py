@@ -55,8 +55,13 @@ def load_encoder(path: str | Path, overrides: list[str] = (), head_layers: int =
         encoder = build_model(config, data).fine_tune_trunk(saved["head_layers"])
     else:
         encoder = config.backbone.build(data["channels"], data["image_size"])
-    checkpoint.load_weights(encoder, checkpoint.submodule_weights(state["model"], saved.get("prefix", "backbone")),
-                            state["path"])
+    prefix = saved.get("prefix", "backbone")
+    if "classifier" not in state and not saved.get("head_layers"):  # a pretraining run: its student or teacher
+        method = get_method(config.method_name)
+        prefix = method.network_prefix(config.eval.network)
+        network = "teacher" if prefix == method.teacher_prefix else "student"
+        state = {**state, "encoder": {**saved, "prefix": prefix, "network": network}}
+    checkpoint.load_weights(encoder, checkpoint.submodule_weights(state["model"], prefix), state["path"])
     return encoder, config, state
 
 
@@ -100,7 +105,7 @@ def load_features(path: str | Path, overrides: list[str] = ()) -> tuple[nn.Modul
             raise SelfsupError(f"{config.method_name} has no embedding of its own; use eval.features=backbone")
         module, _, _ = load_method(path, overrides)
         return module, module.embed, config, state
-    module, _, _ = load_encoder(path, overrides)
+    module, _, state = load_encoder(path, overrides)
     return module, None, config, state
 
 
@@ -117,6 +122,8 @@ def checkpoint_evaluator(path: str | Path, overrides: list[str] = (), out_dir: P
     key = {"stem": ckpt_path.stem + ("-embedding" if embedding else ""), "checkpoint": str(ckpt_path.resolve()),
            "step": state["step"], "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
     method = state.get("encoder", {}).get("method", config.method_name)
+    if not embedding and state.get("encoder", {}).get("network") == "teacher":
+        suffix = ", teacher"
     name = f"{method} ({ckpt_path.stem}, step {state['step']}{suffix})"
     evaluator = Evaluator(name, splits.train, splits.test, EvalView(data["image_size"], data["mean"], data["std"]),
                           out_dir or default_output_dir(Path(path)), module, device=config.train.device,

@@ -57,8 +57,9 @@ class KnnMonitor:
         if dist.is_main():
             options = dict(view=self.view, autocast_dtype=self.precision.dtype, channels_last=self.channels_last,
                            batch_size=self.eval.batch_size)
-            bank = extract_features(self.method.encoder, self.bank.images, **options)
-            queries = extract_features(self.method.encoder, self.queries.images, **options)
+            network = self.method.network(self.eval.network)  # the network evaluation will read
+            bank = extract_features(network, self.bank.images, **options)
+            queries = extract_features(network, self.queries.images, **options)
             accuracy = knn_accuracy(bank, self.bank.targets, queries, self.queries.targets, self.classes,
                                     self.eval.knn_k, self.eval.knn_temperature)
         return {"knn_top1": dist.broadcast_object(accuracy)}
@@ -179,12 +180,13 @@ class Pretraining:
         self.monitor = KnnMonitor(self.method, *sets, self.data_info, config, self.precision, self.channels_last) \
             if sets is not None else None
         meta = {"config": config.to_dict(), "data": self.data_info,
-                "encoder": {"prefix": self.method.encoder_prefix, "method": config.method_name},
+                "encoder": {"prefix": self.method.network_prefix(config.eval.network), "method": config.method_name},
                 "channels_last": self.channels_last,
                 "monitor": self.monitor.describe() if self.monitor is not None else None}
         self.engine = Engine(
             self.method, self.loader, optimizer, self._schedule(total), run_dir=self.run_dir, device=self.device,
             precision=self.precision, channels_last=self.channels_last, clip_grad=config.optim.clip_grad,
+            clip_per_parameter=config.optim.clip_mode == "per_parameter",
             freeze=tuple(Freeze(prefix, round(epochs * self.steps_per_epoch))
                          for prefix, epochs in {**self.method.frozen_epochs(), **config.optim.freeze}.items()),
             monitor=self.monitor, monitor_every=max(cfg.knn_every, 1),

@@ -133,7 +133,7 @@ def find_runs(root: str | Path) -> list[Path]:
 
 
 #: The names ``selfsup eval`` gives a run's own checkpoints: "simclr (last, step 356)", "... , embedding)".
-OWN_ENTRY = re.compile(r"\((?P<checkpoint>[^,()]+), step (?P<step>\d+)(, embedding)?\)$")
+OWN_ENTRY = re.compile(r"\((?P<checkpoint>[^,()]+), step (?P<step>\d+)(, embedding|, teacher)?\)$")
 
 
 def own_result(results: dict[str, Any], protocol: str) -> float | None:
