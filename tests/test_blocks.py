@@ -257,6 +257,51 @@ def test_shuffled_forward_in_one_process_is_a_plain_forward():
     assert not out.requires_grad  # key encoders take no gradient
 
 
+def test_shuffled_forward_within_one_batch_returns_rows_in_their_order():
+    torch.manual_seed(4)
+    encoder = Recording(nn.Linear(3, 4))
+    images = torch.randn(8, 3)
+    out = shuffled_forward(encoder, images, within_batch=True)
+    assert torch.allclose(out, encoder.inner(images), atol=1e-6)  # a per-sample network: same rows, same order
+    assert not torch.equal(encoder.seen[0], images) and torch.equal(encoder.seen[0].sort(0).values,
+                                                                   images.sort(0).values)
+
+
+# ----------------------------------------------------------------------------------------------
+# Split BatchNorm (MoCo's one-process shuffle-BN)
+# ----------------------------------------------------------------------------------------------
+
+def test_split_batchnorm_normalises_each_interleaved_group_with_its_own_statistics():
+    from selfsup.blocks import SplitBatchNorm2d, split_batch_norm
+
+    torch.manual_seed(0)
+    plain = nn.BatchNorm2d(3)
+    with torch.no_grad():
+        plain.weight.uniform_(0.5, 2.0)
+        plain.bias.uniform_(-1, 1)
+    split = split_batch_norm(nn.Sequential(plain), 4)[0]
+    assert isinstance(split, SplitBatchNorm2d) and set(split.state_dict()) == set(nn.BatchNorm2d(3).state_dict())
+    x = torch.randn(8, 3, 5, 5) * torch.arange(1, 9).view(8, 1, 1, 1)
+    out = split(x)
+    reference_means = []
+    for group in range(4):
+        members = x[group::4]  # samples g, g + 4: the group of the reshape
+        norm = nn.BatchNorm2d(3)
+        norm.load_state_dict(plain.state_dict())
+        assert torch.allclose(out[group::4], norm(members), atol=1e-5)
+        reference_means.append(norm.running_mean)
+    assert torch.allclose(split.running_mean, torch.stack(reference_means).mean(0), atol=1e-6)
+    assert int(split.num_batches_tracked) == 1
+    split.eval()  # eval mode: a plain BatchNorm on its running statistics
+    plain.load_state_dict(split.state_dict())
+    plain.eval()
+    assert torch.allclose(split(x), plain(x), atol=1e-6)
+    split.train()
+    assert split.groups_for(6) == 3 and split.groups_for(4) == 2 and split.groups_for(3) == 1  # >= 2 per group
+    channels_last = x.contiguous(memory_format=torch.channels_last)
+    assert split(channels_last).is_contiguous(memory_format=torch.channels_last)
+
+
 class CountingHead(nn.Module):
     """A small conv network (eval mode: each sample's output depends on that sample only) that
     records every batch it is called with."""

@@ -87,6 +87,37 @@ def test_moco_symmetric_enqueues_both_directions_keys():
     assert int(method.queue.pointer) == 12 and int(method.queue.filled) == 12
 
 
+def test_moco_symmetric_loss_sums_both_directions_as_the_demo():
+    method = _method("moco", queue_size=32, proj_dim=8, symmetric=True)
+    views = _views(method)
+    queue_before = method.queue.keys.clone()
+    method.eval()
+    with torch.no_grad():
+        q_a, q_b = method.projector(method.backbone(views[0])), method.projector(method.backbone(views[1]))
+        k_b, k_a = method.key_encoder(views[1]), method.key_encoder(views[0])
+        out = method(Batch(views, torch.full((6,), -1), torch.arange(6)), 0.0)
+    expected = info_nce(q_a, k_b, queue_before, 0.2) + info_nce(q_b, k_a, queue_before, 0.2)
+    assert out["loss"].item() == pytest.approx(expected.item(), rel=1e-5)  # loss_12 + loss_21, not their mean
+
+
+def test_moco_in_one_process_splits_batchnorm_and_shuffles_the_keys_within_the_batch():
+    from selfsup.blocks import SplitBatchNorm2d
+
+    method = _method("moco", queue_size=32, bn_splits=2)
+    split = [m for m in method.modules() if isinstance(m, SplitBatchNorm2d)]
+    plain = [m for m in method.modules() if type(m) is torch.nn.BatchNorm2d]
+    assert split and not plain and all(m.splits == 2 for m in split)  # query and key encoders alike
+    seen = []
+    method.key_encoder.backbone.register_forward_hook(lambda m, i, o: seen.append(i[0].detach().clone()))
+    views = _views(method)
+    torch.manual_seed(5)
+    _step(method, views)
+    assert len(seen) == 1 and not torch.equal(seen[0], views[1])  # shuffled ...
+    assert torch.equal(seen[0].sort(0).values, views[1].sort(0).values)  # ... the same images
+    off = _method("moco", queue_size=32, bn_splits=1)
+    assert not any(isinstance(m, SplitBatchNorm2d) for m in off.modules())
+
+
 def test_moco_versions_set_head_and_temperature():
     v1, v2 = _method("moco", version=1, queue_size=8), _method("moco", queue_size=8)
     assert isinstance(v1.projector, torch.nn.Linear) and v1.temperature == 0.07

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..blocks import FeatureQueue, Teacher, shuffled_forward
+from ..blocks import FeatureQueue, Teacher, shuffled_forward, split_batch_norm
 from ..engine import Batch
 from ..losses import info_nce
 from ..models.heads import mlp
@@ -28,8 +28,16 @@ class MoCo(Method):
     temperature 0.2; v1: a linear 128-d head, temperature 0.07 (``version=1`` sets both unless
     given). Queue of 65,536 keys, key-encoder momentum m = 0.999, updated after every optimiser
     step. The blur and the cosine schedule of v2 live in the presets (``views.augment.blur_p``,
-    the engine's cosine schedule). ``symmetric`` adds the loss with the views swapped (MoCo v3's
-    and many CIFAR recipes' choice; the papers use one direction).
+    the engine's cosine schedule). ``symmetric`` adds the loss with the views swapped, summed as
+    in MoCo's CIFAR-10 demo (loss_12 + loss_21; MoCo v3 and many CIFAR recipes; the papers use one
+    direction).
+
+    One process: shuffle-BN has no other process to shuffle with, so queries and keys would be
+    normalised with statistics of the same images. As MoCo's one-GPU CIFAR-10 demo, every
+    BatchNorm of both encoders then normalises ``bn_splits`` (8) groups of the batch separately
+    and the keys' batch is shuffled within the batch first (:mod:`selfsup.blocks.split_bn`);
+    under DDP, shuffle-BN across processes is used instead. ``bn_splits=1`` turns it off.
+    Evaluated network: the query encoder (the backbone), as the papers.
     """
 
     injected_args = Method.injected_args + ("seed",)
@@ -49,6 +57,7 @@ class MoCo(Method):
         queue_size: int = 65536,
         momentum: float = 0.999,
         symmetric: bool = False,
+        bn_splits: int = 8,
         seed: int = 0,
         shared: bool = False,
     ) -> None:
@@ -57,7 +66,11 @@ class MoCo(Method):
             raise ValueError(f"MoCo version must be 1 or 2, got {version}")
         if not 0.0 <= momentum <= 1.0:
             raise ValueError(f"momentum must lie in [0, 1], got {momentum}")
-        self.version, self.symmetric, self.momentum = version, symmetric, momentum
+        if bn_splits < 1:
+            raise ValueError(f"bn_splits must be >= 1, got {bn_splits}")
+        self.version, self.symmetric, self.momentum, self.bn_splits = version, symmetric, momentum, bn_splits
+        if bn_splits > 1 and not shared:  # before the key encoder copies the backbone: both split
+            split_batch_norm(self.backbone, bn_splits)
         self.temperature = temperature if temperature is not None else (0.2 if version == 2 else 0.07)
         if version == 1:
             self.projector: nn.Module = nn.Linear(backbone.num_features, proj_dim)
@@ -71,10 +84,10 @@ class MoCo(Method):
         pairs = [(view_a, view_b), (view_b, view_a)] if self.symmetric else [(view_a, view_b)]
         # Queries of both directions in one pass, so BatchNorm sees one batch.
         queries = self.projector(self.backbone(torch.cat([q for q, _ in pairs]))).chunk(len(pairs))
-        keys = [F.normalize(shuffled_forward(self.key_encoder, k).float(), dim=1) for _, k in pairs]
+        keys = [F.normalize(shuffled_forward(self.key_encoder, k, within_batch=self.bn_splits > 1).float(), dim=1)
+                for _, k in pairs]
         negatives = self.queue.keys.clone()  # the enqueue below writes in place; backward needs these
-        loss = torch.stack([info_nce(q, k, negatives, self.temperature)
-                            for q, k in zip(queries, keys)]).mean()
+        loss = sum(info_nce(q, k, negatives, self.temperature) for q, k in zip(queries, keys))
         for key in keys:  # after the loss: a batch's own keys are never its negatives
             self.queue.enqueue(key)
         return {"loss": loss}
