@@ -12,8 +12,9 @@ from selfsup.engine import Batch, checkpoint
 from conftest import killed_then_finished, tiny_cli_sets
 from selfsup.errors import SelfsupError
 from selfsup.semisup.recipe import SemiSupervisedSettings, build_learner, semisup_training_set
-from selfsup.semisup import (METHODS, FixMatch, MeanTeacher, PseudoLabel, TemporalEnsembling, sharpen,
-                             sigmoid_rampup)
+from selfsup.semisup import (METHODS, FixMatch, MeanTeacher, MixMatch, PiModel, PseudoLabel, TemporalEnsembling,
+                             sharpen, sigmoid_rampup)
+from selfsup.semisup.base import linear_rampup
 from selfsup.semisup.uda import UDA
 from selfsup.views import ImageInfo
 from selfsup.views.randaugment import OPERATIONS, cutout, equalize, posterize, rand_augment, solarize
@@ -74,8 +75,99 @@ def test_mean_teachers_teacher_gets_no_gradient_and_follows_by_ema():
     with torch.no_grad():
         learner.head.weight.add_(1.0)
     before = learner.teacher["head"].weight.clone()
+    learner.steps_done.fill_(1000)  # past the warm start: the decay is ema itself
     learner.after_step(0.5)
     assert torch.allclose(learner.teacher["head"].weight, 0.9 * before + 0.1 * learner.head.weight)
+
+
+def test_mean_teachers_decay_starts_as_the_true_average_of_the_weights():
+    """The reference's min(1 - 1/(t + 1), alpha): after the first step the teacher is the mean of its
+    start and the student; the decay then rises to alpha (0.99 by default) and stays."""
+    torch.manual_seed(0)
+    learner = MeanTeacher(_encoder(), 3, IMAGE)
+    start = learner.teacher["head"].weight.clone()
+    with torch.no_grad():
+        learner.head.weight.add_(1.0)
+    learner.after_step(0.0)
+    assert torch.allclose(learner.teacher["head"].weight, 0.5 * start + 0.5 * learner.head.weight)
+    decays = []
+    for _ in range(200):
+        decays.append(learner.teacher_decay())
+        learner.steps_done += 1
+    assert decays[:3] == pytest.approx([0.5, 2 / 3, 0.75]) and decays[-1] == 0.99 and decays == sorted(decays)
+    # After 150 steps the initial network's share of the teacher: the reference's 0.6%, not 0.99^150 = 22%.
+    share = 1.0
+    for t in range(1, 151):
+        share *= min(1 - 1 / (t + 1), 0.99)
+    assert share < 0.01
+
+
+def test_pi_model_and_temporal_ensembling_weights_scale_with_the_labelled_share():
+    for cls in (PiModel, TemporalEnsembling):
+        learner = cls(_encoder(), 3, IMAGE, rampup_steps=0)
+        learner.prepare(100, 0.01)
+        assert learner.unlabelled_weight() == pytest.approx(learner.default_weight * 0.01)  # tempens' M / N
+        unscaled = cls(_encoder(), 3, IMAGE, rampup_steps=0, scale_by_label_fraction=False)
+        unscaled.prepare(100, 0.01)
+        assert unscaled.unlabelled_weight() == learner.default_weight
+    fixmatch = FixMatch(_encoder(), 3, IMAGE)
+    fixmatch.prepare(100, 0.01)
+    assert fixmatch.unlabelled_weight() == 1.0  # not a method whose reference scales it
+
+
+def test_ramps_are_counted_in_steps_with_the_papers_lengths():
+    assert (MixMatch.default_rampup_steps, MixMatch.ramp) == (16_384, "linear")
+    assert PiModel.default_rampup_steps == TemporalEnsembling.default_rampup_steps == MeanTeacher.default_rampup_steps \
+        == 40_000
+    assert FixMatch.default_rampup_steps == 0
+    assert linear_rampup(4096, 16_384) == 0.25 and linear_rampup(20_000, 16_384) == 1.0
+    learner = MixMatch(_encoder(), 3, IMAGE)
+    learner.steps_done.fill_(8192)
+    assert learner.unlabelled_weight() == pytest.approx(7.5 * 0.5)
+    learner.after_step(0.0)
+    assert int(learner.steps_done) == 8193  # counted by the learner, so a resumed run keeps its place
+
+
+def test_short_runs_say_what_they_cannot_show():
+    mixmatch = MixMatch(_encoder(), 3, IMAGE)
+    warnings = mixmatch.schedule_warnings(150, 600)
+    assert any("ramps up over 16384 steps" in w and "ends at 0.9% of the weight" in w for w in warnings)
+    assert any("decay 0.999" in w and "86% of the initial network" in w for w in warnings)
+    tempens = TemporalEnsembling(_encoder(), 3, IMAGE, rampup_steps=0)
+    assert any("trains for 0.25 epochs" in w for w in tempens.schedule_warnings(150, 600))
+    assert tempens.schedule_warnings(1200, 600) == []
+    assert FixMatch(_encoder(), 3, IMAGE, eval_ema=0.0).schedule_warnings(150, 600) == []
+
+
+def test_mixmatch_draws_lambda_per_image_and_keeps_each_mixed_image_closest_to_its_own():
+    torch.manual_seed(0)
+    learner = MixMatch(_encoder(), 3, IMAGE)
+    inputs = torch.randn(64, 1, 8, 8)
+    targets = F.one_hot(torch.arange(64) % 3, 3).float()
+    mixed, mixed_targets, lam = learner.mix(inputs, targets)
+    assert lam.shape == (64,) and (lam >= 0.5).all() and lam.std() > 0.05  # one draw per image
+    partner = (mixed - lam.view(-1, 1, 1, 1) * inputs) / (1 - lam.view(-1, 1, 1, 1))
+    assert all(any(torch.allclose(partner[i], inputs[j], atol=1e-4) for j in range(64)) for i in range(4))
+    assert torch.allclose(mixed_targets.sum(1), torch.ones(64))
+
+
+def test_fixmatch_evaluates_the_moving_average_of_its_weights():
+    torch.manual_seed(0)
+    learner = FixMatch(_encoder(), 3, IMAGE)
+    assert learner.eval_ema == 0.999 and all(not p.requires_grad for p in learner.ema_model.parameters())
+    trained = {id(p) for group in learner.param_groups() for p in group["params"]}
+    assert not trained & {id(p) for p in learner.ema_model.parameters()}
+    start = learner.ema_model["head"].weight.clone()
+    with torch.no_grad():
+        learner.head.weight.add_(1.0)
+    learner.after_step(0.0)
+    assert torch.allclose(learner.ema_model["head"].weight, 0.999 * start + 0.001 * learner.head.weight, atol=1e-6)
+    x = torch.randn(2, 1, 8, 8)
+    learner.eval()
+    with torch.no_grad():
+        assert torch.allclose(learner.predict(x), learner.ema_model["head"](learner.ema_model["encoder"](x)))
+        assert not torch.allclose(learner.predict(x), learner.classify(x))
+    assert not hasattr(FixMatch(_encoder(), 3, IMAGE, eval_ema=0.0), "ema_model")
 
 
 def test_temporal_ensembling_targets_are_bias_corrected_averages_of_past_predictions():
@@ -106,7 +198,7 @@ def test_sharpening_and_ramp_up_by_hand():
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_every_method_lowers_its_loss_on_a_fixed_batch(method):
     torch.manual_seed(0)
-    learner = build_learner(SemiSupervisedSettings(method=method, rampup=0.0), _encoder(), 3, IMAGE)
+    learner = build_learner(SemiSupervisedSettings(method=method, rampup_steps=0), _encoder(), 3, IMAGE)
     learner.prepare(12)
     images = torch.randint(0, 255, (12, 1, 8, 8), dtype=torch.uint8)
     images[:4, :, :4] = 255  # class 0 bright on top, class 1 at the bottom, class 2 dark
@@ -184,6 +276,15 @@ def test_semisup_command_sweeps_seeds_and_resumes_after_a_kill(mnist_root, tmp_p
     meta = checkpoint.load(out / "25pct-seed1")
     assert meta["classifier"]["semisup"]["options"] == {"threshold": 0.5}
     assert meta["classifier"]["semisup"]["ratio"] == 7.0
+    # FixMatch is read back as the moving average of its weights, as its paper evaluates it.
+    assert meta["encoder"]["prefix"] == "ema_model.encoder" and meta["classifier"]["head_prefix"] == "ema_model.head"
+    assert any("decay 0.999" in w for w in meta["classifier"]["semisup"]["warnings"])
+    summary = json.loads((out / "25pct-seed1" / "summary.json").read_text())
+    assert {"test_top1", "test_top1_raw"} <= set(summary)
+    from selfsup.recipes.finetune import load_classifier
+
+    model, _ = load_classifier(out / "25pct-seed1")
+    assert torch.equal(model.head.weight, meta["model"]["ema_model.head.weight"])
     assert "over 2 seed(s)" in capsys.readouterr().out
 
 

@@ -70,8 +70,11 @@ examples:
   selfsup semisup -c simclr_fashion_mnist --method fixmatch --labels 0.01 --epochs 5 --run-dir runs/fixmatch
   selfsup semisup runs/simclr-fmnist --method mean-teacher --labels 0.01 0.05 --seeds 0 1 2   # mean +- std
   selfsup semisup runs/simclr-fmnist --method fixmatch --option threshold=0.9 --ratio 3
+  selfsup semisup runs/simclr-fmnist --method mixmatch --steps 2000 --rampup-steps 500   # a short run, short ramp
 methods: labels-only, pseudo-label, entropy-min, pi-model, temporal-ensembling, mean-teacher, fixmatch,
-uda, mixmatch. An epoch is one pass over the unlabelled images. Killed sweeps resume by themselves.
+uda, mixmatch. An epoch is one pass over the unlabelled images. Ramps are the papers' lengths in steps;
+a run that ends inside its ramp, or whose evaluated moving average still holds the initial weights,
+says so. Killed sweeps resume by themselves.
 """
 
 EPILOG_MULTITASK = """\
@@ -382,8 +385,9 @@ def cmd_semisup(args: argparse.Namespace) -> int:
     if bad:
         raise SelfsupError(f"--option takes KEY=VALUE pairs (e.g. threshold=0.9), got {' '.join(bad)}")
     options = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.option)}
-    settings = SemiSupervisedSettings(method=args.semisup_method, weight=args.weight, rampup=args.rampup, ratio=args.ratio,
-                                      options=options)
+    settings = SemiSupervisedSettings(method=args.semisup_method, weight=args.weight, rampup_steps=args.rampup_steps,
+                                      ratio=args.ratio, eval_ema=args.eval_ema,
+                                      scale_by_label_fraction=not args.no_label_scaling, options=options)
     start = _starting_point(args)
     training = _classifier_training(args, _start_lr_scale(args))
     seeds = args.seeds or [args.seed]
@@ -754,8 +758,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fraction(s) of the training labels, class-balanced by the seed (default 0.01)")
     p.add_argument("--seeds", type=int, nargs="+", help="repeat every fraction over these seeds (mean +- std)")
     p.add_argument("--weight", type=float, help="weight of the unlabelled loss (default: the method's)")
-    p.add_argument("--rampup", type=float, help="fraction of training over which that weight ramps up "
-                                                "(default: the method's)")
+    p.add_argument("--rampup-steps", type=int, help="optimiser steps over which that weight ramps up (default: the "
+                                                    "method's paper's: 40,000 for the Pi-model, temporal ensembling "
+                                                    "and Mean Teacher, 16,384 for MixMatch; a shorter run warns)")
+    p.add_argument("--eval-ema", type=float, help="evaluate a moving average of the weights with this decay (default: "
+                                                  "0.999 for FixMatch and MixMatch, as their papers; 0: the trained "
+                                                  "network)")
+    p.add_argument("--no-label-scaling", action="store_true",
+                   help="Pi-model, temporal ensembling: do not scale the weight by the labelled share M/N (their "
+                        "reference code does)")
     p.add_argument("--ratio", type=float, help="mu: unlabelled images per labelled one in a batch (default: the "
                                                "method's, 7 for FixMatch)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",

@@ -53,6 +53,11 @@ class Classifier(nn.Module):
         """(B, C, H, W) -> logits (B, num_classes)."""
         return self.head(self.encoder(x))
 
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of the network evaluation reads: the trained one (a learner that evaluates a moving
+        average of its weights overrides this)."""
+        return self.classify(x)
+
     def param_groups(self) -> list[dict]:
         return [{"name": "backbone", "params": list(self.encoder.parameters())},
                 {"name": "head", "params": list(self.head.parameters())}]
@@ -121,14 +126,17 @@ class AccuracyMonitor:
 
 
 @torch.no_grad()
-def classify_all(model: nn.Module, images: torch.Tensor, view: nn.Module, batch_size: int = 512) -> torch.Tensor:
-    """``model.classify`` of uint8 ``images`` in the deterministic ``view``, in evaluation mode, batched
-    on the model's device: fp32 logits on the CPU (the model's mode is put back)."""
+def classify_all(model: nn.Module, images: torch.Tensor, view: nn.Module, batch_size: int = 512,
+                 raw: bool = False) -> torch.Tensor:
+    """``model.predict`` (the evaluated network; ``raw``: ``model.classify``, the trained one) of uint8
+    ``images`` in the deterministic ``view``, in evaluation mode, batched on the model's device: fp32
+    logits on the CPU (the model's mode is put back)."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     view = view.to(device)
-    logits = [model.classify(view(chunk.to(device))).float().cpu() for chunk in images.split(batch_size)]
+    network = model.classify if raw or not hasattr(model, "predict") else model.predict
+    logits = [network(view(chunk.to(device))).float().cpu() for chunk in images.split(batch_size)]
     model.train(was_training)
     return torch.cat(logits)
 

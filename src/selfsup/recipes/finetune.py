@@ -70,7 +70,8 @@ def load_classifier(path: str | Path, overrides: list[str] = ()) -> tuple[Classi
     data = state["data"]
     image = ImageInfo.of(data)
     model = Classifier(encoder, state["classifier"]["classes"], classifier_views(image))
-    checkpoint.load_weights(model.head, checkpoint.submodule_weights(state["model"], "head"), state["path"])
+    head = state["classifier"].get("head_prefix", "head")  # a moving average's head where that is evaluated
+    checkpoint.load_weights(model.head, checkpoint.submodule_weights(state["model"], head), state["path"])
     return model, state
 
 

@@ -2,10 +2,13 @@
 
 A batch holds labelled images (target >= 0) and unlabelled ones (target -1) in the ratio the
 recipe draws them (1 : mu, FixMatch's mu = 7 by default). Every method is cross-entropy on the
-labelled images plus ``weight * ramp(progress) * L_u`` on the unlabelled ones; the methods
+labelled images plus ``weight * ramp(step) * L_u`` on the unlabelled ones; the methods
 differ only in L_u (and MixMatch, which mixes the labelled images too, in the whole loss).
+Ramps are counted in optimiser steps, with each paper's length as the default, so a short run
+stays in its ramp-up as the paper's would (the recipe warns when a run ends inside it).
 The network is a :class:`~selfsup.recipes.classifier.Classifier` (trunk + linear head), so a
-semi-supervised run reads back like a fine-tuned one.
+semi-supervised run reads back like a fine-tuned one. FixMatch and MixMatch evaluate an
+exponential moving average of the weights (decay 0.999), as their papers report.
 """
 from __future__ import annotations
 
@@ -15,9 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..blocks.ema import ema_update, frozen_copy
 from ..engine import Batch
 from ..errors import SelfsupError
-from ..recipes.classifier import Classifier
+from ..recipes.classifier import Classifier, classify_all
 from ..views import Augment, AugmentSpec, ImageInfo
 from ..views.randaugment import StrongAugment
 
@@ -31,6 +35,14 @@ def sigmoid_rampup(progress: float, length: float) -> float:
         return 1.0
     t = min(max(progress / length, 0.0), 1.0)
     return math.exp(-5.0 * (1.0 - t) ** 2)
+
+
+def linear_rampup(progress: float, length: float) -> float:
+    """min(progress / length, 1) (MixMatch's ramp of lambda_u); 1 when length is 0."""
+    return 1.0 if length <= 0 else min(max(progress / length, 0.0), 1.0)
+
+
+RAMPS = {"sigmoid": sigmoid_rampup, "linear": linear_rampup}
 
 
 def squared_error(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
@@ -55,31 +67,91 @@ class SemiViews(nn.Module):
 
 
 class SemiSupervised(Classifier):
-    """Trunk + linear head trained on ``CE(labelled) + weight * ramp * L_u(unlabelled)``.
+    """Trunk + linear head trained on ``CE(labelled) + weight * ramp(step) * L_u(unlabelled)``.
 
     Subclasses set the views they need (``weak_views``, ``strong_views``), their defaults
-    (``default_weight``, ``default_rampup`` as a fraction of training, ``default_ratio`` mu) and
-    implement :meth:`unlabelled_loss`; :meth:`extra_inputs` go through the network in the same
-    pass as the first weak view, so BatchNorm normalises them together (FixMatch's practice).
+    (``default_weight``, ``default_rampup_steps`` and ``ramp`` shape, ``default_ratio`` mu,
+    ``default_eval_ema``) and implement :meth:`unlabelled_loss`; :meth:`extra_inputs` go through
+    the network in the same pass as the first weak view, so BatchNorm normalises them together
+    (FixMatch's practice). ``scales_with_labels``: the weight is multiplied by the labelled share
+    of the training images (Laine & Aila's code scales w_max by M / N), unless
+    ``scale_by_label_fraction`` is off. ``eval_ema`` (decay) keeps an exponential moving average
+    of the weights that evaluation uses (:meth:`predict`); 0 evaluates the trained network.
     """
 
     weak_views = 1
     strong_views = 0
     default_weight = 1.0
-    default_rampup = 0.0
+    default_rampup_steps = 0
+    ramp = "sigmoid"
     default_ratio = 7.0
+    default_eval_ema = 0.0
+    scales_with_labels = False
 
     def __init__(self, encoder: nn.Module, num_classes: int, image: ImageInfo, *, weight: float | None = None,
-                 rampup: float | None = None) -> None:
+                 rampup_steps: int | None = None, eval_ema: float | None = None,
+                 scale_by_label_fraction: bool = True) -> None:
         super().__init__(encoder, num_classes, SemiViews(image, self.weak_views, self.strong_views))
         self.weight = self.default_weight if weight is None else weight
-        self.rampup = self.default_rampup if rampup is None else rampup
-        if self.weight < 0 or not 0 <= self.rampup <= 1:
-            raise SelfsupError(f"the unlabelled loss needs a weight >= 0 and a ramp-up in [0, 1] of training, got "
-                               f"{self.weight} and {self.rampup}")
+        self.rampup_steps = self.default_rampup_steps if rampup_steps is None else rampup_steps
+        self.eval_ema = self.default_eval_ema if eval_ema is None else eval_ema
+        if self.weight < 0 or self.rampup_steps < 0:
+            raise SelfsupError(f"the unlabelled loss needs a weight >= 0 and a ramp-up of >= 0 steps, got "
+                               f"{self.weight} and {self.rampup_steps}")
+        if not 0.0 <= self.eval_ema < 1.0:
+            raise SelfsupError(f"eval_ema is a decay in [0, 1) (0: evaluate the trained network), got {self.eval_ema}")
+        self.scale_by_label_fraction = scale_by_label_fraction
+        self.label_scale = 1.0
+        self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))
+        if self.eval_ema:
+            self.ema_model = frozen_copy(nn.ModuleDict({"encoder": self.encoder, "head": self.head}))
 
-    def prepare(self, dataset_size: int) -> None:
-        """Called once with the size of the training set before training (temporal ensembling's memory)."""
+    def prepare(self, dataset_size: int, label_fraction: float = 1.0) -> None:
+        """Called once before training with the size of the training set and the labelled share of
+        the training images (M / N)."""
+        if self.scales_with_labels and self.scale_by_label_fraction:
+            self.label_scale = label_fraction
+
+    def unlabelled_weight(self, step: int | None = None) -> float:
+        """The weight of L_u at ``step`` (default: now): weight x label scale x ramp."""
+        step = int(self.steps_done) if step is None else step
+        return self.weight * self.label_scale * RAMPS[self.ramp](step, self.rampup_steps)
+
+    def schedule_warnings(self, total_steps: int, steps_per_epoch: int) -> list[str]:
+        """What a run of ``total_steps`` cannot show of this method (ends inside its ramp, an EMA that
+        still holds the initial weights)."""
+        name, found = type(self).__name__, []
+        if self.weight and self.rampup_steps > total_steps:
+            found.append(f"{name}'s unlabelled weight ramps up over {self.rampup_steps} steps (the paper's length); "
+                         f"this run has {total_steps}, so it ends at {100 * self.unlabelled_weight(total_steps) / (self.weight * self.label_scale):.1f}% "
+                         "of the weight: set the ramp (--rampup-steps) for a run this short")
+        if self.eval_ema and self.eval_ema ** total_steps > 0.05:
+            found.append(f"{name} is evaluated as the moving average of its weights (decay {self.eval_ema:g}, as its "
+                         f"paper), which after {total_steps} steps still holds {100 * self.eval_ema ** total_steps:.0f}% of "
+                         "the initial network; test_top1_raw is the trained network's accuracy")
+        return found
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of the evaluated network: the moving average with ``eval_ema``, else the trained one."""
+        if self.eval_ema:
+            return self.ema_model["head"](self.ema_model["encoder"](x))
+        return self.classify(x)
+
+    @torch.no_grad()
+    def test_accuracies(self, dataset, view: nn.Module) -> dict[str, float]:  # noqa: ANN001
+        """Top-1 (%) of the evaluated network (``test_top1``) and, with an EMA, of the trained one."""
+        results = {"test_top1": _top1(classify_all(self, dataset.images, view), dataset.targets)}
+        if self.eval_ema:
+            results["test_top1_raw"] = _top1(classify_all(self, dataset.images, view, raw=True), dataset.targets)
+        return results
+
+    @torch.no_grad()
+    def after_step(self, progress: float) -> None:
+        self.steps_done += 1
+        if self.eval_ema:
+            # FixMatch and MixMatch average every model variable, BatchNorm statistics included.
+            ema_update(self.ema_model, nn.ModuleDict({"encoder": self.encoder, "head": self.head}), self.eval_ema,
+                       buffers="average")
 
     def extra_inputs(self, batch: Batch, unlabelled: torch.Tensor) -> list[torch.Tensor]:
         return []
@@ -103,13 +175,19 @@ class SemiSupervised(Classifier):
             unsup, logged = self.unlabelled_loss(batch, logits, extra_logits, unlabelled, progress)
         else:
             unsup, logged = logits.sum() * 0.0, {}
-        weight = self.weight * sigmoid_rampup(progress, self.rampup)
+        weight = self.unlabelled_weight()
         return {"loss": supervised + weight * unsup, "loss_labelled": supervised.detach(),
                 "loss_unlabelled": unsup.detach(), "unlabelled_weight": torch.tensor(weight), **logged}
 
 
+def _top1(logits: torch.Tensor, targets: torch.Tensor) -> float:
+    return 100.0 * (logits.argmax(1) == targets).float().mean().item()
+
+
 class LabelsOnly(SemiSupervised):
-    """The baseline at the same schedule: cross-entropy on the labelled images, nothing else."""
+    """The baseline at the same schedule: cross-entropy on the labelled images, nothing else
+    (``ratio`` 0: batches of labelled images only; give it the methods' mu to see their labelled
+    batch, the unlabelled images then counting for nothing)."""
 
     default_weight = 0.0
     default_ratio = 0.0

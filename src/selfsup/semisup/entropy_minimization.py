@@ -2,7 +2,8 @@
 
 L_u = the mean entropy of the predicted class distribution on the unlabelled images: the
 decision boundary is pushed away from the dense regions of the data. The weight (0.1 here,
-ours) is kept small; alone and large, it makes early confident mistakes permanent.
+ours) is kept small; alone and large, it makes early confident mistakes permanent. No ramp-up,
+as the paper.
 """
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ from .base import SemiSupervised
 
 class EntropyMinimization(SemiSupervised):
     default_weight = 0.1
-    default_rampup = 0.3
 
     def unlabelled_loss(self, batch: Batch, logits: torch.Tensor, extra: list[torch.Tensor],
                         unlabelled: torch.Tensor, progress: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

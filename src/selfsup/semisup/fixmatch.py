@@ -5,7 +5,8 @@ For each unlabelled image: the prediction on a weak view (no gradient) becomes a
 its probability is at least ``threshold`` (0.95); the strong view (RandAugment + Cutout,
 :mod:`selfsup.views.randaugment`) is trained on it with cross-entropy. Images below the
 threshold contribute nothing (the mean is over all unlabelled images, as in the paper).
-lambda_u = 1, mu = 7 unlabelled images per labelled one, no ramp-up.
+lambda_u = 1, mu = 7 unlabelled images per labelled one, no ramp-up. Evaluated: the moving
+average of the weights (decay 0.999), as the paper's numbers (``eval_ema``; 0: the trained network).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ class FixMatch(SemiSupervised):
     strong_views = 1
     default_weight = 1.0
     default_ratio = 7.0
+    default_eval_ema = 0.999
 
     def __init__(self, *args, threshold: float = 0.95, **kwargs) -> None:
         super().__init__(*args, **kwargs)

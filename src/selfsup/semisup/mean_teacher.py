@@ -2,9 +2,11 @@
 
 The teacher is the exponential moving average of the student's weights (``ema`` 0.99, the
 paper's value for the ramp-up phase; it moves to 0.999 on long schedules) and is never trained
-by gradient. Consistency: ||softmax(student(x')) - softmax(teacher(x''))||^2 over two
+by gradient. As the reference code, the decay starts as the true average of the weights so far,
+min(1 - 1 / (t + 1), ema) after t steps: the teacher does not keep the random initial network
+for hundreds of steps. Consistency: ||softmax(student(x')) - softmax(teacher(x''))||^2 over two
 augmentations of each unlabelled image; the paper's weight of 100 on the class-averaged error
-(CIFAR-10) is 10 on our class sum, ramped up over the first 30% of training.
+(CIFAR-10) is 10 on our class sum, ramped up (sigmoid) over the reference's 40,000 steps.
 The saved classifier is the student (what the optimiser trained); the teacher is in the
 checkpoint under ``teacher``.
 """
@@ -21,7 +23,7 @@ from .base import SemiSupervised, squared_error
 class MeanTeacher(SemiSupervised):
     weak_views = 2
     default_weight = 10.0
-    default_rampup = 0.3
+    default_rampup_steps = 40_000
 
     def __init__(self, *args, ema: float = 0.99, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -39,8 +41,14 @@ class MeanTeacher(SemiSupervised):
         target = self.teacher_logits(batch.views[1][unlabelled]).softmax(1)
         return squared_error(logits[unlabelled].softmax(1), target), {}
 
+    def teacher_decay(self) -> float:
+        """min(1 - 1 / (t + 1), ema) after t optimiser steps (the reference's warm start)."""
+        return min(1.0 - 1.0 / (int(self.steps_done) + 1), self.ema)
+
+    @torch.no_grad()
     def after_step(self, progress: float) -> None:
+        super().after_step(progress)  # counts the step
         # BatchNorm statistics averaged like the weights (the reference code runs the teacher in
         # train mode, which gives it running averages of its own).
-        ema_update(self.teacher, torch.nn.ModuleDict({"encoder": self.encoder, "head": self.head}), self.ema,
-                   buffers="average")
+        ema_update(self.teacher, torch.nn.ModuleDict({"encoder": self.encoder, "head": self.head}),
+                   self.teacher_decay(), buffers="average")

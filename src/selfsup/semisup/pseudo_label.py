@@ -1,9 +1,10 @@
 """Pseudo-labels (Lee 2013, "Pseudo-Label: The Simple and Efficient Semi-Supervised Learning Method").
 
 The network's own most probable class on an unlabelled image is its label for this step,
-trained with cross-entropy. As later work does (FixMatch's ablation, Sohn et al. 2020), only
-predictions of probability >= ``threshold`` (0.95) count; the weight ramps up over the first
-30% of training (Lee anneals it from 0 to its final value, 3, over the early epochs).
+trained with cross-entropy. As later work does (the realistic-evaluation baseline of Oliver et
+al. 2018, FixMatch's ablation), only predictions of probability >= ``threshold`` (0.95) count,
+at weight 1, ramped up linearly over 419,430 steps: that baseline's first 40% of 2^20 steps, as
+MixMatch's code runs it (Lee anneals his weight from 0 to 3 between two epochs of his MNIST runs).
 """
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from .base import SemiSupervised
 
 class PseudoLabel(SemiSupervised):
     default_weight = 1.0
-    default_rampup = 0.3
+    default_rampup_steps = 419_430
+    ramp = "linear"
 
     def __init__(self, *args, threshold: float = 0.95, **kwargs) -> None:
         super().__init__(*args, **kwargs)

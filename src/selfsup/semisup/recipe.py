@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 import torch
 
 from ..data import ImageDataset
+from ..engine import dist
 from ..errors import SelfsupError
 from . import METHODS, SemiSupervised
 from ..views import ImageInfo
@@ -30,10 +32,15 @@ class SemiSupervisedSettings:
     method: str = "fixmatch"
     weight: float | None = None
     """Weight of the unlabelled loss (None: the method's default)."""
-    rampup: float | None = None
-    """Fraction of training over which that weight ramps up (None: the method's default)."""
+    rampup_steps: int | None = None
+    """Optimiser steps over which that weight ramps up (None: the method's paper's length)."""
     ratio: float | None = None
     """mu: unlabelled images per labelled one in a batch (None: the method's default)."""
+    eval_ema: float | None = None
+    """Decay of the moving average of the weights that is evaluated (None: the method's default,
+    0.999 for FixMatch and MixMatch as their papers; 0: the trained network)."""
+    scale_by_label_fraction: bool = True
+    """Pi-model and temporal ensembling: the weight times the labelled share M / N, as their code."""
     options: dict[str, Any] = field(default_factory=dict)
     """The method's own settings, e.g. ``{"threshold": 0.9}`` for FixMatch."""
 
@@ -50,7 +57,9 @@ def build_learner(settings: SemiSupervisedSettings, encoder: torch.nn.Module, cl
     if unknown:
         raise SelfsupError(f"{settings.method} has no setting {', '.join(unknown)}; it takes "
                            f"{', '.join(sorted(own)) or 'none'}")
-    return cls(encoder, classes, image, weight=settings.weight, rampup=settings.rampup, **settings.options)
+    return cls(encoder, classes, image, weight=settings.weight, rampup_steps=settings.rampup_steps,
+               eval_ema=settings.eval_ema, scale_by_label_fraction=settings.scale_by_label_fraction,
+               **settings.options)
 
 
 def semisup_training_set(train: ImageDataset, labelled: torch.Tensor, ratio: float) -> ImageDataset:
@@ -79,12 +88,21 @@ def semisup(start: StartingPoint, run_dir: str | Path, training: ClassifierTrain
     learner = build_learner(settings, start.fresh_encoder(), len(start.data["classes"]), ImageInfo.of(start.data))
     ratio = learner.default_ratio if settings.ratio is None else settings.ratio
     dataset = semisup_training_set(train, labelled, ratio)
-    learner.prepare(len(dataset))
+    learner.prepare(len(dataset), len(labelled) / len(train))
+    steps_per_epoch = max(1, len(dataset) // training.batch_size)
+    warnings = learner.schedule_warnings(training.steps or training.epochs * steps_per_epoch, steps_per_epoch)
+    if not quiet and dist.is_main():
+        for warning in warnings:
+            print(f"warning: {warning}", file=sys.stderr)
     meta = classifier_meta(start.config, start.data, origin=f"semi-supervised {settings.method} "
                            f"({100 * labels:g}% labels)", classes=len(start.data["classes"]), labels=labels,
                            labelled_images=len(labelled), stage="semi-supervised", source=start.source,
                            semisup={**dataclasses.asdict(settings), "ratio": ratio, "weight": learner.weight,
-                                    "rampup": learner.rampup})
+                                    "weight_scale": learner.label_scale, "rampup_steps": learner.rampup_steps,
+                                    "ramp": learner.ramp, "eval_ema": learner.eval_ema, "warnings": warnings})
+    if learner.eval_ema:  # what evaluation reads back: the moving average, as the method's paper reports
+        meta["encoder"]["prefix"] = "ema_model.encoder"
+        meta["classifier"]["head_prefix"] = "ema_model.head"
     return fit_classifier(learner, dataset, start.splits.test, run_dir, training, meta=meta, resume=resume,
                           unlabelled=True, quiet=quiet)
 

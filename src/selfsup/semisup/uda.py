@@ -4,7 +4,10 @@ Training", Sec. 2 and 3.2).
 KL(p_weak || p_strong) between the prediction on a weak view (no gradient, sharpened with
 ``temperature`` 0.4) and on a strong one (RandAugment), counted only where the weak
 prediction's confidence is at least ``threshold`` (0.8): UDA's confidence-based masking and
-sharpening. lambda = 1. (Training-signal annealing of the labelled loss is left out.)
+sharpening. lambda = 1, no ramp-up. (Training-signal annealing of the labelled loss is left out,
+as the reference's CIFAR-10 script does; its code also evaluates a moving average of the weights,
+decay 0.9999, which ``eval_ema`` turns on: off by default, since at that decay a run needs
+tens of thousands of steps before the average forgets the initial network.)
 """
 from __future__ import annotations
 
