@@ -57,7 +57,7 @@ from selfsup.cli import main  # noqa: E402
 from selfsup.engine import Batch, OptimConfig  # noqa: E402
 from selfsup.losses import distillation  # noqa: E402
 from selfsup.recipes import continual as continual_module  # noqa: E402
-from selfsup.recipes.classifier import ClassifierTraining, StartingPoint, classify_all  # noqa: E402
+from selfsup.recipes.classifier import ClassifierTraining, StartingPoint  # noqa: E402
 from selfsup.recipes.continual import (ContinualLearner, ContinualSettings, run_sequence,  # noqa: E402
                                        task_sequence, task_training_set)
 
@@ -93,35 +93,65 @@ def test_heads_are_masked_by_task_or_by_the_classes_seen():
     assert task.old_heads() == [[0, 1]] and _learner("class").old_heads() == [[0, 1]]
 
 
-def test_lwf_loss_is_new_cross_entropy_plus_distillation_of_the_old_heads():
+def test_lwf_loss_is_new_cross_entropy_plus_distillation_of_the_old_network_on_the_same_batch():
     learner = _learner("task")
     learner.lwf_weight, learner.lwf_temperature = 0.5, 2.0
+    learner.keep_old_network()  # the network before the task
+    with torch.no_grad():
+        learner.head.weight.add_(0.3)  # training has moved it since
     images, targets = torch.randn(3, 1, 2, 2), torch.tensor([2, 3, 2])
-    learner.old_logits = torch.randn(5, 4)
-    index = torch.tensor([4, 0, 2])
-    out = learner(Batch([images], targets, index), 0.0)
+    out = learner(Batch([images], targets, torch.tensor([4, 0, 2])), 0.0)
     logits = learner.classify(images)
+    with torch.no_grad():
+        responses = learner.old_network["head"](learner.old_network["encoder"](images))
     new = torch.nn.functional.cross_entropy(logits[:, 2:], targets - 2)
-    old = distillation(logits[:, :2], learner.old_logits[index][:, :2], 2.0)
+    old = distillation(logits[:, :2], responses[:, :2], 2.0)  # Y_o of these very (augmented) inputs
     assert out["loss_new"].item() == pytest.approx(new.item(), abs=1e-6)
     assert out["loss"].item() == pytest.approx((new + 0.5 * old).item(), abs=1e-6)
+    assert "old_network" not in dict(learner.named_children()) and not any(
+        k.startswith("old_network") for k in learner.state_dict())  # not trained, not checkpointed
+    learner.train()
+    assert not learner.old_network.training  # evaluation mode, whatever the learner's
 
 
-def test_lwf_soft_labels_are_recorded_from_the_old_model_before_any_update(mnist_root, tmp_path, monkeypatch):
+def test_lwf_warm_up_keeps_the_old_heads_rows_while_the_new_ones_learn():
+    learner = _learner("class")
+    learner.rows_frozen_until = 0.5
+    optimizer = torch.optim.SGD(learner.parameters(), lr=0.5, momentum=0.9, weight_decay=0.1)
+    images, targets = torch.randn(4, 1, 2, 2), torch.tensor([2, 3, 2, 3])
+    weight, bias = learner.head.weight.detach().clone(), learner.head.bias.detach().clone()
+    for progress in (0.1, 0.3):  # warm-up
+        out = learner(Batch([images], targets, torch.arange(4)), progress)
+        optimizer.zero_grad()
+        out["loss"].backward()
+        optimizer.step()
+        learner.after_step(progress)
+    assert torch.equal(learner.head.weight[:2], weight[:2]) and torch.equal(learner.head.bias[:2], bias[:2])
+    assert not torch.equal(learner.head.weight[2:], weight[2:])
+    out = learner(Batch([images], targets, torch.arange(4)), 0.6)  # after the warm-up, joint training
+    optimizer.zero_grad()
+    out["loss"].backward()
+    optimizer.step()
+    learner.after_step(0.6)
+    assert not torch.equal(learner.head.weight[:2], weight[:2])
+
+
+def test_lwf_keeps_the_network_from_before_each_task_and_warms_up(mnist_root, tmp_path, monkeypatch):
     start = _start(mnist_root)
     original, seen = continual_module.fit_classifier, []
 
     def checked_fit(model, train, test, run_dir, settings, **kwargs):
-        recorded = None if model.old_logits is None else model.old_logits.clone()
-        if recorded is not None:  # the network as it is now, before this task's first step
-            assert torch.equal(recorded, classify_all(model, train.images, start.eval_view()))
-            assert settings.head_warmup_epochs == 1.0
+        kept = model.old_network
+        if kept is not None:  # the network as it is now, before this task's first step
+            assert all(torch.equal(v, model.state_dict()[k]) for k, v in kept.state_dict().items())
+            assert settings.head_warmup_epochs == 1.0 and model.rows_frozen_until == pytest.approx(0.5)
+            frozen = {k: v.clone() for k, v in kept.state_dict().items()}
         before = {k: v.clone() for k, v in model.state_dict().items()}
         summary = original(model, train, test, run_dir, settings, **kwargs)
         assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
-        if recorded is not None:
-            assert torch.equal(model.old_logits, recorded)  # never refreshed during training
-        seen.append(recorded is not None)
+        if kept is not None:
+            assert all(torch.equal(v, frozen[k]) for k, v in kept.state_dict().items())  # never trained
+        seen.append(kept is not None)
         return summary
 
     monkeypatch.setattr(continual_module, "fit_classifier", checked_fit)
@@ -150,13 +180,29 @@ def test_rehearsal_replays_a_balanced_buffer_and_joint_keeps_everything(mnist_ro
         task_sequence(train, ContinualSettings(classes_per_task=4))
 
 
-def test_feature_extraction_never_moves_the_trunk(mnist_root, tmp_path):
+def test_rehearsal_memory_is_nested_and_never_holds_more_than_its_size(mnist_root):
+    train = _start(mnist_root).splits.train
+    tasks = [[0], [1], [2], [3]]
+    memories = [set(continual_module.rehearsal_buffer(train, tasks, task, 6, seed=0).tolist()) for task in (1, 2, 3)]
+    assert [len(m) for m in memories] == [6, 6, 6]  # 6, then 3 + 3, then 2 + 2 + 2
+    for earlier, later in zip(memories, memories[1:]):
+        kept_classes = {int(train.targets[i]) for i in earlier}
+        assert {i for i in later if int(train.targets[i]) in kept_classes} <= earlier  # room made by dropping only
+    replayed = set().union(*memories)
+    assert len({i for i in replayed if train.targets[i] == 0}) == 6  # class 0: only what the first memory held
+    counts = torch.bincount(train.targets[list(memories[-1])], minlength=4)
+    assert counts.tolist() == [2, 2, 2, 0]
+
+
+def test_feature_extraction_trains_the_trunk_on_the_first_task_then_freezes_it(mnist_root, tmp_path):
     start = _start(mnist_root)
     trunk = {k: v.clone() for k, v in start.encoder.state_dict().items()}
     run_sequence(start, tmp_path / "fe", _training(), ContinualSettings(strategy="feature-extraction"), quiet=True)
+    first = continual_module.checkpoint.load(tmp_path / "fe" / "task-0" / "checkpoints" / "last.pt")["model"]
     final = continual_module.checkpoint.load(tmp_path / "fe" / "task-1" / "checkpoints" / "last.pt")["model"]
-    assert all(torch.equal(final[f"encoder.{k}"], v) for k, v in trunk.items())
-    assert not torch.equal(final["head.weight"], torch.zeros_like(final["head.weight"]))
+    assert any(not torch.equal(first[f"encoder.{k}"], v) for k, v in trunk.items())  # learnt the first task
+    assert all(torch.equal(final[f"encoder.{k}"], first[f"encoder.{k}"]) for k in trunk)  # then frozen
+    assert not torch.equal(final["head.weight"], first["head.weight"])
 
 
 CONTINUAL = ["--epochs", "2", "--batch-size", "8", "--device", "cpu", "--quiet", "--buffer-size", "6",

@@ -12,17 +12,23 @@ Both are one linear layer over all classes whose outputs are masked: in the task
 the image's task's classes (the rows of a task are its head), in the class scenario to the
 classes seen so far. Strategies:
 
-- ``feature-extraction``: the trunk stays frozen, only the head learns.
+- ``feature-extraction``: the trunk learns the first task with its head (LwF's theta_s, trained on
+  the "old task"), then stays frozen: later tasks train only their heads.
 - ``finetune``: trunk and head train on each new task (the forgetting baseline).
-- ``lwf``: Learning without Forgetting (Li & Hoiem 2016, Sec. 3): before a new task, the old
-  heads' outputs on its training images are recorded with the network as it is; the new head
-  is warmed up with the trunk frozen, then everything trains on ``L_new + lambda_o * L_old``
-  (+ weight decay), L_old the distillation of each old head towards its recorded outputs
-  (temperature T = 2, lambda_o = 1 as in the paper; our distillation carries Hinton's T^2).
-  In the class scenario the old "head" is the outputs of the old classes.
-- ``rehearsal``: a buffer of ``buffer_size`` training images, class-balanced over the classes
+- ``lwf``: Learning without Forgetting (Li & Hoiem 2016, Sec. 3): the old heads' responses
+  Y_o = CNN(X_n; theta_s, theta_o) come from a frozen copy of the network as it was before the
+  new task, run (in evaluation mode) on the very batch the new task trains on, augmentation
+  included; the new head is warmed up with the trunk and the old heads' rows frozen (theta_o
+  fixed, as the paper), then everything trains on ``L_new + lambda_o * L_old`` (+ weight
+  decay), L_old the distillation of each old head towards those responses (temperature T = 2,
+  lambda_o = 1 as in the paper; our distillation carries Hinton's T^2, an effective lambda_o of
+  4 against the paper's form). In the class scenario the old "head" is the outputs of the old classes.
+- ``rehearsal``: a memory of ``buffer_size`` training images, class-balanced over the classes
   seen so far, is replayed with each new task; its images are repeated to match the new task's
   count so that about half of every batch is replayed (experience replay, Chaudhry et al. 2019).
+  The memory is one buffer kept over the sequence: to make room for new classes it drops images
+  of the old ones and never takes new old-class images back, so it holds at most
+  ``buffer_size`` distinct images at any time.
 - ``joint``: every image of the tasks seen so far (the upper bound).
 
 Each task is a run of the classifier recipe (:func:`~.classifier.fit_classifier`) in
@@ -41,6 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..blocks.ema import frozen_copy
 from ..data import ImageDataset
 from ..engine import Batch, checkpoint
 from ..engine.runtime import write_json
@@ -69,7 +76,7 @@ class ContinualSettings:
     """lambda_o of LwF."""
     lwf_temperature: float = 2.0
     lwf_warmup_epochs: float = 1.0
-    """LwF: epochs of each new task (after the first) in which only the head trains."""
+    """LwF: epochs of each new task (after the first) in which only the new head trains."""
 
     def check(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -84,8 +91,9 @@ class ContinualSettings:
 
 class ContinualLearner(Classifier):
     """A trunk and one linear layer over all classes, its outputs masked by task (see the module's
-    docstring). ``current`` is the task being learnt (or just learnt, when testing);
-    ``old_logits`` (LwF) the outputs recorded on the current task's training images."""
+    docstring). ``current`` is the task being learnt (or just learnt, when testing). LwF:
+    :meth:`keep_old_network` before a task; the old heads' rows do not move while ``progress`` is
+    below ``rows_frozen_until`` (the warm-up)."""
 
     def __init__(self, encoder: nn.Module, views: nn.Module, tasks: list[list[int]], num_classes: int,
                  scenario: str = "class", lwf_weight: float = 1.0, lwf_temperature: float = 2.0) -> None:
@@ -97,7 +105,9 @@ class ContinualLearner(Classifier):
             task_of_class[classes] = task
         self.register_buffer("task_of_class", task_of_class, persistent=False)
         self.current = 0
-        self.old_logits: torch.Tensor | None = None
+        self.old_network: nn.Module | None = None
+        self.rows_frozen_until = 0.0
+        self._kept_rows: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def allowed(self, targets: torch.Tensor) -> torch.Tensor:
         """(B, K) mask of the outputs an image may be classified among: its task's classes (task
@@ -115,22 +125,47 @@ class ContinualLearner(Classifier):
         old = self.tasks[:self.current]
         return [list(c) for c in old] if self.scenario == "task" else [[c for task in old for c in task]]
 
+    def old_rows(self) -> torch.Tensor:
+        """The head's rows (classes) of the tasks before the current one."""
+        return torch.tensor([c for task in self.tasks[:self.current] for c in task], dtype=torch.long)
+
+    def keep_old_network(self) -> None:
+        """LwF: a frozen copy of the network as it is now, before the new task, whose outputs on each
+        training batch are the old heads' targets. Held outside the module's children, so that it
+        stays in evaluation mode, takes no part in the optimiser or DDP, and adds nothing to the
+        checkpoint (a resumed task rebuilds it from the previous task's weights)."""
+        old = frozen_copy(nn.ModuleDict({"encoder": self.encoder, "head": self.head})).eval()
+        object.__setattr__(self, "old_network", old)
+
     def forward(self, batch: Batch, progress: float) -> dict[str, torch.Tensor]:
-        logits = self.classify(batch.views[0]).float()
+        features = self.encoder(batch.views[0])
+        if progress < self.rows_frozen_until:  # LwF's warm-up: theta_o fixed, its rows take no gradient
+            old = torch.zeros(self.head.out_features, dtype=torch.bool, device=features.device)
+            old[self.old_rows().to(features.device)] = True
+            weight = torch.where(old[:, None], self.head.weight.detach(), self.head.weight)
+            bias = torch.where(old, self.head.bias.detach(), self.head.bias)
+            self._kept_rows = (self.head.weight[old].detach().clone(), self.head.bias[old].detach().clone())
+            logits = F.linear(features, weight, bias).float()
+        else:
+            self._kept_rows = None
+            logits = self.head(features).float()
         restricted = self.restricted(logits, batch.targets)
         new = F.cross_entropy(restricted, batch.targets)
         out = {"accuracy": (restricted.argmax(1) == batch.targets).float().mean()}
-        if self.old_logits is None:
+        if self.old_network is None:
             return {"loss": new, **out}
-        recorded = self.old_logits[batch.index.cpu()].to(logits.device)
-        old = sum(distillation(logits[:, head], recorded[:, head], self.lwf_temperature) for head in self.old_heads())
+        with torch.no_grad():
+            old_network = self.old_network.to(logits.device)
+            responses = old_network["head"](old_network["encoder"](batch.views[0])).float()
+        old = sum(distillation(logits[:, head], responses[:, head], self.lwf_temperature) for head in self.old_heads())
         return {"loss": new + self.lwf_weight * old, "loss_new": new, "loss_old": old, **out}
 
     @torch.no_grad()
-    def record_old_logits(self, train: ImageDataset, view: nn.Module) -> torch.Tensor:
-        """LwF's y_o: the network's outputs on the new task's training images, before it trains on them."""
-        self.old_logits = classify_all(self, train.images, view)
-        return self.old_logits
+    def after_step(self, progress: float) -> None:
+        if self._kept_rows is not None:  # weight decay moved them in the step: put them back
+            rows = self.old_rows().to(self.head.weight.device)
+            self.head.weight[rows], self.head.bias[rows] = self._kept_rows
+            self._kept_rows = None
 
     @torch.no_grad()
     def task_accuracies(self, test: ImageDataset, view: nn.Module, after: int) -> list[float]:
@@ -162,19 +197,31 @@ def task_training_set(train: ImageDataset, tasks: list[list[int]], task: int, se
     new = task_index(train.targets, tasks[task])
     if task == 0 or settings.strategy not in ("rehearsal", "joint"):
         return train.select(new)
-    old = task_index(train.targets, [c for classes in tasks[:task] for c in classes])
     if settings.strategy == "joint":
+        old = task_index(train.targets, [c for classes in tasks[:task] for c in classes])
         return train.select(torch.cat([old, new]))
-    buffer = rehearsal_buffer(train, old, settings.buffer_size, seed)
+    buffer = rehearsal_buffer(train, tasks, task, settings.buffer_size, seed)
     repeats = max(1, len(new) // len(buffer))
     return train.select(torch.cat([new, buffer.repeat(repeats)]))
 
 
-def rehearsal_buffer(train: ImageDataset, candidates: torch.Tensor, size: int, seed: int) -> torch.Tensor:
-    """Indices of ``size`` images among ``candidates`` (the old tasks' training images), as evenly
-    spread over their classes as possible; seeded."""
-    size = min(size, len(candidates))
-    return candidates[train.select(candidates).balanced_index(size, seed)]
+def rehearsal_buffer(train: ImageDataset, tasks: list[list[int]], task: int, size: int, seed: int) -> torch.Tensor:
+    """Indices of the memory replayed in task ``task``: at most ``size`` images, as evenly spread over
+    the classes of tasks 0..task-1 as possible. Built as a memory kept over the sequence is: after
+    each task its classes take their share of the room, drawn (seeded) from their training images,
+    and each older class keeps the first images of its share of the previous memory, so the memory
+    of task t + 1 holds, of the older classes, only images the memory of task t held."""
+    memory: dict[int, torch.Tensor] = {}
+    for finished in range(task):
+        for label in tasks[finished]:
+            of_class = task_index(train.targets, [label])
+            generator = torch.Generator().manual_seed(seed * 1000 + label)
+            memory[label] = of_class[torch.randperm(len(of_class), generator=generator)]
+        classes = sorted(memory)
+        share, extra = divmod(size, len(classes))
+        for rank, label in enumerate(classes):  # the first ``extra`` classes keep one image more
+            memory[label] = memory[label][:share + (rank < extra)]
+    return torch.cat([memory[label] for label in sorted(memory)])
 
 
 def run_sequence(start: StartingPoint, out_dir: str | Path, training: ClassifierTraining,
@@ -204,15 +251,21 @@ def run_sequence(start: StartingPoint, out_dir: str | Path, training: Classifier
         else:
             learner.current = task
             task_train = task_training_set(train, tasks, task, settings, training.seed)
-            learner.old_logits = None
+            task_settings = _task_training(training, settings, task)
+            object.__setattr__(learner, "old_network", None)
+            learner.rows_frozen_until = 0.0
             if settings.strategy == "lwf" and task > 0:
-                learner.record_old_logits(task_train, view)
+                learner.keep_old_network()
+                steps_per_epoch = max(1, len(task_train) // task_settings.batch_size)
+                total = task_settings.steps or task_settings.epochs * steps_per_epoch
+                learner.rows_frozen_until = round(task_settings.head_warmup_epochs * steps_per_epoch) / total
             meta = classifier_meta(start.config, start.data, origin=f"continual {settings.strategy} "
                                    f"({settings.scenario}-incremental, after task {task})", classes=classes,
                                    stage="continual", task=task, tasks=tasks, source=start.source)
-            fit_classifier(learner, task_train, None, run_dir, _task_training(training, settings, task), meta=meta,
+            fit_classifier(learner, task_train, None, run_dir, task_settings, meta=meta,
                            resume=resume and (run_dir / "checkpoints" / "last.pt").is_file(), quiet=quiet)
-            learner.old_logits = None
+            object.__setattr__(learner, "old_network", None)
+            learner.rows_frozen_until = 0.0
             row = learner.task_accuracies(test, view, task)
         for j, accuracy in enumerate(row):
             matrix.record(task, j, accuracy)
@@ -227,9 +280,10 @@ def run_sequence(start: StartingPoint, out_dir: str | Path, training: Classifier
 
 
 def _task_training(training: ClassifierTraining, settings: ContinualSettings, task: int) -> ClassifierTraining:
-    """The classifier recipe's settings for one task: feature extraction freezes the trunk, LwF warms
-    the head up with the trunk frozen (not on the first task: there is nothing to keep)."""
-    if settings.strategy == "feature-extraction":
+    """The classifier recipe's settings for one task: feature extraction trains the trunk on the first
+    task and freezes it after, LwF warms the head up with the trunk frozen (not on the first task:
+    there is nothing to keep)."""
+    if settings.strategy == "feature-extraction" and task > 0:
         return dataclasses.replace(training, backbone_lr_scale=0.0)
     if settings.strategy == "lwf" and task > 0:
         return dataclasses.replace(training, head_warmup_epochs=settings.lwf_warmup_epochs)
