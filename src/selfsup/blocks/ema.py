@@ -29,9 +29,11 @@ def ema_update(teacher: nn.Module, student: nn.Module, momentum: float, buffers:
     """teacher <- momentum * teacher + (1 - momentum) * student, parameter by parameter.
 
     ``buffers`` says what happens to buffers (BatchNorm statistics), explicitly:
-    ``copy`` takes the student's (DINO's teacher and timm's EMA models evaluate with them),
-    ``average`` averages floating-point buffers like parameters and copies the others (counters),
-    ``keep`` leaves them to the teacher's own forward passes in train mode (MoCo, BYOL).
+    ``copy`` takes the student's (timm's EMA models of a trained network),
+    ``average`` averages floating-point buffers like parameters and copies the others (counters:
+    Mean Teacher's teacher, FixMatch's and MixMatch's evaluated averages),
+    ``keep`` leaves them to the teacher's own forward passes in train mode (MoCo, BYOL, DINO, as
+    their references).
     """
     student_params = dict(student.named_parameters())
     for name, param in teacher.named_parameters():

@@ -7,6 +7,9 @@ columns), unsigned orientations in [0, 180) degrees, each pixel's magnitude vote
 ``bins`` equal bins, the votes averaged over ``cell`` x ``cell`` cells, and each cell's
 histogram L2-normalised: h / sqrt(|h|^2 + eps^2). Channels are kept apart (MaskFeat
 concatenates the RGB channels' HOG; scikit-image would keep the strongest channel per pixel).
+MaskFeat's own code (SlowFast's HOGLayerC) differs in detail: Sobel filters, reflect padding and
+a 16 px Gaussian window on the votes; its cell histograms agree with these at a mean cosine of
+0.991 (measured in the second correctness review).
 """
 from __future__ import annotations
 

@@ -149,8 +149,9 @@ def split_groups(groups: Iterable[dict], lr_scales: dict[str, float], exclude_no
 class LARS(torch.optim.Optimizer):
     """SGD with momentum and layer-wise trust ratios (You, Gitman, Ginsburg 2017, arXiv:1708.03888).
 
-    For each parameter of a group with ``lars=True`` the update is scaled by
-    ``trust_coefficient * ||w|| / (||g|| + weight_decay * ||w||)``; groups with ``lars=False``
+    For each parameter of a group with ``lars=True`` the update g + weight_decay * w is scaled by
+    ``trust_coefficient * ||w|| / ||g + weight_decay * w||``: the form SimCLR's and BYOL's code
+    use (You et al. write ||w|| / (||g|| + weight_decay ||w||)). Groups with ``lars=False``
     (norms and biases, as in SimCLR and BYOL) get plain SGD with momentum.
     """
 

@@ -25,7 +25,9 @@ class BYOL(Method):
     Defaults from the paper: projector and predictor MLPs 4096 -> 256 with BN, target momentum
     0.996 rising to 1 on a cosine schedule over training (``base_momentum``, ``final_momentum``).
     The asymmetric augmentations (blur 1.0 / 0.1, solarize 0 / 0.2) are ``views.augment`` and
-    ``views.augment_b`` in the presets.
+    ``views.augment_b`` in the presets. Both views go through each network in one pass, so
+    BatchNorm normalises them together (the reference runs one pass per view); evaluated: the
+    online backbone (the student), as the paper; ``eval.network=teacher`` reads the target.
     """
 
     embedding_head = "projector"

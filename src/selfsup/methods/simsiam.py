@@ -26,6 +26,8 @@ class SimSiam(Method):
     layer. (The CIFAR variant of the paper uses a 2-layer projector: ``proj_layers``.) The
     predictor trains at the peak rate throughout, without warm-up or decay (Sec. 4.2: slightly
     better, "the predictor should adapt to the latest representations"); ``fix_predictor_lr``.
+    Both views go through the network in one pass, so BatchNorm normalises them together (the
+    reference runs one pass per view: statistics of one view at a time); evaluated: the backbone.
     """
 
     embedding_head = "projector"
