@@ -61,7 +61,8 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "out" / "compare"))
     args = parser.parse_args()
     out = Path(args.out)
-    shared = [f"train.minutes={args.minutes}", "train.epochs=1000", "train.knn_every=0", "optim.warmup_epochs=0.02",
+    shared = [f"train.minutes={args.minutes}", "train.epochs=1000", "train.knn_every=0", "train.online_probe=false",
+              "optim.warmup_epochs=0.02",
               "backbone.name=resnet18", f"backbone.width={args.width}", "backbone.patch_size=null",
               "backbone.registers=0", "backbone.drop_path=0.0", f"train.device={args.device}",
               f"eval.train_images={args.eval_train}"]

@@ -33,6 +33,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2, help="passes over each task's training images")
     parser.add_argument("--lr", type=float, default=0.02)
     parser.add_argument("--buffer-size", type=int, default=200)
+    parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "out" / "continual"))
     args = parser.parse_args()
@@ -48,7 +49,7 @@ def main() -> None:
                                   optim=OptimConfig(name="sgd", lr=args.lr, weight_decay=5e-4, warmup_epochs=0.0),
                                   device=args.device)
     out = Path(args.out) / name
-    result = continual(start, out, training, strategies=list(STRATEGIES), scenarios=["task", "class"],
+    result = continual(start, out, training, strategies=args.strategies, scenarios=["task", "class"],
                        settings=ContinualSettings(buffer_size=args.buffer_size), quiet=True)
     device = pick_device(args.device)
     report = {**provenance(device, resolve_precision("auto", device)), "source": start.source,

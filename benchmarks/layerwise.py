@@ -54,7 +54,7 @@ def main() -> None:
     args = parser.parse_args()
     out = Path(args.out)
     shared = [f"data.subset={args.subset}", f"train.epochs={args.epochs}", f"backbone.width={args.width}",
-              "train.knn_every=0", f"train.device={args.device}", f"eval.train_images={args.probe_train}"]
+              "train.knn_every=0", "train.online_probe=false", f"train.device={args.device}", f"eval.train_images={args.probe_train}"]
     if args.image_size is not None:
         shared.append(f"data.image_size={args.image_size}")
     rows, checkpoints = {}, []

@@ -63,8 +63,12 @@ def u_spread(run_dir: Path) -> float:
     return method.encode(patches).std(0).mean().item()
 
 
-def knn(run_dir: Path, train_images: int) -> float:
-    evaluator, config = checkpoint_evaluator(run_dir, [f"eval.train_images={train_images}"], quiet=True)
+def knn(run_dir: Path, train_images: int, recalibrate: bool = True) -> float:
+    """kNN top-1 of P's pooled features; ``recalibrate`` (the default since P is known to train on
+    patches): its BatchNorm statistics re-estimated on whole training images first."""
+    overrides = [f"eval.train_images={train_images}", f"eval.bn_recalibration={str(recalibrate).lower()}"]
+    evaluator, config = checkpoint_evaluator(run_dir, overrides, out_dir=run_dir / ("eval" if recalibrate else
+                                                                                   "eval-patch-bn"), quiet=True)
     return evaluator.run(["knn"], config.eval, config.train.seed)[evaluator.name]["knn"]["top1"]
 
 
@@ -104,6 +108,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=150, help="fine-tuning steps of 64 images, every run")
     parser.add_argument("--attention-fractions", type=float, nargs="*", default=[0.05, 1.0],
                         help="label fractions of the ResNet-36 + attention pooling arm")
+    parser.add_argument("--full-rate", action=argparse.BooleanOptionalAction, default=True,
+                        help="also fine-tune the pretrained trunks end to end at the head's rate (the paper's "
+                             "'finetuned end-to-end'; random init always trains at that rate)")
     parser.add_argument("--simclr", default=str(ROOT / "benchmarks" / "out" / "simclr_v2" / "pretrain"),
                         help="SimCLR run to compare with (pretrained here for 7 minutes if absent)")
     parser.add_argument("--eval-train", type=int, default=10000, help="training images of the variants' kNN")
@@ -112,7 +119,8 @@ def main() -> None:
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    shared = [f"backbone.width={args.width}", "train.knn_every=0", f"train.device={args.device}"]
+    shared = [f"backbone.width={args.width}", "train.knn_every=0", "train.online_probe=false",
+              f"train.device={args.device}"]
     report: dict = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
                     "device": describe_device(pick_device(args.device)), "versions": library_versions(),
                     "command": " ".join(sys.argv), "variants": {}, "few_labels": {}}
@@ -124,6 +132,7 @@ def main() -> None:
                 pretrain_in_child("selfie", shared + overrides + [f"train.epochs={args.variant_epochs}",
                                                                   "optim.warmup_epochs=0.1"], run)
             row = {"pretext accuracy (%)": round(pretext_accuracy(run), 1), "kNN top-1": knn(run, args.eval_train),
+                   "kNN top-1, patch BatchNorm (before the fix)": knn(run, args.eval_train, recalibrate=False),
                    "u spread": round(u_spread(run), 5)}
             report["variants"][name] = row
             print(name, json.dumps(row), flush=True)
@@ -144,6 +153,12 @@ def main() -> None:
                                                                              layer_modes={"res5": "retrain"}),
                                               **sweep),
     }
+    if args.full_rate:  # the paper's end-to-end fine-tuning: the trunk at the head's rate, as random init's
+        arms["SimCLR, trunk at full rate"] = finetune_sweep(simclr, out / "simclr-full-rate",
+                                                            settings(args.steps, 1.0, args.device), **sweep)
+        arms["Selfie (res5 fresh), trunk at full rate"] = finetune_sweep(
+            selfie, out / "selfie-full-rate", settings(args.steps, 1.0, args.device, layer_modes={"res5": "retrain"}),
+            **sweep)
     if args.attention_fractions:
         arms["Selfie + attention pooling"] = finetune_sweep(
             selfie, out / "selfie-attention", settings(args.steps, 0.1, args.device), head_layers=1,

@@ -43,7 +43,7 @@ DEFAULTS = dataclasses.asdict(AugmentSpec())
 
 
 def make_trainer(method: str, args: argparse.Namespace, run_dir: Path) -> Pretraining:
-    overrides = ["train.knn_every=0", "train.log_every=1000000", "backbone.name=resnet18",
+    overrides = ["train.knn_every=0", "train.online_probe=false", "train.log_every=1000000", "backbone.name=resnet18",
                  f"backbone.width={args.width}", "backbone.patch_size=null", "backbone.registers=0", "backbone.drop_path=0.0",
                  f"train.device={args.device}", "train.precision=fp32"]
     if args.batch_size:

@@ -60,7 +60,7 @@ def main() -> None:
     args = parser.parse_args()
     out = Path(args.out)
     pretrain = out / "pretrain"
-    overrides = [f"train.minutes={args.minutes}", "train.epochs=1000", "train.knn_every=0",
+    overrides = [f"train.minutes={args.minutes}", "train.epochs=1000", "train.knn_every=0", "train.online_probe=false",
                  "optim.warmup_epochs=0.02", "method.proj_layers=3", f"backbone.width={args.width}",
                  f"train.device={args.device}"]
     if not (pretrain / "summary.json").exists():

@@ -55,7 +55,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def make_trainer(args: argparse.Namespace, precision: str, run_dir: Path) -> Pretraining:
     preset = "simclr_fashion_mnist" if args.setting == "fashion-mnist" else "simclr_stl10"
     raw = read_yaml(find_config(preset))
-    overrides = [f"train.batch_size={args.batch_size}", f"train.precision={precision}", "train.knn_every=0",
+    overrides = [f"train.batch_size={args.batch_size}", f"train.precision={precision}", "train.knn_every=0", "train.online_probe=false",
                  f"backbone.width={args.width}", f"train.device={args.device}", "train.log_every=1000000"]
     if args.data_root:
         overrides.append(f"data.root={args.data_root}")

@@ -46,6 +46,16 @@ def test_pretrain_eval_report(trained_run, capsys):
     assert main(["eval", "knn", str(trained_run / "checkpoints" / "best.pt"), "--k", "5", "--quiet"]) == 0
     assert json.loads((trained_run / "eval" / "results.json").read_text())[
         "simclr (best, step 4)"]["knn"]["k"] == 5
+    capsys.readouterr()
+    # The conventions side by side (DINO: k 10, 20, 100, 200; solo-learn: 20; NPID: 200), one neighbour search.
+    assert main(["eval", "knn", str(trained_run), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "| k | T | top-1 (%) | reported by |" in printed and "| 20 | 0.07 |" in printed
+    assert "DINO, solo-learn |" in printed and "DINO, NPID (selfsup's default) |" in printed
+    assert main(["eval", "knn", str(trained_run), "-k", "5", "50", "-T", "0.07", "0.1", "--quiet"]) == 0
+    entries = json.loads((trained_run / "eval" / "results.json").read_text())["simclr (last, step 4)"]
+    assert {"knn k=5, T=0.07", "knn k=50, T=0.1"} <= set(entries) and entries["knn"]["k"] == 5
+    assert capsys.readouterr().out.count("| 50 | 0.1 |") == 1
     assert main(["report", str(trained_run)]) == 0
     assert "## Evaluation" in (trained_run / "report" / "summary.md").read_text()
 
@@ -169,8 +179,8 @@ def test_every_preset_trains_two_steps(preset, mnist_root, tmp_path):
     """Recipes cannot rot: each preset, its own model, two steps on tiny data of its format."""
     recipe = yaml.safe_load((CONFIGS / f"{preset}.yaml").read_text())
     sets = _preset_data(preset, tmp_path, mnist_root) + [
-        "train.batch_size=4", "train.max_steps=2", "train.knn_every=0", "optim.warmup_epochs=0",
-        "train.channels_last=false"]
+        "train.batch_size=4", "train.max_steps=2", "train.knn_every=0", "train.online_probe=false",
+        "optim.warmup_epochs=0", "train.channels_last=false"]
     if recipe["backbone"]["name"].startswith("resnet"):
         sets.append("backbone.width=16")  # the preset's architecture, narrower: the recipe is under test, not the FLOPs
     method = recipe["method"]

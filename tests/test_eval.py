@@ -95,3 +95,19 @@ def test_evaluation_uses_only_the_labelled_part_of_a_pretraining_split(tmp_path)
     splits = load_splits(DataConfig(name="stl10", root=str(root), train_split="train+unlabeled"), labeled=True,
                          quiet=True)
     assert len(splits.train) == 10 and (splits.train.targets >= 0).all() and len(splits.test) == 6
+
+
+def test_knn_grid_equals_one_search_per_setting():
+    from selfsup.eval.knn import knn_accuracy, knn_grid
+
+    torch.manual_seed(0)
+    train, test = torch.randn(300, 16), torch.randn(80, 16)
+    train_labels, test_labels = torch.randint(0, 5, (300,)), torch.randint(0, 5, (80,))
+    train[:, :5] += 3 * torch.nn.functional.one_hot(train_labels, 5)
+    test[:, :5] += 3 * torch.nn.functional.one_hot(test_labels, 5)
+    grid = knn_grid(train, train_labels, test, test_labels, 5, [10, 20, 100, 200], [0.07, 0.5])
+    assert len(grid) == 8
+    for (k, t), top1 in grid.items():
+        assert top1 == pytest.approx(knn_accuracy(train, train_labels, test, test_labels, 5, k, t), abs=1e-9)
+    with pytest.raises(ValueError, match="k >= 1 and T > 0"):
+        knn_grid(train, train_labels, test, test_labels, 5, [0], [0.07])

@@ -90,7 +90,7 @@ def test_presets_ship_in_the_wheel(tmp_path: Path):
     run_dir = tmp_path / "run"
     settings = {"data.root": data, "train.batch_size": 8, "train.max_steps": 2, "train.knn_every": 0,
                 "backbone.width": 8, "optim.warmup_epochs": 0, "train.device": "cpu",
-                "train.channels_last": "false"}
+                "train.channels_last": "false", "train.online_probe": "false"}
     _run([selfsup, "pretrain", "-c", "simclr_cifar10", "--run-dir", run_dir, "--quiet",
           *[arg for key, value in settings.items() for arg in ("--set", f"{key}={value}")]], tmp_path, env)
     assert (run_dir / "checkpoints" / "last.pt").is_file(), sorted(p.name for p in run_dir.rglob("*"))

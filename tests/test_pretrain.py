@@ -55,6 +55,9 @@ def test_crash_and_resume_matches_an_uninterrupted_run(mnist_root, tmp_path, mon
     resumed_from = crash_then_resume(config, tmp_path / "crashed", monkeypatch, crash_step=6)
     assert resumed_from == 6  # mid-epoch (4 steps an epoch)
     _assert_same_weights(_weights(tmp_path / "straight"), _weights(tmp_path / "crashed"))
+    probes = [checkpoint.load(run / "checkpoints" / "last.pt")["online_probe"]["head"] for run in
+              (tmp_path / "straight", tmp_path / "crashed")]
+    _assert_same_weights(*probes)  # the online probe continues exactly too
     rows = lambda run: [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())]  # noqa: E731
     straight, resumed = rows(tmp_path / "straight"), rows(tmp_path / "crashed")
     assert [r["step"] for r in resumed] == [r["step"] for r in straight]  # no duplicated or missing rows
@@ -288,3 +291,66 @@ def test_best_pt_follows_the_knn_monitor_only_and_says_so(mnist_root, tmp_path, 
     assert summary["best_metric"] == "knn_top1"
     assert json.loads((tmp_path / "meta.json").read_text())["best_by"] == {"metric": "knn_top1",
                                                                           "higher_is_better": True}
+
+
+def test_the_online_probe_watches_without_touching_the_run(mnist_root, tmp_path):
+    """The probe's forward passes run in evaluation mode on un-augmented images with no gradient
+    into the network: the pretraining is the same with it as without, weight for weight."""
+    pretrain(tiny_config(mnist_root), tmp_path / "both", quiet=True)
+    pretrain(tiny_config(mnist_root, train__online_probe=False), tmp_path / "knn", quiet=True)  # same held-out set
+    _assert_same_weights(_weights(tmp_path / "both"), _weights(tmp_path / "knn"))
+    with_probe = pretrain(tiny_config(mnist_root, train__knn_every=0), tmp_path / "probe", quiet=True)
+    pretrain(tiny_config(mnist_root, train__knn_every=0, train__online_probe=False), tmp_path / "none", quiet=True)
+    epochs = [r for r in map(json.loads, (tmp_path / "probe" / "metrics.jsonl").read_text().splitlines())
+              if r["stream"] == "epoch"]
+    assert [("probe_top1" in r) for r in epochs] == [True, True] and all(0 <= r["probe_top1"] <= 100 for r in epochs)
+    steps = [r for r in map(json.loads, (tmp_path / "probe" / "metrics.jsonl").read_text().splitlines())
+             if r["stream"] == "step"]
+    assert all("probe_loss" in r for r in steps)
+    # Without the kNN monitor, the probe chooses best.pt; the meta says so.
+    assert with_probe["best_metric"] == "probe_top1"
+    meta = json.loads((tmp_path / "probe" / "meta.json").read_text())
+    assert meta["best_by"]["metric"] == "probe_top1" and meta["online_probe"] == {"fraction": 0.125}
+    assert meta["monitor"]["query_images"] == 16  # held out of training, as the kNN monitor's
+    assert "online linear probe (chooses best.pt)" in (tmp_path / "probe" / "report" / "summary.md").read_text()
+    assert json.loads((tmp_path / "none" / "meta.json").read_text())["best_by"]["metric"] == "loss"
+
+
+def test_best_by_names_a_monitor_that_runs(mnist_root, tmp_path):
+    with pytest.raises(SelfsupError, match="train.best_by=knn_top1 needs that monitor, but train.knn_every is 0"):
+        pretrain(tiny_config(mnist_root, train__knn_every=0, train__best_by="knn_top1"), tmp_path / "a", quiet=True)
+    with pytest.raises(SelfsupError, match="train.online_probe is off"):
+        pretrain(tiny_config(mnist_root, train__online_probe=False, train__best_by="probe_top1"), tmp_path / "b",
+                 quiet=True)
+    summary = pretrain(tiny_config(mnist_root, train__best_by="probe_top1"), tmp_path / "c", quiet=True)
+    assert summary["best_metric"] == "probe_top1"  # chosen over the kNN monitor that also runs
+
+
+def test_the_online_probe_learns_a_linear_class_structure():
+    from selfsup.data import ImageDataset
+    from selfsup.eval.probe import OnlineProbe
+    from selfsup.views import EvalView
+
+    torch.manual_seed(0)
+    targets = torch.arange(256) % 4
+    images = torch.randint(0, 40, (256, 1, 8, 8), dtype=torch.uint8)
+    for i, label in enumerate(targets.tolist()):
+        images[i, 0, 2 * label:2 * label + 2] = 220
+    network = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 16), torch.nn.BatchNorm1d(16))
+    network.num_features = 16
+    before = {k: v.clone() for k, v in network.state_dict().items()}
+    queries = ImageDataset(images[192:], targets[192:], ["a", "b", "c", "d"])
+    probe = OnlineProbe(network, 16, 4, EvalView(8, (0.3,), (0.3,)), queries, fraction=0.5,
+                        device=torch.device("cpu"))
+    network.train()
+    assert probe.evaluate()["probe_top1"] < 60
+    for epoch in range(20):
+        for start in range(0, 192, 32):
+            row = probe.step(images[start:start + 32], targets[start:start + 32])
+    assert row["probe_loss"] > 0 and probe.evaluate()["probe_top1"] > 90
+    assert network.training and all(torch.equal(v, before[k]) for k, v in network.state_dict().items())
+    state = probe.state_dict()
+    fresh = OnlineProbe(network, 16, 4, EvalView(8, (0.3,), (0.3,)), queries, device=torch.device("cpu"))
+    fresh.load_state_dict(state)
+    assert fresh.evaluate() == probe.evaluate()
+    assert probe.step(images[:8], torch.full((8,), -1)) == {}  # no labels: nothing to learn from

@@ -181,10 +181,11 @@ def test_report_of_a_run_and_a_comparison_in_a_real_browser(pretrained_run, tmp_
         assert section in markdown
     entry = next(iter(json.loads((pretrained_run / "eval" / "results.json").read_text()).values()))
     assert np.array(entry["linear"]["confusion"]).sum() == 32  # the probe ran on the 32 test images
-    seen = _browser_check(out / "report.html", tmp_path / "report.png", expected_images=7)
+    seen = _browser_check(out / "report.html", tmp_path / "report.png", expected_images=8)
     assert seen["title"] == f"Run {pretrained_run.name}"
     alts = " ".join(image["alt"] for image in seen["images"])
     assert "t-SNE map" in alts and "Confusion matrix" in alts and "retrievals" in alts
+    assert "Online linear probe" in alts  # its curve beside the kNN monitor's
 
     other = tmp_path / "other" / "simclr"
     shutil.copytree(pretrained_run, other)
@@ -196,7 +197,7 @@ def test_report_of_a_run_and_a_comparison_in_a_real_browser(pretrained_run, tmp_
                                                              ("other/simclr", "resumable")]
     table = (compare / "comparison.md").read_text()
     assert "| run | method | data |" in table and "[other/simclr](" in table
-    seen = _browser_check(compare / "comparison.html", tmp_path / "comparison.png", expected_images=4)
+    seen = _browser_check(compare / "comparison.html", tmp_path / "comparison.png", expected_images=5)
     assert len(seen["links"]) == 2 and all(Path(url2pathname(urlparse(link).path)).is_file()
                                            for link in seen["links"])  # the links open each run's page
 

@@ -177,15 +177,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .recipes.evaluate import checkpoint_evaluator, pixel_evaluator
 
     protocols = ["knn", "linear"] if args.protocol == "all" else [args.protocol]
+    if "knn" in protocols:  # the conventions side by side, from the same neighbour search
+        protocols.insert(protocols.index("knn") + 1, "knn-grid")
     overrides = list(args.set)
     if args.protocol == "layers":
         return cmd_eval_layers(args, overrides)
     if args.protocol == "finetune":
         return cmd_eval_finetune(args, overrides)
-    if args.k is not None:
-        overrides.append(f"eval.knn_k={args.k}")
-    if args.temperature is not None:
-        overrides.append(f"eval.knn_temperature={args.temperature}")
+    if args.k:
+        overrides += [f"eval.knn_k={args.k[0]}", f"eval.knn_grid_k=[{', '.join(map(str, args.k))}]"]
+    if args.temperature:
+        overrides += [f"eval.knn_temperature={args.temperature[0]}",
+                      f"eval.knn_grid_temperatures=[{', '.join(map(str, args.temperature))}]"]
     if args.features is not None:
         overrides.append(f"eval.features={args.features}")
     if args.bn_recalibration is not None:
@@ -222,9 +225,27 @@ def cmd_eval(args: argparse.Namespace) -> int:
                     print(f"{evaluator.name}  {config.eval.fewshot_ways}-way {shots}-shot: {entry['top1']:.2f}% "
                           f"+- {entry['ci95']:.2f} (95%, {entry['episodes']} episodes)")
                 continue
+            if protocol == "knn-grid":
+                grid = {name: entry for name, entry in results[evaluator.name].items() if name.startswith("knn k=")
+                        and entry["k"] in config.eval.knn_grid_k
+                        and entry["temperature"] in config.eval.knn_grid_temperatures}
+                if len(grid) > 1:
+                    print(knn_grid_table(evaluator.name, grid))
+                continue
             print(f"{evaluator.name}  {protocol}: top-1 {results[evaluator.name][protocol]['top1']:.2f}%")
         print(f"results: {evaluator.out_dir / 'results.json'}")
     return 0
+
+
+def knn_grid_table(name: str, grid: dict[str, dict]) -> str:
+    """The weighted kNN at several (k, T) as a markdown table, with the conventions each row is."""
+    from .eval import markdown_table
+    from .eval.knn import KNN_CONVENTIONS
+
+    rows = [{"k": e["k"], "T": f"{e['temperature']:g}", "top-1 (%)": f"{e['top1']:.2f}",
+             "reported by": KNN_CONVENTIONS.get(e["k"], "") if e["temperature"] == 0.07 else ""}
+            for e in sorted(grid.values(), key=lambda e: (e["temperature"], e["k"]))]
+    return f"{name}  weighted kNN:\n" + markdown_table(rows, ["k", "T", "top-1 (%)", "reported by"])
 
 
 def cmd_eval_layers(args: argparse.Namespace, overrides: list[str]) -> int:
@@ -651,15 +672,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("eval", help="evaluate checkpoints: kNN, linear probe, layer-wise probe, fine-tuning",
                             epilog=EPILOG_EVAL, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("protocol", choices=["knn", "linear", "all", "layers", "finetune", "fewshot"],
-                   help="knn: weighted kNN (k=200, T=0.07); linear: logistic regression on frozen features; "
+                   help="knn: weighted kNN (k=200, T=0.07; and k=10, 20, 100, 200 side by side); linear: logistic regression on frozen features; "
                         "layers: linear probes on pooled conv1, res2..res5 features, one chart for all checkpoints; "
                         "finetune: train encoder + linear head on (a fraction of) the labels; fewshot: N-way "
                         "K-shot episodes on the test split, nearest class centroid of frozen features")
     p.add_argument("checkpoint", nargs="*", help="checkpoint files or run directories (their checkpoints/last.pt)")
     _add_config_args(p)
     p.add_argument("--pixels", action="store_true", help="evaluate raw pixels instead (the baseline)")
-    p.add_argument("--k", type=int, help="neighbours for kNN (eval.knn_k)")
-    p.add_argument("--temperature", type=float, help="kNN vote temperature (eval.knn_temperature)")
+    p.add_argument("-k", "--k", type=int, nargs="+",
+                   help="neighbours for the weighted kNN; several values give a row each, from one neighbour "
+                        "search, the first being the result kept as 'knn' (default: 200, NPID's, kept, and the "
+                        "grid 10 20 100 200 that DINO reports, solo-learn's 20 among them, printed side by side)")
+    p.add_argument("-T", "--temperature", type=float, nargs="+",
+                   help="kNN vote temperature(s) (default 0.07, as DINO, solo-learn and NPID)")
     p.add_argument("--features", choices=["backbone", "embedding"],
                    help="eval.features: pooled backbone features (default), or the method's own embedding "
                         "(NPID/PIRL memory features, SimCLR projection)")

@@ -54,8 +54,18 @@ class TrainConfig:
     knn_test_size: int = 2000
     """Monitor queries: labelled training images held out of pretraining (class-balanced, seeded)."""
     monitor_split: Literal["holdout", "test"] = "holdout"
-    """Where the monitor's queries (and so the choice of best.pt) come from: a held-out part of the
+    """Where the monitors' queries (and so the choice of best.pt) come from: a held-out part of the
     training set (default), or the test split (then best.pt is selected on test data)."""
+    online_probe: bool = True
+    """A linear classifier trained beside the run on the evaluated network's detached features of
+    labelled training images, its top-1 on the monitor's queries logged every epoch
+    (``probe_top1``; :mod:`selfsup.eval.probe`). Runs only when the training set has labels."""
+    probe_fraction: float = 0.125
+    """Share of each training batch the online probe learns from (one extra forward pass without
+    gradient of that many images)."""
+    best_by: Literal["auto", "knn_top1", "probe_top1", "loss"] = "auto"
+    """What chooses best.pt, for the whole run: auto is the kNN monitor when it runs, else the
+    online probe, else the epoch's mean loss."""
     checkpoint_every_steps: int = 0
     """Also write last.pt every N steps inside an epoch (0: only at epoch ends)."""
     sync_bn: bool = False

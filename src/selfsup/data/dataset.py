@@ -93,7 +93,9 @@ class ImageDataset:
         labeled = (self.targets >= 0).nonzero().squeeze(1)
         if count >= len(labeled):
             raise SelfsupError(f"{self.name} ({self.split}): cannot hold out {count} of its {len(labeled)} "
-                               "labelled images; lower train.knn_test_size")
+                               "labelled images as the monitors' queries; lower train.knn_test_size, use "
+                               "train.monitor_split=test, or turn the kNN monitor and the online probe off "
+                               "(train.knn_every=0 train.online_probe=false)")
         held = labeled[self.select(labeled).balanced_index(count, seed)]
         keep = torch.ones(len(self), dtype=torch.bool)
         keep[held] = False

@@ -47,6 +47,15 @@ class Loader(Protocol):
     def iterate(self, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]: ...
 
 
+class Probe(Protocol):
+    """A classifier trained beside the run on its frozen features (the online linear probe)."""
+
+    def step(self, images: torch.Tensor, targets: torch.Tensor) -> dict[str, float]: ...
+    def evaluate(self) -> dict[str, float]: ...
+    def state_dict(self) -> dict[str, Any]: ...
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
 class NonFiniteLoss(SelfsupError):
     """The loss became NaN or infinite; the weights were not updated with it."""
 
@@ -92,8 +101,9 @@ class Engine:
     """Fits ``module`` (forward(batch, progress) -> {"loss", ...}) with ``optimizer`` on ``loader``.
 
     ``monitor`` (optional) runs at epoch ends every ``monitor_every`` epochs and at the end and
-    returns metrics. One criterion chooses ``best.pt`` for the whole run: ``best_by``, a metric of
-    the monitor (higher is better; epochs where the monitor does not report it are not
+    returns metrics. ``probe`` (optional) trains after every step and reports at every epoch end
+    (the online linear probe). One criterion chooses ``best.pt`` for the whole run: ``best_by``, a
+    metric of the monitor or the probe (higher is better; epochs where it is not reported are not
     candidates), or with ``best_by`` None the epoch's mean loss (lower is better). ``meta`` is
     stored in every checkpoint (config, data facts).
     """
@@ -102,14 +112,14 @@ class Engine:
                  run_dir: str | Path, device: torch.device, precision: Precision, channels_last: bool = False,
                  clip_grad: float | None = None, clip_per_parameter: bool = False, freeze: tuple[Freeze, ...] = (),
                  monitor: Callable[[], dict[str, float]] | None = None, monitor_every: int = 1,
-                 best_by: str | None = None, meta: dict[str, Any] | None = None, seed: int = 0,
+                 probe: Probe | None = None, best_by: str | None = None, meta: dict[str, Any] | None = None, seed: int = 0,
                  log_every: int = 10, checkpoint_every_steps: int = 0, quiet: bool = False) -> None:
         self.module, self.loader, self.optimizer, self.schedule = module, loader, optimizer, schedule
         self.run_dir, self.device, self.precision = Path(run_dir), device, precision
         self.channels_last, self.clip_grad, self.clip_per_parameter = channels_last, clip_grad, clip_per_parameter
-        if best_by is not None and monitor is None:
+        if best_by is not None and monitor is None and probe is None:
             raise ValueError(f"best.pt cannot be chosen by '{best_by}' without a monitor that measures it")
-        self.monitor, self.monitor_every, self.best_by = monitor, monitor_every, best_by
+        self.monitor, self.monitor_every, self.probe, self.best_by = monitor, monitor_every, probe, best_by
         self.meta, self.seed, self.quiet = meta or {}, seed, quiet
         self.log_every, self.checkpoint_every_steps = log_every, checkpoint_every_steps
         self.rank, self.world, self.main = dist.rank(), dist.world_size(), dist.is_main()
@@ -172,6 +182,8 @@ class Engine:
         after_step = getattr(self.module, "after_step", None)
         if after_step is not None:
             after_step(self.step / total)
+        if self.probe is not None:
+            row.update(self.probe.step(images, targets))
         row.update({k: dist.all_reduce_mean(v.detach().float()).item() for k, v in out.items() if k != "loss"})
         return row
 
@@ -180,7 +192,7 @@ class Engine:
         RNG and step are as before): sizes a run to a time budget."""
         images, targets, index = next(self.loader.iterate())
         step = self.step
-        with preserved(self.module, self.optimizer, self.scaler):
+        with preserved(self.module, self.optimizer, self.scaler, *([self.probe] if self.probe is not None else [])):
             for _ in range(warmup):
                 self.train_step(images, targets, index)
             _synchronize(self.device)
@@ -211,6 +223,7 @@ class Engine:
             "rng": [list(states) for states in dist.gather_objects(rng)],
             "best": self.best, "best_name": self.best_name, "epoch_losses": self.epoch_losses,
             "train_seconds": self.train_seconds,
+            **({"online_probe": self.probe.state_dict()} if self.probe is not None else {}),
         }
 
     def save(self, best: bool = False) -> None:
@@ -235,6 +248,8 @@ class Engine:
             # Written under another criterion (or by a version that switched between two): not comparable.
             self.best, self.best_name = None, None
         self.epoch_losses = list(state["epoch_losses"])
+        if self.probe is not None and "online_probe" in state:
+            self.probe.load_state_dict(state["online_probe"])
         self.train_seconds = state["train_seconds"]
         if state["world_size"] == self.world:
             states = state["rng"][self.rank]
@@ -310,6 +325,8 @@ class Engine:
         if self.monitor is not None and ((epoch + 1) % self.monitor_every == 0 or last):
             row.update({k: round(v, 2) for k, v in self.monitor().items()})
             self.module.train()
+        if self.probe is not None:
+            row.update(self.probe.evaluate())
         metric = self.criterion["metric"]
         is_best = False
         if metric in row:  # an epoch the monitor skipped is not a candidate

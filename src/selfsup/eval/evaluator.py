@@ -23,10 +23,10 @@ from ..views import EvalView
 from .calibrate import recalibrate_batchnorm
 from .features import extract_features, pixel_features
 from .fewshot import fewshot_accuracy
-from .knn import knn_accuracy
+from .knn import KNN_CONVENTIONS, knn_accuracy, knn_grid
 from .linear import linear_probe
 
-PROTOCOLS = ("knn", "linear", "fewshot")
+PROTOCOLS = ("knn", "knn-grid", "linear", "fewshot")
 
 
 @dataclass
@@ -39,6 +39,10 @@ class EvalConfig:
     knn_k: int = 200
     knn_temperature: float = 0.07
     """NPID's weighted kNN: votes exp(cosine / T) of the k nearest training images."""
+    knn_grid_k: list[int] = field(default_factory=lambda: [10, 20, 100, 200])
+    knn_grid_temperatures: list[float] = field(default_factory=lambda: [0.07])
+    """The ``knn-grid`` protocol: every (k, T) from one neighbour search; the defaults are the
+    conventions of DINO (k 10, 20, 100, 200) and solo-learn (k 20), at T = 0.07."""
     network: Literal["auto", "student", "teacher"] = "auto"
     """Which network of a method with a momentum teacher is evaluated and exported: auto is the
     paper's choice (DINO: the teacher, as its evaluation code reads it; MoCo and BYOL: the
@@ -129,6 +133,16 @@ class Evaluator:
                             len(self.train.classes), k, temperature)
         return {"top1": round(top1, 2), "k": k, "temperature": temperature, "settings": f"k={k}, T={temperature}"}
 
+    def knn_grid(self, ks: list[int], temperatures: list[float]) -> dict[str, dict[str, Any]]:
+        """The weighted kNN at every (k, T) from one search: entries ``knn k=K, T=T`` (the conventions
+        of DINO and solo-learn side by side: :data:`~selfsup.eval.knn.KNN_CONVENTIONS`)."""
+        found = knn_grid(self.features("train"), self.train.targets, self.features("test"), self.test.targets,
+                         len(self.train.classes), ks, temperatures)
+        return {f"knn k={k}, T={t:g}": {"top1": round(top1, 2), "k": k, "temperature": t,
+                                        "settings": f"k={k}, T={t:g}" + (f" ({KNN_CONVENTIONS[k]})" if k in
+                                                                        KNN_CONVENTIONS and t == 0.07 else "")}
+                for (k, t), top1 in found.items()}
+
     def linear(self, cfg: EvalConfig, seed: int = 0) -> dict[str, Any]:
         result = linear_probe(self.features("train"), self.train.targets, self.features("test"), self.test.targets,
                               len(self.train.classes), cfg.linear_weight_decays, solver=cfg.linear_solver,
@@ -160,6 +174,8 @@ class Evaluator:
                 entries = {"linear": self.linear(cfg, seed)}
             elif protocol == "fewshot":
                 entries = self.fewshot(cfg, seed)
+            elif protocol == "knn-grid":
+                entries = self.knn_grid(cfg.knn_grid_k, cfg.knn_grid_temperatures)
             else:
                 raise SelfsupError(f"unknown protocol '{protocol}'; choose from {', '.join(PROTOCOLS)}")
             if self.recalibrate:

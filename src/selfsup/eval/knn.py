@@ -47,3 +47,27 @@ def knn_accuracy(train_features: torch.Tensor, train_labels: torch.Tensor, test_
     """Top-1 accuracy (%) of :func:`knn_predict`."""
     scores = knn_predict(train_features, train_labels, test_features, num_classes, k, temperature, weighted)
     return 100.0 * (scores.argmax(1) == test_labels).float().mean().item()
+
+
+KNN_CONVENTIONS = {10: "DINO", 20: "DINO, solo-learn", 100: "DINO", 200: "DINO, NPID (selfsup's default)"}
+"""The k each convention reports at T = 0.07: DINO's eval_knn (10, 20, 100, 200), solo-learn's
+weighted kNN (20), NPID and selfsup's default (200)."""
+
+
+@torch.no_grad()
+def knn_grid(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
+             test_labels: torch.Tensor, num_classes: int, ks: list[int], temperatures: list[float],
+             chunk_size: int = 1024) -> dict[tuple[int, float], float]:
+    """Top-1 (%) of the weighted kNN for every (k, T): the neighbours are searched once, for the
+    largest k (the nearest k of every smaller k are its first ones)."""
+    if not ks or not temperatures or min(ks) < 1 or min(temperatures) <= 0:
+        raise ValueError(f"kNN needs k >= 1 and T > 0, got k {ks} and T {temperatures}")
+    top_similarity, top_index = cosine_topk(test_features, train_features, max(ks), chunk_size)
+    results = {}
+    for k in ks:
+        labels = F.one_hot(train_labels[top_index[:, :k]], num_classes).float()         # (M, k, C)
+        for temperature in temperatures:
+            votes = (top_similarity[:, :k] / temperature).exp()
+            predicted = (labels * votes.unsqueeze(-1)).sum(1).argmax(1)
+            results[(k, temperature)] = 100.0 * (predicted == test_labels).float().mean().item()
+    return results

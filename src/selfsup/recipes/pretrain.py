@@ -22,6 +22,7 @@ from ..engine import (Batch, Engine, Freeze, Precision, Schedule, build_optimize
 from ..engine.runtime import pick_device, provenance, resolve_precision, write_json
 from ..errors import SelfsupError
 from ..eval import extract_features, knn_accuracy
+from ..eval.probe import OnlineProbe
 from ..methods import Method, build_method
 from ..report import write_report
 from ..views import EvalView, ImageInfo
@@ -66,8 +67,10 @@ class KnnMonitor:
 
 
 def monitor_sets(splits: Splits, config: RunConfig) -> tuple[ImageDataset, ImageDataset, str] | None:
+    """The kNN monitor's bank, the queries of both monitors and where they come from (None: no
+    monitor runs, or the data has no labels for one)."""
     cfg = config.train
-    if cfg.knn_every <= 0 or not splits.train.labeled:
+    if not monitors_run(config) or not splits.train.labeled:
         return None
     if cfg.monitor_split == "test":
         if splits.test is None or not splits.test.labeled:
@@ -79,6 +82,11 @@ def monitor_sets(splits: Splits, config: RunConfig) -> tuple[ImageDataset, Image
     else:
         return None
     return labeled_part(splits.train).balanced_subset(cfg.knn_bank_size, cfg.seed), queries, split
+
+
+def monitors_run(config: RunConfig) -> bool:
+    """Whether the kNN monitor or the online probe is asked for (they need labelled queries)."""
+    return config.train.knn_every > 0 or config.train.online_probe
 
 
 def choose_channels_last(config: RunConfig, method: nn.Module, images: torch.Tensor, device: torch.device,
@@ -147,7 +155,7 @@ class Pretraining:
         resumed = checkpoint.load(self.resume_from) if self.resume_from is not None else None
 
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-        hold_out = cfg.knn_test_size if cfg.knn_every > 0 and cfg.monitor_split == "holdout" else 0
+        hold_out = cfg.knn_test_size if monitors_run(config) and cfg.monitor_split == "holdout" else 0
         self.splits = load_splits(config.data, seed=cfg.seed, hold_out=hold_out, quiet=quiet or not self.main)
         self.data_info = self.splits.info()
         self.method = build_model(config, self.data_info).to(self.device)
@@ -178,19 +186,22 @@ class Pretraining:
         optimizer = build_optimizer(self.method.param_groups(), config.optim, self._schedule(total).peak_lr)
         sets = monitor_sets(self.splits, config)
         self.monitor = KnnMonitor(self.method, *sets, self.data_info, config, self.precision, self.channels_last) \
-            if sets is not None else None
+            if sets is not None and cfg.knn_every > 0 else None
+        self.probe = self._online_probe(sets[1]) if sets is not None and cfg.online_probe else None
+        monitor = self.monitor.describe() if self.monitor is not None else (
+            {"metric": "probe_top1", "queries": sets[2], "query_images": len(sets[1])} if self.probe else None)
         meta = {"config": config.to_dict(), "data": self.data_info,
                 "encoder": {"prefix": self.method.network_prefix(config.eval.network), "method": config.method_name},
-                "channels_last": self.channels_last,
-                "monitor": self.monitor.describe() if self.monitor is not None else None}
+                "channels_last": self.channels_last, "monitor": monitor,
+                "online_probe": {"fraction": cfg.probe_fraction} if self.probe is not None else None}
         self.engine = Engine(
             self.method, self.loader, optimizer, self._schedule(total), run_dir=self.run_dir, device=self.device,
             precision=self.precision, channels_last=self.channels_last, clip_grad=config.optim.clip_grad,
             clip_per_parameter=config.optim.clip_mode == "per_parameter",
             freeze=tuple(Freeze(prefix, round(epochs * self.steps_per_epoch))
                          for prefix, epochs in {**self.method.frozen_epochs(), **config.optim.freeze}.items()),
-            monitor=self.monitor, monitor_every=max(cfg.knn_every, 1),
-            best_by="knn_top1" if self.monitor is not None else None, meta=meta, seed=cfg.seed,
+            monitor=self.monitor, monitor_every=max(cfg.knn_every, 1), probe=self.probe,
+            best_by=self._best_by(), meta=meta, seed=cfg.seed,
             log_every=cfg.log_every, checkpoint_every_steps=cfg.checkpoint_every_steps, quiet=quiet)
         self.budget: dict[str, Any] | None = None
         if resumed is not None:
@@ -212,7 +223,28 @@ class Pretraining:
                 **provenance(self.device, self.precision, command), "data": self.data_info,
                 "channels_last": self.channels_last, "resumed_at_step": self.engine.step,
                 "total_steps": self.engine.schedule.total_steps, "steps_per_epoch": self.steps_per_epoch,
-                "monitor": meta["monitor"], "best_by": self.engine.criterion, "budget": self.budget})
+                "monitor": meta["monitor"], "online_probe": meta["online_probe"], "best_by": self.engine.criterion,
+                "budget": self.budget})
+
+    def _online_probe(self, queries: ImageDataset) -> OnlineProbe:
+        network, data = self.method.network(self.config.eval.network), self.data_info
+        return OnlineProbe(network, network.num_features, len(data["classes"]),
+                           EvalView(data["image_size"], data["mean"], data["std"]), queries,
+                           fraction=self.config.train.probe_fraction, device=self.device,
+                           autocast_dtype=self.precision.dtype, channels_last=self.channels_last,
+                           batch_size=self.config.eval.batch_size)
+
+    def _best_by(self) -> str | None:
+        """The metric that chooses best.pt (None: the loss), from ``train.best_by``."""
+        wanted, knn, probe = self.config.train.best_by, self.monitor is not None, self.probe is not None
+        if wanted == "auto":
+            return "knn_top1" if knn else "probe_top1" if probe else None
+        if (wanted == "knn_top1" and not knn) or (wanted == "probe_top1" and not probe):
+            why = "train.knn_every is 0" if wanted == "knn_top1" and self.config.train.knn_every <= 0 else \
+                "train.online_probe is off" if wanted == "probe_top1" and not self.config.train.online_probe else \
+                "the training data has no labels (or no held-out queries)"
+            raise SelfsupError(f"train.best_by={wanted} needs that monitor, but {why}; use train.best_by=auto or loss")
+        return None if wanted == "loss" else wanted
 
     def _schedule(self, total_steps: int) -> Schedule:
         return Schedule.from_config(self.config.optim, total_steps, self.steps_per_epoch, self.config.train.batch_size)

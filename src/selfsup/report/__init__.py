@@ -65,6 +65,8 @@ def _plot_curves(out: Path, runs: list[RunRecord], doc: Document) -> None:
     """Loss, kNN monitor and throughput curves (overlaid when there are several runs)."""
     plots = (("loss.png", "step", "loss", "step", "training loss", "Training loss"),
              ("knn.png", "epoch", "knn_top1", "epoch", "kNN top-1 (%)", "kNN monitor (queries never trained on)"),
+             ("probe.png", "epoch", "probe_top1", "epoch", "online probe top-1 (%)",
+              "Online linear probe (queries never trained on)"),
              ("test.png", "epoch", "test_top1", "epoch", "test top-1 (%)", "Test accuracy per epoch"),
              ("throughput.png", "step", "img_per_s", "step", "images / s", "Training throughput"))
     for name, stream, key, x, ylabel, title in plots:
@@ -90,10 +92,17 @@ def _facts(run: RunRecord) -> list[str]:
     if run.summary.get("train_minutes") is not None:
         facts.append(f"trained {run.summary['train_minutes']} min at {run.summary.get('img_per_s')} img/s; best "
                      f"{run.summary.get('best_metric')} = {run.summary.get('best')}")
-    monitor = run.meta.get("monitor")
-    if monitor:
-        facts.append(f"kNN monitor (chooses best.pt): {monitor['query_images']} queries from {monitor['queries']}, "
+    monitor, criterion = run.meta.get("monitor"), (run.meta.get("best_by") or {}).get("metric")
+    if monitor and "bank_images" in monitor:
+        chooses = " (chooses best.pt)" if criterion in (None, "knn_top1") else ""
+        facts.append(f"kNN monitor{chooses}: {monitor['query_images']} queries from {monitor['queries']}, "
                      f"bank of {monitor['bank_images']} training images")
+    if run.meta.get("online_probe") and monitor:
+        chooses = " (chooses best.pt)" if criterion == "probe_top1" else ""
+        facts.append(f"online linear probe{chooses}: trained on {100 * run.meta['online_probe']['fraction']:g}% of "
+                     f"each batch, top-1 on {monitor['query_images']} queries from {monitor['queries']}")
+    if criterion == "loss":
+        facts.append("best.pt: the epoch with the lowest mean loss (no monitor ran)")
     budget = run.meta.get("budget")
     if budget:
         facts.append(f"time budget {budget['minutes']:.3g} min: {budget['steps']} steps ({budget['epochs']:.2f} epochs) "
@@ -156,7 +165,8 @@ def write_report(run_dir: str | Path | RunRecord, inspection: Inspection | None 
     _plot_curves(out, [run], doc)
     epochs = read_rows(run.path, "epoch")
     if epochs:
-        columns = [c for c in ("epoch", "loss", "knn_top1", "test_top1", "minutes") if any(c in r for r in epochs)]
+        columns = [c for c in ("epoch", "loss", "knn_top1", "probe_top1", "test_top1", "minutes")
+                   if any(c in r for r in epochs)]
         doc.table([{c: r.get(c) for c in columns} for r in epochs], columns)
     if run.results:
         doc.heading("Evaluation")
