@@ -4,8 +4,10 @@ For each method's Fashion-MNIST preset (ResNet-18 at ``--width``, the preset's b
 trainer takes steps with its online probe (``train.online_probe``, 1/8 of each batch through
 the evaluated network without gradient, then one SGD step of the classifier) and with the
 probe detached, in interleaved rounds; the overhead is the ratio of the two step times within
-a round (median over rounds). The probe's end-of-epoch evaluation (the monitor's 2,000
-held-out queries, once an epoch) is timed once and reported as a share of an epoch's steps.
+a round (median over rounds). The probe's step is also timed on its own (median of
+``--probe-repeats``), a steadier measure than the paired ratio on a noisy host. The probe's
+end-of-epoch evaluation (the monitor's 2,000 held-out queries, once an epoch) is timed once
+and reported as a share of an epoch's steps.
 
     python benchmarks/online_probe.py                       # simclr, npid, byol, dino; ~5 min on 2 cores
     python benchmarks/online_probe.py --methods simclr --rounds 3
@@ -47,6 +49,7 @@ def main() -> None:
     parser.add_argument("--fraction", type=float, default=0.125)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=2, help="timed steps per variant and round")
+    parser.add_argument("--probe-repeats", type=int, default=20, help="timings of the probe's step alone")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "out" / "online_probe.json"))
     args = parser.parse_args()
@@ -81,6 +84,13 @@ def main() -> None:
                       "s/step with / without the probe", flush=True)
             overhead = [with_ / without for with_, without in zip(times["with probe"], times["without"])]
             trainer.engine.probe = probe
+            # The probe's step on its own, many times: a steadier number than the paired rounds' ratio.
+            images, targets, _ = next(trainer.loader.iterate())
+            alone = []
+            for _ in range(args.probe_repeats):
+                start = time.perf_counter()
+                probe.step(images, targets)
+                alone.append(time.perf_counter() - start)
             start = time.perf_counter()
             probe.evaluate()
             evaluate_seconds = time.perf_counter() - start
@@ -92,6 +102,8 @@ def main() -> None:
                 "seconds_per_step_with_probe": round(statistics.median(times["with probe"]), 3),
                 "seconds_per_step_without": round(statistics.median(times["without"]), 3),
                 "step_time_ratio_with_over_without": spread(overhead),
+                "probe_step_seconds_alone": round(statistics.median(alone), 4),
+                "probe_share_of_a_step": round(statistics.median(alone) / statistics.median(times["without"]), 4),
                 "evaluate_seconds": round(evaluate_seconds, 2), "query_images": len(probe.queries),
                 "evaluation_share_of_epoch": round(evaluate_seconds / (epoch_steps * step_seconds), 4),
             }

@@ -132,3 +132,24 @@ def test_bad_weights_are_refused():
         _composite(contrastive_weight=0, forward_weight=0, inverse_weight=0)
     with pytest.raises(SelfsupError, match=">= 0"):
         _composite(forward_weight=-1)
+
+
+def test_the_decoder_learns_from_the_whole_error_and_the_encoder_from_its_weight():
+    """As the reference: its decoder has an optimiser of its own (Adam ignores the 0.001), while the
+    weighted term is what the representation receives."""
+    views = None
+    grads = {}
+    for weight in (1.0, 0.001):
+        method = _composite(contrastive_weight=0, forward_weight=weight, inverse_weight=0)
+        views = views or _views(method)
+        out = method(Batch(views, torch.full((6,), -1), torch.arange(6)), 0.0)
+        assert out["loss"].item() == pytest.approx(weight * out["forward"].item(), rel=1e-5)
+        out["loss"].backward()
+        grads[weight] = {name: p.grad.clone() for name, p in method.named_parameters() if p.grad is not None}
+    decoder = [n for n in grads[1.0] if n.startswith("forward_predictor.")]
+    encoder = [n for n in grads[1.0] if n.startswith("backbone.") and grads[1.0][n].abs().sum() > 0]
+    assert decoder and encoder
+    for name in decoder:
+        assert torch.allclose(grads[0.001][name], grads[1.0][name], rtol=1e-4, atol=1e-7), name
+    for name in encoder:
+        assert torch.allclose(grads[0.001][name], 0.001 * grads[1.0][name], rtol=1e-3, atol=1e-9), name

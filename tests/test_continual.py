@@ -136,6 +136,23 @@ def test_lwf_warm_up_keeps_the_old_heads_rows_while_the_new_ones_learn():
     assert not torch.equal(learner.head.weight[:2], weight[:2])
 
 
+def test_lwf_warm_up_keeps_each_old_row_in_place_whatever_the_class_order():
+    torch.manual_seed(0)
+    encoder = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    encoder.num_features = 3
+    learner = ContinualLearner(encoder, torch.nn.Identity(), [[3, 1], [0, 2]], 4, "class")  # not ascending
+    learner.current, learner.rows_frozen_until = 1, 1.0
+    optimizer = torch.optim.SGD(learner.parameters(), lr=0.5, weight_decay=0.1)
+    weight = learner.head.weight.detach().clone()
+    out = learner(Batch([torch.randn(4, 1, 2, 2)], torch.tensor([0, 2, 0, 2]), torch.arange(4)), 0.0)
+    optimizer.zero_grad()
+    out["loss"].backward()
+    optimizer.step()
+    learner.after_step(0.0)
+    assert torch.equal(learner.head.weight[[3, 1]], weight[[3, 1]])  # row 3 is still row 3, row 1 still row 1
+    assert not torch.equal(learner.head.weight[[0, 2]], weight[[0, 2]])
+
+
 def test_lwf_keeps_the_network_from_before_each_task_and_warms_up(mnist_root, tmp_path, monkeypatch):
     start = _start(mnist_root)
     original, seen = continual_module.fit_classifier, []

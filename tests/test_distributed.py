@@ -213,3 +213,53 @@ def test_ddp_broadcasts_no_buffers_and_averages_batchnorm_statistics(mnist_root,
     results = json.loads((tmp_path / "buffers.json").read_text())
     assert results == {"broadcast_buffers": False, "bank_entry_kept_per_rank": True,
                        "norm_stats_differ_during_epoch": True, "norm_stats_equal_after_epoch": True}
+
+
+def _probe_worker(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    from selfsup.data import ImageDataset
+    from selfsup.engine import dist
+    from selfsup.eval.probe import OnlineProbe
+    from selfsup.views import EvalView
+
+    dist.init_from_env("cpu")
+    torch.manual_seed(0)
+    network = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 8))
+    network.num_features = 8
+    images = torch.randint(0, 255, (8, 1, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(rank))
+    labelled = torch.arange(8) % 3
+    queries = ImageDataset(images, labelled, ["a", "b", "c"])
+    probe = OnlineProbe(network, 8, 3, EvalView(8, (0.5,), (0.25,)), queries, fraction=1.0, device=torch.device("cpu"))
+    # Rank 1's batches have no labels (mostly unlabelled data): it must still take part, adding nothing.
+    targets = labelled if rank == 0 else torch.full((8,), -1)
+    logged = [probe.step(images, targets) for _ in range(3)]
+    none = probe.step(images, torch.full((8,), -1))  # no rank has labels: nobody steps, nobody hangs
+    torch.save({"head": {k: v.clone() for k, v in probe.head.state_dict().items()}, "logged": logged, "none": none},
+               Path(out) / f"probe-{rank}.pt")
+    dist.destroy()
+
+
+def test_the_online_probe_steps_together_when_one_rank_has_no_labels(tmp_path, one_thread):
+    mp.spawn(_probe_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"probe-{rank}.pt", weights_only=True) for rank in (0, 1)]
+    assert ranks[0]["logged"][0] and not ranks[1]["logged"][0] and ranks[0]["none"] == {}
+    for key, value in ranks[0]["head"].items():
+        if "running" not in key and "num_batches" not in key:  # BatchNorm statistics are each rank's own
+            assert torch.equal(value, ranks[1]["head"][key]), key
+    # Rank 1 added no weight: the steps are those of one process on rank 0's batches.
+    from selfsup.data import ImageDataset
+    from selfsup.eval.probe import OnlineProbe
+    from selfsup.views import EvalView
+
+    torch.manual_seed(0)
+    network = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 8))
+    network.num_features = 8
+    images = torch.randint(0, 255, (8, 1, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    labels = torch.arange(8) % 3
+    alone = OnlineProbe(network, 8, 3, EvalView(8, (0.5,), (0.25,)), ImageDataset(images, labels, ["a", "b", "c"]),
+                        fraction=1.0, device=torch.device("cpu"))
+    for _ in range(3):
+        alone.step(images, labels)
+    assert torch.allclose(alone.head.state_dict()["1.weight"], ranks[1]["head"]["1.weight"], atol=1e-6)

@@ -114,11 +114,18 @@ def test_dino_checkpoints_are_evaluated_and_exported_as_their_teacher(mnist_root
                for k in student.state_dict() if weights[f"backbone.{k}"].is_floating_point())
     evaluator, _ = checkpoint_evaluator(run, quiet=True)
     assert evaluator.name == f"dino (last, step {state['step']}, teacher)"
+    # Each network its own feature cache: the student's features are never read back as the teacher's.
+    teacher_knn = evaluator.run(["knn"], evaluator_config(run))[evaluator.name]["knn"]["top1"]
+    student_eval, _ = checkpoint_evaluator(run, ["eval.network=student"], quiet=True)
+    assert torch.equal(student_eval.features("test"), extract(student, student_eval))
+    assert torch.equal(evaluator.features("test"), extract(teacher, evaluator)) and 0 <= teacher_knn <= 100
     assert checkpoint_evaluator(run, ["eval.network=student"], quiet=True)[0].name == f"dino (last, step {state['step']})"
     from selfsup.export import export_backbone
 
     card = export_backbone(run, tmp_path / "dino.safetensors", quiet=True)
     assert card["provenance"]["network"] == "teacher"
+    assert export_backbone(run, tmp_path / "student.safetensors", network="student",
+                           quiet=True)["provenance"]["network"] == "student"
     with pytest.raises(SelfsupError, match="has no teacher network"):
         load_encoder(pretrain_simclr(mnist_root, tmp_path), ["eval.network=teacher"])
 
@@ -126,3 +133,26 @@ def test_dino_checkpoints_are_evaluated_and_exported_as_their_teacher(mnist_root
 def pretrain_simclr(mnist_root, tmp_path):
     pretrain(tiny_config(mnist_root, train__epochs=1, train__knn_every=0), tmp_path / "simclr", quiet=True)
     return tmp_path / "simclr"
+
+
+def evaluator_config(run):
+    from selfsup.recipes.evaluate import load_checkpoint_config
+
+    return load_checkpoint_config(run)[0].eval
+
+
+def extract(encoder, evaluator):
+    from selfsup.eval import extract_features
+
+    return extract_features(encoder.eval(), evaluator.test.images, evaluator.view, batch_size=512)
+
+
+def test_a_dino_vit_read_back_drops_no_paths(mnist_root, tmp_path):
+    run = tmp_path / "dino-vit"
+    pretrain(tiny_config(mnist_root, method__name="dino", method__out_dim=32, method__hidden_dim=16,
+                         method__bottleneck_dim=8, views__num_local=2, backbone__name="vit_tiny",
+                         backbone__width=64, backbone__drop_path=0.1, train__epochs=1, train__max_steps=1, train__knn_every=0,
+                         train__online_probe=False), run, quiet=True)
+    encoder, config, _ = load_encoder(run)
+    assert config.backbone.drop_path == 0.0
+    assert all(block.drop_path.rate == 0.0 for block in encoder.blocks)  # frozen-trunk probes see fixed features

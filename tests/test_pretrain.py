@@ -354,3 +354,13 @@ def test_the_online_probe_learns_a_linear_class_structure():
     fresh.load_state_dict(state)
     assert fresh.evaluate() == probe.evaluate()
     assert probe.step(images[:8], torch.full((8,), -1)) == {}  # no labels: nothing to learn from
+
+
+def test_the_online_probe_steps_aside_on_a_set_too_small_to_spare_its_queries(mnist_root, tmp_path, capsys):
+    summary = pretrain(tiny_config(mnist_root, train__knn_every=0, train__knn_test_size=80, train__epochs=1),
+                       tmp_path, quiet=False)
+    assert "note: the online probe is off: 80 training images are too few to hold out" in capsys.readouterr().out
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    assert meta["online_probe"] is None and meta["data"]["images"] == 80 and summary["best_metric"] == "loss"
+    with pytest.raises(SelfsupError, match="cannot hold out 80 of its 80"):  # asked for explicitly: refused
+        pretrain(tiny_config(mnist_root, train__knn_test_size=80, train__epochs=1), tmp_path / "knn", quiet=True)

@@ -5,6 +5,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from .errors import SelfsupError
@@ -235,6 +236,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
             print(f"{evaluator.name}  {protocol}: top-1 {results[evaluator.name][protocol]['top1']:.2f}%")
         print(f"results: {evaluator.out_dir / 'results.json'}")
     return 0
+
+
+def _numbers(kind: type) -> Callable[[str], list]:
+    """An argparse type for ``1,2,3``: a list of ``kind`` (used with ``action="extend"``)."""
+    def parse(text: str) -> list:
+        try:
+            return [kind(part) for part in text.split(",") if part.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {kind.__name__}s separated by commas, got '{text}'") from None
+    return parse
 
 
 def knn_grid_table(name: str, grid: dict[str, dict]) -> str:
@@ -516,7 +527,8 @@ def cmd_data(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from .export import export_backbone
 
-    card = export_backbone(args.checkpoint, args.out, library=args.format, onnx=args.onnx, quiet=args.quiet)
+    card = export_backbone(args.checkpoint, args.out, library=args.format, onnx=args.onnx, network=args.network,
+                           quiet=args.quiet)
     out = Path(args.out)
     check = card["recipe_check"]
     checked = (f"checked: the {args.format} model equals the encoder to {check['max_abs_diff']:.1e}"
@@ -666,6 +678,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue the run in --run-dir from checkpoints/last.pt (start it if none exists)")
     p.add_argument("--list-methods", action="store_true", help="list the methods and their presets, then exit")
     p.add_argument("--print-config", action="store_true", help="print the resolved config, then exit")
+    p.add_argument("--network", choices=("student", "teacher"),
+                   help="for methods with a momentum teacher: which network (default: the paper's, DINO's teacher)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_pretrain)
 
@@ -679,12 +693,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", nargs="*", help="checkpoint files or run directories (their checkpoints/last.pt)")
     _add_config_args(p)
     p.add_argument("--pixels", action="store_true", help="evaluate raw pixels instead (the baseline)")
-    p.add_argument("-k", "--k", type=int, nargs="+",
-                   help="neighbours for the weighted kNN; several values give a row each, from one neighbour "
-                        "search, the first being the result kept as 'knn' (default: 200, NPID's, kept, and the "
-                        "grid 10 20 100 200 that DINO reports, solo-learn's 20 among them, printed side by side)")
-    p.add_argument("-T", "--temperature", type=float, nargs="+",
-                   help="kNN vote temperature(s) (default 0.07, as DINO, solo-learn and NPID)")
+    p.add_argument("-k", "--k", type=_numbers(int), action="extend",
+                   help="neighbours for the weighted kNN, several as -k 10,20 or -k 10 -k 20: a row each from one "
+                        "neighbour search, the first kept as the 'knn' result (default: 200, NPID's, kept, and "
+                        "10, 20, 100, 200, the values DINO reports, solo-learn's 20 among them, side by side)")
+    p.add_argument("-T", "--temperature", type=_numbers(float), action="extend",
+                   help="kNN vote temperature(s), several as -T 0.05,0.1 (default 0.07: DINO, solo-learn, NPID)")
     p.add_argument("--features", choices=["backbone", "embedding"],
                    help="eval.features: pooled backbone features (default), or the method's own embedding "
                         "(NPID/PIRL memory features, SimCLR projection)")
@@ -865,6 +879,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--onnx", nargs="?", const="", default=None, metavar="PATH",
                    help="also write the encoder as ONNX (default path: OUT with .onnx), with a dynamic batch, and "
                         "check it with onnxruntime against PyTorch (needs pip install 'selfsup[export]')")
+    p.add_argument("--network", choices=("student", "teacher"),
+                   help="for methods with a momentum teacher: which network (default: the paper's, DINO's teacher)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_export)
 

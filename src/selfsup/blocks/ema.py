@@ -13,6 +13,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from ..models.vit import without_drop_path
+
 BufferPolicy = Literal["copy", "average", "keep"]
 
 
@@ -66,12 +68,13 @@ class Teacher(nn.Module):
 
     ``follow(backbone, head, momentum)`` moves it towards the student after an optimiser step;
     ``buffers`` is the :func:`ema_update` policy for BatchNorm statistics (``keep``: the teacher
-    runs in train mode and keeps its own, as in MoCo, BYOL and DINO).
+    runs in train mode and keeps its own, as in MoCo, BYOL and DINO). A student ViT's stochastic
+    depth is switched off in the teacher (DINO builds its teacher without it).
     """
 
     def __init__(self, backbone: nn.Module, head: nn.Module, buffers: BufferPolicy = "keep") -> None:
         super().__init__()
-        self.backbone = frozen_copy(backbone)
+        self.backbone = without_drop_path(frozen_copy(backbone))
         self.head = frozen_copy(head)
         self.buffers = buffers
 

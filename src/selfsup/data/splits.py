@@ -57,13 +57,15 @@ class Splits:
 
 
 def load_splits(cfg: DataConfig, *, seed: int = 0, labeled: bool = False, hold_out: int = 0,
-                quiet: bool = False) -> Splits:
+                hold_out_optional: bool = False, quiet: bool = False) -> Splits:
     """The train and test sets of ``cfg``.
 
     ``labeled=True`` (evaluation): only labelled training images (STL-10's ``unlabeled`` part is
     dropped), and a labelled test split is required. ``hold_out=N`` (pretraining with a kNN
     monitor): a seeded, class-balanced set of N labelled training images is kept out of the
     training set, so that the monitor (and ``best.pt``) never looks at the test split.
+    ``hold_out_optional``: a training set with fewer than twice N labelled images keeps them all
+    (``held_out`` is None) instead of refusing.
     """
     common = dict(name=cfg.name, root=cfg.root, image_size=cfg.image_size, download=cfg.download,
                   skip_bad=cfg.skip_bad, quiet=quiet)
@@ -75,7 +77,8 @@ def load_splits(cfg: DataConfig, *, seed: int = 0, labeled: bool = False, hold_o
     if labeled:
         train = train.select((train.targets >= 0).nonzero().squeeze(1)) if train.labeled else train
     elif hold_out > 0 and train.labeled:
-        train, held_out = train.split_off(hold_out, seed)
+        if not (hold_out_optional and 2 * hold_out > int((train.targets >= 0).sum())):
+            train, held_out = train.split_off(hold_out, seed)
     if cfg.subset is not None and not labeled:
         train = train.balanced_subset(cfg.subset, seed)
     if cfg.label_noise:

@@ -184,7 +184,8 @@ class Engine:
             after_step(self.step / total)
         if self.probe is not None:
             row.update(self.probe.step(images, targets))
-        row.update({k: dist.all_reduce_mean(v.detach().float()).item() for k, v in out.items() if k != "loss"})
+        row.update({k: dist.all_reduce_mean(v.detach().float().to(loss.device)).item() for k, v in out.items()
+                    if k != "loss"})
         return row
 
     def time_steps(self, count: int, warmup: int = 1) -> float:
@@ -347,10 +348,9 @@ def clip_each_parameter(params: list[torch.Tensor], max_norm: float) -> torch.Te
     ``clip_gradients``: factor max_norm / (norm + 1e-6) where it is below 1); returns the global
     norm before clipping, for the log."""
     norms = torch.stack([p.grad.detach().float().norm() for p in params]) if params else torch.zeros(1)
-    for param, norm in zip(params, norms):
-        factor = max_norm / (norm + 1e-6)
-        if factor < 1:
-            param.grad.mul_(factor)
+    factors = (max_norm / (norms + 1e-6)).clamp(max=1.0)  # on the device: no host sync per parameter
+    for param, factor in zip(params, factors):
+        param.grad.mul_(factor.to(param.grad.dtype))
     return norms.norm()
 
 

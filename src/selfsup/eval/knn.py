@@ -63,11 +63,14 @@ def knn_grid(train_features: torch.Tensor, train_labels: torch.Tensor, test_feat
     if not ks or not temperatures or min(ks) < 1 or min(temperatures) <= 0:
         raise ValueError(f"kNN needs k >= 1 and T > 0, got k {ks} and T {temperatures}")
     top_similarity, top_index = cosine_topk(test_features, train_features, max(ks), chunk_size)
-    results = {}
-    for k in ks:
-        labels = F.one_hot(train_labels[top_index[:, :k]], num_classes).float()         # (M, k, C)
-        for temperature in temperatures:
-            votes = (top_similarity[:, :k] / temperature).exp()
-            predicted = (labels * votes.unsqueeze(-1)).sum(1).argmax(1)
-            results[(k, temperature)] = 100.0 * (predicted == test_labels).float().mean().item()
-    return results
+    correct = {(k, t): 0 for k in ks for t in temperatures}
+    for similarity, index, truth in zip(top_similarity.split(chunk_size), top_index.split(chunk_size),
+                                        test_labels.split(chunk_size)):
+        neighbours = train_labels[index]                                                  # (m, K)
+        for k in ks:
+            for temperature in temperatures:
+                votes = (similarity[:, :k] / temperature).exp()
+                scores = torch.zeros(len(index), num_classes, device=votes.device).scatter_add_(
+                    1, neighbours[:, :k], votes)
+                correct[(k, temperature)] += (scores.argmax(1) == truth).sum().item()
+    return {key: 100.0 * count / len(test_labels) for key, count in correct.items()}

@@ -69,27 +69,38 @@ class OnlineProbe:
             return self.network(x).float()
 
     def step(self, images: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
-        """One SGD step of the classifier on the first labelled ``fraction`` of a training batch."""
+        """One SGD step of the classifier on the first labelled ``fraction`` of a training batch.
+
+        Every process takes part in the gradient's all-reduce, also one whose batch holds fewer
+        than two labelled images (mostly unlabelled data, STL-10's): it adds a zero gradient and no
+        weight, and when no process has enough, no process steps."""
         labelled = (targets >= 0).nonzero().squeeze(1)
         count = min(len(labelled), max(2, round(self.fraction * len(images))))
-        if count < 2:  # BatchNorm needs two samples; no labels here
-            return {}
-        chosen = labelled[:count]
-        features = self.features(images[chosen])
-        labels = targets[chosen].to(self.device)
-        self.head.train()
-        logits = self.head(features)
-        loss = F.cross_entropy(logits, labels)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        for param in self.head.parameters():  # one classifier on every process
-            param.grad = dist.all_reduce_mean(param.grad)
+        count = count if count >= 2 else 0  # BatchNorm needs two samples
+        self.optimizer.zero_grad(set_to_none=False)
+        logged: dict[str, float] = {}
+        if count:
+            chosen = labelled[:count]
+            features = self.features(images[chosen])
+            labels = targets[chosen].to(self.device)
+            self.head.train()
+            logits = self.head(features)
+            loss = F.cross_entropy(logits, labels)
+            (loss * count).backward()  # summed over processes below, then divided by all their samples
+            logged = {"probe_loss": loss.item(), "probe_accuracy": (logits.argmax(1) == labels).float().mean().item()}
+        grads = [param.grad if param.grad is not None else torch.zeros_like(param) for param in self.head.parameters()]
+        total = dist.all_reduce_mean(torch.tensor(float(count), device=self.device))
+        if total.item() == 0:
+            return logged
+        for param, grad in zip(self.head.parameters(), grads):  # one classifier on every process
+            param.grad = dist.all_reduce_mean(grad) / total
         self.optimizer.step()
-        return {"probe_loss": loss.item(), "probe_accuracy": (logits.argmax(1) == labels).float().mean().item()}
+        return logged
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         """Top-1 (%) of the classifier on the queries (computed on the main process and shared)."""
+        dist.average_norm_statistics(self.head)  # each process's BatchNorm saw its own batches
         accuracy = None
         if dist.is_main():
             self.head.eval()

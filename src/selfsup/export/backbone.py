@@ -84,10 +84,12 @@ def check_recipe(target: Target, encoder: torch.nn.Module, weights_file: Path, i
 
 
 def export_backbone(checkpoint_path: str | Path, out: str | Path, library: str = "torchvision",
-                    onnx: str | Path | None = None, quiet: bool = False) -> dict:
+                    onnx: str | Path | None = None, network: str | None = None, quiet: bool = False) -> dict:
     """Write the encoder of ``checkpoint_path`` as a ``library`` (torchvision or timm) state dict to
     ``out`` (.safetensors or .pt), its card to ``out``.json and, when ``onnx`` is given, an ONNX
-    file (``""``: ``out`` with the suffix .onnx) checked with onnxruntime. Returns the card."""
+    file (``""``: ``out`` with the suffix .onnx) checked with onnxruntime. ``network`` (student or
+    teacher; None: the one the method's paper evaluates, DINO's teacher) for methods with a
+    momentum teacher. Returns the card."""
     out = Path(out)
     if out.suffix not in WEIGHT_SUFFIXES:
         raise SelfsupError(f"--out {out}: use a .safetensors (recommended) or .pt file name")
@@ -105,7 +107,7 @@ def export_backbone(checkpoint_path: str | Path, out: str | Path, library: str =
             bar.set_postfix_str(name)
 
         step("read checkpoint")
-        encoder, config, state = load_encoder(checkpoint_path)
+        encoder, config, state = load_encoder(checkpoint_path, [f"eval.network={network}"] if network else [])
         encoder.eval()
         backbone_name = config.backbone.name
         kind = "ViT" if isinstance(encoder, VisionTransformer) else "ResNet"

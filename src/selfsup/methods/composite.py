@@ -34,6 +34,19 @@ TRANSFORM_DIM = 5
 """Centre shift (x, y), log size ratio (w, h), mirrored: :func:`selfsup.views.relative_transform`."""
 
 
+class ScaleGradient(torch.autograd.Function):
+    """Identity forward; the gradient multiplied by ``scale`` on its way back."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:  # noqa: ANN001
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # noqa: ANN001
+        return grad * ctx.scale, None
+
+
 class PixelDecoder(nn.Module):
     """(B, D) representation -> (B, C, H, W) image: a linear layer to a 64-channel map of a quarter
     of the side, then two stride-2 transposed convolutions (as the reference's deconvolutional
@@ -59,7 +72,9 @@ class Composite(Method):
     - contrastive (``contrastive_weight``, 1): NT-Xent between the views' projections (SimCLR).
     - forward-predictive (``forward_weight``, 0.001): a :class:`PixelDecoder` reconstructs each
       view's pixels (as normalised for the network) from the other view's z; mean squared error,
-      the two directions summed as in the reference.
+      the two directions summed as in the reference. The weight scales what reaches the encoder;
+      the decoder itself learns from the unweighted error, as in the reference, which trains it
+      with an optimiser of its own (Adam, whose steps ignore the 0.001).
     - inverse-predictive (``inverse_weight``, 0.001): mse(z_a, z_b) + mse(z_b, z_a), gradient
       through both views: the representations predict each other, which leaves out what only one
       view holds (its crop, its colours).
@@ -126,7 +141,8 @@ class Composite(Method):
             terms["contrastive"] = nt_xent(proj_a, proj_b, self.temperature)
         if self.weights["forward"]:
             if self.forward_target == "pixels":
-                rebuilt_b, rebuilt_a = self.forward_predictor(torch.cat([z_a, z_b])).float().chunk(2)
+                z = ScaleGradient.apply(torch.cat([z_a, z_b]), self.weights["forward"])
+                rebuilt_b, rebuilt_a = self.forward_predictor(z).float().chunk(2)
                 terms["forward"] = F.mse_loss(rebuilt_b, view_b.float()) + F.mse_loss(rebuilt_a, view_a.float())
             else:
                 pred_a, pred_b = self.forward_predictor(torch.cat([proj_a, proj_b])).chunk(2)
@@ -139,4 +155,14 @@ class Composite(Method):
             terms["transform"] = F.smooth_l1_loss(self.transform_predictor(torch.cat([feat_a, feat_b], 1)).float(),
                                                   transform.float())
         loss = sum(self.weights[name] * term for name, term in terms.items())
+        if self.weights["forward"] and self.forward_target == "pixels":
+            # Value: the weighted sum; gradient: the whole error to the decoder, its weight to z (above).
+            forward_term = terms["forward"]
+            loss = loss + (1 - self.weights["forward"]) * (forward_term - forward_term.detach())
         return {"loss": loss, **{name: term.detach() for name, term in terms.items()}}
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        if not hasattr(self, "projector"):
+            raise SelfsupError("this composite objective has no projection head (no contrastive or latent forward "
+                               "term); use eval.features=backbone")
+        return super().embed(x)

@@ -12,7 +12,6 @@ from ..blocks import Teacher, forward_by_resolution, momentum_schedule
 from ..engine import Batch, dist
 from ..losses import dino_loss
 from ..models.heads import DINOHead
-from ..models.vit import without_drop_path
 from ..views import MultiCropViews
 from .base import Method
 
@@ -70,8 +69,7 @@ class DINO(Method):
             raise ValueError(f"teacher_warmup is a fraction of training in [0, 1), got {teacher_warmup}")
         self.head = DINOHead(backbone.num_features, out_dim, hidden_dim, bottleneck_dim,
                              norm_last_layer=norm_last_layer)
-        self.teacher = Teacher(self.backbone, self.head)
-        without_drop_path(self.teacher)  # the reference builds its teacher ViT without stochastic depth
+        self.teacher = Teacher(self.backbone, self.head)  # without the student's stochastic depth, as the reference
         self.register_buffer("center", torch.zeros(out_dim))
         self.student_temperature, self.teacher_temperature = student_temperature, teacher_temperature
         self.teacher_temperature_start = teacher_temperature if teacher_temperature_start is None \

@@ -49,7 +49,7 @@ from torch import nn
 
 from ..blocks.ema import frozen_copy
 from ..data import ImageDataset
-from ..engine import Batch, checkpoint
+from ..engine import Batch, checkpoint, dist
 from ..engine.runtime import write_json
 from ..errors import SelfsupError
 from ..eval import markdown_table
@@ -140,11 +140,12 @@ class ContinualLearner(Classifier):
     def forward(self, batch: Batch, progress: float) -> dict[str, torch.Tensor]:
         features = self.encoder(batch.views[0])
         if progress < self.rows_frozen_until:  # LwF's warm-up: theta_o fixed, its rows take no gradient
+            rows = self.old_rows().to(features.device)
             old = torch.zeros(self.head.out_features, dtype=torch.bool, device=features.device)
-            old[self.old_rows().to(features.device)] = True
+            old[rows] = True
             weight = torch.where(old[:, None], self.head.weight.detach(), self.head.weight)
             bias = torch.where(old, self.head.bias.detach(), self.head.bias)
-            self._kept_rows = (self.head.weight[old].detach().clone(), self.head.bias[old].detach().clone())
+            self._kept_rows = (self.head.weight[rows].detach().clone(), self.head.bias[rows].detach().clone())
             logits = F.linear(features, weight, bias).float()
         else:
             self._kept_rows = None
@@ -162,7 +163,9 @@ class ContinualLearner(Classifier):
 
     @torch.no_grad()
     def after_step(self, progress: float) -> None:
-        if self._kept_rows is not None:  # weight decay moved them in the step: put them back
+        # Weight decay moved them in the step: put them back (their momentum holds only that decay
+        # term, which fades within a few steps of the warm-up's end).
+        if self._kept_rows is not None:
             rows = self.old_rows().to(self.head.weight.device)
             self.head.weight[rows], self.head.bias[rows] = self._kept_rows
             self._kept_rows = None
@@ -256,7 +259,7 @@ def run_sequence(start: StartingPoint, out_dir: str | Path, training: Classifier
             learner.rows_frozen_until = 0.0
             if settings.strategy == "lwf" and task > 0:
                 learner.keep_old_network()
-                steps_per_epoch = max(1, len(task_train) // task_settings.batch_size)
+                steps_per_epoch = max(1, len(task_train) // (task_settings.batch_size // dist.world_size()))
                 total = task_settings.steps or task_settings.epochs * steps_per_epoch
                 learner.rows_frozen_until = round(task_settings.head_warmup_epochs * steps_per_epoch) / total
             meta = classifier_meta(start.config, start.data, origin=f"continual {settings.strategy} "

@@ -51,12 +51,16 @@ def load_encoder(path: str | Path, overrides: list[str] = (), head_layers: int =
         method = build_model(config, data)
         checkpoint.load_weights(method, state["model"], state["path"])
         return method.fine_tune_trunk(head_layers), config, state
+    # Stochastic depth is a pretraining regulariser (DINO's student): a network read back to be
+    # evaluated, probed on a frozen trunk or transferred drops no paths.
+    config.backbone = dataclasses.replace(config.backbone, drop_path=0.0)
     if saved.get("head_layers"):
         encoder = build_model(config, data).fine_tune_trunk(saved["head_layers"])
     else:
         encoder = config.backbone.build(data["channels"], data["image_size"])
     prefix = saved.get("prefix", "backbone")
-    if "classifier" not in state and not saved.get("head_layers"):  # a pretraining run: its student or teacher
+    if "classifier" not in state and "imported" not in state and not saved.get("head_layers"):
+        # A pretraining run: its student or its teacher, as eval.network says.
         method = get_method(config.method_name)
         prefix = method.network_prefix(config.eval.network)
         network = "teacher" if prefix == method.teacher_prefix else "student"
@@ -122,8 +126,11 @@ def checkpoint_evaluator(path: str | Path, overrides: list[str] = (), out_dir: P
     key = {"stem": ckpt_path.stem + ("-embedding" if embedding else ""), "checkpoint": str(ckpt_path.resolve()),
            "step": state["step"], "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
     method = state.get("encoder", {}).get("method", config.method_name)
-    if not embedding and state.get("encoder", {}).get("network") == "teacher":
+    teacher = not embedding and state.get("encoder", {}).get("network") == "teacher"
+    if teacher:
         suffix = ", teacher"
+        key["stem"] += "-teacher"  # its own feature cache: never the student's features under its name
+    key["prefix"] = state.get("encoder", {}).get("prefix", "backbone")
     name = f"{method} ({ckpt_path.stem}, step {state['step']}{suffix})"
     evaluator = Evaluator(name, splits.train, splits.test, EvalView(data["image_size"], data["mean"], data["std"]),
                           out_dir or default_output_dir(Path(path)), module, device=config.train.device,

@@ -156,7 +156,13 @@ class Pretraining:
 
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
         hold_out = cfg.knn_test_size if monitors_run(config) and cfg.monitor_split == "holdout" else 0
-        self.splits = load_splits(config.data, seed=cfg.seed, hold_out=hold_out, quiet=quiet or not self.main)
+        # The probe is on by default: on a labelled set too small to spare its queries it steps aside
+        # (the kNN monitor, asked for explicitly, refuses instead).
+        self.splits = load_splits(config.data, seed=cfg.seed, hold_out=hold_out, hold_out_optional=cfg.knn_every <= 0,
+                                  quiet=quiet or not self.main)
+        if hold_out and self.splits.held_out is None and self.splits.train.labeled and self.main and not quiet:
+            print(f"note: the online probe is off: {len(self.splits.train)} training images are too few to hold out "
+                  f"train.knn_test_size={hold_out} queries (lower it, or train.monitor_split=test)")
         self.data_info = self.splits.info()
         self.method = build_model(config, self.data_info).to(self.device)
         if world > 1 and cfg.sync_bn:

@@ -121,10 +121,11 @@ class SemiSupervised(Classifier):
         """What a run of ``total_steps`` cannot show of this method (ends inside its ramp, an EMA that
         still holds the initial weights)."""
         name, found = type(self).__name__, []
-        if self.weight and self.rampup_steps > total_steps:
+        if self.weight and self.rampup_steps >= total_steps:
+            last = RAMPS[self.ramp](total_steps - 1, self.rampup_steps)  # the last step's forward is at total - 1
             found.append(f"{name}'s unlabelled weight ramps up over {self.rampup_steps} steps (the paper's length); "
-                         f"this run has {total_steps}, so it ends at {100 * self.unlabelled_weight(total_steps) / (self.weight * self.label_scale):.1f}% "
-                         "of the weight: set the ramp (--rampup-steps) for a run this short")
+                         f"this run has {total_steps}, so it ends at {100 * last:.1f}% of the weight: set the ramp "
+                         "(--rampup-steps) for a run this short")
         if self.eval_ema and self.eval_ema ** total_steps > 0.05:
             found.append(f"{name} is evaluated as the moving average of its weights (decay {self.eval_ema:g}, as its "
                          f"paper), which after {total_steps} steps still holds {100 * self.eval_ema ** total_steps:.0f}% of "
