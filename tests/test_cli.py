@@ -51,7 +51,7 @@ def test_pretrain_eval_report(trained_run, capsys):
     assert main(["eval", "knn", str(trained_run), "--quiet"]) == 0
     printed = capsys.readouterr().out
     assert "| k | T | top-1 (%) | reported by |" in printed and "| 20 | 0.07 |" in printed
-    assert "DINO, solo-learn |" in printed and "DINO, NPID (selfsup's default) |" in printed
+    assert "DINO, solo-learn |" in printed and "DINO, NPID, selfsup's default |" in printed
     assert main(["eval", "knn", str(trained_run), "-k", "5,50", "-T", "0.07", "-T", "0.1", "--quiet"]) == 0
     entries = json.loads((trained_run / "eval" / "results.json").read_text())["simclr (last, step 4)"]
     assert {"knn k=5, T=0.07", "knn k=50, T=0.1"} <= set(entries) and entries["knn"]["k"] == 5

@@ -49,7 +49,7 @@ def knn_accuracy(train_features: torch.Tensor, train_labels: torch.Tensor, test_
     return 100.0 * (scores.argmax(1) == test_labels).float().mean().item()
 
 
-KNN_CONVENTIONS = {10: "DINO", 20: "DINO, solo-learn", 100: "DINO", 200: "DINO, NPID (selfsup's default)"}
+KNN_CONVENTIONS = {10: "DINO", 20: "DINO, solo-learn", 100: "DINO", 200: "DINO, NPID, selfsup's default"}
 """The k each convention reports at T = 0.07: DINO's eval_knn (10, 20, 100, 200), solo-learn's
 weighted kNN (20), NPID and selfsup's default (200)."""
 
