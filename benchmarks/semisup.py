@@ -30,9 +30,10 @@ from selfsup.config import apply_overrides, find_config, read_yaml, resolve
 from selfsup.engine import OptimConfig
 from selfsup.engine.runtime import pick_device, provenance, resolve_precision, write_json
 from selfsup.eval import markdown_table
-from selfsup.recipes.classifier import ClassifierTraining, StartingPoint
-from selfsup.semisup import METHODS as SEMISUP_METHODS
-from selfsup.semisup.recipe import SemiSupervisedSettings, semisup_sweep
+from selfsup.recipes.classifier import ClassifierTraining
+from selfsup.recipes.loading import StartingPoint
+from selfsup.learners.semisup import METHODS as SEMISUP_METHODS
+from selfsup.recipes.semisup import SemiSupervisedSettings, semisup_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 MAIN = ("labels-only", "labels-only@mu7", "fixmatch", "mean-teacher")

@@ -8,10 +8,11 @@ import pytest
 import torch
 import yaml
 
+import selfsup
 from conftest import tiny_overrides, write_cifar, write_image_folder, write_stl10
 from selfsup.cli import main
 from selfsup.config import load_config
-from selfsup.recipes.evaluate import load_encoder
+from selfsup.recipes.loading import load_encoder
 from selfsup.views import EvalView
 
 CONFIGS = Path(__file__).resolve().parents[1] / "src" / "selfsup" / "configs"
@@ -103,6 +104,9 @@ def test_list_methods_print_config_and_help(capsys):
     with pytest.raises(SystemExit):
         main(["pretrain", "--help"])
     assert "--resume" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.strip() == f"selfsup {selfsup.__version__}"
 
 
 def test_demo_runs_end_to_end(mnist_root, tmp_path, capsys):

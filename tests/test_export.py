@@ -14,8 +14,7 @@ import torch
 from selfsup.cli import main
 from selfsup.config import resolve
 from selfsup.engine import checkpoint
-from selfsup.recipes.evaluate import load_encoder
-from selfsup.recipes.pretrain import build_model
+from selfsup.recipes.loading import build_model, load_encoder
 
 DATA = {"dataset": "fashion_mnist", "images": 64, "channels": 1, "image_size": 16, "mean": [0.286], "std": [0.353],
         "classes": ["a", "b", "c", "d"], "skipped": 0, "held_out": 0}

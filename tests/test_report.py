@@ -228,9 +228,9 @@ def test_report_of_a_run_without_a_usable_checkpoint_shows_its_curves_and_says_w
 
 
 def test_report_of_a_fine_tuned_run_draws_its_own_heads_confusion_matrix(pretrained_run, tmp_path, capsys):
-    from selfsup.recipes.classifier import classify_all
+    from selfsup.learners import classify_all
     from selfsup.recipes.evaluate import checkpoint_evaluator
-    from selfsup.recipes.finetune import load_classifier
+    from selfsup.recipes.loading import load_classifier
 
     run = tmp_path / "tuned"
     assert main(["eval", "finetune", str(pretrained_run), "--steps", "3", "--batch-size", "8", "--run-dir", str(run),

@@ -13,7 +13,7 @@ from selfsup.engine import Batch
 from selfsup.engine.optim import split_groups
 from selfsup.errors import SelfsupError
 from selfsup.losses import info_nce
-from selfsup.recipes.pretrain import build_model
+from selfsup.recipes.loading import build_model
 
 DATA = {"channels": 3, "image_size": 16, "mean": [0.5] * 3, "std": [0.25] * 3, "images": 64}
 

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from . import __version__
 from .errors import SelfsupError
 
 EPILOG_PRETRAIN = """\
@@ -363,7 +364,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
 def _starting_point(args: argparse.Namespace):  # noqa: ANN202
     """A checkpoint's encoder (``--set`` changes its config), or with ``-c`` a config's backbone at
     random initialisation seeded by ``--seed``."""
-    from .recipes.classifier import StartingPoint
+    from .recipes.loading import StartingPoint
 
     if args.checkpoint and args.config:
         raise SelfsupError("give a checkpoint to start from or a config (-c) for a random initialisation, not both")
@@ -411,7 +412,7 @@ def cmd_continual(args: argparse.Namespace) -> int:
 def cmd_semisup(args: argparse.Namespace) -> int:
     import yaml
 
-    from .semisup.recipe import SemiSupervisedSettings, semisup, semisup_sweep
+    from .recipes.semisup import SemiSupervisedSettings, semisup, semisup_sweep
 
     bad = [item for item in args.option if "=" not in item]
     if bad:
@@ -662,7 +663,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="selfsup", description="Self-supervised visual representation learning: pretrain, evaluate, export.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--version", action="version", version="selfsup 0.1.0")
+    parser.add_argument("--version", action="version", version=f"selfsup {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = commands.add_parser("pretrain", help="pretrain an encoder with a self-supervised method",

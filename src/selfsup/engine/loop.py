@@ -39,6 +39,19 @@ class Batch(NamedTuple):
     index: torch.Tensor
 
 
+class Trainable(Protocol):
+    """What the engine fits (a self-supervised method, a learner): a module whose ``views`` turn a
+    uint8 batch into its inputs, whose forward returns ``{"loss": ..., other scalars to log}``, and
+    whose ``param_groups`` name its parameter groups (``lr_scale`` / ``wd_scale`` per group). An
+    ``after_step(progress)`` method, when it has one, runs after each optimiser step (EMA teachers,
+    momentum schedules)."""
+
+    views: Callable[[torch.Tensor], list[torch.Tensor]]
+
+    def __call__(self, batch: Batch, progress: float) -> dict[str, torch.Tensor]: ...
+    def param_groups(self) -> list[dict[str, Any]]: ...
+
+
 class Loader(Protocol):
     batch_size: int
 
@@ -57,7 +70,8 @@ class Probe(Protocol):
 
 
 class NonFiniteLoss(SelfsupError):
-    """The loss became NaN or infinite; the weights were not updated with it."""
+    """The loss became NaN or infinite; the weights and the optimiser were not updated with it (state a
+    forward updates, such as a queue or a centre, may have moved: the run resumes from ``last.pt``)."""
 
 
 @dataclass(frozen=True)
@@ -98,7 +112,8 @@ def preserved(module: nn.Module, *others: Any) -> Iterator[None]:
 
 
 class Engine:
-    """Fits ``module`` (forward(batch, progress) -> {"loss", ...}) with ``optimizer`` on ``loader``.
+    """Fits ``module`` (a :class:`Trainable`: forward(batch, progress) -> {"loss", ...}) with ``optimizer``
+    on ``loader``.
 
     ``monitor`` (optional) runs at epoch ends every ``monitor_every`` epochs and at the end and
     returns metrics. ``probe`` (optional) trains after every step and reports at every epoch end
@@ -128,8 +143,9 @@ class Engine:
         self.freezes = [(spec, [p for p in module.parameters() if names[id(p)].startswith(spec.prefix)],
                          [m for n, m in module.named_modules() if n.startswith(spec.prefix.rstrip("."))
                           and isinstance(m, nn.modules.batchnorm._BatchNorm)]) for spec in freeze]
-        # DDP wraps what trains; banks, queues and teachers are buffers kept identical by their own
-        # gathered updates, so they are not broadcast on every step (31 MB for NPID on 60k images).
+        # DDP wraps the whole method without broadcasting buffers: banks, queues and teacher BatchNorm
+        # statistics are kept identical by their own gathered updates (broadcasting them would send
+        # 31 MB a step for NPID on 60k images); a teacher's frozen parameters take no gradient.
         self.model: nn.Module = module if self.world == 1 else DistributedDataParallel(
             module, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision.needs_scaler)
@@ -209,8 +225,8 @@ class Engine:
         last = self.run_dir / "checkpoints" / "last.pt"
         where = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
         return (f"the loss became {value} at step {self.step} (epoch {self.step // self.steps_per_epoch}); "
-                f"the weights were not updated with it and {where}. Lower optim.lr, check the data, "
-                "or try train.precision=fp32; continue with --resume.")
+                f"the weights and the optimiser were not updated with it and {where}. Lower optim.lr, check the "
+                "data, or try train.precision=fp32; continue with --resume.")
 
     # ------------------------------------------------------------ checkpoints
 

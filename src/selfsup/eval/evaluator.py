@@ -19,6 +19,7 @@ from ..data import ImageDataset
 from ..engine import checkpoint
 from ..errors import SelfsupError
 from ..engine.runtime import pick_device, resolve_precision, write_json
+from ..models import prefers_channels_last
 from ..views import EvalView
 from .calibrate import recalibrate_batchnorm
 from .features import extract_features, pixel_features
@@ -91,7 +92,7 @@ class Evaluator:
         self.batch_size, self.recalibrate, self.seed, self.quiet = batch_size, recalibrate, seed, quiet
         self.device = pick_device(device)
         self.precision = resolve_precision(precision, self.device)
-        self.channels_last = bool(getattr(getattr(encoder, "backbone", encoder), "prefers_channels_last", False))
+        self.channels_last = prefers_channels_last(encoder)
         self._features: dict[str, torch.Tensor] = {}
         self._calibrated = False
 

@@ -22,6 +22,7 @@ from tqdm import tqdm
 from ..data import ImageDataset
 from ..engine.runtime import write_json
 from ..errors import SelfsupError
+from ..models import prefers_channels_last
 from ..views import EvalView
 from .calibrate import recalibrate_batchnorm
 from .evaluator import EvalConfig
@@ -61,7 +62,7 @@ def probe_layers(name: str, backbone: nn.Module, train: ImageDataset, test: Imag
     """
     if device is not None:
         backbone.to(device)
-    channels_last = bool(getattr(backbone, "prefers_channels_last", False))
+    channels_last = prefers_channels_last(backbone)
     if recalibrate:
         recalibrate_batchnorm(backbone, train.images, view, count=recalibrate, batch_size=cfg.batch_size, seed=seed,
                               autocast_dtype=autocast_dtype, channels_last=channels_last,

@@ -28,7 +28,7 @@ from ..data import DATASETS, USER_FORMATS, load_dataset
 from ..data.formats import IMAGE_SUFFIXES, decode_image, decode_images
 from ..engine.runtime import pick_device
 from ..errors import SelfsupError
-from ..recipes.evaluate import load_features
+from ..recipes.loading import load_features
 from ..report import figures
 from ..views import EvalView
 

@@ -181,6 +181,8 @@ def write_report(run_dir: str | Path | RunRecord, inspection: Inspection | None 
     doc.heading("Configuration and environment")
     if run.config:
         doc.code("Resolved config (config.yaml)", yaml.safe_dump(run.config, sort_keys=False))
+    if isinstance(run.meta.get("settings"), dict):
+        doc.code("How it was trained (settings.yaml)", yaml.safe_dump(run.meta["settings"], sort_keys=False))
     doc.code("Environment (meta.json)", _environment(run))
     summary = out / "summary.md"
     doc.write(out / "report.html", summary)
