@@ -18,6 +18,7 @@ SOURCE = Path(__file__).resolve().parents[1] / "src" / "selfsup"
 LAYERS = [
     {"errors"},
     {"arguments"},
+    {"tables", "figures"},
     {"engine"},
     {"data"},
     {"models"},
@@ -104,3 +105,9 @@ def test_recipes_define_no_model(path):
 def test_learners_do_not_reach_the_recipes_that_fit_them():
     for path in (SOURCE / "learners").rglob("*.py"):
         assert not imported_parts(path) & {"recipes", "config", "report"}, path.relative_to(SOURCE)
+
+
+def test_matplotlib_is_set_up_in_one_place():
+    """Every figure is drawn by ``selfsup.figures``: no other module imports matplotlib."""
+    drawing = sorted(str(p.relative_to(SOURCE)) for p in MODULES if "matplotlib" in p.read_text())
+    assert drawing == ["figures.py"], drawing

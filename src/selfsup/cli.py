@@ -251,7 +251,7 @@ def _numbers(kind: type) -> Callable[[str], list]:
 
 def knn_grid_table(name: str, grid: dict[str, dict]) -> str:
     """The weighted kNN at several (k, T) as a markdown table, with the conventions each row is."""
-    from .eval import markdown_table
+    from .tables import markdown_table
     from .eval.knn import KNN_CONVENTIONS
 
     rows = [{"k": e["k"], "T": f"{e['temperature']:g}", "top-1 (%)": f"{e['top1']:.2f}",
@@ -479,7 +479,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- data
 
 def cmd_tokens(args: argparse.Namespace) -> int:
-    from .recipes.evaluate import tokens_for_checkpoints
+    from .explore.tokens import tokens_for_checkpoints
 
     overrides = list(args.set or [])
     paths, results = tokens_for_checkpoints(args.checkpoint, overrides, Path(args.out) if args.out else None,

@@ -25,12 +25,11 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from ..errors import SelfsupError
+from ..tables import write_json
 from . import checkpoint, dist
 from .metrics import MetricsLog
 from .optim import Schedule, apply_schedule
-from .runtime import Precision, write_json
-
-
+from .runtime import Precision
 class Batch(NamedTuple):
     """What a module's forward receives: the views its ``views`` made, labels (-1: none), dataset indices."""
 

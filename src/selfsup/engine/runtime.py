@@ -5,7 +5,6 @@ import contextlib
 import datetime
 import functools
 import importlib.metadata
-import json
 import platform
 import socket
 import subprocess
@@ -125,7 +124,3 @@ def provenance(device: torch.device, precision: Precision, command: list[str] | 
         "precision": precision.name,
         "world_size": dist.world_size(),
     }
-
-
-def write_json(path: Path, payload: dict) -> None:
-    path.write_text(json.dumps(payload, indent=2, default=str) + "\n")

@@ -17,9 +17,10 @@ from torch import nn
 
 from ..data import ImageDataset
 from ..engine import checkpoint
+from ..engine.runtime import pick_device, resolve_precision
 from ..errors import SelfsupError
-from ..engine.runtime import pick_device, resolve_precision, write_json
 from ..models import prefers_channels_last
+from ..tables import markdown_table, write_json
 from ..views import EvalView
 from .calibrate import recalibrate_batchnorm
 from .features import extract_features, pixel_features
@@ -196,14 +197,6 @@ def record(out_dir: Path, name: str, results: dict[str, dict]) -> dict:
     write_json(path, everything)
     (out_dir / "results.md").write_text(results_table(everything) + "\n")
     return everything
-
-
-def markdown_table(rows: list[dict], columns: list[str]) -> str:
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for row in rows:
-        cells = [f"{row.get(c):.2f}" if isinstance(row.get(c), float) else str(row.get(c, "")) for c in columns]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
 
 
 def results_table(results: dict) -> str:

@@ -18,10 +18,10 @@ from torch import nn
 
 from ..data import BatchLoader, ImageDataset
 from ..engine import Engine, Freeze, OptimConfig, Schedule, build_optimizer, checkpoint, dist
-from ..engine.runtime import write_json
 from ..errors import SelfsupError
 from ..learners.classifier import classify_all
 from ..models import StagedBackbone, trunk_of
+from ..tables import write_json
 from ..views import EvalView
 from .run import check_settings, open_run
 

@@ -30,12 +30,12 @@ import torch.nn.functional as F
 from ..config import RunConfig
 from ..data import load_splits
 from ..engine import OptimConfig
-from ..engine.runtime import write_json
 from ..errors import SelfsupError
 from ..eval import extract_features, kmeans
 from ..eval.layers import stage_features
 from ..learners import Classifier, classifier_views
 from ..models import trunk_of
+from ..tables import write_json
 from ..views import EvalView, ImageInfo
 from .classifier import RESUMABLE_CHANGES, ClassifierTraining, fit_classifier
 from .evaluate import checkpoint_evaluator

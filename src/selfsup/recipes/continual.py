@@ -45,14 +45,14 @@ from typing import Any
 
 import torch
 
+from .. import figures
 from ..data import ImageDataset
 from ..engine import checkpoint, dist
-from ..engine.runtime import write_json
 from ..errors import SelfsupError
-from ..eval import markdown_table
-from ..eval.continual import AccuracyMatrix, plot_matrices, split_classes, task_index
+from ..eval.continual import AccuracyMatrix, split_classes, task_index
 from ..learners import ContinualLearner, classifier_views
 from ..learners.continual import SCENARIOS
+from ..tables import markdown_table, write_json
 from ..views import ImageInfo
 from .classifier import ClassifierTraining, fit_classifier
 from .loading import StartingPoint, classifier_meta
@@ -246,5 +246,6 @@ def continual(start: StartingPoint, out_dir: str | Path, training: ClassifierTra
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "continual.json", {"source": start.source, "runs": reports, "summary": rows})
     (out_dir / "continual.md").write_text(markdown_table(rows, columns) + "\n")
-    plot_matrices(matrices, out_dir / "continual.png", columns=len(strategies))
+    figures.accuracy_matrices(out_dir / "continual.png", {title: m.values.numpy() for title, m in matrices.items()},
+                              columns=len(strategies))
     return {"summary": rows, "runs": reports}

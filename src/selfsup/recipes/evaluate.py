@@ -7,17 +7,15 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
 
 from ..config import RunConfig
 from ..data import Splits, load_splits
 from ..engine import checkpoint
-from ..errors import SelfsupError
 from ..eval import Evaluator
 from ..methods import get_method
 from ..models import trunk_of
 from ..views import EvalView
-from .loading import load_encoder, load_features
+from .loading import load_features
 
 
 def default_output_dir(checkpoint_path: Path) -> Path:
@@ -104,27 +102,3 @@ def layers_for_checkpoints(paths: list[str], overrides: list[str] = (), out_dir:
                     "bn_recalibration_images": evaluator.recalibrate}
         everything = record_layers(out_dir, name, results, settings)
     return everything, out_dir
-
-
-def tokens_for_checkpoints(paths: list[str], overrides: list[str] = (), out_dir: Path | None = None,
-                           count: int = 8, quiet: bool = False) -> tuple[dict[str, Path], dict[str, Any]]:
-    """``selfsup tokens``: [CLS] attention maps and token norms of ViT checkpoints on the first
-    ``count`` test images (the same images for all), one figure each with a row per checkpoint."""
-    from ..report.tokens import plot_tokens, token_statistics
-
-    if count < 1:
-        raise SelfsupError(f"--images must be at least 1, got {count}")
-    results: dict[str, Any] = {}
-    shown = None
-    for path in paths:
-        encoder, config, state = load_encoder(path, overrides)
-        if shown is None:
-            shown = load_splits(config.data, seed=config.train.seed, labeled=True, quiet=quiet).test.images[:count]
-        data = state["data"]
-        images = EvalView(data["image_size"], data["mean"], data["std"])(shown)
-        name = f"{config.method_name}, {getattr(encoder, 'num_registers', 0)} registers (step {state['step']})"
-        if name in results:
-            name = f"{name} [{Path(state['path']).parent.parent.name}]"
-        results[name] = token_statistics(encoder, images)
-    paths_out = plot_tokens(results, shown, out_dir or default_output_dir(Path(paths[0])) / "tokens")
-    return paths_out, results

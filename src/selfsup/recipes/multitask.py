@@ -11,11 +11,11 @@ from typing import Any
 
 import torch
 
-from ..engine.runtime import write_json
+from .. import figures
 from ..errors import SelfsupError
-from ..eval import markdown_table
 from ..learners import MultiTaskLearner, classifier_views
 from ..learners.multitask import build_tasks
+from ..tables import markdown_table, write_json
 from ..views import ImageInfo
 from .classifier import RESUMABLE_CHANGES, ClassifierTraining, fit_classifier
 from .loading import StartingPoint, classifier_meta
@@ -87,26 +87,5 @@ def multitask_comparison(start: StartingPoint, out_dir: str | Path, training: Cl
                                              "training": dataclasses.asdict(training), "rows": rows})
     shown = [{key: "-" if value is None else value for key, value in row.items()} for row in rows]
     (out_dir / "multitask.md").write_text(markdown_table(shown, columns) + "\n")
-    _plot(rows, settings.tasks, out_dir / "multitask.png")
+    figures.task_accuracies(out_dir / "multitask.png", rows, settings.tasks)
     return {"rows": rows}
-
-
-def _plot(rows: list[dict], tasks: list[str], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.5 * len(tasks), 3.5), squeeze=False)
-    for ax, task in zip(axes[0], tasks):
-        named = [(r["run"], r[f"{task} top-1"]) for r in rows if r.get(f"{task} top-1") is not None]
-        ax.barh([n for n, _ in named], [v for _, v in named], color="tab:blue")
-        for i, (_, value) in enumerate(named):
-            ax.text(value, i, f" {value:.1f}", va="center", fontsize=8)
-        low = min(v for _, v in named)
-        ax.set_xlim(max(0.0, low - 5), 100)
-        ax.set_title(f"{task}: test top-1 (%)")
-        ax.invert_yaxis()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)

@@ -19,13 +19,13 @@ from ..config import RunConfig
 from ..data import BatchLoader, ImageDataset, Splits, labeled_part, load_splits
 from ..engine import (Batch, Engine, Freeze, Precision, Schedule, build_optimizer, checkpoint, dist, preserved,
                       to_channels_last)
-from ..engine.runtime import write_json
 from ..errors import SelfsupError
 from ..eval import extract_features, knn_accuracy
 from ..eval.probe import OnlineProbe
 from ..methods import Method
 from ..models import prefers_channels_last
 from ..report import write_report
+from ..tables import write_json
 from ..views import EvalView
 from .loading import build_model
 from .run import open_run

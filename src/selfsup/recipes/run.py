@@ -22,8 +22,9 @@ import yaml
 
 from ..config import RunConfig, to_yaml
 from ..engine import Precision, checkpoint, dist
-from ..engine.runtime import pick_device, provenance, resolve_precision, write_json
+from ..engine.runtime import pick_device, provenance, resolve_precision
 from ..errors import SelfsupError
+from ..tables import write_json
 
 
 @dataclass

@@ -17,9 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from ..engine import dist
-from ..engine.runtime import write_json
 from ..errors import SelfsupError
-from ..eval import markdown_table
+from ..tables import markdown_table, write_json
 from .classifier import RESUMABLE_CHANGES
 from .run import differences, plain
 

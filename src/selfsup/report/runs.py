@@ -247,6 +247,5 @@ def read_run(path: str | Path, root: Path | None = None) -> RunRecord:
 
 def runs_table(records: list[RunRecord]) -> str:
     """A markdown table of ``records`` (one row each)."""
-    from ..eval import markdown_table
-
+    from ..tables import markdown_table
     return markdown_table([r.row() for r in records], RUN_COLUMNS)
