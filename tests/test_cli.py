@@ -43,6 +43,10 @@ def test_pretrain_eval_report(trained_run, capsys):
     entry = results["simclr (last, step 4)"]
     assert 0 <= entry["knn"]["top1"] <= 100 and entry["linear"]["weight_decay"] in (0.0, 0.001)
     assert "| simclr (last, step 4) | knn |" in (trained_run / "eval" / "results.md").read_text()
+    # What was evaluated, as fields (the report reads these, never the display name).
+    assert {key: entry["about"][key] for key in ("stem", "step", "network", "features")} == \
+        {"stem": "last", "step": 4, "network": "student", "features": "backbone"}
+    assert "| about |" not in (trained_run / "eval" / "results.md").read_text()
     assert list((trained_run / "eval" / "features").glob("last-*.pt"))  # cached for the next protocol
     assert main(["eval", "knn", str(trained_run / "checkpoints" / "best.pt"), "--k", "5", "--quiet"]) == 0
     assert json.loads((trained_run / "eval" / "results.json").read_text())[

@@ -135,13 +135,17 @@ def test_run_records_read_their_own_results_and_planned_steps(tmp_path, monkeypa
     _fake_run(tmp_path / "capped", total_steps=20)  # train.epochs 4 but train.max_steps 20 = 2 epochs of 10
     assert read_run(tmp_path / "capped").epochs == "2/2"
     (tmp_path / "capped" / "eval").mkdir()
+    def about(stem, step, features="backbone"):
+        return {"method": "byol", "stem": stem, "step": step, "network": "student", "features": features}
+
     (tmp_path / "capped" / "eval" / "results.json").write_text(json.dumps({
         "raw pixels": {"linear": {"top1": 90.0}, "knn": {"top1": 88.0}},  # the demo's baseline, not the run's
-        "byol (best, step 5)": {"linear": {"top1": 60.0}},
-        "byol (last, step 20)": {"linear": {"top1": 55.0}, "knn": {"top1": 44.0}},
-        "byol (last, step 20, embedding)": {"knn": {"top1": 47.0}}}))
+        "byol (best, step 5)": {"linear": {"top1": 60.0}, "about": about("best", 5)},
+        "renamed for a slide": {"linear": {"top1": 55.0}, "knn": {"top1": 44.0}, "about": about("last", 20)},
+        "byol (last, step 20, embedding)": {"knn": {"top1": 47.0}, "about": about("last", 20, "embedding")}}))
     record = read_run(tmp_path / "capped")
-    assert (record.linear, record.knn) == (55.0, 47.0)  # the latest step's, never the pixels'
+    # The latest step's, never the pixels': found by the entries' fields, whatever their display names.
+    assert (record.linear, record.knn) == (55.0, 47.0)
     monkeypatch.chdir(tmp_path / "capped")
     assert read_run(".").name == "capped"
 

@@ -60,11 +60,13 @@ def checkpoint_evaluator(path: str | Path, overrides: list[str] = (), out_dir: P
         key["stem"] += "-teacher"  # its own feature cache: never the student's features under its name
     key["prefix"] = state.get("encoder", {}).get("prefix", "backbone")
     name = f"{method} ({ckpt_path.stem}, step {state['step']}{suffix})"
+    about = {"method": method, "checkpoint": key["checkpoint"], "stem": ckpt_path.stem, "step": state["step"],
+             "network": "teacher" if teacher else "student", "features": "embedding" if embedding else "backbone"}
     evaluator = Evaluator(name, splits.train, splits.test, EvalView(data["image_size"], data["mean"], data["std"]),
                           out_dir or default_output_dir(Path(path)), module, device=config.train.device,
                           precision=config.train.precision, cache_key=key, batch_size=config.eval.batch_size,
                           recalibrate=recalibration_images(config), seed=config.train.seed, encode=encode,
-                          quiet=quiet)
+                          about=about, quiet=quiet)
     return evaluator, config
 
 

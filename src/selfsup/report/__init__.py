@@ -19,6 +19,7 @@ import yaml
 from .. import figures
 from ..engine.metrics import read_rows
 from ..errors import SelfsupError
+from ..eval.evaluator import ABOUT
 from ..tables import human
 from .document import Document
 from .runs import RUN_COLUMNS, RunRecord, find_runs, read_run, runs_table, whole_checkpoint
@@ -143,7 +144,7 @@ def _evaluation_rows(results: dict) -> list[dict]:
     return [{"features": name, "protocol": protocol, "top-1 (%)": result.get("top1"),
              "settings": result.get("settings", "")}
             for name, protocols in results.items() if isinstance(protocols, dict)
-            for protocol, result in protocols.items() if isinstance(result, dict)]
+            for protocol, result in protocols.items() if isinstance(result, dict) and protocol != ABOUT]
 
 
 EVALUATION_COLUMNS = ["features", "protocol", "top-1 (%)", "settings"]
