@@ -296,7 +296,7 @@ def test_dino_is_evaluated_as_its_teacher_unless_asked(tmp_path):
 
 
 def test_per_parameter_clipping_scales_each_gradient_alone():
-    from selfsup.engine.loop import clip_each_parameter
+    from selfsup.engine.steps import clip_each_parameter
 
     small, large = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(3))
     small.grad, large.grad = torch.tensor([0.3, 0.4]), torch.tensor([6.0, 0.0, 8.0])  # norms 0.5 and 10

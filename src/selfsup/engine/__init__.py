@@ -4,7 +4,9 @@ Everything here works on any ``nn.Module`` whose forward takes a :class:`Batch` 
 progress and returns ``{"loss": ...}``. It knows no method, dataset or run config; the one
 section of configuration it reads is its own, :class:`OptimConfig` (the ``optim`` section).
 """
-from .loop import Batch, Engine, Freeze, NonFiniteLoss, Trainable, preserved, to_channels_last
+from .contracts import Batch, Freeze, NonFiniteLoss, Trainable
+from .loop import Engine
+from .steps import preserved, to_channels_last
 from .optim import OptimConfig, Schedule, build_optimizer, cosine_schedule, default_param_groups, scaled_lr
 from .runtime import Precision, pick_device, resolve_precision
 

@@ -17,8 +17,8 @@ from torch import nn
 
 from ..config import RunConfig
 from ..data import BatchLoader, ImageDataset, Splits, labeled_part, load_splits
-from ..engine import (Batch, Engine, Freeze, Precision, Schedule, build_optimizer, checkpoint, dist, preserved,
-                      to_channels_last)
+from ..engine import Engine, Freeze, Precision, Schedule, build_optimizer, checkpoint, dist, preserved
+from ..engine.steps import forward_views, synchronize
 from ..errors import SelfsupError
 from ..eval import extract_features, knn_accuracy
 from ..eval.probe import OnlineProbe
@@ -117,15 +117,11 @@ def time_forward_backward(method: nn.Module, images: torch.Tensor, device: torch
     index = torch.arange(len(images), device=images.device)
     targets = torch.full_like(index, -1)
     with preserved(method):
-        with torch.no_grad():
-            views = method.views(images)
-        views = to_channels_last(views) if channels_last else [v.contiguous() for v in views]
         start = time.perf_counter()
-        with precision.autocast(device):
-            loss = method(Batch(views, targets, index), 0.0)["loss"]
+        loss = forward_views(method, images, targets, index, 0.0, precision=precision, device=device,
+                             channels_last=channels_last)["loss"]
         loss.backward()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        synchronize(device)
         return time.perf_counter() - start
 
 
