@@ -132,8 +132,8 @@ def clusterfit(path: str | Path, run_dir: str | Path, settings: ClusterFitSettin
     for name, checkpoint_path in (("N_pre", path), ("N_cf", ncf_dir)):
         evaluator, config = checkpoint_evaluator(checkpoint_path, list(overrides), run_dir / "eval", quiet)
         evaluator.name = name
-        results[name] = {protocol: round(result["top1"], 2) for protocol, result in
-                         evaluator.run(["knn", "linear"], config.eval, config.train.seed)[name].items()}
+        measured = evaluator.run(["knn", "linear"], config.eval, config.train.seed)[name]
+        results[name] = {protocol: round(measured[protocol]["top1"], 2) for protocol in ("knn", "linear")}
     report = {"source": source, "settings": dataclasses.asdict(settings), "results": results,
               "clusters": json.loads((run_dir / "clusters.json").read_text())["clusters"]}
     write_json(run_dir / "clusterfit.json", report)
