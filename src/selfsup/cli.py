@@ -169,7 +169,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     run_dir = args.run_dir or f"runs/{config.method_name}-{config.data.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if args.run_dir is None and dist.launched_by_torchrun():
         raise SelfsupError("under torchrun pass --run-dir, so that every process writes to the same run")
-    pretrain(config, run_dir, resume=args.resume, quiet=args.quiet, command=sys.argv)
+    pretrain(config, run_dir, resume=args.resume, quiet=args.quiet)
     return 0
 
 
@@ -961,6 +961,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from .engine.runtime import record_command
+
+    record_command(["selfsup", *(sys.argv[1:] if argv is None else argv)])  # every run records this command
     try:
         return args.func(args)
     except SelfsupError as err:
@@ -976,6 +979,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         from .engine import dist
 
+        record_command(None)
         dist.destroy()
 
 
