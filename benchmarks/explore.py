@@ -22,10 +22,10 @@ import numpy as np
 import torch
 
 from selfsup.data import load_dataset
-from selfsup.engine.runtime import pick_device, provenance, resolve_precision, write_json
-from selfsup.eval import markdown_table
+from selfsup.engine.runtime import pick_device, provenance, resolve_precision
 from selfsup.explore import Index, embed, project_2d, search
 from selfsup.explore.embed import Encoder
+from selfsup.tables import markdown_table, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 

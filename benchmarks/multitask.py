@@ -18,9 +18,12 @@ from pathlib import Path
 
 from selfsup.config import apply_overrides, find_config, read_yaml, resolve
 from selfsup.engine import OptimConfig
-from selfsup.engine.runtime import pick_device, provenance, resolve_precision, write_json
-from selfsup.recipes.classifier import ClassifierTraining, StartingPoint
-from selfsup.recipes.multitask import SHARING, WEIGHTING, MultiTaskSettings, multitask_comparison
+from selfsup.engine.runtime import pick_device, provenance, resolve_precision
+from selfsup.learners.multitask import SHARING, WEIGHTING
+from selfsup.recipes.classifier import ClassifierTraining
+from selfsup.recipes.loading import StartingPoint
+from selfsup.recipes.multitask import MultiTaskSettings, multitask_comparison
+from selfsup.tables import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -36,7 +36,8 @@ from selfsup.config import apply_overrides, find_config, read_yaml, resolve  # n
 from selfsup.data import load_splits  # noqa: E402
 from selfsup.engine.runtime import describe_device, library_versions, pick_device  # noqa: E402
 from selfsup.recipes.classifier import ClassifierTraining  # noqa: E402
-from selfsup.recipes.evaluate import checkpoint_evaluator, load_method  # noqa: E402
+from selfsup.recipes.evaluate import checkpoint_evaluator  # noqa: E402
+from selfsup.recipes.loading import load_method  # noqa: E402
 from selfsup.recipes.finetune import finetune_sweep, supervised_sweep  # noqa: E402
 from selfsup.views import EvalView, grid_patches  # noqa: E402
 

@@ -28,11 +28,12 @@ from pathlib import Path
 
 from selfsup.config import apply_overrides, find_config, read_yaml, resolve
 from selfsup.engine import OptimConfig
-from selfsup.engine.runtime import pick_device, provenance, resolve_precision, write_json
-from selfsup.eval import markdown_table
-from selfsup.recipes.classifier import ClassifierTraining, StartingPoint
-from selfsup.semisup import METHODS as SEMISUP_METHODS
-from selfsup.semisup.recipe import SemiSupervisedSettings, semisup_sweep
+from selfsup.engine.runtime import pick_device, provenance, resolve_precision
+from selfsup.learners.semisup import METHODS as SEMISUP_METHODS
+from selfsup.recipes.classifier import ClassifierTraining
+from selfsup.recipes.loading import StartingPoint
+from selfsup.recipes.semisup import SemiSupervisedSettings, semisup_sweep
+from selfsup.tables import markdown_table, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 MAIN = ("labels-only", "labels-only@mu7", "fixmatch", "mean-teacher")

@@ -1,8 +1,16 @@
-"""The package layout: each part imports only from the parts below it (no circles, no reaching up)."""
+"""The package layout: each part imports only from the parts below it (no circles, no reaching up).
+
+Models live in two rooms and are fitted in a third: ``methods`` learn without labels, ``learners``
+with them (classifier, distiller, continual, multi-task and semi-supervised learners), and
+``recipes`` holds the functions that fit either, with their settings, and no ``nn.Module``.
+"""
 import ast
+import importlib
+import inspect
 from pathlib import Path
 
 import pytest
+from torch import nn
 
 SOURCE = Path(__file__).resolve().parents[1] / "src" / "selfsup"
 
@@ -10,6 +18,7 @@ SOURCE = Path(__file__).resolve().parents[1] / "src" / "selfsup"
 LAYERS = [
     {"errors"},
     {"arguments"},
+    {"tables", "figures"},
     {"engine"},
     {"data"},
     {"models"},
@@ -18,10 +27,10 @@ LAYERS = [
     {"views"},
     {"methods"},
     {"eval"},
+    {"learners"},
     {"config"},
     {"report"},
     {"recipes"},
-    {"semisup"},
     {"explore"},
     {"export", "demo"},
     {"cli"},
@@ -53,7 +62,8 @@ def imported_parts(path: Path) -> set[str]:
                     continue
                 parts = name.split(".")
                 parts = parts[1:] if parts[0] == "selfsup" else parts
-                if parts and parts[0]:
+                # A name of the package itself (``from . import __version__``) is not a part.
+                if parts and parts[0] and ((SOURCE / parts[0]).is_dir() or (SOURCE / f"{parts[0]}.py").is_file()):
                     found.add(parts[0])
         elif isinstance(node, ast.Import):
             for alias in node.names:
@@ -82,3 +92,22 @@ def test_imports_only_go_down(path):
 def test_eval_does_not_import_report_or_config():
     for path in (SOURCE / "eval").glob("*.py"):
         assert not imported_parts(path) & {"report", "config", "recipes"}, path.name
+
+
+@pytest.mark.parametrize("path", sorted((SOURCE / "recipes").glob("*.py")), ids=lambda p: p.name)
+def test_recipes_define_no_model(path):
+    module = importlib.import_module(f"selfsup.recipes.{path.stem}" if path.stem != "__init__" else "selfsup.recipes")
+    models = [name for name, value in vars(module).items()
+              if inspect.isclass(value) and value.__module__ == module.__name__ and issubclass(value, nn.Module)]
+    assert not models, f"{path.name} defines models {models}: they belong in selfsup.learners (or methods)"
+
+
+def test_learners_do_not_reach_the_recipes_that_fit_them():
+    for path in (SOURCE / "learners").rglob("*.py"):
+        assert not imported_parts(path) & {"recipes", "config", "report"}, path.relative_to(SOURCE)
+
+
+def test_matplotlib_is_set_up_in_one_place():
+    """Every figure is drawn by ``selfsup.figures``: no other module imports matplotlib."""
+    drawing = sorted(str(p.relative_to(SOURCE)) for p in MODULES if "matplotlib" in p.read_text())
+    assert drawing == ["figures.py"], drawing

@@ -6,12 +6,14 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 
 from selfsup.data import DataConfig, load_splits
 from selfsup.engine import Batch, OptimConfig, checkpoint
 from selfsup.errors import SelfsupError
+from selfsup.learners import Classifier, classifier_views
 from selfsup.models import build_backbone
-from selfsup.recipes import Classifier, ClassifierTraining, classifier_views, fit_classifier
+from selfsup.recipes import ClassifierTraining, fit_classifier
 from selfsup.views import ImageInfo
 
 
@@ -45,7 +47,7 @@ def test_head_warm_up_keeps_the_trunk_then_joint_training_moves_it(mnist_root, t
     epochs = [r for r in rows if r["stream"] == "epoch"]
     assert [r["epoch"] for r in epochs] == [1, 2] and all(0 <= r["test_top1"] <= 100 for r in epochs)
     state = checkpoint.load(tmp_path / "joint")
-    assert state["classifier"] is True and state["best_name"] == "loss"  # test accuracy never picks best.pt
+    assert state["training"]["epochs"] == 2 and state["best_name"] == "loss"  # test accuracy never picks best.pt
 
 
 def test_trunk_trains_at_a_tenth_of_the_head_rate_by_default(mnist_root, tmp_path):
@@ -123,3 +125,27 @@ def test_label_smoothing_is_distillation_from_a_uniform_teacher():
         F.cross_entropy(logits, targets[:5]).item(), rel=1e-6)
     with pytest.raises(SelfsupError, match="label smoothing"):
         Classifier(encoder, 5, torch.nn.Identity(), label_smoothing=1.0)
+
+
+def test_a_classifier_run_records_how_it_was_made(mnist_root, tmp_path):
+    model, splits, settings = _setup(mnist_root, epochs=1)
+    fit_classifier(model, splits.train, splits.test, tmp_path, settings,
+                   meta={"config": {"method": {"name": "simclr"}}, "classifier": {"classes": 10}}, quiet=True)
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    assert {"command", "git_revision", "versions", "device", "precision"} <= set(meta)
+    assert meta["settings"]["optim"]["lr"] == 0.2 and meta["settings"]["epochs"] == 1
+    assert meta["classifier"] == {"classes": 10} and meta["training_images"] == len(splits.train)
+    assert yaml.safe_load((tmp_path / "settings.yaml").read_text()) == meta["settings"]
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text()) == {"method": {"name": "simclr"}}
+
+
+def test_a_classifier_run_resumes_only_with_the_settings_it_was_started_with(mnist_root, tmp_path):
+    model, splits, settings = _setup(mnist_root, epochs=1)
+    fit_classifier(model, splits.train, splits.test, tmp_path, settings, quiet=True)
+    other = ClassifierTraining(**{**settings.__dict__, "optim": OptimConfig(lr=0.03, weight_decay=0.0,
+                                                                             warmup_epochs=0.0), "epochs": 3})
+    with pytest.raises(SelfsupError, match=r"other settings \(epochs: then 1, now 3; optim.lr: then 0.2, now 0.03\)"):
+        fit_classifier(model, splits.train, splits.test, tmp_path, other, resume=True, quiet=True)
+    # Where it runs and how often it reports may change.
+    same = ClassifierTraining(**{**settings.__dict__, "log_every": 5, "device": "auto"})
+    fit_classifier(model, splits.train, splits.test, tmp_path, same, resume=True, quiet=True)

@@ -8,10 +8,11 @@ import pytest
 import torch
 import yaml
 
+import selfsup
 from conftest import tiny_overrides, write_cifar, write_image_folder, write_stl10
 from selfsup.cli import main
 from selfsup.config import load_config
-from selfsup.recipes.evaluate import load_encoder
+from selfsup.recipes.loading import load_encoder
 from selfsup.views import EvalView
 
 CONFIGS = Path(__file__).resolve().parents[1] / "src" / "selfsup" / "configs"
@@ -42,6 +43,10 @@ def test_pretrain_eval_report(trained_run, capsys):
     entry = results["simclr (last, step 4)"]
     assert 0 <= entry["knn"]["top1"] <= 100 and entry["linear"]["weight_decay"] in (0.0, 0.001)
     assert "| simclr (last, step 4) | knn |" in (trained_run / "eval" / "results.md").read_text()
+    # What was evaluated, as fields (the report reads these, never the display name).
+    assert {key: entry["about"][key] for key in ("stem", "step", "network", "features")} == \
+        {"stem": "last", "step": 4, "network": "student", "features": "backbone"}
+    assert "| about |" not in (trained_run / "eval" / "results.md").read_text()
     assert list((trained_run / "eval" / "features").glob("last-*.pt"))  # cached for the next protocol
     assert main(["eval", "knn", str(trained_run / "checkpoints" / "best.pt"), "--k", "5", "--quiet"]) == 0
     assert json.loads((trained_run / "eval" / "results.json").read_text())[
@@ -103,6 +108,9 @@ def test_list_methods_print_config_and_help(capsys):
     with pytest.raises(SystemExit):
         main(["pretrain", "--help"])
     assert "--resume" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.strip() == f"selfsup {selfsup.__version__}"
 
 
 def test_demo_runs_end_to_end(mnist_root, tmp_path, capsys):

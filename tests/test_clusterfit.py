@@ -8,8 +8,7 @@ import torch
 from selfsup.cli import main
 from selfsup.recipes import cluster as cluster_module
 from selfsup.recipes.cluster import ClusterFitSettings, cluster_features
-from selfsup.recipes.evaluate import load_encoder
-from selfsup.recipes.finetune import load_classifier
+from selfsup.recipes.loading import load_classifier, load_encoder
 
 
 ARGS = ["--clusters", "4", "--epochs", "1", "--batch-size", "16", "--device", "cpu", "--quiet"]
@@ -31,7 +30,8 @@ def test_cluster_runs_every_stage_and_evaluates_both_networks(pretrained_run, tm
     assert load_encoder(out / "ncf")[0].num_features == 4 * 4  # the student's width, not N_pre's 8
 
 
-def test_pseudo_labels_reach_ncf_and_a_killed_run_continues_at_its_stage(pretrained_run, tmp_path, monkeypatch):
+def test_pseudo_labels_reach_ncf_and_a_killed_run_continues_at_its_stage(pretrained_run, tmp_path, monkeypatch,
+                                                                         capsys):
     out = tmp_path / "cf"
     original, seen = cluster_module.fit_classifier, []
 
@@ -50,6 +50,9 @@ def test_pseudo_labels_reach_ncf_and_a_killed_run_continues_at_its_stage(pretrai
     assert main(["cluster", str(pretrained_run), "--run-dir", str(out)] + ARGS) == 0
     assert all((out / name).stat().st_mtime_ns == t for name, t in kept.items())
     assert (out / "ncf" / "summary.json").is_file()
+    # N_cf is read back only for the settings that made it.
+    assert main(["cluster", str(pretrained_run), "--run-dir", str(out)] + ARGS + ["--epochs", "2"]) == 2
+    assert "ncf was made with other settings (training.epochs: then 1, now 2)" in capsys.readouterr().err
 
 
 def test_features_of_a_stage_and_bad_layers(pretrained_run):

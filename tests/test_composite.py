@@ -9,7 +9,7 @@ from selfsup.config import resolve
 from selfsup.engine import Batch
 from selfsup.errors import SelfsupError
 from selfsup.losses import nt_xent
-from selfsup.recipes.pretrain import build_model
+from selfsup.recipes.loading import build_model
 from selfsup.views import Augment, AugmentSpec, ImageInfo, relative_transform
 
 DATA = {"channels": 1, "image_size": 16, "mean": [0.5], "std": [0.25], "images": 32}

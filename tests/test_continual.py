@@ -57,9 +57,10 @@ from selfsup.cli import main  # noqa: E402
 from selfsup.engine import Batch, OptimConfig  # noqa: E402
 from selfsup.losses import distillation  # noqa: E402
 from selfsup.recipes import continual as continual_module  # noqa: E402
-from selfsup.recipes.classifier import ClassifierTraining, StartingPoint  # noqa: E402
-from selfsup.recipes.continual import (ContinualLearner, ContinualSettings, run_sequence,  # noqa: E402
-                                       task_sequence, task_training_set)
+from selfsup.recipes.classifier import ClassifierTraining  # noqa: E402
+from selfsup.recipes.loading import StartingPoint  # noqa: E402
+from selfsup.learners import ContinualLearner  # noqa: E402
+from selfsup.recipes.continual import ContinualSettings, run_sequence, task_sequence, task_training_set  # noqa: E402
 
 from conftest import killed_then_finished, tiny_cli_sets, tiny_config  # noqa: E402
 

@@ -12,7 +12,7 @@ from selfsup.errors import SelfsupError
 from selfsup.export import torchvision_recipe
 from selfsup.methods.cpc import RowContext
 from selfsup.models import ResNet
-from selfsup.recipes.pretrain import build_model
+from selfsup.recipes.loading import build_model
 
 from conftest import tiny_overrides, write_mnist_folder
 

@@ -10,7 +10,7 @@ from PIL import Image
 from selfsup.cli import main
 from selfsup.data import load_dataset
 from selfsup.explore import Index
-from selfsup.recipes.evaluate import load_encoder
+from selfsup.recipes.loading import load_encoder
 from selfsup.views import EvalView
 
 

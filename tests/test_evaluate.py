@@ -10,7 +10,8 @@ from selfsup.blocks import MemoryBank
 from selfsup.engine import checkpoint
 from selfsup.errors import SelfsupError
 from selfsup.eval import recalibrate_batchnorm
-from selfsup.recipes.evaluate import checkpoint_evaluator, load_encoder
+from selfsup.recipes.evaluate import checkpoint_evaluator
+from selfsup.recipes.loading import load_encoder
 from selfsup.recipes.pretrain import pretrain
 from selfsup.views import EvalView
 
@@ -136,15 +137,18 @@ def pretrain_simclr(mnist_root, tmp_path):
 
 
 def evaluator_config(run):
-    from selfsup.recipes.evaluate import load_checkpoint_config
+    from selfsup.recipes.loading import load_checkpoint_config
 
     return load_checkpoint_config(run)[0].eval
 
 
 def extract(encoder, evaluator):
+    """The features ``evaluator`` should compute for ``encoder``: in its precision and layout (bf16 on a
+    CPU with native bf16), so that the comparison holds on every machine."""
     from selfsup.eval import extract_features
 
-    return extract_features(encoder.eval(), evaluator.test.images, evaluator.view, batch_size=512)
+    return extract_features(encoder.eval(), evaluator.test.images, evaluator.view, batch_size=512,
+                            autocast_dtype=evaluator.precision.dtype, channels_last=evaluator.channels_last)
 
 
 def test_a_dino_vit_read_back_drops_no_paths(mnist_root, tmp_path):

@@ -14,8 +14,7 @@ import torch
 from selfsup.cli import main
 from selfsup.config import resolve
 from selfsup.engine import checkpoint
-from selfsup.recipes.evaluate import load_encoder
-from selfsup.recipes.pretrain import build_model
+from selfsup.recipes.loading import build_model, load_encoder
 
 DATA = {"dataset": "fashion_mnist", "images": 64, "channels": 1, "image_size": 16, "mean": [0.286], "std": [0.353],
         "classes": ["a", "b", "c", "d"], "skipped": 0, "held_out": 0}
@@ -101,8 +100,11 @@ def test_card_holds_architecture_preprocessing_provenance_and_results(tmp_path):
     ckpt = write_checkpoint(run / "checkpoints" / "best.pt", RESNET, step=12)
     meta = {"git_revision": "abc123", "date": "2026-01-02T03:04:05+00:00", "versions": {"torch": "2.x"},
             "command": ["selfsup", "pretrain"]}
-    evaluated = {"simclr (best, step 12)": {"knn": {"top1": 61.5, "k": 20}, "linear": {"top1": 70.25}}}
-    other = {"simclr (last, step 40)": {"knn": {"top1": 66.0}}, "raw pixels": {"knn": {"top1": 80.0}}}
+    evaluated = {"simclr (best, step 12)": {"knn": {"top1": 61.5, "k": 20}, "linear": {"top1": 70.25},
+                                            "about": {"stem": "best", "step": 12}}}
+    other = {"simclr (last, step 40)": {"knn": {"top1": 66.0}, "about": {"stem": "last", "step": 40}},
+             "simclr (best, step 12) in a slide's words": {"knn": {"top1": 1.0}},  # no fields: not these weights'
+             "raw pixels": {"knn": {"top1": 80.0}}}
     summary = {"steps": 12, "best": 61.5, "best_metric": "knn_top1"}
     (run / "meta.json").write_text(json.dumps(meta))
     (run / "summary.json").write_text(json.dumps(summary))

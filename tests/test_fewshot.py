@@ -66,7 +66,8 @@ def test_eval_fewshot_end_to_end(pretrained_run, tmp_path, capsys):
     assert "2-way 1-shot:" in printed and "2-way 3-shot:" in printed and "(95%, 20 episodes)" in printed
     results = json.loads((out / "results.json").read_text())
     (entries,) = results.values()
-    assert set(entries) == {"2-way 1-shot", "2-way 3-shot"}
+    about = entries.pop("about")  # what was evaluated, beside the protocols
+    assert set(entries) == {"2-way 1-shot", "2-way 3-shot"} and about["stem"] == "last"
     assert all(0 <= e["top1"] <= 100 and e["episodes"] == 20 for e in entries.values())
     assert "2-way 3-shot" in (out / "results.md").read_text()
     assert main(["eval", "fewshot", str(pretrained_run), "--ways", "9", "--out", str(out), "--quiet"]) == 2

@@ -65,7 +65,7 @@ def test_supervised_baseline_from_random_init_and_as_a_noisy_n_pre(mnist_root, t
     """`selfsup supervised`: a preset's backbone trained on labels alone; its checkpoint reads back
     as a classifier (distillation teacher, ClusterFit's N_pre) and records the label noise."""
     from selfsup.engine import checkpoint
-    from selfsup.recipes.finetune import load_classifier
+    from selfsup.recipes.loading import load_classifier
 
     sets = [arg for item in ("backbone.name=toy", "backbone.width=8", "data.name=fashion_mnist",
                              f"data.root={mnist_root}") for arg in ("--set", item)]

@@ -6,7 +6,7 @@ from safetensors.torch import save_file
 
 from selfsup.cli import main
 from selfsup.models import torchvision_resnet
-from selfsup.recipes.evaluate import load_encoder
+from selfsup.recipes.loading import load_encoder
 
 
 def _torchvision_weights(tmp_path, small_stem=False, suffix=".pth", wrap=False):

@@ -7,7 +7,7 @@ from selfsup.blocks import patch_targets
 from selfsup.config import resolve
 from selfsup.engine import Batch
 from selfsup.errors import SelfsupError
-from selfsup.recipes.pretrain import build_model
+from selfsup.recipes.loading import build_model
 
 DATA = {"channels": 1, "image_size": 16, "mean": [0.5], "std": [0.25], "images": 32}
 

@@ -8,7 +8,7 @@ from selfsup.blocks import FeatureQueue
 from selfsup.config import resolve
 from selfsup.engine import Batch
 from selfsup.methods import METHODS
-from selfsup.recipes.pretrain import build_model
+from selfsup.recipes.loading import build_model
 
 DATA = {"channels": 3, "image_size": 32, "mean": [0.5] * 3, "std": [0.25] * 3, "images": 256}  # bank methods: 256 entries
 

@@ -4,7 +4,8 @@ import torchvision
 from torch import nn
 
 from selfsup.errors import SelfsupError
-from selfsup.models import STAGES, build_backbone, mlp
+from selfsup.models import (STAGES, Backbone, HeadTrunk, StagedBackbone, build_backbone, mlp, prefers_channels_last,
+                            trunk_of)
 
 
 @pytest.mark.parametrize("name, width, features", [("resnet18", 8, 64), ("resnet50", 4, 128), ("toy", 8, 32)])
@@ -17,6 +18,15 @@ def test_backbone_contract(name, width, features):
     assert all(v.ndim == 4 and v.shape[0] == 2 for v in stages.values())
     # the last stage pooled is the feature vector
     assert torch.allclose(stages["res5"].mean((2, 3)), net(x), atol=1e-5)
+    assert isinstance(net, StagedBackbone) and set(net.stage_prefixes()) == set(STAGES)
+
+
+def test_the_contract_is_written_down_and_trunks_unwrap_to_their_backbone():
+    resnet, vit = build_backbone("resnet18", 1, 16, width=8), build_backbone("vit_tiny", 1, 16)
+    assert isinstance(vit, Backbone) and not isinstance(vit, StagedBackbone)  # a ViT has tokens, not stages
+    trunk = HeadTrunk(resnet, mlp(resnet.num_features, 32, 16, num_layers=3), 1)
+    assert trunk_of(trunk) is resnet and trunk_of(resnet) is resnet
+    assert prefers_channels_last(trunk) and not prefers_channels_last(vit)
 
 
 def test_small_stem_keeps_resolution_and_big_stem_downsamples():

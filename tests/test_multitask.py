@@ -12,7 +12,7 @@ from selfsup.engine import Batch
 from selfsup.errors import SelfsupError
 from selfsup.models.backbones import ToyNet
 from conftest import killed_then_finished, tiny_cli_sets
-from selfsup.recipes.multitask import CrossStitch, MultiTaskLearner, SharedTrunks, Task, build_tasks
+from selfsup.learners.multitask import CrossStitch, MultiTaskLearner, SharedTrunks, Task, build_tasks
 
 FMNIST = {"dataset": "fashion_mnist", "classes": [str(i) for i in range(10)]}
 
@@ -122,6 +122,10 @@ def test_multitask_command_end_to_end_and_resumes_after_a_kill(mnist_root, tmp_p
     assert not math.isnan(report["rows"][-1]["rotation top-1"])
     assert (out / "multitask.png").stat().st_size > 5000
     assert main(["eval", "knn", str(out / "cross-stitch-dwa"), "--quiet"]) == 0  # task 0's trunk reads back
+    # The same comparison at another rate does not report the old numbers as its own.
+    capsys.readouterr()
+    assert main(command + ["--lr", "0.5"]) == 2
+    assert "single-class was made with other settings (training.optim.lr: then" in capsys.readouterr().err
 
 
 def test_multitask_refuses_bad_input(mnist_root, tmp_path, capsys):

@@ -3,6 +3,7 @@ the statuses of run directories, and the pages as a real browser shows them."""
 import base64
 import importlib.util
 import json
+import re
 import shutil
 from pathlib import Path
 from urllib.parse import urlparse
@@ -19,7 +20,7 @@ from selfsup.eval import cosine_topk
 from selfsup.explore.inspect import project_2d, spread_queries
 from selfsup.report import find_runs, read_run
 from selfsup.report.document import Document
-from selfsup.report.figures import curves
+from selfsup.figures import curves
 
 
 def test_document_renders_one_list_of_parts_as_html_and_markdown(tmp_path):
@@ -134,13 +135,17 @@ def test_run_records_read_their_own_results_and_planned_steps(tmp_path, monkeypa
     _fake_run(tmp_path / "capped", total_steps=20)  # train.epochs 4 but train.max_steps 20 = 2 epochs of 10
     assert read_run(tmp_path / "capped").epochs == "2/2"
     (tmp_path / "capped" / "eval").mkdir()
+    def about(stem, step, features="backbone"):
+        return {"method": "byol", "stem": stem, "step": step, "network": "student", "features": features}
+
     (tmp_path / "capped" / "eval" / "results.json").write_text(json.dumps({
         "raw pixels": {"linear": {"top1": 90.0}, "knn": {"top1": 88.0}},  # the demo's baseline, not the run's
-        "byol (best, step 5)": {"linear": {"top1": 60.0}},
-        "byol (last, step 20)": {"linear": {"top1": 55.0}, "knn": {"top1": 44.0}},
-        "byol (last, step 20, embedding)": {"knn": {"top1": 47.0}}}))
+        "byol (best, step 5)": {"linear": {"top1": 60.0}, "about": about("best", 5)},
+        "renamed for a slide": {"linear": {"top1": 55.0}, "knn": {"top1": 44.0}, "about": about("last", 20)},
+        "byol (last, step 20, embedding)": {"knn": {"top1": 47.0}, "about": about("last", 20, "embedding")}}))
     record = read_run(tmp_path / "capped")
-    assert (record.linear, record.knn) == (55.0, 47.0)  # the latest step's, never the pixels'
+    # The latest step's, never the pixels': found by the entries' fields, whatever their display names.
+    assert (record.linear, record.knn) == (55.0, 47.0)
     monkeypatch.chdir(tmp_path / "capped")
     assert read_run(".").name == "capped"
 
@@ -176,6 +181,8 @@ def test_report_of_a_run_and_a_comparison_in_a_real_browser(pretrained_run, tmp_
     assert "report.html" in capsys.readouterr().out
     out = pretrained_run / "report"
     markdown = (out / "summary.md").read_text()
+    best = re.search(r"best (\S+) = (\S+)", markdown)
+    assert best and len(best.group(2).strip("-.").replace(".", "")) <= 4  # a number for a person, not 17 digits
     for section in ("## Training", "## Embeddings", "## Layer-wise linear probe", "## Configuration and environment",
                     "](embedding_map.png)", "](retrievals.png)", "](confusion.png)", "](loss.png)"):
         assert section in markdown
@@ -228,9 +235,9 @@ def test_report_of_a_run_without_a_usable_checkpoint_shows_its_curves_and_says_w
 
 
 def test_report_of_a_fine_tuned_run_draws_its_own_heads_confusion_matrix(pretrained_run, tmp_path, capsys):
-    from selfsup.recipes.classifier import classify_all
+    from selfsup.learners import classify_all
     from selfsup.recipes.evaluate import checkpoint_evaluator
-    from selfsup.recipes.finetune import load_classifier
+    from selfsup.recipes.loading import load_classifier
 
     run = tmp_path / "tuned"
     assert main(["eval", "finetune", str(pretrained_run), "--steps", "3", "--batch-size", "8", "--run-dir", str(run),
@@ -239,6 +246,10 @@ def test_report_of_a_fine_tuned_run_draws_its_own_heads_confusion_matrix(pretrai
                  "--quiet"]) == 0
     markdown = (run / "report" / "summary.md").read_text()
     assert "fine-tuned classifier on the test split" in markdown and "](confusion.png)" in markdown
+    # A downstream run says how it was made, as a pretraining run does.
+    assert "How it was trained (settings.yaml)" in markdown and "backbone_lr_scale: 0.1" in markdown
+    assert (run / "config.yaml").is_file() and "eval finetune" in " ".join(json.loads((run / "meta.json").read_text())
+                                                                           ["command"])
     assert not (run / "eval" / "results.json").exists()  # no linear probe was fitted for it
     from selfsup.explore.inspect import _classifier_confusion
 
@@ -251,3 +262,11 @@ def test_report_of_a_fine_tuned_run_draws_its_own_heads_confusion_matrix(pretrai
     assert top1 == pytest.approx(100 * np.trace(confusion) / 32, abs=0.01)
     assert _classifier_confusion(pretrained_run / "checkpoints" / "last.pt", evaluator, classes) is None
     assert _classifier_confusion(run / "checkpoints" / "last.pt", evaluator, classes + 1) is None  # other classes
+
+
+def test_numbers_are_written_for_people():
+    from selfsup.tables import human
+
+    assert human(3.371088986561216) == "3.371" and human(4.285842244514591) == "4.286"
+    assert human(444.49) == "444.5" and human(0.000123456) == "0.0001235"
+    assert human(12) == "12" and human(float("nan")) == "nan" and human(None) == "None" and human(True) == "True"

@@ -11,8 +11,7 @@ from selfsup.engine import Batch
 from selfsup.errors import SelfsupError
 from selfsup.losses import candidate_nce
 from selfsup.models import AttentionPooling, AttentionPoolTrunk
-from selfsup.recipes.evaluate import load_encoder
-from selfsup.recipes.pretrain import build_model
+from selfsup.recipes.loading import build_model, load_encoder
 from selfsup.views import grid_patches
 
 from conftest import tiny_overrides, write_mnist_folder

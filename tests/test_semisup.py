@@ -11,11 +11,11 @@ from selfsup.cli import main
 from selfsup.engine import Batch, checkpoint
 from conftest import killed_then_finished, tiny_cli_sets
 from selfsup.errors import SelfsupError
-from selfsup.semisup.recipe import SemiSupervisedSettings, build_learner, semisup_training_set
-from selfsup.semisup import (METHODS, FixMatch, MeanTeacher, MixMatch, PiModel, PseudoLabel, TemporalEnsembling,
+from selfsup.recipes.semisup import SemiSupervisedSettings, build_learner, semisup_training_set
+from selfsup.learners.semisup import (METHODS, FixMatch, MeanTeacher, MixMatch, PiModel, PseudoLabel, TemporalEnsembling,
                              sharpen, sigmoid_rampup)
-from selfsup.semisup.base import linear_rampup
-from selfsup.semisup.uda import UDA
+from selfsup.learners.semisup.base import linear_rampup
+from selfsup.learners.semisup.uda import UDA
 from selfsup.views import ImageInfo
 from selfsup.views.randaugment import OPERATIONS, cutout, equalize, posterize, rand_augment, solarize
 
@@ -281,7 +281,7 @@ def test_semisup_command_sweeps_seeds_and_resumes_after_a_kill(mnist_root, tmp_p
     assert any("decay 0.999" in w for w in meta["classifier"]["semisup"]["warnings"])
     summary = json.loads((out / "25pct-seed1" / "summary.json").read_text())
     assert {"test_top1", "test_top1_raw"} <= set(summary)
-    from selfsup.recipes.finetune import load_classifier
+    from selfsup.recipes.loading import load_classifier
 
     model, _ = load_classifier(out / "25pct-seed1")
     assert torch.equal(model.head.weight, meta["model"]["ema_model.head.weight"])

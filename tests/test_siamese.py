@@ -13,7 +13,7 @@ from selfsup.engine import Batch
 from selfsup.engine.optim import split_groups
 from selfsup.errors import SelfsupError
 from selfsup.losses import info_nce
-from selfsup.recipes.pretrain import build_model
+from selfsup.recipes.loading import build_model
 
 DATA = {"channels": 3, "image_size": 16, "mean": [0.5] * 3, "std": [0.25] * 3, "images": 64}
 
@@ -296,7 +296,7 @@ def test_dino_is_evaluated_as_its_teacher_unless_asked(tmp_path):
 
 
 def test_per_parameter_clipping_scales_each_gradient_alone():
-    from selfsup.engine.loop import clip_each_parameter
+    from selfsup.engine.steps import clip_each_parameter
 
     small, large = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(3))
     small.grad, large.grad = torch.tensor([0.3, 0.4]), torch.tensor([6.0, 0.0, 8.0])  # norms 0.5 and 10

@@ -8,15 +8,13 @@ import torch.nn.functional as F
 
 from conftest import tiny_overrides
 from selfsup.cli import main
-from selfsup.data import DataConfig, load_splits
+from selfsup.data import DataConfig, label_index, load_splits
 from selfsup.engine import Batch
 from selfsup.errors import SelfsupError
+from selfsup.learners import Classifier, Distiller, classifier_views
 from selfsup.losses import distillation
 from selfsup.models import HeadTrunk, build_backbone, mlp
-from selfsup.recipes.classifier import Classifier, classifier_views
-from selfsup.recipes.distill import Distiller
-from selfsup.recipes.evaluate import load_encoder
-from selfsup.recipes.finetune import label_index, load_classifier
+from selfsup.recipes.loading import load_classifier, load_encoder
 from selfsup.views import ImageInfo
 
 

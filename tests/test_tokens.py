@@ -8,7 +8,7 @@ from conftest import tiny_overrides
 from selfsup.cli import main
 from selfsup.errors import SelfsupError
 from selfsup.models import build_backbone
-from selfsup.report.tokens import token_statistics
+from selfsup.explore.tokens import token_statistics
 
 
 def _sets(settings):

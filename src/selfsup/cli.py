@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from . import __version__
 from .errors import SelfsupError
 
 EPILOG_PRETRAIN = """\
@@ -168,7 +169,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     run_dir = args.run_dir or f"runs/{config.method_name}-{config.data.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if args.run_dir is None and dist.launched_by_torchrun():
         raise SelfsupError("under torchrun pass --run-dir, so that every process writes to the same run")
-    pretrain(config, run_dir, resume=args.resume, quiet=args.quiet, command=sys.argv)
+    pretrain(config, run_dir, resume=args.resume, quiet=args.quiet)
     return 0
 
 
@@ -250,7 +251,7 @@ def _numbers(kind: type) -> Callable[[str], list]:
 
 def knn_grid_table(name: str, grid: dict[str, dict]) -> str:
     """The weighted kNN at several (k, T) as a markdown table, with the conventions each row is."""
-    from .eval import markdown_table
+    from .tables import markdown_table
     from .eval.knn import KNN_CONVENTIONS
 
     rows = [{"k": e["k"], "T": f"{e['temperature']:g}", "top-1 (%)": f"{e['top1']:.2f}",
@@ -363,7 +364,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
 def _starting_point(args: argparse.Namespace):  # noqa: ANN202
     """A checkpoint's encoder (``--set`` changes its config), or with ``-c`` a config's backbone at
     random initialisation seeded by ``--seed``."""
-    from .recipes.classifier import StartingPoint
+    from .recipes.loading import StartingPoint
 
     if args.checkpoint and args.config:
         raise SelfsupError("give a checkpoint to start from or a config (-c) for a random initialisation, not both")
@@ -411,7 +412,7 @@ def cmd_continual(args: argparse.Namespace) -> int:
 def cmd_semisup(args: argparse.Namespace) -> int:
     import yaml
 
-    from .semisup.recipe import SemiSupervisedSettings, semisup, semisup_sweep
+    from .recipes.semisup import SemiSupervisedSettings, semisup, semisup_sweep
 
     bad = [item for item in args.option if "=" not in item]
     if bad:
@@ -478,7 +479,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- data
 
 def cmd_tokens(args: argparse.Namespace) -> int:
-    from .recipes.evaluate import tokens_for_checkpoints
+    from .explore.tokens import tokens_for_checkpoints
 
     overrides = list(args.set or [])
     paths, results = tokens_for_checkpoints(args.checkpoint, overrides, Path(args.out) if args.out else None,
@@ -662,7 +663,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="selfsup", description="Self-supervised visual representation learning: pretrain, evaluate, export.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--version", action="version", version="selfsup 0.1.0")
+    parser.add_argument("--version", action="version", version=f"selfsup {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = commands.add_parser("pretrain", help="pretrain an encoder with a self-supervised method",
@@ -960,6 +961,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from .engine.runtime import record_command
+
+    record_command(["selfsup", *(sys.argv[1:] if argv is None else argv)])  # every run records this command
     try:
         return args.func(args)
     except SelfsupError as err:
@@ -975,6 +979,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         from .engine import dist
 
+        record_command(None)
         dist.destroy()
 
 

@@ -1,12 +1,13 @@
 """Run configuration: YAML presets, ``--set key=value`` overrides, validation.
 
-Only this module (and the CLI) reads YAML. Everything below it takes typed arguments: each
-section is the dataclass of the layer that uses it (``data.DataConfig``,
-``models.BackboneConfig``, ``engine.OptimConfig``, ``eval.EvalConfig``); ``train`` is defined
-here. The ``method`` and ``views`` sections are checked against the signatures of the method's
-class and of its view generator, so their defaults live in one place: the code (with the paper
-they come from in its docstring). The resolved config, defaults filled in, is what a run
-directory stores. Presets ship inside the package (``selfsup/configs``).
+Only this module turns YAML into configuration (the report reads a run's config.yaml back for
+display only). Everything below it takes typed arguments: each section is the dataclass of the
+layer that uses it (``data.DataConfig``, ``models.BackboneConfig``, ``engine.OptimConfig``,
+``eval.EvalConfig``); ``train`` is defined here. The ``method`` and ``views`` sections are
+checked against the signatures of the method's class and of its view generator, so their
+defaults live in one place: the code (with the paper they come from in its docstring). The
+resolved config, defaults filled in, is what a run directory stores. Presets ship inside the
+package (``selfsup/configs``).
 """
 from __future__ import annotations
 

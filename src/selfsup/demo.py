@@ -21,6 +21,7 @@ from .engine.runtime import pick_device, resolve_precision
 from .errors import SelfsupError
 from .eval import results_table
 from .explore import inspect_checkpoint
+from .models import prefers_channels_last
 from .recipes.evaluate import checkpoint_evaluator, pixel_evaluator
 from .recipes.pretrain import pretrain
 from .report import write_report
@@ -43,7 +44,7 @@ def estimate_evaluation_seconds(config: RunConfig) -> tuple[float, str]:
     device = pick_device(config.train.device)
     precision = resolve_precision(config.train.precision, device)
     encoder = config.backbone.build(splits.train.channels, splits.train.image_size).to(device).eval()
-    layout = torch.channels_last if getattr(encoder, "prefers_channels_last", False) else torch.contiguous_format
+    layout = torch.channels_last if prefers_channels_last(encoder) else torch.contiguous_format
     encoder = encoder.to(memory_format=layout)
     batch = torch.randn(config.eval.batch_size, splits.train.channels, splits.train.image_size,
                         splits.train.image_size, device=device).contiguous(memory_format=layout)

@@ -14,7 +14,7 @@ copies never diverge. Memory: size x dim x 4 bytes (60k x 128: 31 MB).
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -42,7 +42,7 @@ class MemoryBank(nn.Module):
     """
 
     def __init__(self, size: int, dim: int, *, momentum: float = 0.5, num_negatives: int = 4096,
-                 temperature: float = 0.07, normalizer: str = "batch", seed: int = 0) -> None:
+                 temperature: float = 0.07, normalizer: Literal["fixed", "batch"] = "batch", seed: int = 0) -> None:
         super().__init__()
         if size < 2:
             raise ValueError(f"a memory bank needs at least 2 entries, got {size}")

@@ -15,7 +15,8 @@ from torch.utils.data import DistributedSampler
 
 from .dataset import ImageDataset
 
-Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+RawBatch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+"""What the loader yields: uint8 images, targets (-1: no label), dataset indices."""
 
 
 class BatchLoader:
@@ -37,7 +38,7 @@ class BatchLoader:
     def set_epoch(self, epoch: int) -> None:
         self.sampler.set_epoch(epoch)
 
-    def iterate(self, start: int = 0) -> Iterator[Batch]:
+    def iterate(self, start: int = 0) -> Iterator[RawBatch]:
         """The epoch's batches from batch number ``start`` on."""
         order = torch.tensor(list(self.sampler), dtype=torch.long)
         for batch in range(start, len(self)):
@@ -46,5 +47,5 @@ class BatchLoader:
             yield (images.to(self.device, non_blocking=True), targets.to(self.device, non_blocking=True),
                    index.to(self.device, non_blocking=True))
 
-    def __iter__(self) -> Iterator[Batch]:
+    def __iter__(self) -> Iterator[RawBatch]:
         return self.iterate()

@@ -120,3 +120,11 @@ def labeled_part(dataset: ImageDataset) -> ImageDataset:
     return dataset.select((dataset.targets >= 0).nonzero().squeeze(1))
 
 
+def label_index(train: ImageDataset, fraction: float, seed: int) -> torch.Tensor:
+    """Indices of a class-balanced ``fraction`` of the labelled images of ``train`` (at least one
+    per class); the same for a seed."""
+    if not 0.0 < fraction <= 1.0:
+        raise SelfsupError(f"the label fraction must be in (0, 1], got {fraction}")
+    labelled = (train.targets >= 0).nonzero().squeeze(1)
+    count = max(round(fraction * len(labelled)), len(train.targets[labelled].unique()))
+    return labelled[train.select(labelled).balanced_index(count, seed)]

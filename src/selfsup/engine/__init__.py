@@ -1,12 +1,15 @@
 """The engine: the fit loop, checkpoints, collectives, optimisers and schedules, metrics, runtime.
 
 Everything here works on any ``nn.Module`` whose forward takes a :class:`Batch` and the training
-progress and returns ``{"loss": ...}``; nothing here knows about methods, datasets or configs.
+progress and returns ``{"loss": ...}``. It knows no method, dataset or run config; the one
+section of configuration it reads is its own, :class:`OptimConfig` (the ``optim`` section).
 """
-from .loop import Batch, Engine, Freeze, NonFiniteLoss, preserved, to_channels_last
+from .contracts import Batch, Freeze, NonFiniteLoss, Trainable
+from .loop import Engine
+from .steps import preserved, to_channels_last
 from .optim import OptimConfig, Schedule, build_optimizer, cosine_schedule, default_param_groups, scaled_lr
 from .runtime import Precision, pick_device, resolve_precision
 
-__all__ = ["Batch", "Engine", "Freeze", "NonFiniteLoss", "OptimConfig", "Precision", "Schedule", "build_optimizer",
-           "cosine_schedule", "default_param_groups", "pick_device", "preserved", "resolve_precision", "scaled_lr",
-           "to_channels_last"]
+__all__ = ["Batch", "Engine", "Freeze", "NonFiniteLoss", "OptimConfig", "Precision", "Schedule", "Trainable",
+           "build_optimizer", "cosine_schedule", "default_param_groups", "pick_device", "preserved", "resolve_precision",
+           "scaled_lr", "to_channels_last"]

@@ -50,11 +50,6 @@ def destroy() -> None:
         dist.destroy_process_group()
 
 
-def barrier() -> None:
-    if is_initialized():
-        dist.barrier()
-
-
 def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
     """Mean over ranks (a copy; the input is left alone)."""
     if not is_initialized():
@@ -62,14 +57,6 @@ def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
     out = tensor.detach().clone()
     dist.all_reduce(out)
     return out / world_size()
-
-
-def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
-    if not is_initialized():
-        return tensor
-    out = tensor.detach().clone()
-    dist.all_reduce(out)
-    return out
 
 
 def gather_objects(obj: object) -> list[object]:

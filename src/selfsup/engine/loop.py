@@ -11,94 +11,28 @@ distillation and the other recipes are all fits of this loop.
 """
 from __future__ import annotations
 
-import contextlib
-import copy
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol
+from typing import Any
 
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from ..errors import SelfsupError
+from ..tables import write_json
 from . import checkpoint, dist
+from .contracts import Freeze, Loader, NonFiniteLoss, Probe
 from .metrics import MetricsLog
 from .optim import Schedule, apply_schedule
-from .runtime import Precision, write_json
-
-
-class Batch(NamedTuple):
-    """What a module's forward receives: the views its ``views`` made, labels (-1: none), dataset indices."""
-
-    views: list[torch.Tensor]
-    targets: torch.Tensor
-    index: torch.Tensor
-
-
-class Loader(Protocol):
-    batch_size: int
-
-    def __len__(self) -> int: ...
-    def set_epoch(self, epoch: int) -> None: ...
-    def iterate(self, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]: ...
-
-
-class Probe(Protocol):
-    """A classifier trained beside the run on its frozen features (the online linear probe)."""
-
-    def step(self, images: torch.Tensor, targets: torch.Tensor) -> dict[str, float]: ...
-    def evaluate(self) -> dict[str, float]: ...
-    def state_dict(self) -> dict[str, Any]: ...
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
-
-
-class NonFiniteLoss(SelfsupError):
-    """The loss became NaN or infinite; the weights were not updated with it."""
-
-
-@dataclass(frozen=True)
-class Freeze:
-    """Parameters whose names start with ``prefix`` do not train before step ``until_step``: their
-    gradients are dropped (so neither the optimiser nor weight decay moves them) and their
-    BatchNorm layers keep their statistics (eval mode)."""
-
-    prefix: str
-    until_step: int
-
-
-def to_channels_last(views: list[torch.Tensor]) -> list[torch.Tensor]:
-    # Images only: labels and tile stacks (B, T, C, h, w) keep their layout.
-    return [v.contiguous(memory_format=torch.channels_last) if v.ndim == 4 and v.is_floating_point() else v
-            for v in views]
-
-
-@contextlib.contextmanager
-def preserved(module: nn.Module, *others: Any) -> Iterator[None]:
-    """Run a block (timing steps, say) and put back the module's state, the state of ``others``
-    (optimisers, scalers: anything with ``state_dict``) and the RNG, as if it never ran."""
-    saved = copy.deepcopy(module.state_dict())
-    saved_others = [copy.deepcopy(o.state_dict()) for o in others]
-    rng = torch.get_rng_state()
-    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-    try:
-        yield
-    finally:
-        module.load_state_dict(saved)
-        for other, state in zip(others, saved_others):
-            other.load_state_dict(state)
-        torch.set_rng_state(rng)
-        if cuda_rng is not None:
-            torch.cuda.set_rng_state_all(cuda_rng)
-        for param in module.parameters():
-            param.grad = None
+from .runtime import Precision
+from .steps import clip_each_parameter, format_seconds, forward_views, preserved, synchronize
 
 
 class Engine:
-    """Fits ``module`` (forward(batch, progress) -> {"loss", ...}) with ``optimizer`` on ``loader``.
+    """Fits ``module`` (a :class:`~selfsup.engine.Trainable`: forward(batch, progress) -> {"loss", ...}) with ``optimizer``
+    on ``loader``.
 
     ``monitor`` (optional) runs at epoch ends every ``monitor_every`` epochs and at the end and
     returns metrics. ``probe`` (optional) trains after every step and reports at every epoch end
@@ -128,8 +62,9 @@ class Engine:
         self.freezes = [(spec, [p for p in module.parameters() if names[id(p)].startswith(spec.prefix)],
                          [m for n, m in module.named_modules() if n.startswith(spec.prefix.rstrip("."))
                           and isinstance(m, nn.modules.batchnorm._BatchNorm)]) for spec in freeze]
-        # DDP wraps what trains; banks, queues and teachers are buffers kept identical by their own
-        # gathered updates, so they are not broadcast on every step (31 MB for NPID on 60k images).
+        # DDP wraps the whole method without broadcasting buffers: banks, queues and teacher BatchNorm
+        # statistics are kept identical by their own gathered updates (broadcasting them would send
+        # 31 MB a step for NPID on 60k images); a teacher's frozen parameters take no gradient.
         self.model: nn.Module = module if self.world == 1 else DistributedDataParallel(
             module, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision.needs_scaler)
@@ -148,12 +83,8 @@ class Engine:
         for spec, _, norms in self.freezes:
             for norm in norms:
                 norm.train(self.step >= spec.until_step)
-        with torch.no_grad():
-            views = self.module.views(images)
-        if self.channels_last:
-            views = to_channels_last(views)
-        with self.precision.autocast(self.device):
-            out = self.model(Batch(views, targets, index), self.step / total)
+        out = forward_views(self.module, images, targets, index, self.step / total, precision=self.precision,
+                            device=self.device, channels_last=self.channels_last, model=self.model)
         loss = out["loss"]
         # Every rank learns whether any rank diverged, so all stop together, before the update.
         stats = dist.all_reduce_mean(torch.stack([loss.detach().float(), (~torch.isfinite(loss)).float()]))
@@ -196,11 +127,11 @@ class Engine:
         with preserved(self.module, self.optimizer, self.scaler, *([self.probe] if self.probe is not None else [])):
             for _ in range(warmup):
                 self.train_step(images, targets, index)
-            _synchronize(self.device)
+            synchronize(self.device)
             start = time.perf_counter()
             for _ in range(count):
                 self.train_step(images, targets, index)
-            _synchronize(self.device)
+            synchronize(self.device)
             seconds = (time.perf_counter() - start) / count
         self.step = step
         return float(dist.all_reduce_mean(torch.tensor(seconds)).item())
@@ -209,8 +140,8 @@ class Engine:
         last = self.run_dir / "checkpoints" / "last.pt"
         where = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
         return (f"the loss became {value} at step {self.step} (epoch {self.step // self.steps_per_epoch}); "
-                f"the weights were not updated with it and {where}. Lower optim.lr, check the data, "
-                "or try train.precision=fp32; continue with --resume.")
+                f"the weights and the optimiser were not updated with it and {where}. Lower optim.lr, check the "
+                "data, or try train.precision=fp32; continue with --resume.")
 
     # ------------------------------------------------------------ checkpoints
 
@@ -340,26 +271,3 @@ class Engine:
             extra = "".join(f", {k} {v}" for k, v in row.items() if k not in ("step", "epoch", "loss", "minutes"))
             tqdm.write(f"epoch {epoch + 1}: loss {row['loss']:.4f}{extra}")
         self.save(best=is_best)
-
-
-@torch.no_grad()
-def clip_each_parameter(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
-    """Scale each parameter's gradient down to norm ``max_norm`` if it is longer (DINO's
-    ``clip_gradients``: factor max_norm / (norm + 1e-6) where it is below 1); returns the global
-    norm before clipping, for the log."""
-    norms = torch.stack([p.grad.detach().float().norm() for p in params]) if params else torch.zeros(1)
-    factors = (max_norm / (norms + 1e-6)).clamp(max=1.0)  # on the device: no host sync per parameter
-    for param, factor in zip(params, factors):
-        param.grad.mul_(factor.to(param.grad.dtype))
-    return norms.norm()
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def format_seconds(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}" if seconds >= 3600 \
-        else f"{seconds // 60}:{seconds % 60:02d}"

@@ -5,7 +5,6 @@ import contextlib
 import datetime
 import functools
 import importlib.metadata
-import json
 import platform
 import socket
 import subprocess
@@ -114,10 +113,20 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
+_COMMAND: list[str] | None = None
+
+
+def record_command(command: list[str] | None) -> None:
+    """The command line that runs now (the CLI says which, also when called in-process), for the
+    provenance of the runs it writes; None: the process's own ``sys.argv``."""
+    global _COMMAND
+    _COMMAND = None if command is None else list(command)
+
+
 def provenance(device: torch.device, precision: Precision, command: list[str] | None = None) -> dict:
     return {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "command": command if command is not None else sys.argv,
+        "command": command if command is not None else _COMMAND if _COMMAND is not None else sys.argv,
         "git_revision": git_revision(),
         "versions": library_versions(),
         "host": socket.gethostname(),
@@ -125,7 +134,3 @@ def provenance(device: torch.device, precision: Precision, command: list[str] | 
         "precision": precision.name,
         "world_size": dist.world_size(),
     }
-
-
-def write_json(path: Path, payload: dict) -> None:
-    path.write_text(json.dumps(payload, indent=2, default=str) + "\n")

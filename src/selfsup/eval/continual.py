@@ -12,10 +12,9 @@ from pathlib import Path
 
 import torch
 
+from .. import figures
 from ..errors import SelfsupError
-from .evaluator import markdown_table
-
-
+from ..tables import markdown_table
 def split_classes(classes: int, per_task: int = 2, order: list[int] | None = None) -> list[list[int]]:
     """Class indices 0..classes-1 (or ``order``, a permutation of them) cut into consecutive tasks
     of ``per_task`` classes: split Fashion-MNIST is ``split_classes(10, 2)`` = 5 tasks."""
@@ -92,42 +91,7 @@ class AccuracyMatrix:
         return markdown_table(rows, ["after task"] + [f"task {j}" for j in range(self.tasks)])
 
     def plot(self, path: Path, title: str) -> None:
-        plot_matrices({title: self}, path)
-
-    def draw(self, ax, title: str):  # noqa: ANN001, ANN201
-        """The matrix as a heatmap with its values on ``ax``; returns the image (for a colour bar)."""
-        image = ax.imshow(self.values.numpy(), vmin=0, vmax=100, cmap="viridis")
-        for (i, j), value in _cells(self.values):
-            ax.text(j, i, f"{value:.0f}", ha="center", va="center", color="white" if value < 60 else "black")
-        ax.set_xlabel("tested on task")
-        ax.set_ylabel("after training task")
-        ax.set_xticks(range(self.tasks))
-        ax.set_yticks(range(self.tasks))
-        ax.set_title(title, fontsize=9)
-        return image
-
-
-def plot_matrices(matrices: dict[str, AccuracyMatrix], path: Path, columns: int = 5) -> None:
-    """Accuracy matrices side by side (e.g. every strategy of a comparison), one colour scale."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    columns = min(columns, len(matrices))
-    rows = -(-len(matrices) // columns)
-    tasks = max(m.tasks for m in matrices.values())
-    fig, axes = plt.subplots(rows, columns, figsize=(columns * (1.0 * tasks + 1.5) + 1, rows * (0.9 * tasks + 1.5)),
-                             squeeze=False)
-    image = None
-    for ax, (title, matrix) in zip(axes.flat, matrices.items()):
-        image = matrix.draw(ax, title)
-    for ax in list(axes.flat)[len(matrices):]:
-        ax.axis("off")
-    fig.colorbar(image, ax=axes.ravel().tolist(), label="accuracy (%)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
+        figures.accuracy_matrices(path, {title: self.values.numpy()})
 
 
 def _cells(values: torch.Tensor) -> list[tuple[tuple[int, int], float]]:

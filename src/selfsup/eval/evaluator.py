@@ -17,8 +17,10 @@ from torch import nn
 
 from ..data import ImageDataset
 from ..engine import checkpoint
+from ..engine.runtime import pick_device, resolve_precision
 from ..errors import SelfsupError
-from ..engine.runtime import pick_device, resolve_precision, write_json
+from ..models import prefers_channels_last
+from ..tables import markdown_table, write_json
 from ..views import EvalView
 from .calibrate import recalibrate_batchnorm
 from .features import extract_features, pixel_features
@@ -85,13 +87,15 @@ class Evaluator:
     def __init__(self, name: str, train: ImageDataset, test: ImageDataset, view: EvalView, out_dir: Path,
                  encoder: nn.Module | None = None, *, device: str = "auto", precision: str = "auto",
                  cache_key: dict | None = None, batch_size: int = 512, recalibrate: int = 0, seed: int = 0,
-                 encode: Callable[[torch.Tensor], torch.Tensor] | None = None, quiet: bool = False) -> None:
+                 encode: Callable[[torch.Tensor], torch.Tensor] | None = None, about: dict | None = None,
+                 quiet: bool = False) -> None:
         self.name, self.train, self.test, self.view, self.out_dir = name, train, test, view, out_dir
+        self.about = about
         self.encoder, self.encode, self.cache_key = encoder, encode, cache_key
         self.batch_size, self.recalibrate, self.seed, self.quiet = batch_size, recalibrate, seed, quiet
         self.device = pick_device(device)
         self.precision = resolve_precision(precision, self.device)
-        self.channels_last = bool(getattr(getattr(encoder, "backbone", encoder), "prefers_channels_last", False))
+        self.channels_last = prefers_channels_last(encoder)
         self._features: dict[str, torch.Tensor] = {}
         self._calibrated = False
 
@@ -183,26 +187,27 @@ class Evaluator:
                 for entry in entries.values():
                     entry["settings"] += f"; BN recalibrated on {images} train images"
             results.update(entries)
-        return record(self.out_dir, self.name, results)
+        return record(self.out_dir, self.name, results, self.about)
 
 
-def record(out_dir: Path, name: str, results: dict[str, dict]) -> dict:
-    """Merge ``results`` for encoder ``name`` into ``out_dir/results.json`` and rewrite ``results.md``."""
+ABOUT = "about"
+"""The key of an entry's structured description in ``results.json`` (what was evaluated: the
+checkpoint, its step, the network, the features), beside its protocols; the display name is
+never parsed back."""
+
+
+def record(out_dir: Path, name: str, results: dict[str, dict], about: dict | None = None) -> dict:
+    """Merge ``results`` for encoder ``name`` (and its ``about`` fields) into ``out_dir/results.json``
+    and rewrite ``results.md``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "results.json"
     everything = json.loads(path.read_text()) if path.is_file() else {}
     everything.setdefault(name, {}).update(results)
+    if about is not None:
+        everything[name][ABOUT] = about
     write_json(path, everything)
     (out_dir / "results.md").write_text(results_table(everything) + "\n")
     return everything
-
-
-def markdown_table(rows: list[dict], columns: list[str]) -> str:
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for row in rows:
-        cells = [f"{row.get(c):.2f}" if isinstance(row.get(c), float) else str(row.get(c, "")) for c in columns]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
 
 
 def results_table(results: dict) -> str:
@@ -210,6 +215,8 @@ def results_table(results: dict) -> str:
     rows = []
     for name, protocols in results.items():
         for protocol, result in protocols.items():
+            if protocol == ABOUT:
+                continue
             rows.append({"features": name, "protocol": protocol, "top-1 (%)": round(result["top1"], 2),
                          "settings": result.get("settings", "")})
     return markdown_table(rows, ["features", "protocol", "top-1 (%)", "settings"])

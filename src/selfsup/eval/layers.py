@@ -19,9 +19,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from .. import figures
 from ..data import ImageDataset
-from ..engine.runtime import write_json
 from ..errors import SelfsupError
+from ..models import prefers_channels_last
+from ..tables import write_json
 from ..views import EvalView
 from .calibrate import recalibrate_batchnorm
 from .evaluator import EvalConfig
@@ -61,7 +63,7 @@ def probe_layers(name: str, backbone: nn.Module, train: ImageDataset, test: Imag
     """
     if device is not None:
         backbone.to(device)
-    channels_last = bool(getattr(backbone, "prefers_channels_last", False))
+    channels_last = prefers_channels_last(backbone)
     if recalibrate:
         recalibrate_batchnorm(backbone, train.images, view, count=recalibrate, batch_size=cfg.batch_size, seed=seed,
                               autocast_dtype=autocast_dtype, channels_last=channels_last,
@@ -98,9 +100,9 @@ def record_layers(out_dir: Path, name: str, results: dict[int, dict[str, Any]],
                                    for dim, stages in results.items()}}
     write_json(path, everything)
     (out_dir / "layers.md").write_text(layers_table(everything) + "\n")
-    plot_layers(everything, out_dir / "layers.png")
+    figures.layer_probe(out_dir / "layers.png", everything)
     if any(len(entry.get("by_dim", {})) > 1 for entry in everything.values()):
-        plot_dims(everything, out_dir / "layers-dims.png")
+        figures.layer_probe_by_size(out_dir / "layers-dims.png", everything)
     return everything
 
 
@@ -118,50 +120,3 @@ def layers_table(everything: dict[str, Any]) -> str:
                 lines.append(f"| {name} | ~{dim} | " + " | ".join(f"{tops[s]:.2f}" if s in tops else ""
                                                                  for s in stages) + " |")
     return "\n".join(lines)
-
-
-def _pyplot():  # noqa: ANN202
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display needed
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def plot_layers(everything: dict[str, Any], path: Path) -> None:
-    """Top-1 per stage, one line per encoder: the 'is the last layer aligned?' chart."""
-    plt = _pyplot()
-    figure, axis = plt.subplots(figsize=(6, 3.8), dpi=120)
-    for name, entry in everything.items():
-        stages = list(entry["stages"])
-        axis.plot(range(len(stages)), [entry["stages"][s]["top1"] for s in stages], marker="o", label=name)
-        axis.set_xticks(range(len(stages)), stages)
-    axis.set_xlabel("stage (features average-pooled to ~equal size)")
-    axis.set_ylabel("linear probe top-1 (%)")
-    axis.set_title("Layer-wise linear probe")
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
-
-
-
-def plot_dims(everything: dict[str, Any], path: Path) -> None:
-    """One panel per encoder: top-1 per stage for each pooled size (does the verdict depend on it?)."""
-    plt = _pyplot()
-    names = [n for n, entry in everything.items() if entry.get("by_dim")]
-    figure, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3.2), dpi=120, squeeze=False, sharey=True)
-    for axis, name in zip(axes[0], names):
-        for dim, tops in everything[name]["by_dim"].items():
-            stages = list(tops)
-            axis.plot(range(len(stages)), [tops[s] for s in stages], marker="o", label=f"~{dim}")
-            axis.set_xticks(range(len(stages)), stages, fontsize=7)
-        axis.set_title(name, fontsize=7)
-        axis.grid(alpha=0.3)
-    axes[0][0].set_ylabel("linear probe top-1 (%)")
-    axes[0][-1].legend(title="features", fontsize=7, title_fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)

@@ -24,12 +24,12 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from .. import figures
 from ..data import DATASETS, USER_FORMATS, load_dataset
 from ..data.formats import IMAGE_SUFFIXES, decode_image, decode_images
 from ..engine.runtime import pick_device
 from ..errors import SelfsupError
-from ..recipes.evaluate import load_features
-from ..report import figures
+from ..recipes.loading import load_features
 from ..views import EvalView
 
 INDEX_FILE, EMBEDDINGS_FILE = "index.json", "embeddings.npy"

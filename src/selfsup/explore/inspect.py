@@ -17,9 +17,9 @@ import torch.nn.functional as F
 
 from ..errors import SelfsupError
 from ..eval import confusion_matrix, cosine_topk
-from ..recipes.classifier import classify_all
+from ..learners import classify_all
 from ..recipes.evaluate import checkpoint_evaluator
-from ..recipes.finetune import load_classifier
+from ..recipes.loading import load_classifier
 from ..report import Inspection
 
 MAP_METHODS = ("auto", "umap", "tsne")

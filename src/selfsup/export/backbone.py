@@ -13,7 +13,7 @@ from tqdm import tqdm
 from ..errors import SelfsupError
 from ..models.backbones import ResNet
 from ..models.vit import VisionTransformer
-from ..recipes.evaluate import load_encoder
+from ..recipes.loading import load_encoder
 from .card import preprocessing, provenance, results, write_card
 from .onnx_check import RELATIVE_TOLERANCE, check_onnx_target, export_onnx
 from .resnet import resnet_target

@@ -63,16 +63,19 @@ def provenance(state: dict[str, Any], method: str, dataset: str) -> dict[str, An
 
 
 def results(state: dict[str, Any]) -> dict[str, Any]:
-    """The run's ``eval/results.json`` (entries named "method (checkpoint, step N)") and its
-    ``summary.json``; empty for a checkpoint outside a run directory or a run never evaluated."""
+    """The run's ``eval/results.json`` entries of these weights (their ``about`` fields name this
+    checkpoint and step) and its ``summary.json``; empty for a checkpoint outside a run directory or
+    a run never evaluated."""
     run = run_dir_of(Path(state["path"]).resolve())
     found: dict[str, Any] = {}
     if run is None:
         return found
-    if (run / "eval" / "results.json").is_file():  # the entries of these weights only ("method (best, step 12)")
-        tag = f"({Path(state['path']).stem}, step {state.get('step')}"
+    if (run / "eval" / "results.json").is_file():
+        wanted = (Path(state["path"]).stem, state.get("step"))
         entries = read_json(run / "eval" / "results.json")
-        found["eval"] = {name: entry for name, entry in entries.items() if tag in name} \
+        found["eval"] = {name: entry for name, entry in entries.items() if isinstance(entry, dict)
+                         and isinstance(entry.get("about"), dict)
+                         and (entry["about"].get("stem"), entry["about"].get("step")) == wanted} \
             if isinstance(entries, dict) else {}
     if (run / "summary.json").is_file():
         found["summary"] = read_json(run / "summary.json")

@@ -5,6 +5,8 @@ Discrimination", CVPR 2018 (arXiv:1805.01978).
 """
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -37,7 +39,7 @@ class NPID(Method):
 
     def __init__(self, backbone: nn.Module, views: nn.Module, *, num_images: int, seed: int = 0,
                  feature_dim: int = 128, num_negatives: int = 4096, temperature: float = 0.07,
-                 bank_momentum: float = 0.5, normalizer: str = "batch", proximal: float = 0.0,
+                 bank_momentum: float = 0.5, normalizer: Literal["fixed", "batch"] = "batch", proximal: float = 0.0,
                  shared: bool = False) -> None:
         super().__init__(backbone, views, shared=shared)
         self.projector = nn.Linear(backbone.num_features, feature_dim)

@@ -5,6 +5,8 @@ CVPR 2020 (arXiv:1912.01991).
 """
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -39,7 +41,7 @@ class PIRL(Method):
 
     def __init__(self, backbone: nn.Module, views: nn.Module, *, num_images: int, seed: int = 0,
                  feature_dim: int = 128, loss_lambda: float = 0.5, num_negatives: int = 32000,
-                 temperature: float = 0.07, bank_momentum: float = 0.5, normalizer: str = "batch",
+                 temperature: float = 0.07, bank_momentum: float = 0.5, normalizer: Literal["fixed", "batch"] = "batch",
                  shared: bool = False) -> None:
         super().__init__(backbone, views, shared=shared)
         tiles = views.tiler.grid ** 2 if views.tiler is not None else 0

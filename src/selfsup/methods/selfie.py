@@ -12,6 +12,7 @@ from torch import nn
 from ..engine import Batch
 from ..errors import SelfsupError
 from ..losses import candidate_nce
+from ..models import StagedBackbone
 from ..models.heads import AttentionPooling, AttentionPoolTrunk, freeze_after
 from ..views import OneView, grid_patches
 from .base import Method
@@ -73,7 +74,7 @@ class Selfie(Method):
                  ffn_ratio: float = 0.625, dropout: float = 0.1, position_embedding: str = "auto",
                  query: str = "add", scaled_logits: bool = True, shared: bool = False) -> None:
         super().__init__(backbone, views, shared=shared)
-        if not hasattr(backbone, "stage_prefixes"):
+        if not isinstance(backbone, StagedBackbone):
             raise SelfsupError(f"Selfie's patch network is the first stages of a ResNet: set backbone.name to "
                                f"resnet18/34/50 (got {type(backbone).__name__})")
         if patch_stage not in backbone.stage_prefixes():

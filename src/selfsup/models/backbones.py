@@ -1,13 +1,16 @@
 """Backbones: image (B, C, H, W) -> features (B, num_features), with named stages.
 
-The contract every backbone meets (after timm): ``num_features``, ``forward(x) -> (B, D)``,
-``stage_names`` and ``forward_stages(x) -> {name: (B, C_s, H_s, W_s)}`` for the layer-wise
-probe (conv1, res2..res5 in the ResNet naming of the probing papers).
+What a backbone provides is written down as two Protocols (after timm's explicit contract):
+:class:`Backbone` (every backbone) and :class:`StagedBackbone` (the convolutional ones, run
+stage by stage: conv1, res2..res5 in the ResNet naming of the probing papers). A trunk that
+wraps a backbone (SimCLR v2's :class:`~selfsup.models.HeadTrunk`, Selfie's
+:class:`~selfsup.models.AttentionPoolTrunk`) is unwrapped by :func:`trunk_of`.
 """
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 import torchvision
@@ -18,6 +21,51 @@ from ..errors import SelfsupError, closest
 from .vit import VisionTransformer, default_patch_size
 
 STAGES = ("conv1", "res2", "res3", "res4", "res5")
+
+
+@runtime_checkable
+class Backbone(Protocol):
+    """What every backbone provides: the width of its features, the arguments that rebuild it
+    (``arch``: export and checkpoints read it), and whether it runs faster in channels_last."""
+
+    num_features: int
+    arch: dict[str, Any]
+    prefers_channels_last: bool
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, num_features)."""
+
+
+@runtime_checkable
+class StagedBackbone(Backbone, Protocol):
+    """A backbone run stage by stage (ResNet, the toy network): what the layer-wise probe, per-stage
+    transfer modes, cross-stitch units and Selfie's patch network read."""
+
+    stage_names: tuple[str, ...]
+
+    def stage_prefixes(self) -> dict[str, tuple[str, ...]]:
+        """Each stage's parameter-name prefixes."""
+
+    def stage_functions(self) -> list[tuple[str, Callable[[torch.Tensor], torch.Tensor]]]:
+        """(name, function) per stage, in order: feature map in, feature map out."""
+
+    def forward_stages(self, x: torch.Tensor, until: str = "res5") -> dict[str, torch.Tensor]:
+        """Each stage's feature map, up to ``until``."""
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        """The last feature map -> (B, num_features)."""
+
+
+def trunk_of(encoder: nn.Module) -> nn.Module:
+    """The backbone inside an encoder: the wrapped one of a trunk with a head or a pooling on top
+    (``encoder.backbone``), else the encoder itself."""
+    return getattr(encoder, "backbone", encoder)
+
+
+def prefers_channels_last(encoder: nn.Module) -> bool:
+    """Whether the backbone of ``encoder`` (a method, a trunk or a backbone) runs faster in
+    channels_last: convolutional ones do; ViTs and the toy network do not."""
+    return bool(getattr(trunk_of(encoder), "prefers_channels_last", False))
 
 #: Residual blocks per stage (res2..res5) of torchvision's ResNets (He et al. 2016, Table 1).
 RESNET_BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3)}

@@ -1,8 +1,9 @@
-"""Recipes: what the engine fits, built from a config. Pretraining, the classifier-training recipe
-(fine-tuning, and the base of distillation, continual and semi-supervised learning), and the
-evaluation of checkpoints."""
-from .classifier import Classifier, ClassifierTraining, classifier_views, fit_classifier
-from .pretrain import Pretraining, build_model, pretrain
+"""Recipes: functions that fit what the engine trains, and their settings: pretraining a method
+(:mod:`selfsup.methods`), fitting a learner (:mod:`selfsup.learners`) on labels (fine-tuning,
+distillation, ClusterFit, continual, multi-task, semi-supervised), and evaluating checkpoints.
+No model is defined here."""
+from .classifier import ClassifierTraining, fit_classifier
+from .loading import build_model
+from .pretrain import Pretraining, pretrain
 
-__all__ = ["Classifier", "ClassifierTraining", "Pretraining", "build_model", "classifier_views", "fit_classifier",
-           "pretrain"]
+__all__ = ["ClassifierTraining", "Pretraining", "build_model", "fit_classifier", "pretrain"]

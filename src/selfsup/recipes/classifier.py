@@ -1,77 +1,29 @@
-"""Training a classifier on labels with the engine: the recipe that fine-tuning, distillation,
-continual and semi-supervised learning build on.
+"""Fitting a classifier on labels with the engine: the recipe that fine-tuning, distillation,
+continual, multi-task and semi-supervised learning build on.
 
-:class:`Classifier` is an encoder (pretrained or random) plus a linear head, trained with
-cross-entropy; its parameter groups are ``backbone`` and ``head`` so the trunk can train at a
-fraction of the head's rate (fine-tuning protocols: 1/10) and can be frozen for a warm-up of
-the head (LwF's first phase) in the same fit. Any module with ``views``, ``param_groups``,
-``classify`` and a forward returning ``{"loss"}`` can be fitted by :func:`fit_classifier`
-(a distillation student, a semi-supervised learner).
+:func:`fit_classifier` fits any learner of :mod:`selfsup.learners` (a module with ``views``,
+``param_groups``, ``classify`` and a forward returning ``{"loss"}``) on the labelled images of a
+dataset, with its test accuracy each epoch; :class:`ClassifierTraining` says how;
+:class:`StartingPoint` is the encoder a downstream strategy starts from.
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..config import RunConfig, apply_overrides, resolve
-from ..data import BatchLoader, ImageDataset, Splits
-from ..engine import Batch, Engine, Freeze, OptimConfig, Schedule, build_optimizer, checkpoint, dist
-from ..engine.runtime import pick_device, resolve_precision, write_json
+from ..data import BatchLoader, ImageDataset
+from ..engine import Engine, Freeze, OptimConfig, Schedule, build_optimizer, checkpoint, dist
 from ..errors import SelfsupError
-from ..losses import distillation
-from ..views import AugmentSpec, EvalView, ImageInfo, OneView
-
-FINE_TUNE_AUGMENT = AugmentSpec(crop_scale=(0.5, 1.0), jitter_p=0.0, grayscale_p=0.0)
-"""Crop and flip: the usual augmentation of supervised fine-tuning on small images."""
-
-
-class Classifier(nn.Module):
-    """``head(encoder(x))`` trained with cross-entropy on the labelled images of a batch.
-
-    ``label_smoothing`` eps is distillation from a uniform teacher (SPEC 8): eps of the loss is
-    KL(uniform || softmax(s)), the rest cross-entropy with the label, i.e. cross-entropy with
-    targets (1 - eps) one-hot + eps / K (Szegedy et al. 2016), less the constant eps * log K.
-    """
-
-    encoder_prefix = "encoder"
-
-    def __init__(self, encoder: nn.Module, num_classes: int, views: nn.Module, label_smoothing: float = 0.0) -> None:
-        super().__init__()
-        if not 0.0 <= label_smoothing < 1.0:
-            raise SelfsupError(f"label smoothing must be in [0, 1), got {label_smoothing}")
-        self.encoder, self.views, self.label_smoothing = encoder, views, label_smoothing
-        self.head = nn.Linear(encoder.num_features, num_classes)
-
-    def classify(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) -> logits (B, num_classes)."""
-        return self.head(self.encoder(x))
-
-    def predict(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits of the network evaluation reads: the trained one (a learner that evaluates a moving
-        average of its weights overrides this)."""
-        return self.classify(x)
-
-    def param_groups(self) -> list[dict]:
-        return [{"name": "backbone", "params": list(self.encoder.parameters())},
-                {"name": "head", "params": list(self.head.parameters())}]
-
-    def forward(self, batch: Batch, progress: float) -> dict[str, torch.Tensor]:
-        logits = self.classify(batch.views[0]).float()
-        labelled = batch.targets >= 0
-        if self.label_smoothing:
-            uniform = torch.zeros_like(logits[labelled])
-            loss = distillation(logits[labelled], uniform, 1.0, batch.targets[labelled], self.label_smoothing)
-        else:
-            loss = F.cross_entropy(logits[labelled], batch.targets[labelled])
-        accuracy = (logits[labelled].argmax(1) == batch.targets[labelled]).float().mean()
-        return {"loss": loss, "accuracy": accuracy}
+from ..learners.classifier import classify_all
+from ..models import StagedBackbone, trunk_of
+from ..tables import write_json
+from ..views import EvalView
+from .run import check_settings, open_run
 
 
 @dataclass
@@ -88,7 +40,7 @@ class ClassifierTraining:
     backbone_lr_scale: float = 0.1
     """Trunk learning rate as a fraction of the head's (0 freezes the trunk: a linear probe)."""
     label_smoothing: float = 0.0
-    """eps of :class:`Classifier`: the uniform-teacher special case of distillation."""
+    """eps of :class:`~selfsup.learners.Classifier`: the uniform-teacher special case of distillation."""
     head_warmup_epochs: float = 0.0
     """Epochs at the start in which only the head trains (trunk frozen, its BatchNorm statistics kept)."""
     layer_modes: dict[str, str] = field(default_factory=dict)
@@ -125,22 +77,6 @@ class AccuracyMonitor:
         return dict(self.results)
 
 
-@torch.no_grad()
-def classify_all(model: nn.Module, images: torch.Tensor, view: nn.Module, batch_size: int = 512,
-                 raw: bool = False) -> torch.Tensor:
-    """``model.predict`` (the evaluated network; ``raw``: ``model.classify``, the trained one) of uint8
-    ``images`` in the deterministic ``view``, in evaluation mode, batched on the model's device: fp32
-    logits on the CPU (the model's mode is put back)."""
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    view = view.to(device)
-    network = model.classify if raw or not hasattr(model, "predict") else model.predict
-    logits = [network(view(chunk.to(device))).float().cpu() for chunk in images.split(batch_size)]
-    model.train(was_training)
-    return torch.cat(logits)
-
-
 def fit_classifier(model: nn.Module, train: ImageDataset, test: ImageDataset | None, run_dir: str | Path,
                    settings: ClassifierTraining, *, meta: dict[str, Any] | None = None, resume: bool = False,
                    unlabelled: bool = False, quiet: bool = False) -> dict[str, Any]:
@@ -150,16 +86,12 @@ def fit_classifier(model: nn.Module, train: ImageDataset, test: ImageDataset | N
     student, a semi-supervised learner). Checkpoints, metrics and the summary go to ``run_dir``
     like a pretraining run's.
     """
-    run_dir = Path(run_dir)
-    device = pick_device(settings.device)
-    dist.init_from_env(device.type)
-    precision = resolve_precision(settings.precision, device)
+    run = open_run(run_dir, device=settings.device, precision=settings.precision, resume=resume)
+    run_dir, device = run.dir, run.device
     training = train if unlabelled else train.select((train.targets >= 0).nonzero().squeeze(1))
     if len(training) < settings.batch_size:
         raise SelfsupError(f"{len(training)} {'' if unlabelled else 'labelled '}training images are fewer than a "
                            f"batch of {settings.batch_size}; lower the batch size")
-    resume_from = checkpoint.prepare_run_dir(run_dir, resume) if dist.is_main() else None
-    resume_from = dist.broadcast_object(resume_from)
     model.to(device)
     loader = BatchLoader(training, settings.batch_size // dist.world_size(), device=device, seed=settings.seed,
                          rank=dist.rank(), world_size=dist.world_size())
@@ -188,22 +120,37 @@ def fit_classifier(model: nn.Module, train: ImageDataset, test: ImageDataset | N
     mean, std = training.stats()
     monitor = AccuracyMonitor(model, test, EvalView(train.image_size, mean, std)) if test is not None else None
     # The test accuracy is logged every epoch but never chooses best.pt (that would select on test data).
-    engine = Engine(model, loader, optimizer, schedule, run_dir=run_dir, device=device, precision=precision,
+    recorded = training_settings(settings)
+    engine = Engine(model, loader, optimizer, schedule, run_dir=run_dir, device=device, precision=run.precision,
                     clip_grad=settings.optim.clip_grad,
                     clip_per_parameter=settings.optim.clip_mode == "per_parameter", freeze=freeze, monitor=monitor,
-                    monitor_every=max(settings.test_every, 1),
-                    meta={"classifier": True, **(meta or {})}, seed=settings.seed, log_every=settings.log_every,
-                    quiet=quiet)
-    if resume_from is not None:
-        engine.restore(checkpoint.load(resume_from))
+                    monitor_every=max(settings.test_every, 1), meta={**(meta or {}), "training": recorded},
+                    seed=settings.seed, log_every=settings.log_every, quiet=quiet)
+    if run.resume_from is not None:
+        state = checkpoint.load(run.resume_from)
+        check_settings(state, "training", recorded, ignored=RESUMABLE_CHANGES)
+        engine.restore(state)
     else:
         engine.seed_streams()
-    summary = engine.fit(resumed=resume_from is not None)
+    facts = {key: value for key, value in (meta or {}).items() if key != "config"}
+    run.record({**facts, "resumed_at_step": engine.step, "total_steps": schedule.total_steps,
+                "steps_per_epoch": steps_per_epoch, "training_images": len(training)},
+               config=(meta or {}).get("config"), settings=recorded)
+    summary = engine.fit(resumed=run.resume_from is not None)
     if monitor is not None and monitor.last is not None:
         summary.update({name: round(value, 2) for name, value in monitor.results.items()})
         if dist.is_main():
             write_json(run_dir / "summary.json", summary)
     return summary
+
+
+RESUMABLE_CHANGES = ("device", "precision", "log_every", "test_every")
+"""Settings a classifier run may resume with changed: where it runs and how often it reports."""
+
+
+def training_settings(settings: ClassifierTraining) -> dict[str, Any]:
+    """``settings`` as plain data: what the run directory (``settings.yaml``) and its checkpoints record."""
+    return dataclasses.asdict(settings)
 
 
 LAYER_MODES = ("frozen", "finetune", "retrain")
@@ -214,8 +161,9 @@ def stage_groups(model: nn.Module, groups: list[dict], modes: dict[str, str], tr
     """The ``backbone`` group of ``model`` split by stage of its trunk, each at the rate of its mode
     (``retrain`` stages re-initialised here); returns the groups and the prefixes of frozen stages."""
     encoder = model.encoder
-    trunk_name, trunk = ("backbone.", encoder.backbone) if hasattr(encoder, "backbone") else ("", encoder)
-    if not hasattr(trunk, "stage_prefixes"):
+    trunk = trunk_of(encoder)
+    trunk_name = "" if trunk is encoder else "backbone."
+    if not isinstance(trunk, StagedBackbone):
         raise SelfsupError(f"per-stage transfer modes need a ResNet-style trunk; {type(trunk).__name__} has no stages")
     stages = trunk.stage_prefixes()
     for stage, mode in modes.items():
@@ -246,75 +194,3 @@ def stage_groups(model: nn.Module, groups: list[dict], modes: dict[str, str], tr
     return out, frozen
 
 
-def backbone_changes(student: list[str]) -> list[str]:
-    """``student`` checked to be changes of a backbone section (``backbone.KEY=VALUE``): refused
-    before anything is loaded."""
-    bad = [item for item in student if not item.startswith("backbone.")]
-    if bad:
-        raise SelfsupError(f"student settings are backbone keys (backbone.name=..., backbone.width=...), got {bad}")
-    return list(student)
-
-
-def fresh_network(config: RunConfig, student: list[str], data: dict[str, Any], seed: int
-                  ) -> tuple[RunConfig, nn.Module]:
-    """A freshly initialised backbone for the images of ``data``: ``config``'s, with the ``student``
-    changes (:func:`backbone_changes`) to its backbone section; the config it was built from."""
-    config = resolve(apply_overrides(config.to_dict(), list(student)))
-    torch.manual_seed(seed)
-    return config, config.backbone.build(data["channels"], data["image_size"])
-
-
-def classifier_meta(config: RunConfig, data: dict[str, Any], head_layers: int = 0, *, origin: str | None = None,
-                    **facts: Any) -> dict[str, Any]:
-    """What a classifier's checkpoints record so that ``load_encoder`` / ``load_classifier`` rebuild it:
-    the config and data facts, the trunk under ``encoder`` (with its head layers and ``origin``, the
-    name evaluations give it; default the config's method), the head's facts.
-    Its evaluation uses the trunk's features: the pretraining method's own embedding (Selfie's,
-    CPC's presets ask for it) is not part of a classifier."""
-    saved = config.to_dict()
-    saved["eval"]["features"] = "backbone"
-    return {"config": saved, "data": data,
-            "encoder": {"prefix": "encoder", "method": origin or config.method_name, "head_layers": head_layers},
-            "classifier": facts}
-
-
-def classifier_views(image: ImageInfo, augment: AugmentSpec = FINE_TUNE_AUGMENT) -> OneView:
-    """The training view of a classifier: one mildly augmented view."""
-    return OneView(image, augment=augment)
-
-
-@dataclass
-class StartingPoint:
-    """The encoder a downstream strategy starts from (a checkpoint's, or a config's backbone at random
-    initialisation), with the config and data facts it was built for and the splits to train on."""
-
-    encoder: nn.Module
-    config: RunConfig
-    data: dict[str, Any]
-    splits: Splits
-    source: str
-    """The checkpoint's resolved path, or ``random initialisation``."""
-
-    @classmethod
-    def load(cls, checkpoint_path: str | Path | None, config: RunConfig | None, overrides: list[str] = (), *,
-             seed: int = 0, quiet: bool = False) -> StartingPoint:
-        from ..data import load_splits
-        from .evaluate import load_encoder
-
-        if checkpoint_path is not None:
-            encoder, config, state = load_encoder(checkpoint_path, overrides)
-            splits = load_splits(config.data, seed=config.train.seed, labeled=True, quiet=quiet)
-            return cls(encoder, config, state["data"], splits, str(Path(state["path"]).resolve()))
-        if config is None:
-            raise SelfsupError("give a checkpoint to start from, or a config (-c) for a random initialisation")
-        splits = load_splits(config.data, seed=config.train.seed, labeled=True, quiet=quiet)
-        data = splits.info()
-        config, encoder = fresh_network(config, [], data, seed)
-        return cls(encoder, config, data, splits, "random initialisation")
-
-    def fresh_encoder(self) -> nn.Module:
-        """A copy of the starting encoder: every run of a comparison starts from the same weights."""
-        return copy.deepcopy(self.encoder)
-
-    def eval_view(self) -> EvalView:
-        return EvalView(self.data["image_size"], tuple(self.data["mean"]), tuple(self.data["std"]))

@@ -30,14 +30,17 @@ import torch.nn.functional as F
 from ..config import RunConfig
 from ..data import load_splits
 from ..engine import OptimConfig
-from ..engine.runtime import write_json
 from ..errors import SelfsupError
 from ..eval import extract_features, kmeans
 from ..eval.layers import stage_features
+from ..learners import Classifier, classifier_views
+from ..models import trunk_of
+from ..tables import write_json
 from ..views import EvalView, ImageInfo
-from .classifier import (Classifier, ClassifierTraining, backbone_changes, classifier_meta, classifier_views,
-                         fit_classifier, fresh_network)
-from .evaluate import checkpoint_evaluator, load_encoder
+from .classifier import RESUMABLE_CHANGES, ClassifierTraining, fit_classifier
+from .evaluate import checkpoint_evaluator
+from .loading import backbone_changes, classifier_meta, fresh_network, load_encoder
+from .sweep import run_or_read
 
 STAGES = ("conv1", "res2", "res3", "res4", "res5")
 
@@ -74,7 +77,7 @@ def encoder_features(encoder: torch.nn.Module, config: RunConfig, state: dict[st
     if settings.layer == "output":
         features = extract_features(encoder, train.images, view, **options)
     elif settings.layer in STAGES:
-        trunk = getattr(encoder, "backbone", encoder)
+        trunk = trunk_of(encoder)
         features = stage_features(trunk, train.images, view, dims=(settings.layer_dim,),
                                   **options)[f"{settings.layer}@{settings.layer_dim}"]
     else:
@@ -119,15 +122,18 @@ def clusterfit(path: str | Path, run_dir: str | Path, settings: ClusterFitSettin
         assignments = saved["assignments"]
 
     ncf_dir = run_dir / "ncf"
-    if not (ncf_dir / "summary.json").is_file():
-        train_ncf(config, state, ncf_dir, assignments, settings, student=student, quiet=quiet)
+    ncf_stamp = {**json.loads(wanted), "backend": settings.backend, "student": list(student),
+                 "training": dataclasses.asdict(settings.training)}
+    run_or_read(ncf_dir, ncf_stamp, lambda resume: train_ncf(config, state, ncf_dir, assignments, settings,
+                                                             student=student, resume=resume, quiet=quiet),
+                ignored=tuple(f"training.{key}" for key in RESUMABLE_CHANGES))
 
     results = {}
     for name, checkpoint_path in (("N_pre", path), ("N_cf", ncf_dir)):
         evaluator, config = checkpoint_evaluator(checkpoint_path, list(overrides), run_dir / "eval", quiet)
         evaluator.name = name
-        results[name] = {protocol: round(result["top1"], 2) for protocol, result in
-                         evaluator.run(["knn", "linear"], config.eval, config.train.seed)[name].items()}
+        measured = evaluator.run(["knn", "linear"], config.eval, config.train.seed)[name]
+        results[name] = {protocol: round(measured[protocol]["top1"], 2) for protocol in ("knn", "linear")}
     report = {"source": source, "settings": dataclasses.asdict(settings), "results": results,
               "clusters": json.loads((run_dir / "clusters.json").read_text())["clusters"]}
     write_json(run_dir / "clusterfit.json", report)
@@ -135,7 +141,8 @@ def clusterfit(path: str | Path, run_dir: str | Path, settings: ClusterFitSettin
 
 
 def train_ncf(config: RunConfig, state: dict[str, Any], run_dir: Path, assignments: torch.Tensor,
-              settings: ClusterFitSettings, *, student: list[str] = (), quiet: bool = False) -> dict[str, Any]:
+              settings: ClusterFitSettings, *, student: list[str] = (), resume: bool = False,
+              quiet: bool = False) -> dict[str, Any]:
     """N_cf: a fresh network (N_pre's backbone of ``config``, or ``student`` changes to it) on the
     cluster labels of N_pre's checkpoint ``state``."""
     data = state["data"]
@@ -150,5 +157,4 @@ def train_ncf(config: RunConfig, state: dict[str, Any], run_dir: Path, assignmen
     meta = classifier_meta(config, data, origin=f"ClusterFit N_cf ({settings.clusters} clusters)",
                            classes=settings.clusters, stage="clusterfit",
                            source=str(Path(state["path"]).resolve()))
-    return fit_classifier(model, pseudo, None, run_dir, settings.training, meta=meta,
-                          resume=(run_dir / "checkpoints" / "last.pt").is_file(), quiet=quiet)
+    return fit_classifier(model, pseudo, None, run_dir, settings.training, meta=meta, resume=resume, quiet=quiet)

@@ -3,9 +3,9 @@
 Chen et al. 2020b ("Big Self-Supervised Models are Strong Semi-Supervised Learners", Sec. 2)
 pretrain, fine-tune on few labels, then train a student (the same network, or a smaller one)
 on the fine-tuned teacher's predictions over the unlabelled images; a student of the
-teacher's size came out better than its teacher. The student is fitted by the classifier
-recipe (:func:`~selfsup.recipes.fit_classifier`); only its loss differs
-(:func:`selfsup.losses.distillation`).
+teacher's size came out better than its teacher. The student (:class:`~selfsup.learners.Distiller`)
+is fitted by the classifier recipe (:func:`~selfsup.recipes.fit_classifier`); only its loss
+differs (:func:`selfsup.losses.distillation`).
 """
 from __future__ import annotations
 
@@ -14,50 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from ..config import apply_overrides, resolve
-from ..data import load_splits
-from ..engine import Batch
+from ..data import label_index, load_splits
 from ..errors import SelfsupError
-from ..losses import distillation
+from ..learners import Distiller, classifier_views
 from ..views import ImageInfo
-from .classifier import (Classifier, ClassifierTraining, backbone_changes, classifier_meta, classifier_views,
-                         fit_classifier, fresh_network)
-from .finetune import label_index, load_classifier
-
-
-class Distiller(Classifier):
-    """A student classifier trained on a frozen teacher's softened predictions of the same view.
-
-    Defaults from SimCLR v2: temperature 1 and no label term (``teacher_weight=1``), so no label
-    is needed. The teacher is never trained: no gradient, not in the parameter groups, always in
-    evaluation mode (its BatchNorm statistics stay those it was fine-tuned with).
-    """
-
-    def __init__(self, encoder: nn.Module, num_classes: int, views: nn.Module, teacher: Classifier, *,
-                 temperature: float = 1.0, teacher_weight: float = 1.0) -> None:
-        super().__init__(encoder, num_classes, views)
-        if temperature <= 0:
-            raise SelfsupError(f"the distillation temperature must be > 0, got {temperature}")
-        if not 0.0 <= teacher_weight <= 1.0:
-            raise SelfsupError(f"the teacher's weight must be in [0, 1], got {teacher_weight}")
-        self.teacher = teacher.requires_grad_(False).eval()
-        self.temperature, self.teacher_weight = temperature, teacher_weight
-
-    def train(self, mode: bool = True) -> Distiller:
-        super().train(mode)
-        self.teacher.eval()
-        return self
-
-    def forward(self, batch: Batch, progress: float) -> dict[str, torch.Tensor]:
-        view = batch.views[0]
-        with torch.no_grad():
-            teacher_logits = self.teacher.classify(view).float()
-        logits = self.classify(view).float()
-        loss = distillation(logits, teacher_logits, self.temperature, batch.targets, self.teacher_weight)
-        agreement = (logits.argmax(1) == teacher_logits.argmax(1)).float().mean()
-        return {"loss": loss, "teacher_agreement": agreement}
+from .classifier import ClassifierTraining, fit_classifier
+from .loading import backbone_changes, classifier_meta, fresh_network, load_classifier
 
 
 def distill(teacher_path: str | Path, run_dir: str | Path, settings: ClassifierTraining, *,

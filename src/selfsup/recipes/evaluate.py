@@ -1,80 +1,21 @@
 """``selfsup eval``: the protocols of :mod:`selfsup.eval` on checkpoints (or on raw pixels).
 
-A checkpoint's encoder is rebuilt alone, from the backbone section of its config and the
-entries under its ``encoder`` prefix: heads, teachers and memory banks are neither built nor
-loaded. Only the kNN on a method's own embedding (``eval.features=embedding``) builds the
-whole method, since the embedding needs its heads.
+The checkpoint's encoder (or its method's own embedding) comes from :mod:`.loading`, which
+rebuilds it alone: heads, teachers and memory banks are neither built nor loaded.
 """
 from __future__ import annotations
 
 import dataclasses
-
 from pathlib import Path
-from typing import Any
 
-from torch import nn
-
-from ..config import RunConfig, apply_overrides, resolve
+from ..config import RunConfig
 from ..data import Splits, load_splits
 from ..engine import checkpoint
-from ..errors import SelfsupError
 from ..eval import Evaluator
 from ..methods import get_method
+from ..models import trunk_of
 from ..views import EvalView
-from .pretrain import build_model
-
-
-def load_checkpoint_config(path: str | Path, overrides: list[str] = ()) -> tuple[RunConfig, dict[str, Any]]:
-    """The checkpoint's state (weights on the CPU) and its config with ``overrides`` applied."""
-    state = checkpoint.load(path)
-    config = resolve(apply_overrides(state["config"], list(overrides)))
-    checkpoint.check_compatible(state, config.to_dict())
-    return config, state
-
-
-
-def load_encoder(path: str | Path, overrides: list[str] = (), head_layers: int = 0,
-                 ) -> tuple[nn.Module, RunConfig, dict[str, Any]]:
-    """The encoder of a checkpoint, on the CPU, without (other) heads or banks.
-
-    That is its backbone, or the trunk it was fine-tuned as; ``head_layers`` > 0 takes the
-    backbone of a pretraining checkpoint with the first hidden layers of its projection head
-    on top (SimCLR v2's fine-tuning trunk, :class:`~selfsup.models.HeadTrunk`).
-    """
-    config, state = load_checkpoint_config(path, overrides)
-    data = state["data"]
-    saved = state.get("encoder", {})
-    if head_layers:
-        if saved.get("head_layers") or "classifier" in state:
-            raise SelfsupError(f"{state['path']} is a fine-tuned network already; its trunk is used as it is "
-                               "(--head-layers 0)")
-        method = build_model(config, data)
-        checkpoint.load_weights(method, state["model"], state["path"])
-        return method.fine_tune_trunk(head_layers), config, state
-    # Stochastic depth is a pretraining regulariser (DINO's student): a network read back to be
-    # evaluated, probed on a frozen trunk or transferred drops no paths.
-    config.backbone = dataclasses.replace(config.backbone, drop_path=0.0)
-    if saved.get("head_layers"):
-        encoder = build_model(config, data).fine_tune_trunk(saved["head_layers"])
-    else:
-        encoder = config.backbone.build(data["channels"], data["image_size"])
-    prefix = saved.get("prefix", "backbone")
-    if "classifier" not in state and "imported" not in state and not saved.get("head_layers"):
-        # A pretraining run: its student or its teacher, as eval.network says.
-        method = get_method(config.method_name)
-        prefix = method.network_prefix(config.eval.network)
-        network = "teacher" if prefix == method.teacher_prefix else "student"
-        state = {**state, "encoder": {**saved, "prefix": prefix, "network": network}}
-    checkpoint.load_weights(encoder, checkpoint.submodule_weights(state["model"], prefix), state["path"])
-    return encoder, config, state
-
-
-def load_method(path: str | Path, overrides: list[str] = ()) -> tuple[nn.Module, RunConfig, dict[str, Any]]:
-    """The whole trained method of a checkpoint (heads and banks included), on the CPU."""
-    config, state = load_checkpoint_config(path, overrides)
-    method = build_model(config, state["data"])
-    checkpoint.load_weights(method, state["model"], state["path"])
-    return method, config, state
+from .loading import load_features
 
 
 def default_output_dir(checkpoint_path: Path) -> Path:
@@ -100,19 +41,6 @@ def recalibration_images(config: RunConfig) -> int:
     return config.eval.bn_recalibration_images if wanted else 0
 
 
-def load_features(path: str | Path, overrides: list[str] = ()) -> tuple[nn.Module, Any, RunConfig, dict[str, Any]]:
-    """What a checkpoint's features are, as ``eval.features`` says: its encoder (``encode`` None) or
-    its method's own embedding (the whole method, ``encode`` its ``embed``)."""
-    config, state = load_checkpoint_config(path, overrides)
-    if config.eval.features == "embedding":
-        if not get_method(config.method_name).has_embedding():
-            raise SelfsupError(f"{config.method_name} has no embedding of its own; use eval.features=backbone")
-        module, _, _ = load_method(path, overrides)
-        return module, module.embed, config, state
-    module, _, state = load_encoder(path, overrides)
-    return module, None, config, state
-
-
 def checkpoint_evaluator(path: str | Path, overrides: list[str] = (), out_dir: Path | None = None,
                          quiet: bool = False) -> tuple[Evaluator, RunConfig]:
     """An :class:`Evaluator` of a checkpoint's encoder (or its method's embedding) on its dataset."""
@@ -132,11 +60,13 @@ def checkpoint_evaluator(path: str | Path, overrides: list[str] = (), out_dir: P
         key["stem"] += "-teacher"  # its own feature cache: never the student's features under its name
     key["prefix"] = state.get("encoder", {}).get("prefix", "backbone")
     name = f"{method} ({ckpt_path.stem}, step {state['step']}{suffix})"
+    about = {"method": method, "checkpoint": key["checkpoint"], "stem": ckpt_path.stem, "step": state["step"],
+             "network": "teacher" if teacher else "student", "features": "embedding" if embedding else "backbone"}
     evaluator = Evaluator(name, splits.train, splits.test, EvalView(data["image_size"], data["mean"], data["std"]),
                           out_dir or default_output_dir(Path(path)), module, device=config.train.device,
                           precision=config.train.precision, cache_key=key, batch_size=config.eval.batch_size,
                           recalibrate=recalibration_images(config), seed=config.train.seed, encode=encode,
-                          quiet=quiet)
+                          about=about, quiet=quiet)
     return evaluator, config
 
 
@@ -164,7 +94,7 @@ def layers_for_checkpoints(paths: list[str], overrides: list[str] = (), out_dir:
         name = evaluator.name
         if name in everything:  # two runs of one method: tell them apart by folder
             name = f"{name} [{Path(evaluator.cache_key['checkpoint']).parent.parent.name}]"
-        backbone = getattr(evaluator.encoder, "backbone", evaluator.encoder)  # the trunk, whatever eval.features
+        backbone = trunk_of(evaluator.encoder)  # the trunk, whatever eval.features
         results = probe_layers(name, backbone, train, evaluator.test, evaluator.view, config.eval, dims=tuple(dims),
                                device=evaluator.device, autocast_dtype=evaluator.precision.dtype,
                                recalibrate=evaluator.recalibrate, seed=config.train.seed, quiet=quiet)
@@ -174,27 +104,3 @@ def layers_for_checkpoints(paths: list[str], overrides: list[str] = (), out_dir:
                     "bn_recalibration_images": evaluator.recalibrate}
         everything = record_layers(out_dir, name, results, settings)
     return everything, out_dir
-
-
-def tokens_for_checkpoints(paths: list[str], overrides: list[str] = (), out_dir: Path | None = None,
-                           count: int = 8, quiet: bool = False) -> tuple[dict[str, Path], dict[str, Any]]:
-    """``selfsup tokens``: [CLS] attention maps and token norms of ViT checkpoints on the first
-    ``count`` test images (the same images for all), one figure each with a row per checkpoint."""
-    from ..report.tokens import plot_tokens, token_statistics
-
-    if count < 1:
-        raise SelfsupError(f"--images must be at least 1, got {count}")
-    results: dict[str, Any] = {}
-    shown = None
-    for path in paths:
-        encoder, config, state = load_encoder(path, overrides)
-        if shown is None:
-            shown = load_splits(config.data, seed=config.train.seed, labeled=True, quiet=quiet).test.images[:count]
-        data = state["data"]
-        images = EvalView(data["image_size"], data["mean"], data["std"])(shown)
-        name = f"{config.method_name}, {getattr(encoder, 'num_registers', 0)} registers (step {state['step']})"
-        if name in results:
-            name = f"{name} [{Path(state['path']).parent.parent.name}]"
-        results[name] = token_statistics(encoder, images)
-    paths_out = plot_tokens(results, shown, out_dir or default_output_dir(Path(paths[0])) / "tokens")
-    return paths_out, results

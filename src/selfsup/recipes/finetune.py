@@ -13,34 +13,17 @@ trunk + linear head.
 from __future__ import annotations
 
 import dataclasses
-import json
-import statistics
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
 
 from ..config import RunConfig
-from ..data import ImageDataset, load_splits
-from ..engine import checkpoint
-from ..engine.runtime import write_json
-from ..errors import SelfsupError
-from ..eval import markdown_table
+from ..data import label_index, load_splits
+from ..learners import Classifier, classifier_views
 from ..views import ImageInfo
-from .classifier import (Classifier, ClassifierTraining, classifier_meta, classifier_views, fit_classifier,
-                         fresh_network)
-from .evaluate import load_encoder
-
-
-def label_index(train: ImageDataset, fraction: float, seed: int) -> torch.Tensor:
-    """Indices of a class-balanced ``fraction`` of the labelled images of ``train`` (at least one
-    per class); the same for a seed."""
-    if not 0.0 < fraction <= 1.0:
-        raise SelfsupError(f"the label fraction must be in (0, 1], got {fraction}")
-    labelled = (train.targets >= 0).nonzero().squeeze(1)
-    count = max(round(fraction * len(labelled)), len(train.targets[labelled].unique()))
-    return labelled[train.select(labelled).balanced_index(count, seed)]
+from .classifier import ClassifierTraining, fit_classifier
+from .loading import classifier_meta, fresh_network, load_encoder
+from .sweep import label_sweep
 
 
 def finetune(path: str | Path, run_dir: str | Path, settings: ClassifierTraining, *, head_layers: int = 0,
@@ -59,20 +42,6 @@ def finetune(path: str | Path, run_dir: str | Path, settings: ClassifierTraining
                            classes=len(data["classes"]), labels=labels, labelled_images=len(train),
                            source=str(Path(state["path"]).resolve()), stage="fine-tuned")
     return fit_classifier(model, train, splits.test, run_dir, settings, meta=meta, resume=resume, quiet=quiet)
-
-
-def load_classifier(path: str | Path, overrides: list[str] = ()) -> tuple[Classifier, dict[str, Any]]:
-    """The classifier (trunk + linear head) of a fine-tuned or distilled checkpoint, on the CPU."""
-    encoder, _, state = load_encoder(path, overrides)
-    if not isinstance(state.get("classifier"), dict):
-        raise SelfsupError(f"{state['path']} holds no classifier (it is a pretraining checkpoint); "
-                           "fine-tune it first: selfsup eval finetune CHECKPOINT")
-    data = state["data"]
-    image = ImageInfo.of(data)
-    model = Classifier(encoder, state["classifier"]["classes"], classifier_views(image))
-    head = state["classifier"].get("head_prefix", "head")  # a moving average's head where that is evaluated
-    checkpoint.load_weights(model.head, checkpoint.submodule_weights(state["model"], head), state["path"])
-    return model, state
 
 
 def supervised(config: RunConfig, run_dir: str | Path, settings: ClassifierTraining, *, labels: float = 1.0,
@@ -119,37 +88,3 @@ def supervised_sweep(config: RunConfig, out_dir: str | Path, settings: Classifie
                           quiet=quiet)
 
     return label_sweep(run, out_dir, fractions, seeds, {"checkpoint": "random initialisation", "settings": settings})
-
-
-def label_sweep(run: Callable[[float, int, Path, bool], dict[str, Any]], out_dir: str | Path,
-                fractions: list[float], seeds: list[int], facts: dict[str, Any]) -> dict[str, Any]:
-    """``run(fraction, seed, run_dir, resume)`` for every fraction and seed in ``out_dir/<pct>pct-seed<s>``
-    (finished runs read back, interrupted ones resumed), summarised in ``finetune.json`` / ``.md``."""
-    out_dir = Path(out_dir)
-    if not fractions or not seeds:
-        raise SelfsupError("give at least one label fraction and one seed")
-    runs: dict[str, dict[str, float]] = {}
-    for fraction in fractions:
-        label = f"{100 * fraction:g}%"
-        runs[label] = {}
-        for seed in seeds:
-            run_dir = out_dir / f"{100 * fraction:g}pct-seed{seed}"
-            finished = run_dir / "summary.json"
-            if finished.is_file() and "test_top1" in json.loads(finished.read_text()):
-                summary = json.loads(finished.read_text())
-            else:
-                summary = run(fraction, seed, run_dir, (run_dir / "checkpoints" / "last.pt").is_file())
-            runs[label][str(seed)] = summary["test_top1"]
-    rows = []
-    for label, by_seed in runs.items():
-        values = list(by_seed.values())
-        rows.append({"labels": label, "seeds": len(values), "mean top-1 (%)": round(statistics.mean(values), 2),
-                     "std": round(statistics.stdev(values), 2) if len(values) > 1 else 0.0,
-                     "runs": ", ".join(f"{v:.2f}" for v in values)})
-    report = {**facts, "settings": dataclasses.asdict(facts["settings"]), "seeds": seeds, "runs": runs,
-              "summary": rows}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(out_dir / "finetune.json", report)
-    (out_dir / "finetune.md").write_text(markdown_table(rows, ["labels", "seeds", "mean top-1 (%)", "std", "runs"])
-                                         + "\n")
-    return report

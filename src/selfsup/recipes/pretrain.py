@@ -15,25 +15,20 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import RunConfig, to_yaml
+from ..config import RunConfig
 from ..data import BatchLoader, ImageDataset, Splits, labeled_part, load_splits
-from ..engine import (Batch, Engine, Freeze, Precision, Schedule, build_optimizer, checkpoint, dist, preserved,
-                      to_channels_last)
-from ..engine.runtime import pick_device, provenance, resolve_precision, write_json
+from ..engine import Engine, Freeze, Precision, Schedule, build_optimizer, checkpoint, dist, preserved
+from ..engine.steps import forward_views, synchronize
 from ..errors import SelfsupError
 from ..eval import extract_features, knn_accuracy
 from ..eval.probe import OnlineProbe
-from ..methods import Method, build_method
+from ..methods import Method
+from ..models import prefers_channels_last
 from ..report import write_report
-from ..views import EvalView, ImageInfo
-
-
-def build_model(config: RunConfig, data: dict[str, Any]) -> Method:
-    """The method of ``config`` for images described by ``data`` (channels, image_size, mean, std, images)."""
-    backbone = config.backbone.build(data["channels"], data["image_size"])
-    image = ImageInfo.of(data)
-    return build_method(config.method_name, config.method_args, config.views, backbone, image,
-                        data.get("images", 0), config.train.seed)
+from ..tables import write_json
+from ..views import EvalView
+from .loading import build_model
+from .run import open_run
 
 
 class KnnMonitor:
@@ -99,8 +94,7 @@ def choose_channels_last(config: RunConfig, method: nn.Module, images: torch.Ten
     """
     if config.train.channels_last is not None:
         return config.train.channels_last
-    backbone = getattr(method, "backbone", None)
-    if not getattr(backbone, "prefers_channels_last", False):
+    if not prefers_channels_last(method):
         return False
     if device.type == "cuda" or precision.dtype is not None:
         return True
@@ -123,15 +117,11 @@ def time_forward_backward(method: nn.Module, images: torch.Tensor, device: torch
     index = torch.arange(len(images), device=images.device)
     targets = torch.full_like(index, -1)
     with preserved(method):
-        with torch.no_grad():
-            views = method.views(images)
-        views = to_channels_last(views) if channels_last else [v.contiguous() for v in views]
         start = time.perf_counter()
-        with precision.autocast(device):
-            loss = method(Batch(views, targets, index), 0.0)["loss"]
+        loss = forward_views(method, images, targets, index, 0.0, precision=precision, device=device,
+                             channels_last=channels_last)["loss"]
         loss.backward()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        synchronize(device)
         return time.perf_counter() - start
 
 
@@ -143,15 +133,12 @@ class Pretraining:
         self.config, self.run_dir, self.quiet = config, Path(run_dir), quiet
         self.started = clock()  # a time budget counts the set-up too
         cfg = config.train
-        self.device = pick_device(cfg.device)
-        dist.init_from_env(self.device.type)
+        self.run = open_run(self.run_dir, device=cfg.device, precision=cfg.precision, resume=resume, command=command)
+        self.device, self.precision, self.resume_from = self.run.device, self.run.precision, self.run.resume_from
         self.main, world = dist.is_main(), dist.world_size()
         if cfg.batch_size % world:
             raise SelfsupError(f"train.batch_size={cfg.batch_size} cannot be split evenly over "
                                f"{world} processes; use a multiple of {world}")
-        self.precision = resolve_precision(cfg.precision, self.device)
-        resume_from = checkpoint.prepare_run_dir(self.run_dir, resume) if self.main else None
-        self.resume_from = dist.broadcast_object(resume_from)
         resumed = checkpoint.load(self.resume_from) if self.resume_from is not None else None
 
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
@@ -223,14 +210,10 @@ class Pretraining:
             self.engine.seed_streams()
             if cfg.minutes is not None:
                 self._fit_budget(cfg.minutes)
-        if self.main:
-            (self.run_dir / "config.yaml").write_text(to_yaml(config))
-            write_json(self.run_dir / "meta.json", {
-                **provenance(self.device, self.precision, command), "data": self.data_info,
-                "channels_last": self.channels_last, "resumed_at_step": self.engine.step,
-                "total_steps": self.engine.schedule.total_steps, "steps_per_epoch": self.steps_per_epoch,
-                "monitor": meta["monitor"], "online_probe": meta["online_probe"], "best_by": self.engine.criterion,
-                "budget": self.budget})
+        self.run.record({"data": self.data_info, "channels_last": self.channels_last, "resumed_at_step": self.engine.step,
+                         "total_steps": self.engine.schedule.total_steps, "steps_per_epoch": self.steps_per_epoch,
+                         "monitor": meta["monitor"], "online_probe": meta["online_probe"],
+                         "best_by": self.engine.criterion, "budget": self.budget}, config=config)
 
     def _online_probe(self, queries: ImageDataset) -> OnlineProbe:
         network, data = self.method.network(self.config.eval.network), self.data_info

@@ -16,9 +16,11 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from .. import figures
 from ..engine.metrics import read_rows
 from ..errors import SelfsupError
-from . import figures
+from ..eval.evaluator import ABOUT
+from ..tables import human
 from .document import Document
 from .runs import RUN_COLUMNS, RunRecord, find_runs, read_run, runs_table, whole_checkpoint
 
@@ -90,8 +92,8 @@ def _facts(run: RunRecord) -> list[str]:
     facts = [f"status: {run.status}", f"method: {run.method}, data: {run.data}, backbone: {run.backbone}",
              f"steps: {run.steps if run.steps is not None else '-'}, epochs: {run.epochs}"]
     if run.summary.get("train_minutes") is not None:
-        facts.append(f"trained {run.summary['train_minutes']} min at {run.summary.get('img_per_s')} img/s; best "
-                     f"{run.summary.get('best_metric')} = {run.summary.get('best')}")
+        facts.append(f"trained {human(run.summary['train_minutes'])} min at {human(run.summary.get('img_per_s'))} "
+                     f"img/s; best {run.summary.get('best_metric')} = {human(run.summary.get('best'))}")
     monitor, criterion = run.meta.get("monitor"), (run.meta.get("best_by") or {}).get("metric")
     if monitor and "bank_images" in monitor:
         chooses = " (chooses best.pt)" if criterion in (None, "knn_top1") else ""
@@ -142,7 +144,7 @@ def _evaluation_rows(results: dict) -> list[dict]:
     return [{"features": name, "protocol": protocol, "top-1 (%)": result.get("top1"),
              "settings": result.get("settings", "")}
             for name, protocols in results.items() if isinstance(protocols, dict)
-            for protocol, result in protocols.items() if isinstance(result, dict)]
+            for protocol, result in protocols.items() if isinstance(result, dict) and protocol != ABOUT]
 
 
 EVALUATION_COLUMNS = ["features", "protocol", "top-1 (%)", "settings"]
@@ -181,6 +183,8 @@ def write_report(run_dir: str | Path | RunRecord, inspection: Inspection | None 
     doc.heading("Configuration and environment")
     if run.config:
         doc.code("Resolved config (config.yaml)", yaml.safe_dump(run.config, sort_keys=False))
+    if isinstance(run.meta.get("settings"), dict):
+        doc.code("How it was trained (settings.yaml)", yaml.safe_dump(run.meta["settings"], sort_keys=False))
     doc.code("Environment (meta.json)", _environment(run))
     summary = out / "summary.md"
     doc.write(out / "report.html", summary)
@@ -233,22 +237,9 @@ def write_comparison(run_dirs: list[str | Path | RunRecord], out_dir: str | Path
 
 def image_grid(dataset, path: str | Path, per_class: int = 8) -> None:  # noqa: ANN001 - ImageDataset
     """A PNG with ``per_class`` sample images of every class (one row each; 10 rows at most)."""
-    import matplotlib.pyplot as plt
-
-    classes = dataset.classes[:10] if dataset.labeled else ["unlabeled"]
-    figure, axes = plt.subplots(len(classes), per_class, figsize=(per_class * 0.9, len(classes) * 0.95),
-                                squeeze=False)
-    for row, name in enumerate(classes):
-        members = (dataset.targets == row).nonzero().squeeze(1) if dataset.labeled else \
-            range(len(dataset))
-        for col in range(per_class):
-            axis = axes[row][col]
-            axis.axis("off")
-            if col < len(members):
-                image = dataset.images[int(members[col])].permute(1, 2, 0).numpy()
-                axis.imshow(image.squeeze(-1) if image.shape[-1] == 1 else image, cmap="gray")
-        axes[row][0].set_title(str(name), fontsize=7, loc="left")
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-
+    if dataset.labeled:
+        rows = [(str(name), (dataset.targets == label).nonzero().squeeze(1)[:per_class].tolist())
+                for label, name in enumerate(dataset.classes[:10])]
+    else:
+        rows = [("unlabeled", list(range(min(per_class, len(dataset)))))]
+    figures.image_grid(Path(path), dataset.images.permute(0, 2, 3, 1).numpy(), rows, per_class)

@@ -102,8 +102,7 @@ class Document:
                 + "\n".join(body) + "\n</body></html>\n")
 
     def to_markdown(self, base: Path) -> str:
-        from ..eval import markdown_table
-
+        from ..tables import markdown_table
         lines = [f"# {self.title}", ""]
         for kind, payload in self.parts:
             if kind == "heading":

@@ -13,7 +13,6 @@ A ``selfsup import`` folder (weights without an optimiser, nothing to resume) co
 from __future__ import annotations
 
 import json
-import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ import yaml
 
 from ..engine.metrics import read_rows
 from ..errors import SelfsupError
+from ..eval.evaluator import ABOUT
 
 #: Folders of a run directory that never hold runs themselves.
 RUN_PARTS = {"checkpoints", "tensorboard", "eval", "report", "features", "embeddings", "layers", "tokens"}
@@ -132,18 +132,16 @@ def find_runs(root: str | Path) -> list[Path]:
     return found
 
 
-#: The names ``selfsup eval`` gives a run's own checkpoints: "simclr (last, step 356)", "... , embedding)".
-OWN_ENTRY = re.compile(r"\((?P<checkpoint>[^,()]+), step (?P<step>\d+)(, embedding|, teacher)?\)$")
-
-
 def own_result(results: dict[str, Any], protocol: str) -> float | None:
-    """The protocol's best top-1 among the entries of the run's latest evaluated step; entries of
-    other encoders in the same file (the raw-pixel baseline of ``selfsup demo``) are not the run's."""
+    """The protocol's best top-1 among the entries of the run's latest evaluated step: the entries
+    ``selfsup eval`` recorded for a checkpoint (their ``about`` fields say so); other encoders in
+    the same file (the raw-pixel baseline of ``selfsup demo``) are not the run's."""
     entries = []
-    for name, entry in results.items():
-        match = OWN_ENTRY.search(name)
-        if match and isinstance(entry, dict) and isinstance(entry.get(protocol), dict) and "top1" in entry[protocol]:
-            entries.append((int(match["step"]), entry[protocol]["top1"]))
+    for entry in results.values():
+        about = entry.get(ABOUT) if isinstance(entry, dict) else None
+        if isinstance(about, dict) and about.get("step") is not None and isinstance(entry.get(protocol), dict) \
+                and "top1" in entry[protocol]:
+            entries.append((int(about["step"]), entry[protocol]["top1"]))
     if not entries:
         return None
     latest = max(step for step, _ in entries)
@@ -247,6 +245,5 @@ def read_run(path: str | Path, root: Path | None = None) -> RunRecord:
 
 def runs_table(records: list[RunRecord]) -> str:
     """A markdown table of ``records`` (one row each)."""
-    from ..eval import markdown_table
-
+    from ..tables import markdown_table
     return markdown_table([r.row() for r in records], RUN_COLUMNS)

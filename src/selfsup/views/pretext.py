@@ -7,6 +7,8 @@ tasks, a :class:`Tiler` (its ``tiles`` settings).
 """
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -142,7 +144,7 @@ class PirlViews(nn.Module):
 
     num_outputs = 2
 
-    def __init__(self, image: ImageInfo, *, transform: str = "jigsaw", augment: AugmentSpec = AugmentSpec(),
+    def __init__(self, image: ImageInfo, *, transform: Literal["jigsaw", "rotation", "jigsaw+rotation"] = "jigsaw", augment: AugmentSpec = AugmentSpec(),
                  tile_augment: AugmentSpec = TILE_SOURCE,
                  tiles: TileSpec = TileSpec(gap=0.15, jitter=0.1)) -> None:
         super().__init__()

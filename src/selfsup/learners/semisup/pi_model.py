@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from ..engine import Batch
+from ...engine import Batch
 from .base import SemiSupervised, squared_error
 
 

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import torch
 
-from ..blocks.ema import ema_update, frozen_copy
-from ..engine import Batch
-from ..errors import SelfsupError
+from ...blocks.ema import ema_update, frozen_copy
+from ...engine import Batch
+from ...errors import SelfsupError
 from .base import SemiSupervised, squared_error
 
 

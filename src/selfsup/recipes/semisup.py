@@ -1,4 +1,4 @@
-"""Semi-supervised training from a few labels (SPEC 8): any method of :mod:`selfsup.semisup`,
+"""Semi-supervised training from a few labels (SPEC 8): any learner of :mod:`selfsup.learners.semisup`,
 from random initialisation or any selfsup checkpoint, on a class-balanced label fraction.
 
 The training set is every training image without its label (target -1) plus the labelled
@@ -18,13 +18,14 @@ from typing import Any
 
 import torch
 
-from ..data import ImageDataset
+from ..data import ImageDataset, label_index
 from ..engine import dist
 from ..errors import SelfsupError
-from . import METHODS, SemiSupervised
+from ..learners.semisup import METHODS, SemiSupervised
 from ..views import ImageInfo
-from ..recipes.classifier import ClassifierTraining, StartingPoint, classifier_meta, fit_classifier
-from ..recipes.finetune import label_index, label_sweep
+from .classifier import ClassifierTraining, fit_classifier
+from .sweep import label_sweep
+from .loading import StartingPoint, classifier_meta
 
 
 @dataclass

@@ -1,5 +1,5 @@
-"""Semi-supervised learning on a few labels and many unlabelled images (SPEC 8), one method per file;
-the training recipe in :mod:`.recipe`. Built on the classifier recipe, so it sits above ``recipes``."""
+"""Semi-supervised learners: classifiers that learn from a few labels and many unlabelled images
+(SPEC 8), one method per file; fitted by :mod:`selfsup.recipes.semisup`."""
 from .base import LabelsOnly, SemiSupervised, SemiViews, sigmoid_rampup, squared_error
 from .entropy_minimization import EntropyMinimization
 from .fixmatch import FixMatch

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..engine import Batch
+from ...engine import Batch
 from .base import SemiSupervised
 
 

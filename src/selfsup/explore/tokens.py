@@ -14,15 +14,16 @@ import json
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import torch
+import torch.nn.functional as F
 
-matplotlib.use("Agg")  # no display needed; must precede pyplot
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-from ..errors import SelfsupError  # noqa: E402
-from ..models.vit import VisionTransformer  # noqa: E402
+from .. import figures
+from ..data import load_splits
+from ..errors import SelfsupError
+from ..models.vit import VisionTransformer
+from ..recipes.evaluate import default_output_dir
+from ..recipes.loading import load_encoder
+from ..views import EvalView
 
 OUTLIER_FACTOR = 2.0
 """A patch token counts as an outlier when its norm exceeds this many times the median patch norm
@@ -45,8 +46,8 @@ def token_statistics(backbone: torch.nn.Module, images: torch.Tensor) -> dict[st
     patch_norms = norms[:, 1 + registers:].flatten()
     median = patch_norms.median()
     return {"attention": cls_to_patches, "patch_norms": patch_norms,
-            "register_norms": norms[:, 1:1 + registers].flatten(), "cls_norm": norms[:, 0].mean().item(), "median_patch_norm": median.item(),
-            "outlier_share": (patch_norms > OUTLIER_FACTOR * median).float().mean().item(), "registers": registers}
+            "register_norms": norms[:, 1:1 + registers].flatten(), "cls_norm": norms[:, 0].mean().item(),
+            "median_patch_norm": median.item(), "outlier_share": (patch_norms > OUTLIER_FACTOR * median).float().mean().item(), "registers": registers}
 
 
 def plot_tokens(results: dict[str, dict[str, Any]], shown: torch.Tensor, out_dir: Path) -> dict[str, Path]:
@@ -55,46 +56,37 @@ def plot_tokens(results: dict[str, dict[str, Any]], shown: torch.Tensor, out_dir
 
     ``shown``: the images as uint8 (N, C, H, W), for display."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    names = list(results)
-    count = shown.shape[0]
-    figure, axes = plt.subplots(len(names) + 1, count, figsize=(1.6 * count, 1.7 * (len(names) + 1)), dpi=120,
-                                squeeze=False)
-    pictures = shown.permute(0, 2, 3, 1).float().div(255)
-    for column in range(count):
-        axes[0][column].imshow(pictures[column].squeeze(-1).numpy(), cmap="gray" if shown.shape[1] == 1 else None)
-        for row, name in enumerate(names, start=1):
-            heat = results[name]["attention"][column][None, None]
-            heat = F.interpolate(heat, size=shown.shape[-2:], mode="nearest")[0, 0]
-            axes[row][column].imshow(heat.numpy(), cmap="inferno")
-    for row, name in enumerate(["image"] + names):
-        axes[row][0].set_ylabel(name, fontsize=7)
-    for axis in axes.flat:
-        axis.set_xticks([])
-        axis.set_yticks([])
-    figure.suptitle("[CLS] attention of the last block (mean over heads)", fontsize=9)
-    figure.tight_layout()
-    paths = {"attention": out_dir / "attention.png", "norms": out_dir / "token-norms.png",
+    pictures = shown.permute(0, 2, 3, 1).float().div(255).numpy()
+    maps = {name: F.interpolate(entry["attention"][:, None], size=shown.shape[-2:], mode="nearest")[:, 0].numpy()
+            for name, entry in results.items()}
+    paths = {"attention": figures.token_attention(out_dir / "attention.png", pictures, maps),
+             "norms": figures.token_norms(out_dir / "token-norms.png", {name: {**entry, "patch_norms": entry[
+                 "patch_norms"].numpy(), "register_norms": entry["register_norms"].numpy()}
+                 for name, entry in results.items()}, OUTLIER_FACTOR),
              "json": out_dir / "tokens.json"}
-    figure.savefig(paths["attention"])
-    plt.close(figure)
-
-    figure, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.2), dpi=120, squeeze=False)
-    for axis, name in zip(axes[0], names):
-        entry = results[name]
-        axis.hist(entry["patch_norms"].numpy(), bins=50, alpha=0.8, label="patch tokens")
-        if entry["registers"]:
-            axis.hist(entry["register_norms"].numpy(), bins=20, alpha=0.8, label="registers")
-        axis.axvline(OUTLIER_FACTOR * entry["median_patch_norm"], color="k", linestyle="--", linewidth=0.8,
-                     label=f"{OUTLIER_FACTOR:g} x median")
-        axis.set_yscale("log")
-        axis.set_xlabel("token norm (before the final LayerNorm)")
-        axis.set_title(f"{name}\noutliers {100 * entry['outlier_share']:.2f}% of patches", fontsize=8)
-        axis.legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(paths["norms"])
-    plt.close(figure)
-
     summary = {name: {key: entry[key] for key in ("registers", "cls_norm", "median_patch_norm", "outlier_share")}
                | {"max_patch_norm": entry["patch_norms"].max().item()} for name, entry in results.items()}
     paths["json"].write_text(json.dumps(summary, indent=2))
     return paths
+
+
+def tokens_for_checkpoints(paths: list[str], overrides: list[str] = (), out_dir: Path | None = None,
+                           count: int = 8, quiet: bool = False) -> tuple[dict[str, Path], dict[str, Any]]:
+    """``selfsup tokens``: [CLS] attention maps and token norms of ViT checkpoints on the first
+    ``count`` test images (the same images for all), one figure each with a row per checkpoint."""
+    if count < 1:
+        raise SelfsupError(f"--images must be at least 1, got {count}")
+    results: dict[str, Any] = {}
+    shown = None
+    for path in paths:
+        encoder, config, state = load_encoder(path, overrides)
+        if shown is None:
+            shown = load_splits(config.data, seed=config.train.seed, labeled=True, quiet=quiet).test.images[:count]
+        data = state["data"]
+        images = EvalView(data["image_size"], data["mean"], data["std"])(shown)
+        name = f"{config.method_name}, {getattr(encoder, 'num_registers', 0)} registers (step {state['step']})"
+        if name in results:
+            name = f"{name} [{Path(state['path']).parent.parent.name}]"
+        results[name] = token_statistics(encoder, images)
+    paths_out = plot_tokens(results, shown, out_dir or default_output_dir(Path(paths[0])) / "tokens")
+    return paths_out, results

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from ..engine import Batch
-from ..errors import SelfsupError
+from ...engine import Batch
+from ...errors import SelfsupError
 from .base import SemiSupervised
 
 

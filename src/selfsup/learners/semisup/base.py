@@ -18,12 +18,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..blocks.ema import ema_update, frozen_copy
-from ..engine import Batch
-from ..errors import SelfsupError
-from ..recipes.classifier import Classifier, classify_all
-from ..views import Augment, AugmentSpec, ImageInfo
-from ..views.randaugment import StrongAugment
+from ...blocks.ema import ema_update, frozen_copy
+from ...engine import Batch
+from ...errors import SelfsupError
+from ...views import Augment, AugmentSpec, ImageInfo
+from ...views.randaugment import StrongAugment
+from ..classifier import Classifier, classify_all
 
 WEAK_AUGMENT = AugmentSpec(crop_scale=(0.6, 1.0), crop_ratio=(0.9, 1.1), jitter_p=0.0, grayscale_p=0.0)
 """Flip and a mild crop: our stand-in for FixMatch's weak flip-and-translate (up to 12.5%)."""

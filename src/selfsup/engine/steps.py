@@ -1,0 +1,77 @@
+"""Small pieces of a training step the loop and the recipes share: the memory layout of views,
+running a block without leaving a trace, DINO's per-parameter clipping, timing on a device."""
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from .contracts import Batch
+from .runtime import Precision
+
+
+@torch.no_grad()
+def clip_each_parameter(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
+    """Scale each parameter's gradient down to norm ``max_norm`` if it is longer (DINO's
+    ``clip_gradients``: factor max_norm / (norm + 1e-6) where it is below 1); returns the global
+    norm before clipping, for the log."""
+    norms = torch.stack([p.grad.detach().float().norm() for p in params]) if params else torch.zeros(1)
+    factors = (max_norm / (norms + 1e-6)).clamp(max=1.0)  # on the device: no host sync per parameter
+    for param, factor in zip(params, factors):
+        param.grad.mul_(factor.to(param.grad.dtype))
+    return norms.norm()
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}" if seconds >= 3600 \
+        else f"{seconds // 60}:{seconds % 60:02d}"
+
+
+@contextlib.contextmanager
+def preserved(module: nn.Module, *others: Any) -> Iterator[None]:
+    """Run a block (timing steps, say) and put back the module's state, the state of ``others``
+    (optimisers, scalers: anything with ``state_dict``) and the RNG, as if it never ran."""
+    saved = copy.deepcopy(module.state_dict())
+    saved_others = [copy.deepcopy(o.state_dict()) for o in others]
+    rng = torch.get_rng_state()
+    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    try:
+        yield
+    finally:
+        module.load_state_dict(saved)
+        for other, state in zip(others, saved_others):
+            other.load_state_dict(state)
+        torch.set_rng_state(rng)
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state_all(cuda_rng)
+        for param in module.parameters():
+            param.grad = None
+
+
+def forward_views(module: nn.Module, images: torch.Tensor, targets: torch.Tensor, index: torch.Tensor, progress: float,
+                  *, precision: Precision, device: torch.device, channels_last: bool,
+                  model: nn.Module | None = None) -> dict[str, torch.Tensor]:
+    """The forward half of a training step: ``module.views`` of the uint8 ``images`` without gradient,
+    in the memory layout asked, then ``model`` (``module`` itself, or its DDP wrapper) on them under
+    autocast; returns its ``{"loss", ...}``."""
+    with torch.no_grad():
+        views = module.views(images)
+    views = to_channels_last(views) if channels_last else [v.contiguous() for v in views]
+    with precision.autocast(device):
+        return (model or module)(Batch(views, targets, index), progress)
+
+
+def to_channels_last(views: list[torch.Tensor]) -> list[torch.Tensor]:
+    # Images only: labels and tile stacks (B, T, C, h, w) keep their layout.
+    return [v.contiguous(memory_format=torch.channels_last) if v.ndim == 4 and v.is_floating_point() else v
+            for v in views]

@@ -1,0 +1,112 @@
+"""Opening a run directory: what every recipe that trains does before its first step and records
+beside its checkpoints (STYLE rule 9: a run says how it was made).
+
+:func:`open_run` picks the device, joins the process group when torchrun started one, resolves
+the precision and prepares the directory (resuming: finds the checkpoint to resume from, on
+rank 0, and tells every rank). :meth:`Run.record` writes ``config.yaml`` (the resolved config,
+when the run has one), ``settings.yaml`` (the recipe's own settings: a fine-tune's
+``ClassifierTraining``, a continual run's strategy) and ``meta.json`` (when, where, with which
+command, git revision and library versions, plus the recipe's facts). :func:`check_settings`
+is the resume rule: a run resumes only with the settings it was started with.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from ..config import RunConfig, to_yaml
+from ..engine import Precision, checkpoint, dist
+from ..engine.runtime import pick_device, provenance, resolve_precision
+from ..errors import SelfsupError
+from ..tables import write_json
+
+
+@dataclass
+class Run:
+    """An opened run directory: where it is, what it runs on, and the checkpoint it resumes from (None:
+    a fresh start)."""
+
+    dir: Path
+    device: torch.device
+    precision: Precision
+    resume_from: Path | None
+    command: list[str] | None = None
+
+    @property
+    def main(self) -> bool:
+        return dist.is_main()
+
+    def record(self, facts: dict[str, Any], *, config: RunConfig | dict[str, Any] | None = None, settings: dict[str, Any] | None = None) -> None:
+        """``config.yaml`` (a :class:`~selfsup.config.RunConfig` or its dict), ``settings.yaml`` and
+        ``meta.json`` (provenance, the settings, and ``facts``); rank 0 only."""
+        if not self.main:
+            return
+        if config is not None:
+            (self.dir / "config.yaml").write_text(to_yaml(config) if isinstance(config, RunConfig) else
+                                                  yaml.safe_dump(config, sort_keys=False, default_flow_style=None))
+        if settings is not None:
+            (self.dir / "settings.yaml").write_text(yaml.safe_dump(settings, sort_keys=False))
+        extra = {"settings": settings} if settings is not None else {}
+        write_json(self.dir / "meta.json", {**provenance(self.device, self.precision, self.command), **extra, **facts})
+
+
+def open_run(run_dir: str | Path, *, device: str = "auto", precision: str = "auto", resume: bool = False,
+             command: list[str] | None = None) -> Run:
+    """The device, the process group, the precision and the run directory of a training run.
+
+    ``resume``: continue from the directory's last checkpoint (none yet: start); without it, a
+    directory that already holds checkpoints is refused rather than overwritten."""
+    chosen = pick_device(device)
+    dist.init_from_env(chosen.type)
+    resume_from = checkpoint.prepare_run_dir(Path(run_dir), resume) if dist.is_main() else None
+    resume_from = dist.broadcast_object(resume_from)
+    return Run(Path(run_dir), chosen, resolve_precision(precision, chosen), resume_from, command)
+
+
+def check_settings(state: dict[str, Any], key: str, now: dict[str, Any], ignored: tuple[str, ...] = ()) -> None:
+    """Refuse to resume a checkpoint whose ``state[key]`` settings differ from ``now`` (keys in
+    ``ignored`` may change: where it runs, how often it logs), naming each difference. A
+    checkpoint written before its recipe recorded settings is taken as it is."""
+    if not isinstance(state.get(key), dict):
+        return
+    changed = differences(state[key], now, ignored)
+    if changed:
+        raise SelfsupError(f"cannot resume {state['path']}: it was started with other settings ("
+                           + "; ".join(changed) + "). Resume with the same settings, or use a new run directory.")
+
+
+def differences(saved: dict[str, Any], now: dict[str, Any], ignored: tuple[str, ...] = ()) -> list[str]:
+    """``"key: then A, now B"`` for each setting (nested sections as dotted keys, ``optim.lr``) that
+    differs, those under an ``ignored`` key aside."""
+    saved, now = _flat(plain(saved)), _flat(plain(now))
+    skip = tuple(ignored) + tuple(f"{key}." for key in ignored)
+    return [f"{name}: then {saved.get(name)!r}, now {now.get(name)!r}" for name in sorted(set(saved) | set(now))
+            if not (name in ignored or name.startswith(skip)) and saved.get(name) != now.get(name)]
+
+
+def _flat(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, value in settings.items():
+        if isinstance(value, dict) and value:
+            out.update(_flat(value, f"{prefix}{name}."))
+        else:
+            out[f"{prefix}{name}"] = value
+    return out
+
+
+def plain(value: Any) -> Any:
+    """Settings as JSON would store them (tuples as lists, paths as strings, dataclasses as dicts),
+    so that what a run recorded compares equal to what it is given again."""
+    return json.loads(json.dumps(value, default=_default))
+
+
+def _default(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    return str(value)
