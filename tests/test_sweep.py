@@ -25,7 +25,7 @@ def test_a_finished_run_is_read_back_for_its_settings_and_refused_for_others(tmp
     again = run_or_read(tmp_path, stamp, lambda resume: run(resume, tmp_path), finished="test_top1")
     assert first == again == {"test_top1": 51.0} and calls == [False]
     moved = {"settings": {"optim": {"lr": 0.1}, "device": "cuda"}, "labels": 0.1}
-    assert run_or_read(tmp_path, moved, lambda resume: run(resume, tmp_path), ignored=("settings.device",)) == first
+    assert run_or_read(tmp_path, moved, lambda resume: run(resume, tmp_path)) == first
     other = {"settings": {"optim": {"lr": 0.03}, "device": "cpu"}, "labels": 0.1}
     with pytest.raises(SelfsupError, match=r"made with other settings \(settings.optim.lr: then 0.1, now 0.03\)"):
         run_or_read(tmp_path, other, lambda resume: run(resume, tmp_path))

@@ -120,7 +120,7 @@ def fit_classifier(model: nn.Module, train: ImageDataset, test: ImageDataset | N
     mean, std = training.stats()
     monitor = AccuracyMonitor(model, test, EvalView(train.image_size, mean, std)) if test is not None else None
     # The test accuracy is logged every epoch but never chooses best.pt (that would select on test data).
-    recorded = training_settings(settings)
+    recorded = dataclasses.asdict(settings)
     engine = Engine(model, loader, optimizer, schedule, run_dir=run_dir, device=device, precision=run.precision,
                     clip_grad=settings.optim.clip_grad,
                     clip_per_parameter=settings.optim.clip_mode == "per_parameter", freeze=freeze, monitor=monitor,
@@ -128,7 +128,7 @@ def fit_classifier(model: nn.Module, train: ImageDataset, test: ImageDataset | N
                     seed=settings.seed, log_every=settings.log_every, quiet=quiet)
     if run.resume_from is not None:
         state = checkpoint.load(run.resume_from)
-        check_settings(state, "training", recorded, ignored=RESUMABLE_CHANGES)
+        check_settings(state, "training", recorded)
         engine.restore(state)
     else:
         engine.seed_streams()
@@ -142,15 +142,6 @@ def fit_classifier(model: nn.Module, train: ImageDataset, test: ImageDataset | N
         if dist.is_main():
             write_json(run_dir / "summary.json", summary)
     return summary
-
-
-RESUMABLE_CHANGES = ("device", "precision", "log_every", "test_every")
-"""Settings a classifier run may resume with changed: where it runs and how often it reports."""
-
-
-def training_settings(settings: ClassifierTraining) -> dict[str, Any]:
-    """``settings`` as plain data: what the run directory (``settings.yaml``) and its checkpoints record."""
-    return dataclasses.asdict(settings)
 
 
 LAYER_MODES = ("frozen", "finetune", "retrain")

@@ -37,7 +37,7 @@ from ..learners import Classifier, classifier_views
 from ..models import trunk_of
 from ..tables import write_json
 from ..views import EvalView, ImageInfo
-from .classifier import RESUMABLE_CHANGES, ClassifierTraining, fit_classifier
+from .classifier import ClassifierTraining, fit_classifier
 from .evaluate import checkpoint_evaluator
 from .loading import backbone_changes, classifier_meta, fresh_network, load_encoder
 from .sweep import run_or_read
@@ -125,8 +125,7 @@ def clusterfit(path: str | Path, run_dir: str | Path, settings: ClusterFitSettin
     ncf_stamp = {**json.loads(wanted), "backend": settings.backend, "student": list(student),
                  "training": dataclasses.asdict(settings.training)}
     run_or_read(ncf_dir, ncf_stamp, lambda resume: train_ncf(config, state, ncf_dir, assignments, settings,
-                                                             student=student, resume=resume, quiet=quiet),
-                ignored=tuple(f"training.{key}" for key in RESUMABLE_CHANGES))
+                                                             student=student, resume=resume, quiet=quiet))
 
     results = {}
     for name, checkpoint_path in (("N_pre", path), ("N_cf", ncf_dir)):

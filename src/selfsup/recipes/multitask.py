@@ -17,7 +17,7 @@ from ..learners import MultiTaskLearner, classifier_views
 from ..learners.multitask import build_tasks
 from ..tables import markdown_table, write_json
 from ..views import ImageInfo
-from .classifier import RESUMABLE_CHANGES, ClassifierTraining, fit_classifier
+from .classifier import ClassifierTraining, fit_classifier
 from .loading import StartingPoint, classifier_meta
 from .sweep import run_or_read
 
@@ -77,7 +77,7 @@ def multitask_comparison(start: StartingPoint, out_dir: str | Path, training: Cl
                  "training": dataclasses.asdict(training)}
         summary = run_or_read(run_dir, stamp, lambda resume: multitask(start, run_dir, training, chosen, resume=resume,
                                                                        quiet=quiet),
-                              finished="test_top1", ignored=tuple(f"training.{key}" for key in RESUMABLE_CHANGES))
+                              finished="test_top1")
         row = {"run": name, "sharing": chosen.sharing, "weighting": chosen.weighting}
         row.update({f"{task} top-1": summary.get(f"test_top1_{task}") for task in settings.tasks})
         rows.append(row)

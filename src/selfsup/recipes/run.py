@@ -69,25 +69,29 @@ def open_run(run_dir: str | Path, *, device: str = "auto", precision: str = "aut
     return Run(Path(run_dir), chosen, resolve_precision(precision, chosen), resume_from, command)
 
 
-def check_settings(state: dict[str, Any], key: str, now: dict[str, Any], ignored: tuple[str, ...] = ()) -> None:
-    """Refuse to resume a checkpoint whose ``state[key]`` settings differ from ``now`` (keys in
-    ``ignored`` may change: where it runs, how often it logs), naming each difference. A
-    checkpoint written before its recipe recorded settings is taken as it is."""
+RESUMABLE_CHANGES = ("device", "precision", "log_every", "test_every")
+"""Settings a run may resume (or be read back) with changed, in whatever section they stand: where
+it runs and how often it reports."""
+
+
+def check_settings(state: dict[str, Any], key: str, now: dict[str, Any]) -> None:
+    """Refuse to resume a checkpoint whose ``state[key]`` settings differ from ``now`` (but for
+    :data:`RESUMABLE_CHANGES`), naming each difference. A checkpoint written before its recipe
+    recorded settings is taken as it is."""
     if not isinstance(state.get(key), dict):
         return
-    changed = differences(state[key], now, ignored)
+    changed = differences(state[key], now)
     if changed:
         raise SelfsupError(f"cannot resume {state['path']}: it was started with other settings ("
                            + "; ".join(changed) + "). Resume with the same settings, or use a new run directory.")
 
 
-def differences(saved: dict[str, Any], now: dict[str, Any], ignored: tuple[str, ...] = ()) -> list[str]:
+def differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
     """``"key: then A, now B"`` for each setting (nested sections as dotted keys, ``optim.lr``) that
-    differs, those under an ``ignored`` key aside."""
+    differs, :data:`RESUMABLE_CHANGES` aside."""
     saved, now = _flat(plain(saved)), _flat(plain(now))
-    skip = tuple(ignored) + tuple(f"{key}." for key in ignored)
     return [f"{name}: then {saved.get(name)!r}, now {now.get(name)!r}" for name in sorted(set(saved) | set(now))
-            if not (name in ignored or name.startswith(skip)) and saved.get(name) != now.get(name)]
+            if name.rsplit(".", 1)[-1] not in RESUMABLE_CHANGES and saved.get(name) != now.get(name)]
 
 
 def _flat(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:

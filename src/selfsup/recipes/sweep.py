@@ -19,24 +19,23 @@ from typing import Any
 from ..engine import dist
 from ..errors import SelfsupError
 from ..tables import markdown_table, write_json
-from .classifier import RESUMABLE_CHANGES
 from .run import differences, plain
 
 STAMP = "stamp.json"
 
 
 def run_or_read(run_dir: str | Path, stamp: dict[str, Any], run: Callable[[bool], dict[str, Any]], *,
-                finished: str | None = None, ignored: tuple[str, ...] = ()) -> dict[str, Any]:
+                finished: str | None = None) -> dict[str, Any]:
     """The summary of the run in ``run_dir`` made with the settings ``stamp``: read back when it
     finished (its ``summary.json``, holding ``finished`` when given), else ``run(resume)`` (resume:
-    the directory holds a checkpoint). A run directory stamped with other settings (keys in
-    ``ignored`` aside), or holding a run without a stamp, is refused, not reused."""
+    the directory holds a checkpoint). A run directory stamped with other settings (where it runs
+    and how often it reports aside), or holding a run without a stamp, is refused, not reused."""
     run_dir = Path(run_dir)
     stamp = plain(stamp)
     stamp_file, summary_file = run_dir / STAMP, run_dir / "summary.json"
     started = (run_dir / "checkpoints" / "last.pt").is_file() or summary_file.is_file()
     if stamp_file.is_file():
-        changed = differences(json.loads(stamp_file.read_text()), stamp, ignored)
+        changed = differences(json.loads(stamp_file.read_text()), stamp)
         if changed:
             raise SelfsupError(f"{run_dir} was made with other settings ({'; '.join(changed)}); give the sweep "
                                "another output folder, or delete that run to redo it")
@@ -71,7 +70,7 @@ def label_sweep(run: Callable[[float, int, Path, bool], dict[str, Any]], out_dir
             run_dir = out_dir / f"{100 * fraction:g}pct-seed{seed}"
             stamp = {**facts, "settings": {**settings, "seed": seed}, "labels": fraction}
             summary = run_or_read(run_dir, stamp, lambda resume: run(fraction, seed, run_dir, resume),
-                                  finished="test_top1", ignored=tuple(f"settings.{key}" for key in RESUMABLE_CHANGES))
+                                  finished="test_top1")
             runs[label][str(seed)] = summary["test_top1"]
     rows = []
     for label, by_seed in runs.items():
