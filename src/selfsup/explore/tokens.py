@@ -60,9 +60,7 @@ def plot_tokens(results: dict[str, dict[str, Any]], shown: torch.Tensor, out_dir
     maps = {name: F.interpolate(entry["attention"][:, None], size=shown.shape[-2:], mode="nearest")[:, 0].numpy()
             for name, entry in results.items()}
     paths = {"attention": figures.token_attention(out_dir / "attention.png", pictures, maps),
-             "norms": figures.token_norms(out_dir / "token-norms.png", {name: {**entry, "patch_norms": entry[
-                 "patch_norms"].numpy(), "register_norms": entry["register_norms"].numpy()}
-                 for name, entry in results.items()}, OUTLIER_FACTOR),
+             "norms": figures.token_norms(out_dir / "token-norms.png", results, OUTLIER_FACTOR),
              "json": out_dir / "tokens.json"}
     summary = {name: {key: entry[key] for key in ("registers", "cls_norm", "median_patch_norm", "outlier_share")}
                | {"max_patch_norm": entry["patch_norms"].max().item()} for name, entry in results.items()}
