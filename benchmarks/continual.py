@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 
 from selfsup.config import apply_overrides, find_config, read_yaml, resolve
-from selfsup.engine import OptimConfig
+from selfsup.defaults import TRAINING_DEFAULTS
 from selfsup.engine.runtime import pick_device, provenance, resolve_precision
 from selfsup.recipes.classifier import ClassifierTraining
 from selfsup.recipes.continual import STRATEGIES, ContinualSettings, continual
@@ -33,7 +33,7 @@ def main() -> None:
     parser.add_argument("--checkpoint", default=str(ROOT / "benchmarks" / "out" / "simclr_v2" / "pretrain"))
     parser.add_argument("--width", type=int, default=8, help="ResNet-18 width of the random initialisation")
     parser.add_argument("--epochs", type=int, default=2, help="passes over each task's training images")
-    parser.add_argument("--lr", type=float, default=0.02)
+    parser.add_argument("--lr", type=float, default=TRAINING_DEFAULTS["continual"].lr)
     parser.add_argument("--buffer-size", type=int, default=200)
     parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES)
     parser.add_argument("--device", default="auto")
@@ -47,9 +47,8 @@ def main() -> None:
     else:
         start = StartingPoint.load(args.checkpoint, None, quiet=True)
         trunk_scale, name = 0.1, f"simclr-e{args.epochs}"
-    training = ClassifierTraining(epochs=args.epochs, batch_size=256, backbone_lr_scale=trunk_scale,
-                                  optim=OptimConfig(name="sgd", lr=args.lr, weight_decay=5e-4, warmup_epochs=0.0),
-                                  device=args.device)
+    training = ClassifierTraining.for_strategy("continual", epochs=args.epochs, lr=args.lr, backbone_lr_scale=trunk_scale,
+                                               device=args.device)
     out = Path(args.out) / name
     result = continual(start, out, training, strategies=args.strategies, scenarios=["task", "class"],
                        settings=ContinualSettings(buffer_size=args.buffer_size), quiet=True)

@@ -17,7 +17,6 @@ import json
 from pathlib import Path
 
 from selfsup.config import apply_overrides, find_config, read_yaml, resolve
-from selfsup.engine import OptimConfig
 from selfsup.engine.runtime import pick_device, provenance, resolve_precision
 from selfsup.learners.multitask import SHARING, WEIGHTING
 from selfsup.recipes.classifier import ClassifierTraining
@@ -41,8 +40,8 @@ def main() -> None:
     start = StartingPoint.load(None, config, seed=0, quiet=True)
     train = start.splits.train
     start.splits = dataclasses.replace(start.splits, train=train.select(train.balanced_index(args.images, 0)))
-    training = ClassifierTraining(epochs=args.epochs, batch_size=256, backbone_lr_scale=1.0, device=args.device,
-                                  optim=OptimConfig(name="sgd", lr=0.1, weight_decay=5e-4, warmup_epochs=0.0))
+    training = ClassifierTraining.for_strategy("multitask", epochs=args.epochs, backbone_lr_scale=1.0,
+                                               device=args.device)
     out = Path(args.out) / "-".join(args.tasks)
     result = multitask_comparison(start, out, training, MultiTaskSettings(tasks=args.tasks), sharings=list(SHARING),
                                   weightings=list(WEIGHTING), quiet=True)

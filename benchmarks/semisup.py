@@ -27,7 +27,6 @@ import statistics
 from pathlib import Path
 
 from selfsup.config import apply_overrides, find_config, read_yaml, resolve
-from selfsup.engine import OptimConfig
 from selfsup.engine.runtime import pick_device, provenance, resolve_precision
 from selfsup.learners.semisup import METHODS as SEMISUP_METHODS
 from selfsup.recipes.classifier import ClassifierTraining
@@ -60,9 +59,8 @@ def main() -> None:
 
     def run(method: str, start_name: str, fractions: list[float], seeds: list[int]) -> None:
         start, trunk_scale = starts[start_name]
-        training = ClassifierTraining(steps=args.steps, batch_size=args.batch_size, backbone_lr_scale=trunk_scale,
-                                      optim=OptimConfig(name="sgd", lr=0.03, weight_decay=5e-4, warmup_epochs=0.0),
-                                      test_every=1000, device=args.device)
+        training = ClassifierTraining.for_strategy("semisup", steps=args.steps, batch_size=args.batch_size,
+                                                   backbone_lr_scale=trunk_scale, test_every=1000, device=args.device)
         tag = "random" if start_name == "random init" else "simclr"
         name, ratio = (method.split("@mu")[0], float(method.split("@mu")[1])) if "@mu" in method else (method, None)
         out = Path(args.out) / f"{method.replace('@', '-')}-{tag}"

@@ -3,10 +3,14 @@
 Models live in two rooms and are fitted in a third: ``methods`` learn without labels, ``learners``
 with them (classifier, distiller, continual, multi-task and semi-supervised learners), and
 ``recipes`` holds the functions that fit either, with their settings, and no ``nn.Module``.
+The command line (``cli/``) only parses, calls one recipe and prints: one small module per family of
+commands, each command's parser beside its handler, built without importing torch.
 """
 import ast
 import importlib
 import inspect
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,7 +22,7 @@ SOURCE = Path(__file__).resolve().parents[1] / "src" / "selfsup"
 LAYERS = [
     {"errors"},
     {"arguments"},
-    {"tables", "figures"},
+    {"tables", "figures", "defaults"},
     {"engine"},
     {"data"},
     {"models"},
@@ -111,3 +115,15 @@ def test_matplotlib_is_set_up_in_one_place():
     """Every figure is drawn by ``selfsup.figures``: no other module imports matplotlib."""
     drawing = sorted(str(p.relative_to(SOURCE)) for p in MODULES if "matplotlib" in p.read_text())
     assert drawing == ["figures.py"], drawing
+
+
+@pytest.mark.parametrize("path", sorted((SOURCE / "cli").glob("*.py")), ids=lambda p: p.name)
+def test_cli_files_stay_small(path):
+    assert len(path.read_text().splitlines()) <= 250, f"cli/{path.name}: split it by family of commands"
+
+
+def test_the_parser_is_built_without_torch():
+    """``selfsup --help`` answers at once: defaults come from torch-free ``selfsup.defaults``."""
+    code = ("import sys; from selfsup.cli import build_parser; build_parser().format_help(); "
+            "print('torch' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"

@@ -149,6 +149,57 @@ def test_demo_fits_its_time_budget_and_says_how(mnist_root, tmp_path, capsys, mo
     assert "a 1 min demo leaves -40 s for pretraining" in capsys.readouterr().err
 
 
+def test_pretrain_network_flag_sets_what_is_evaluated(capsys):
+    assert main(["pretrain", "-c", "dino_fashion_mnist", "--network", "student", "--print-config"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["eval"]["network"] == "student"
+
+
+@pytest.mark.parametrize("command, strategy", [
+    (["eval", "finetune"], "finetune"), (["supervised"], "supervised"), (["distill", "teacher"], "distill"),
+    (["cluster", "n_pre"], "cluster"), (["continual"], "continual"), (["semisup"], "semisup"),
+    (["multitask"], "multitask")])
+def test_each_strategy_trains_by_its_recipe_defaults(command, strategy):
+    """The parser's --epochs/--lr are the recipes' (one table), and the flags build the same settings
+    the Python API gets from ClassifierTraining.for_strategy."""
+    from selfsup.cli import build_parser
+    from selfsup.cli.common import classifier_training
+    from selfsup.defaults import TRAINING_DEFAULTS
+    from selfsup.recipes import ClassifierTraining
+
+    args = build_parser().parse_args(command)
+    defaults = TRAINING_DEFAULTS[strategy]
+    assert (args.epochs, args.lr, args.weight_decay, args.batch_size) == \
+        (defaults.epochs, defaults.lr, defaults.weight_decay, defaults.batch_size)
+    built = classifier_training(args, strategy, start_lr_scale=0.1)
+    assert built == ClassifierTraining.for_strategy(strategy, start_lr_scale=0.1, device="auto", precision="auto")
+    assert (built.optim.name, built.optim.weight_decay, built.optim.warmup_epochs) == ("sgd", 5e-4, 0.0)
+    assert built.backbone_lr_scale == (0.1 if defaults.backbone_lr_scale is None else defaults.backbone_lr_scale)
+    if hasattr(args, "backbone_lr_scale"):  # the strategies that start from an encoder
+        changed = build_parser().parse_args([*command, "--backbone-lr-scale", "0.5"])
+        assert classifier_training(changed, strategy, start_lr_scale=0.1).backbone_lr_scale == 0.5
+
+
+def test_training_defaults_of_an_unknown_strategy_are_refused():
+    from selfsup.errors import SelfsupError
+    from selfsup.recipes import ClassifierTraining
+
+    with pytest.raises(SelfsupError, match="no training defaults for 'continuall'"):
+        ClassifierTraining.for_strategy("continuall")
+
+
+def test_key_value_flags_are_parsed_once():
+    from selfsup.cli.common import parse_pairs
+    from selfsup.errors import SelfsupError
+
+    assert parse_pairs(["coarse=0.5", "class=2"], "--weights", "coarse=0.5", float) == {"coarse": 0.5, "class": 2.0}
+    assert parse_pairs(["threshold=0.9", "t=[1, 2]"], "--option", "threshold=0.9", yaml.safe_load) == \
+        {"threshold": 0.9, "t": [1, 2]}
+    with pytest.raises(SelfsupError, match=r"--weights takes TASK=WEIGHT pairs \(e.g. coarse=0.5\), got coarse"):
+        parse_pairs(["coarse"], "--weights", "coarse=0.5", float, form="TASK=WEIGHT")
+    with pytest.raises(SelfsupError, match="--weights: could not convert"):
+        parse_pairs(["coarse=half"], "--weights", "coarse=0.5", float)
+
+
 @pytest.mark.parametrize("args, message", [
     (["pretrain", "--set", "optim.lrr=1"], "error: unknown config key 'optim.lrr' (did you mean 'lr'?)"),
     (["pretrain", "-c", "no_such_preset"], "error: config 'no_such_preset' not found (presets: barlow_twins_cifar10, "),

@@ -258,3 +258,10 @@ def test_continual_refuses_bad_input(pretrained_run, mnist_root, tmp_path, capsy
     assert "not both" in capsys.readouterr().err
     with pytest.raises(SelfsupError, match="label smoothing"):
         run_sequence(_start(mnist_root), tmp_path / "ls", _training(label_smoothing=0.1), ContinualSettings())
+
+
+def test_the_trunk_rate_follows_the_starting_point(pretrained_run, mnist_root):
+    """Pretrained weights are fine-tuned at a tenth of the head's rate; a random trunk at its rate."""
+    assert _start(mnist_root).backbone_lr_scale == 1.0
+    assert StartingPoint.load(pretrained_run, None, quiet=True).backbone_lr_scale == 0.1
+    assert ClassifierTraining.for_strategy("continual", start_lr_scale=0.1).backbone_lr_scale == 0.1

@@ -208,6 +208,18 @@ def find_root(name: str, root: str | Path | None = None, download: bool = False,
                        f"Or run `selfsup data prepare {name} --download`, or point data.root at the files")
 
 
+def prepare(name: str, root: str | Path | None = None, download: bool = False, quiet: bool = False) -> Path:
+    """Find dataset ``name`` (fetching it when ``download``) and read every split once, which proves the
+    files are readable; the folder holding it."""
+    if name in USER_FORMATS:
+        raise SelfsupError(f"{name} data is read from data.root; nothing to prepare")
+    found = find_root(name, root, download=download, quiet=quiet)
+    for split in get_spec(name).splits:
+        if "+" not in split:  # a union of splits reads the same files again
+            load_dataset(name, split, found, quiet=True)
+    return found
+
+
 def md5_of(path: Path) -> str:
     digest = hashlib.md5(usedforsecurity=False)
     with open(path, "rb") as handle:

@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..tables import markdown_table
+
 
 @torch.no_grad()
 def knn_predict(
@@ -52,6 +54,15 @@ def knn_accuracy(train_features: torch.Tensor, train_labels: torch.Tensor, test_
 KNN_CONVENTIONS = {10: "DINO", 20: "DINO, solo-learn", 100: "DINO", 200: "DINO, NPID, selfsup's default"}
 """The k each convention reports at T = 0.07: DINO's eval_knn (10, 20, 100, 200), solo-learn's
 weighted kNN (20), NPID and selfsup's default (200)."""
+
+
+def knn_grid_table(name: str, grid: dict[str, dict]) -> str:
+    """Results of the weighted kNN at several (k, T) (``results.json`` entries) as a markdown table, with
+    the convention each row is."""
+    rows = [{"k": e["k"], "T": f"{e['temperature']:g}", "top-1 (%)": f"{e['top1']:.2f}",
+             "reported by": KNN_CONVENTIONS.get(e["k"], "") if e["temperature"] == 0.07 else ""}
+            for e in sorted(grid.values(), key=lambda e: (e["temperature"], e["k"]))]
+    return f"{name}  weighted kNN:\n" + markdown_table(rows, ["k", "T", "top-1 (%)", "reported by"])
 
 
 @torch.no_grad()

@@ -27,6 +27,7 @@ from tqdm import tqdm
 from .. import figures
 from ..data import DATASETS, USER_FORMATS, load_dataset
 from ..data.formats import IMAGE_SUFFIXES, decode_image, decode_images
+from ..engine.checkpoint import run_dir_of
 from ..engine.runtime import pick_device
 from ..errors import SelfsupError
 from ..recipes.loading import load_features
@@ -128,6 +129,13 @@ def _embed_files(encoder: Encoder, files: list[Path], batch_size: int, strict: b
         raise SelfsupError(f"none of the {len(files)} images could be decoded (first: {skipped[0]['path']}: "
                            f"{skipped[0]['reason']})")
     return torch.cat(features), kept, skipped
+
+
+def default_index_dir(checkpoint: str | Path, images: str) -> Path:
+    """``RUN/embeddings/<images>`` for a run's checkpoint; ``<images>-embeddings`` otherwise."""
+    name = Path(images).name or "images"
+    run = run_dir_of(Path(checkpoint))
+    return run / "embeddings" / name if run is not None else Path(f"{name}-embeddings")
 
 
 def embed(checkpoint_path: str | Path, source: str, out_dir: str | Path, *, split: str = "test",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,7 +21,7 @@ from ..eval import confusion_matrix, cosine_topk
 from ..learners import classify_all
 from ..recipes.evaluate import checkpoint_evaluator
 from ..recipes.loading import load_classifier
-from ..report import Inspection
+from ..report import Inspection, whole_checkpoint
 
 MAP_METHODS = ("auto", "umap", "tsne")
 
@@ -137,3 +138,22 @@ def _inspection(evaluator, method: str, coords: np.ndarray, shown: torch.Tensor,
         query_labels=test.targets[asked].numpy(), neighbours=train.images[found].numpy(),
         neighbour_labels=train.targets[found].numpy(), similarities=similarities.numpy(), confusion=confusion,
         linear_top1=top1, retrieval_top1=retrieval_top1, confusion_source=confusion_source)
+
+
+def inspect_run(run_dir: str | Path, checkpoint: str = "last", **options: Any) -> tuple[Inspection | None, list[str]]:
+    """:func:`inspect_checkpoint` of ``RUN/checkpoints/<checkpoint>.pt``, falling back to ``last.pt`` when it
+    is missing or damaged, and the notes a report shows about what it could not inspect (no usable
+    checkpoint, or an encoder that cannot be inspected, e.g. on data without labels): the rest of a
+    report stands without an inspection."""
+    folder = Path(run_dir) / "checkpoints"
+    chosen = next((folder / f"{name}.pt" for name in (checkpoint, "last") if whole_checkpoint(folder / f"{name}.pt")),
+                  None)
+    if chosen is None:
+        return None, [f"No usable checkpoint in {folder} (missing or damaged): no embeddings, retrievals or "
+                      "confusion matrix; the curves and recorded results only."]
+    notes = [] if chosen.stem == checkpoint else [
+        f"checkpoints/{checkpoint}.pt is missing or damaged: inspected {chosen.name}."]
+    try:
+        return inspect_checkpoint(chosen, **options), notes
+    except SelfsupError as err:
+        return None, [*notes, f"The encoder could not be inspected: {err}"]

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..data import BatchLoader, ImageDataset
+from ..defaults import TRAINING_DEFAULTS
 from ..engine import Engine, Freeze, OptimConfig, Schedule, build_optimizer, checkpoint, dist
 from ..errors import SelfsupError
 from ..learners.classifier import classify_all
@@ -26,17 +27,23 @@ from ..views import EvalView
 from .run import check_settings, open_run
 
 
+def classifier_optim(lr: float = TRAINING_DEFAULTS["finetune"].lr,
+                     weight_decay: float = TRAINING_DEFAULTS["finetune"].weight_decay) -> OptimConfig:
+    """The optimiser every downstream strategy trains with (:mod:`selfsup.defaults`)."""
+    return OptimConfig(name="sgd", lr=lr, weight_decay=weight_decay, warmup_epochs=0.0)
+
+
 @dataclass
 class ClassifierTraining:
-    """How a classifier is trained (defaults: the fine-tuning protocol of SimCLR / SPEC section 7)."""
+    """How a classifier is trained (defaults: the fine-tuning protocol of SimCLR / SPEC section 7;
+    another strategy's from :meth:`for_strategy`)."""
 
     epochs: int = 30
     steps: int | None = None
     """A fixed number of optimisation steps instead of ``epochs`` (Selfie's protocol: the same
     schedule whatever the label fraction); None: ``epochs`` passes over the labelled images."""
     batch_size: int = 256
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(name="sgd", lr=0.1, weight_decay=5e-4,
-                                                                    warmup_epochs=0.0))
+    optim: OptimConfig = field(default_factory=classifier_optim)
     backbone_lr_scale: float = 0.1
     """Trunk learning rate as a fraction of the head's (0 freezes the trunk: a linear probe)."""
     label_smoothing: float = 0.0
@@ -53,6 +60,21 @@ class ClassifierTraining:
     precision: str = "auto"
     seed: int = 0
     log_every: int = 10
+
+    @classmethod
+    def for_strategy(cls, strategy: str, *, lr: float | None = None, weight_decay: float | None = None,
+                     start_lr_scale: float = 1.0, **changes: Any) -> ClassifierTraining:
+        """``strategy``'s defaults (:data:`selfsup.defaults.TRAINING_DEFAULTS`) with ``changes``;
+        ``start_lr_scale`` is the trunk's rate where the strategy takes it from its starting point
+        (:attr:`~selfsup.recipes.loading.StartingPoint.backbone_lr_scale`)."""
+        if strategy not in TRAINING_DEFAULTS:
+            raise SelfsupError(f"no training defaults for '{strategy}'; known: {', '.join(TRAINING_DEFAULTS)}")
+        defaults = TRAINING_DEFAULTS[strategy]
+        optim = classifier_optim(defaults.lr if lr is None else lr,
+                                 defaults.weight_decay if weight_decay is None else weight_decay)
+        scale = start_lr_scale if defaults.backbone_lr_scale is None else defaults.backbone_lr_scale
+        return cls(**{"epochs": defaults.epochs, "batch_size": defaults.batch_size, "backbone_lr_scale": scale,
+                      **changes, "optim": optim})
 
 
 class AccuracyMonitor:

@@ -29,20 +29,17 @@ import torch.nn.functional as F
 
 from ..config import RunConfig
 from ..data import load_splits
-from ..engine import OptimConfig
 from ..errors import SelfsupError
 from ..eval import extract_features, kmeans
 from ..eval.layers import stage_features
 from ..learners import Classifier, classifier_views
-from ..models import trunk_of
+from ..models import STAGES, trunk_of
 from ..tables import write_json
 from ..views import EvalView, ImageInfo
 from .classifier import ClassifierTraining, fit_classifier
 from .evaluate import checkpoint_evaluator
 from .loading import backbone_changes, classifier_meta, fresh_network, load_encoder
 from .sweep import run_or_read
-
-STAGES = ("conv1", "res2", "res3", "res4", "res5")
 
 
 @dataclass
@@ -54,9 +51,7 @@ class ClusterFitSettings:
     layer_dim: int = 2048
     iterations: int = 50
     backend: str = "auto"
-    training: ClassifierTraining = field(default_factory=lambda: ClassifierTraining(
-        epochs=30, backbone_lr_scale=1.0, optim=OptimConfig(name="sgd", lr=0.1, weight_decay=5e-4,
-                                                             warmup_epochs=0.0)))
+    training: ClassifierTraining = field(default_factory=lambda: ClassifierTraining.for_strategy("cluster"))
     """How N_cf is trained on the pseudo-labels (from scratch: the trunk at the head's rate)."""
 
 

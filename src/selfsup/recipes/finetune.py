@@ -22,7 +22,7 @@ from ..data import label_index, load_splits
 from ..learners import Classifier, classifier_views
 from ..views import ImageInfo
 from .classifier import ClassifierTraining, fit_classifier
-from .loading import classifier_meta, fresh_network, load_encoder
+from .loading import RANDOM_INIT, classifier_meta, fresh_network, load_encoder
 from .sweep import label_sweep
 
 
@@ -87,4 +87,4 @@ def supervised_sweep(config: RunConfig, out_dir: str | Path, settings: Classifie
         return supervised(config, run_dir, dataclasses.replace(settings, seed=seed), labels=fraction, resume=resume,
                           quiet=quiet)
 
-    return label_sweep(run, out_dir, fractions, seeds, {"checkpoint": "random initialisation", "settings": settings})
+    return label_sweep(run, out_dir, fractions, seeds, {"checkpoint": RANDOM_INIT, "settings": settings})

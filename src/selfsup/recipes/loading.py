@@ -146,6 +146,10 @@ def classifier_meta(config: RunConfig, data: dict[str, Any], head_layers: int = 
             "classifier": facts}
 
 
+RANDOM_INIT = "random initialisation"
+"""The source of a network that starts from no checkpoint."""
+
+
 @dataclass
 class StartingPoint:
     """The encoder a downstream strategy starts from (a checkpoint's, or a config's backbone at random
@@ -170,7 +174,13 @@ class StartingPoint:
         splits = load_splits(config.data, seed=config.train.seed, labeled=True, quiet=quiet)
         data = splits.info()
         config, encoder = fresh_network(config, [], data, seed)
-        return cls(encoder, config, data, splits, "random initialisation")
+        return cls(encoder, config, data, splits, RANDOM_INIT)
+
+    @property
+    def backbone_lr_scale(self) -> float:
+        """The trunk's default rate as a fraction of the head's: 0.1 for pretrained weights (SimCLR's
+        fine-tuning), 1 for a random initialisation, which has nothing to keep."""
+        return 1.0 if self.source == RANDOM_INIT else 0.1
 
     def fresh_encoder(self) -> nn.Module:
         """A copy of the starting encoder: every run of a comparison starts from the same weights."""
