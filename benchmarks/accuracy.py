@@ -63,8 +63,8 @@ def run_variant(name: str, seed: int, args: argparse.Namespace, out: Path) -> di
     run_dir = out / f"{name}-seed{seed}"
     run = Pretraining(config, run_dir, resume=True, quiet=True)
     if name == "bf16-per-image":
-        run.method.views = PerImageViews(config.views, run.data_info["image_size"], run.data_info["mean"],
-                                         run.data_info["std"])
+        run.method.views = PerImageViews(config.views, run.data_info.image_size, run.data_info.mean,
+                                         run.data_info.std)
     started = time.perf_counter()
     summary = run.fit()
     minutes = (time.perf_counter() - started) / 60

@@ -59,7 +59,7 @@ def lightly_transform(method: str, trainer: Pretraining):  # noqa: ANN201
         MoCoV2Transform, SimCLRTransform
 
     size = trainer.splits.train.image_size
-    normalize = {"mean": trainer.data_info["mean"], "std": trainer.data_info["std"]}
+    normalize = {"mean": trainer.data_info.mean, "std": trainer.data_info.std}
     views = trainer.config.views
     if method == "dino":
         return DINOTransform(global_crop_size=size, local_crop_size=views["local_size"],

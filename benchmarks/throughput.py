@@ -42,12 +42,12 @@ import time
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from selfsup.config import apply_overrides, find_config, read_yaml, resolve
 from selfsup.engine import to_channels_last
 from selfsup.engine.runtime import describe_device, library_versions
 from selfsup.recipes.pretrain import Pretraining
-from selfsup.views import ReplayViews
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -143,6 +143,17 @@ def ours_end_to_end(trainer: Pretraining):  # noqa: ANN201
     return step
 
 
+class ReplayViews(nn.Module):
+    """The same pre-made views for every batch: what the model costs without the augmentations."""
+
+    def __init__(self, views: list[torch.Tensor]) -> None:
+        super().__init__()
+        self.fixed = views
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        return self.fixed
+
+
 def ours_model_only(trainer: Pretraining):  # noqa: ANN201
     images, targets, index = next(trainer.loader.iterate())
     with torch.no_grad():
@@ -176,7 +187,7 @@ def lightly_pipeline(trainer: Pretraining, args: argparse.Namespace, workers: in
     from torch import nn
 
     dataset = trainer.splits.train
-    mean, std = trainer.data_info["mean"], trainer.data_info["std"]
+    mean, std = trainer.data_info.mean, trainer.data_info.std
     views = trainer.config.views["augment"]
     jitter = views["jitter"]
     transform = SimCLRTransform(

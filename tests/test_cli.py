@@ -80,9 +80,9 @@ def test_export_loads_into_plain_torchvision(trained_run, tmp_path):
     exec(info["recipe"].replace(out.name, str(out)), namespace)  # only torch, torchvision, safetensors
     plain = namespace["model"].eval()
     assert type(plain).__module__ == "torchvision.models.resnet"
-    encoder, _, state = load_encoder(trained_run)
+    encoder, _, meta = load_encoder(trained_run)
     images = torch.randint(0, 256, (4, 1, 16, 16), dtype=torch.uint8)
-    x = EvalView(16, state["data"]["mean"], state["data"]["std"])(images)
+    x = EvalView(16, meta.data.mean, meta.data.std)(images)
     with torch.no_grad():
         assert torch.allclose(plain(x), encoder.eval()(x), atol=1e-5)
     assert main(["export", str(trained_run), "--out", str(tmp_path / "b.pt")]) == 0

@@ -24,9 +24,9 @@ def test_cluster_runs_every_stage_and_evaluates_both_networks(pretrained_run, tm
     assert all(0 <= v <= 100 for r in report["results"].values() for v in r.values())
     clusters = json.loads((out / "clusters.json").read_text())
     assert sum(clusters["sizes"]) == 80 and clusters["smallest"] >= 1 and len(clusters["sizes"]) == 4
-    ncf, state = load_classifier(out / "ncf")
-    assert ncf.head.out_features == 4 and state["classifier"]["stage"] == "clusterfit"
-    assert state["encoder"]["method"] == "ClusterFit N_cf (4 clusters)"  # what evaluations call it
+    ncf, meta = load_classifier(out / "ncf")
+    assert ncf.head.out_features == 4 and meta.classifier["stage"] == "clusterfit"
+    assert meta.method == "ClusterFit N_cf (4 clusters)"  # what evaluations call it
     assert load_encoder(out / "ncf")[0].num_features == 4 * 4  # the student's width, not N_pre's 8
 
 

@@ -6,13 +6,14 @@ import torch
 import torch.nn.functional as F
 
 from selfsup.config import resolve
+from selfsup.data import DataFacts
 from selfsup.engine import Batch
 from selfsup.errors import SelfsupError
 from selfsup.losses import nt_xent
 from selfsup.recipes.loading import build_model
 from selfsup.views import Augment, AugmentSpec, ImageInfo, relative_transform
 
-DATA = {"channels": 1, "image_size": 16, "mean": [0.5], "std": [0.25], "images": 32}
+DATA = DataFacts.of({"dataset": "toy", "channels": 1, "image_size": 16, "mean": [0.5], "std": [0.25], "images": 32})
 
 
 def test_relative_transform_of_known_crops():

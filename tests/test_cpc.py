@@ -1,4 +1,5 @@
 """CPC v2: the context's causality, the loss's wiring, layer norm, the CLI and the export of layer-norm ResNets."""
+import dataclasses
 import json
 
 import pytest
@@ -7,6 +8,7 @@ import torch.nn.functional as F
 
 from selfsup.cli import main
 from selfsup.config import resolve
+from selfsup.data import DataFacts
 from selfsup.engine import Batch
 from selfsup.errors import SelfsupError
 from selfsup.export import torchvision_recipe
@@ -16,7 +18,7 @@ from selfsup.recipes.loading import build_model
 
 from conftest import tiny_overrides, write_mnist_folder
 
-DATA = {"channels": 1, "image_size": 16, "mean": [0.5], "std": [0.25], "images": 32}
+DATA = DataFacts.of({"dataset": "toy", "channels": 1, "image_size": 16, "mean": [0.5], "std": [0.25], "images": 32})
 
 
 def _cpc(**args):
@@ -45,7 +47,7 @@ def test_predicted_patches_share_no_pixel_with_what_the_context_saw():
     patches of its context's rows (the overlapping grid would otherwise hand over half of it)."""
     for size in (16, 28, 32, 96):
         method = build_model(resolve({"method": {"name": "cpc"}, "backbone": {"name": "toy", "norm": "layer"}}),
-                             {**DATA, "image_size": size})
+                             dataclasses.replace(DATA, image_size=size))
         p, s = method.patch_size, method.stride
         for row in range(method.grid):
             seen_until = row * s + p  # pixel rows of the patches in rows 0..row

@@ -29,10 +29,9 @@ def image_folder(mnist_root, tmp_path):
 
 
 def _features(run, images):
-    encoder, _, state = load_encoder(run)
-    data = state["data"]
+    encoder, _, meta = load_encoder(run)
     with torch.no_grad():
-        return encoder.eval()(EvalView(data["image_size"], data["mean"], data["std"])(images))
+        return encoder.eval()(EvalView.of(meta.data)(images))
 
 
 def test_embed_a_folder_skips_the_corrupt_file_and_stores_the_encoders_features(pretrained_run, image_folder,

@@ -29,9 +29,9 @@ def test_the_encoder_loads_without_building_heads_or_banks(npid_run, monkeypatch
         raise AssertionError("evaluation built a memory bank")
 
     monkeypatch.setattr(MemoryBank, "__init__", refuse)
-    encoder, config, state = load_encoder(npid_run)
+    encoder, config, meta = load_encoder(npid_run)
     assert type(encoder).__name__ == "ToyNet" and config.method_name == "npid"
-    saved = checkpoint.submodule_weights(state["model"], "backbone")
+    saved = checkpoint.submodule_weights(meta.weights, "backbone")
     assert set(saved) == set(encoder.state_dict()) and not any("memory" in k or "projector" in k for k in saved)
     assert all(torch.equal(encoder.state_dict()[k], v) for k, v in saved.items())
 
@@ -104,23 +104,23 @@ def test_dino_checkpoints_are_evaluated_and_exported_as_their_teacher(mnist_root
                          train__knn_every=0),
              run, quiet=True)
     weights = checkpoint.load(run)["model"]
-    teacher, _, state = load_encoder(run)
-    assert state["encoder"]["network"] == "teacher"
+    teacher, _, meta = load_encoder(run)
+    assert meta.encoder.network == "teacher"
     for name, value in teacher.state_dict().items():
         assert torch.equal(value, weights[f"teacher.backbone.{name}"]), name
-    student, _, state = load_encoder(run, ["eval.network=student"])
-    assert state["encoder"]["network"] == "student"
+    student, _, meta = load_encoder(run, ["eval.network=student"])
+    assert meta.encoder.network == "student"
     assert all(torch.equal(v, weights[f"backbone.{k}"]) for k, v in student.state_dict().items())
     assert any(not torch.equal(weights[f"backbone.{k}"], weights[f"teacher.backbone.{k}"])
                for k in student.state_dict() if weights[f"backbone.{k}"].is_floating_point())
     evaluator, _ = checkpoint_evaluator(run, quiet=True)
-    assert evaluator.name == f"dino (last, step {state['step']}, teacher)"
+    assert evaluator.name == f"dino (last, step {meta.step}, teacher)"
     # Each network its own feature cache: the student's features are never read back as the teacher's.
     teacher_knn = evaluator.run(["knn"], evaluator_config(run))[evaluator.name]["knn"]["top1"]
     student_eval, _ = checkpoint_evaluator(run, ["eval.network=student"], quiet=True)
     assert torch.equal(student_eval.features("test"), extract(student, student_eval))
     assert torch.equal(evaluator.features("test"), extract(teacher, evaluator)) and 0 <= teacher_knn <= 100
-    assert checkpoint_evaluator(run, ["eval.network=student"], quiet=True)[0].name == f"dino (last, step {state['step']})"
+    assert checkpoint_evaluator(run, ["eval.network=student"], quiet=True)[0].name == f"dino (last, step {meta.step})"
     from selfsup.export import export_backbone
 
     card = export_backbone(run, tmp_path / "dino.safetensors", quiet=True)

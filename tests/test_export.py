@@ -13,6 +13,7 @@ import torch
 
 from selfsup.cli import main
 from selfsup.config import resolve
+from selfsup.data import DataFacts
 from selfsup.engine import checkpoint
 from selfsup.recipes.loading import build_model, load_encoder
 
@@ -196,7 +197,7 @@ def test_export_refuses_what_it_cannot_do_naming_the_file_or_key_and_the_fix(tmp
     assert not (tmp_path / "r.safetensors").exists()  # the card is assembled before anything is written
 
     config = resolve({"data": {"name": "fashion_mnist"}, "backbone": RESNET})
-    trunk = build_model(config, DATA).fine_tune_trunk(1)  # SimCLR v2: backbone + first projection layer
+    trunk = build_model(config, DataFacts.of(DATA)).fine_tune_trunk(1)  # SimCLR v2: backbone + first projection layer
     state = {"format": checkpoint.FORMAT, "version": checkpoint.VERSION, "config": config.to_dict(), "data": DATA,
              "encoder": {"prefix": "trunk", "head_layers": 1}, "step": 1, "epoch": 1,
              "model": {f"trunk.{k}": v for k, v in trunk.state_dict().items()}}

@@ -28,7 +28,7 @@ def test_imported_weights_are_the_torchvision_network(mnist_root, tmp_path, caps
     run = tmp_path / "imported"
     assert main(["import", str(path), "--run-dir", str(run), "--data-root", str(mnist_root), "--quiet"]) == 0
     assert "selfsup eval all" in capsys.readouterr().out
-    encoder, config, state = load_encoder(run)
+    encoder, config, meta = load_encoder(run)
     assert config.backbone.width == 8 and config.backbone.small_stem is False  # read from the weights
     own = encoder.net.state_dict()
     assert torch.equal(own["conv1.weight"], weights["conv1.weight"].sum(1, keepdim=True))  # RGB -> gray

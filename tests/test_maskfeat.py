@@ -5,11 +5,12 @@ import torch.nn.functional as F
 
 from selfsup.blocks import patch_targets
 from selfsup.config import resolve
+from selfsup.data import DataFacts
 from selfsup.engine import Batch
 from selfsup.errors import SelfsupError
 from selfsup.recipes.loading import build_model
 
-DATA = {"channels": 1, "image_size": 16, "mean": [0.5], "std": [0.25], "images": 32}
+DATA = DataFacts.of({"dataset": "toy", "channels": 1, "image_size": 16, "mean": [0.5], "std": [0.25], "images": 32})
 
 
 def _maskfeat(**args):

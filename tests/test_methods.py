@@ -6,11 +6,13 @@ import torch
 
 from selfsup.blocks import FeatureQueue
 from selfsup.config import resolve
+from selfsup.data import DataFacts
 from selfsup.engine import Batch
 from selfsup.methods import METHODS
 from selfsup.recipes.loading import build_model
 
-DATA = {"channels": 3, "image_size": 32, "mean": [0.5] * 3, "std": [0.25] * 3, "images": 256}  # bank methods: 256 entries
+DATA = DataFacts.of({"dataset": "toy", "channels": 3, "image_size": 32, "mean": [0.5] * 3, "std": [0.25] * 3,
+                     "images": 256})  # bank methods: 256 entries
 
 
 #: Smaller heads and queues than the papers' defaults, where those would dominate a toy step.
@@ -109,6 +111,32 @@ def test_state_dict_round_trip_reproduces_outputs(name):
         assert torch.allclose(loss, _run(twin, views, index)["loss"])
         images = views[0] if views[0].ndim == 4 else views[0].flatten(0, 1)  # tile stacks: every tile
         assert torch.equal(method.backbone(images), twin.backbone(images))
+
+
+def test_multitask_tasks_share_one_trunk_stored_once():
+    """Each task is the registered method on the trunk the multi-task method owns: one set of backbone
+    weights in the checkpoint, one trunk trained by every task's loss."""
+    method = _method("multitask")
+    assert all(head.backbone is method.backbone for head in method.heads.values())
+    keys = method.state_dict().keys()
+    assert any(k.startswith("backbone.") for k in keys) and not any(".backbone." in k for k in keys)
+    assert not any(k.startswith("views.tasks.") and ".views." in k for k in keys)
+
+
+def test_a_task_that_changes_its_trunk_changes_the_shared_one():
+    """MoCo's split BatchNorm, as a task, splits the shared trunk (documented); bn_splits 1 keeps it plain."""
+    from selfsup.blocks.split_bn import SplitBatchNorm2d
+
+    def split_layers(bn_splits):
+        torch.manual_seed(0)
+        config = resolve({"method": {"name": "multitask", "tasks": {"rotation": 1.0, "moco": 1.0},
+                                     "task_args": {"moco": {"queue_size": 64, "bn_splits": bn_splits}}},
+                          "backbone": {"name": "toy", "width": 8}})
+        method = build_model(config, DATA)
+        assert method.heads["moco"].backbone is method.backbone is method.heads["rotation"].backbone
+        return sum(isinstance(m, SplitBatchNorm2d) for m in method.backbone.modules())
+
+    assert split_layers(2) > 0 and split_layers(1) == 0
 
 
 def test_registry_names_are_snake_case_and_documented():

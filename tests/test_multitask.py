@@ -8,13 +8,14 @@ import pytest
 import torch
 
 from selfsup.cli import main
+from selfsup.data import DataFacts
 from selfsup.engine import Batch
 from selfsup.errors import SelfsupError
 from selfsup.models.backbones import ToyNet
 from conftest import killed_then_finished, tiny_cli_sets
 from selfsup.learners.multitask import CrossStitch, MultiTaskLearner, SharedTrunks, Task, build_tasks
 
-FMNIST = {"dataset": "fashion_mnist", "classes": [str(i) for i in range(10)]}
+FMNIST = DataFacts("fashion_mnist", 1, 28, (0.5,), (0.25,), tuple(str(i) for i in range(10)))
 
 
 def _learner(sharing, tasks=None, **kwargs):
@@ -75,7 +76,7 @@ def test_tasks_and_their_targets():
     with pytest.raises(SelfsupError, match="cover each"):
         build_tasks(["coarse"], FMNIST, [[0, 1], [1, 2]])
     with pytest.raises(SelfsupError, match="no coarse grouping"):
-        build_tasks(["coarse"], {"dataset": "stl10", "classes": list("abcd")})
+        build_tasks(["coarse"], DataFacts("stl10", 3, 96, (0.5,) * 3, (0.25,) * 3, tuple("abcd")))
     with pytest.raises(SelfsupError, match="distinct names"):
         build_tasks(["class", "depth"], FMNIST)
     with pytest.raises(SelfsupError, match="not trained"):

@@ -7,6 +7,7 @@ import torch
 
 from selfsup.cli import main
 from selfsup.config import resolve
+from selfsup.data import DataFacts
 from selfsup.engine import Batch
 from selfsup.errors import SelfsupError
 from selfsup.losses import candidate_nce
@@ -16,7 +17,7 @@ from selfsup.views import grid_patches
 
 from conftest import tiny_overrides, write_mnist_folder
 
-DATA = {"channels": 1, "image_size": 16, "mean": [0.5], "std": [0.25], "images": 32}
+DATA = DataFacts.of({"dataset": "toy", "channels": 1, "image_size": 16, "mean": [0.5], "std": [0.25], "images": 32})
 
 
 def _selfie(**args):

@@ -12,8 +12,8 @@ from selfsup.engine import Batch, checkpoint
 from conftest import killed_then_finished, tiny_cli_sets
 from selfsup.errors import SelfsupError
 from selfsup.recipes.semisup import SemiSupervisedSettings, build_learner, semisup_training_set
-from selfsup.learners.semisup import (METHODS, FixMatch, MeanTeacher, MixMatch, PiModel, PseudoLabel, TemporalEnsembling,
-                             sharpen, sigmoid_rampup)
+from selfsup.learners.semisup import (METHODS, Common, FixMatch, MeanTeacher, MixMatch, PiModel, PseudoLabel,
+                                     TemporalEnsembling, sharpen, sigmoid_rampup)
 from selfsup.learners.semisup.base import linear_rampup
 from selfsup.learners.semisup.uda import UDA
 from selfsup.views import ImageInfo
@@ -104,10 +104,10 @@ def test_mean_teachers_decay_starts_as_the_true_average_of_the_weights():
 
 def test_pi_model_and_temporal_ensembling_weights_scale_with_the_labelled_share():
     for cls in (PiModel, TemporalEnsembling):
-        learner = cls(_encoder(), 3, IMAGE, rampup_steps=0)
+        learner = cls(_encoder(), 3, IMAGE, Common(rampup_steps=0))
         learner.prepare(100, 0.01)
         assert learner.unlabelled_weight() == pytest.approx(learner.default_weight * 0.01)  # tempens' M / N
-        unscaled = cls(_encoder(), 3, IMAGE, rampup_steps=0, scale_by_label_fraction=False)
+        unscaled = cls(_encoder(), 3, IMAGE, Common(rampup_steps=0, scale_by_label_fraction=False))
         unscaled.prepare(100, 0.01)
         assert unscaled.unlabelled_weight() == learner.default_weight
     fixmatch = FixMatch(_encoder(), 3, IMAGE)
@@ -133,10 +133,10 @@ def test_short_runs_say_what_they_cannot_show():
     warnings = mixmatch.schedule_warnings(150, 600)
     assert any("ramps up over 16384 steps" in w and "ends at 0.9% of the weight" in w for w in warnings)
     assert any("decay 0.999" in w and "86% of the initial network" in w for w in warnings)
-    tempens = TemporalEnsembling(_encoder(), 3, IMAGE, rampup_steps=0)
+    tempens = TemporalEnsembling(_encoder(), 3, IMAGE, Common(rampup_steps=0))
     assert any("trains for 0.25 epochs" in w for w in tempens.schedule_warnings(150, 600))
     assert tempens.schedule_warnings(1200, 600) == []
-    assert FixMatch(_encoder(), 3, IMAGE, eval_ema=0.0).schedule_warnings(150, 600) == []
+    assert FixMatch(_encoder(), 3, IMAGE, Common(eval_ema=0.0)).schedule_warnings(150, 600) == []
 
 
 def test_mixmatch_draws_lambda_per_image_and_keeps_each_mixed_image_closest_to_its_own():
@@ -167,7 +167,7 @@ def test_fixmatch_evaluates_the_moving_average_of_its_weights():
     with torch.no_grad():
         assert torch.allclose(learner.predict(x), learner.ema_model["head"](learner.ema_model["encoder"](x)))
         assert not torch.allclose(learner.predict(x), learner.classify(x))
-    assert not hasattr(FixMatch(_encoder(), 3, IMAGE, eval_ema=0.0), "ema_model")
+    assert not hasattr(FixMatch(_encoder(), 3, IMAGE, Common(eval_ema=0.0)), "ema_model")
 
 
 def test_temporal_ensembling_targets_are_bias_corrected_averages_of_past_predictions():
@@ -303,3 +303,17 @@ def test_semisup_from_a_checkpoint_and_bad_input(pretrained_run, mnist_root, tmp
     assert "fixmatch has no setting tau; it takes threshold" in capsys.readouterr().err
     assert main(base + ["--option", "threshold"]) == 2
     assert "KEY=VALUE" in capsys.readouterr().err
+
+
+def test_a_methods_options_are_checked_against_its_own_signature():
+    """Each learner states its settings in its constructor; a misspelt or mistyped one is refused by name."""
+    def build(method, **options):
+        return build_learner(SemiSupervisedSettings(method=method, options=options), _encoder(), 3, IMAGE)
+
+    assert build("uda", threshold=0.7, temperature=0.3).threshold == 0.7
+    with pytest.raises(SelfsupError, match=r"fixmatch has no setting treshold \(did you mean 'threshold'\?\)"):
+        build("fixmatch", treshold=0.9)
+    with pytest.raises(SelfsupError, match="mean-teacher --option.ema"):
+        build("mean-teacher", ema="slow")
+    with pytest.raises(SelfsupError, match="pi-model has no setting threshold; it takes none"):
+        build("pi-model", threshold=0.9)

@@ -9,13 +9,14 @@ import torch.nn.functional as F
 
 from selfsup.blocks import momentum_schedule
 from selfsup.config import resolve
+from selfsup.data import DataFacts
 from selfsup.engine import Batch
 from selfsup.engine.optim import split_groups
 from selfsup.errors import SelfsupError
 from selfsup.losses import info_nce
 from selfsup.recipes.loading import build_model
 
-DATA = {"channels": 3, "image_size": 16, "mean": [0.5] * 3, "std": [0.25] * 3, "images": 64}
+DATA = DataFacts.of({"dataset": "toy", "channels": 3, "image_size": 16, "mean": [0.5] * 3, "std": [0.25] * 3, "images": 64})
 
 
 def _method(name, **args):

@@ -137,9 +137,9 @@ def test_pretrain_finetune_from_the_head_then_distill(simclr3_run, tmp_path, cap
     summary = json.loads((tuned / "summary.json").read_text())
     assert 0 <= summary["test_top1"] <= 100 and summary["steps"] == 2 * 2  # 40 labelled images: 2 batches of 16
 
-    encoder, _, state = load_encoder(tuned)
+    encoder, _, meta = load_encoder(tuned)
     assert isinstance(encoder, HeadTrunk) and encoder.num_features == 32  # the head's hidden width
-    assert state["classifier"]["labelled_images"] == 40 and state["encoder"]["head_layers"] == 1
+    assert meta.classifier["labelled_images"] == 40 and meta.encoder.head_layers == 1
     pretrained, _, _ = load_encoder(simclr3_run, head_layers=1)
     assert not torch.equal(encoder.head[0].weight, pretrained.head[0].weight)  # it did train
     teacher, _ = load_classifier(tuned)
@@ -155,8 +155,8 @@ def test_pretrain_finetune_from_the_head_then_distill(simclr3_run, tmp_path, cap
     assert main(["distill", str(tuned), "--student", "backbone.width=4", "--epochs", "1", "--batch-size", "16",
                  "--run-dir", str(student), "--device", "cpu", "--quiet"]) == 0
     assert "student test top-1" in capsys.readouterr().out
-    student_encoder, _, student_state = load_encoder(student)
-    assert student_state["classifier"]["stage"] == "distilled"
+    student_encoder, _, student_meta = load_encoder(student)
+    assert student_meta.classifier["stage"] == "distilled"
     assert student_encoder.num_features == 4 * 4  # toy width 4, not the teacher's width 8 + head layer
     assert json.loads((student / "summary.json").read_text())["steps"] == 80 // 16  # every training image, no labels
     rows = [json.loads(line) for line in (student / "metrics.jsonl").read_text().splitlines()]

@@ -24,7 +24,7 @@ from .data import DataConfig
 from .engine import OptimConfig
 from .errors import SelfsupError
 from .eval import EvalConfig
-from .methods import get_method
+from .methods import INJECTED_ARGS, get_method
 from .models import BackboneConfig
 
 
@@ -156,7 +156,7 @@ def resolve(raw: dict[str, Any]) -> RunConfig:
     method_cls = get_method(method_raw["name"])
     method_args = {k: v for k, v in method_raw.items() if k != "name"}
     config.method = {"name": method_raw["name"],
-                     **plain(check_kwargs("method", method_args, method_cls, skip=method_cls.injected_args))}
+                     **plain(check_kwargs("method", method_args, method_cls, skip=INJECTED_ARGS))}
     config.views = plain(check_kwargs("views", views_raw, method_cls.views_class, skip=("image",)))
     return config
 

@@ -60,7 +60,7 @@ def continual(args: argparse.Namespace) -> int:
     settings = ContinualSettings(classes_per_task=args.classes_per_task, order=args.order,
                                  buffer_size=args.buffer_size, lwf_weight=args.lwf_weight,
                                  lwf_temperature=args.lwf_temperature, lwf_warmup_epochs=args.lwf_warmup_epochs)
-    out_dir = Path(args.run_dir or default_run_dir("continual", start.data["dataset"]))
+    out_dir = Path(args.run_dir or default_run_dir("continual", start.data.dataset))
     result = learn_tasks(start, out_dir, classifier_training(args, "continual", start.backbone_lr_scale),
                          strategies=args.strategies, scenarios=args.scenarios, settings=settings, quiet=args.quiet)
     for row in result["summary"]:
@@ -101,7 +101,7 @@ def multitask(args: argparse.Namespace) -> int:
         raise SelfsupError(f"--coarse takes comma-separated class indices: {err}") from None
     settings = MultiTaskSettings(tasks=args.tasks, weights=weights, soft_weight=args.soft_weight, coarse=coarse)
     start = starting_point(args)
-    out_dir = Path(args.run_dir or default_run_dir("multitask", start.data["dataset"]))
+    out_dir = Path(args.run_dir or default_run_dir("multitask", start.data.dataset))
     result = multitask_comparison(start, out_dir, classifier_training(args, "multitask", start.backbone_lr_scale),
                                   settings, sharings=args.sharing, weightings=args.weighting,
                                   single_task=not args.no_single_task, quiet=args.quiet)

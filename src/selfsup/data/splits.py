@@ -38,6 +38,39 @@ class DataConfig:
     """Hold the uint8 image tensor on the training device (auto: when it takes < 25% of free memory)."""
 
 
+@dataclass(frozen=True)
+class DataFacts:
+    """What a run records about its training images: enough to rebuild its network and input
+    pipeline (channels, size, normalisation), name its classes, and tell one dataset from another.
+    Checkpoints and ``meta.json`` hold it as a plain dict (:meth:`to_dict`, :meth:`of`)."""
+
+    dataset: str
+    channels: int
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    classes: tuple[str, ...] = ()
+    """Class names of the labelled images; empty for data without labels."""
+    images: int = 0
+    """Training images (a memory bank is sized to them)."""
+    skipped: tuple[str, ...] = ()
+    """Files that could not be decoded (``data.skip_bad``)."""
+    held_out: int = 0
+    """Labelled training images kept out of pretraining for the monitor's queries."""
+
+    @classmethod
+    def of(cls, record: dict[str, Any]) -> DataFacts:
+        """From the dict a checkpoint holds (keys added since an old checkpoint was written take their defaults)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {key: tuple(value) if isinstance(value, list) else value for key, value in record.items()
+                  if key in known}
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {key: list(value) if isinstance(value, tuple) else value
+                for key, value in dataclasses.asdict(self).items()}
+
+
 @dataclass
 class Splits:
     train: ImageDataset
@@ -47,13 +80,12 @@ class Splits:
     held_out: ImageDataset | None = None
     """Labelled training images kept out of pretraining, for the kNN monitor's queries."""
 
-    def info(self) -> dict[str, Any]:
+    def info(self) -> DataFacts:
         """The facts a checkpoint needs to rebuild the model and its input pipeline."""
         mean, std = self.train.stats()
-        return {"dataset": self.train.name, "images": len(self.train), "channels": self.train.channels,
-                "image_size": self.train.image_size, "mean": list(mean), "std": list(std),
-                "classes": list(self.train.classes), "skipped": self.train.skipped,
-                "held_out": len(self.held_out) if self.held_out is not None else 0}
+        return DataFacts(self.train.name, self.train.channels, self.train.image_size, tuple(mean), tuple(std),
+                         tuple(self.train.classes), len(self.train), tuple(self.train.skipped),
+                         len(self.held_out) if self.held_out is not None else 0)
 
 
 def load_splits(cfg: DataConfig, *, seed: int = 0, labeled: bool = False, hold_out: int = 0,

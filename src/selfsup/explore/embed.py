@@ -31,6 +31,7 @@ from ..engine.checkpoint import run_dir_of
 from ..engine.runtime import pick_device
 from ..errors import SelfsupError
 from ..recipes.loading import load_features
+from ..recipes.meta import RunMeta
 from ..views import EvalView
 
 INDEX_FILE, EMBEDDINGS_FILE = "index.json", "embeddings.npy"
@@ -79,26 +80,25 @@ class Encoder:
     module: nn.Module
     encode: Callable[[torch.Tensor], torch.Tensor]
     view: EvalView
-    state: dict
+    meta: RunMeta
     fingerprint: str
     device: torch.device
 
     @classmethod
     def load(cls, checkpoint_path: str | Path, device: str = "auto") -> Encoder:
-        module, encode, _, state = load_features(checkpoint_path)
-        data = state["data"]
+        module, encode, _, meta = load_features(checkpoint_path)
         target = pick_device(device)
         module = module.eval().to(target)
-        view = EvalView(data["image_size"], data["mean"], data["std"]).to(target)
-        return cls(module, encode or module, view, state, encoder_fingerprint(module), target)
+        return cls(module, encode or module, EvalView.of(meta.data).to(target), meta, encoder_fingerprint(module),
+                   target)
 
     @property
     def image_size(self) -> int:
-        return int(self.state["data"]["image_size"])
+        return self.meta.data.image_size
 
     @property
     def channels(self) -> int:
-        return int(self.state["data"]["channels"])
+        return self.meta.data.channels
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
@@ -171,8 +171,7 @@ def embed(checkpoint_path: str | Path, source: str, out_dir: str | Path, *, spli
     out.mkdir(parents=True, exist_ok=True)
     np.save(out / EMBEDDINGS_FILE, features.numpy().astype(np.float32))
     meta = {"format": "selfsup-index", "version": 1, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "checkpoint": str(Path(encoder.state["path"]).resolve()), "step": encoder.state.get("step"),
-            "method": encoder.state.get("encoder", {}).get("method", encoder.state["config"]["method"]["name"]),
+            "checkpoint": encoder.meta.source, "step": encoder.meta.step, "method": encoder.meta.method,
             "features": "embedding" if encoder.encode is not encoder.module else "encoder",
             "fingerprint": encoder.fingerprint, "dim": int(features.shape[1]), "count": len(paths),
             "image_size": encoder.image_size, "channels": encoder.channels, "source": origin,
@@ -271,7 +270,7 @@ class Index:
             raise SelfsupError(
                 f"index {self.directory} was built from another encoder: {self.meta['checkpoint']} (step "
                 f"{self.meta.get('step')}, fingerprint {self.meta['fingerprint'][:12]}) while {path} holds weights "
-                f"{encoder.fingerprint[:12]} (step {encoder.state.get('step')}); their features are not comparable. "
+                f"{encoder.fingerprint[:12]} (step {encoder.meta.step}); their features are not comparable. "
                 f"Search with the index's own checkpoint, or re-embed: selfsup embed {path} IMAGES --out NEW_INDEX")
         return encoder
 

@@ -117,10 +117,10 @@ def _classifier_confusion(path: str | Path, evaluator, classes: int) -> tuple[np
     """The confusion matrix and top-1 of a classifier checkpoint's own head on the test split (None
     for a pretraining checkpoint, or a head over other classes than the test split's)."""
     try:
-        model, state = load_classifier(path)
+        model, meta = load_classifier(path)
     except SelfsupError:
         return None
-    if state["classifier"].get("classes") != classes:
+    if meta.classifier.get("classes") != classes:
         return None
     model.to(evaluator.device)
     predicted = classify_all(model, evaluator.test.images, evaluator.view, evaluator.batch_size).argmax(1)

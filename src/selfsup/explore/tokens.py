@@ -77,14 +77,13 @@ def tokens_for_checkpoints(paths: list[str], overrides: list[str] = (), out_dir:
     results: dict[str, Any] = {}
     shown = None
     for path in paths:
-        encoder, config, state = load_encoder(path, overrides)
+        encoder, config, meta = load_encoder(path, overrides)
         if shown is None:
             shown = load_splits(config.data, seed=config.train.seed, labeled=True, quiet=quiet).test.images[:count]
-        data = state["data"]
-        images = EvalView(data["image_size"], data["mean"], data["std"])(shown)
-        name = f"{config.method_name}, {getattr(encoder, 'num_registers', 0)} registers (step {state['step']})"
+        images = EvalView.of(meta.data)(shown)
+        name = f"{config.method_name}, {getattr(encoder, 'num_registers', 0)} registers (step {meta.step})"
         if name in results:
-            name = f"{name} [{Path(state['path']).parent.parent.name}]"
+            name = f"{name} [{meta.path.parent.parent.name}]"
         results[name] = token_statistics(encoder, images)
     paths_out = plot_tokens(results, shown, out_dir or default_output_dir(Path(paths[0])) / "tokens")
     return paths_out, results

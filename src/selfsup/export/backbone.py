@@ -107,19 +107,19 @@ def export_backbone(checkpoint_path: str | Path, out: str | Path, library: str =
             bar.set_postfix_str(name)
 
         step("read checkpoint")
-        encoder, config, state = load_encoder(checkpoint_path, [f"eval.network={network}"] if network else [])
+        encoder, config, meta = load_encoder(checkpoint_path, [f"eval.network={network}"] if network else [])
         encoder.eval()
         backbone_name = config.backbone.name
         kind = "ViT" if isinstance(encoder, VisionTransformer) else "ResNet"
-        head_layers = state.get("encoder", {}).get("head_layers", 0)
+        head_layers = meta.encoder.head_layers
         if head_layers:
-            raise SelfsupError(f"{state['path']} was fine-tuned with {head_layers} projection-head layer(s) on its "
+            raise SelfsupError(f"{meta.path} was fine-tuned with {head_layers} projection-head layer(s) on its "
                                f"trunk, which a plain {library} model has no place for; export the pretraining "
                                "checkpoint, or a network fine-tuned with --head-layers 0")
         step("convert")
-        target = target_for(encoder, library, state["path"], backbone_name)
-        data = state["data"]
-        input_shape = (data["channels"], data["image_size"], data["image_size"])
+        target = target_for(encoder, library, str(meta.path), backbone_name)
+        data = meta.data
+        input_shape = (data.channels, data.image_size, data.image_size)
         step("provenance")  # before writing: an unreadable meta/results file stops the export with nothing written
         card = {
             "format": "selfsup-export", "version": 1, "weights": out.name,
@@ -128,9 +128,8 @@ def export_backbone(checkpoint_path: str | Path, out: str | Path, library: str =
             "output": f"features float32 (B, {encoder.num_features}): " + (
                 "the [CLS] token after the final LayerNorm" if kind == "ViT" else "globally average-pooled res5"),
             "preprocessing": preprocessing(data, kind == "ViT"),
-            "provenance": provenance(state, state.get("encoder", {}).get("method", config.method_name),
-                                     data.get("dataset", config.data.name)),
-            "results": results(state),
+            "provenance": provenance(meta),
+            "results": results(meta),
             "recipe": target.recipe(out.name),
         }
         step("write weights")

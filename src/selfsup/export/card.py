@@ -8,9 +8,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..data import DataFacts
 from ..engine.checkpoint import run_dir_of
 from ..engine.runtime import library_versions
 from ..errors import SelfsupError
+from ..recipes.meta import RunMeta
 
 
 def sha256(path: Path, chunk: int = 1 << 20) -> str:
@@ -29,29 +31,29 @@ def read_json(path: Path) -> Any:
                            "the card) and run selfsup export again") from None
 
 
-def preprocessing(data: dict[str, Any], vit: bool) -> dict[str, Any]:
-    """The input the encoder was trained on, from a checkpoint's ``data`` section."""
-    size = data["image_size"]
+def preprocessing(data: DataFacts, vit: bool) -> dict[str, Any]:
+    """The input the encoder was trained on, from a checkpoint's data facts."""
+    size = data.image_size
     resize = (f"resize each image to {size}x{size} (bilinear, antialiased), as selfsup's evaluation does"
               + ("; a ViT takes exactly this size (its position embedding is for this patch grid)" if vit else
                  "; a ResNet accepts other sizes, but its features are those it learnt only at this one"))
-    return {"channels": data["channels"], "image_size": size, "mean": data["mean"], "std": data["std"],
+    return {"channels": data.channels, "image_size": size, "mean": list(data.mean), "std": list(data.std),
             "pixels": "pixels in [0, 1] (uint8 / 255), then (x - mean) / std per channel", "resize": resize,
-            "input": f"float32 (B, {data['channels']}, {size}, {size})"}
+            "input": f"float32 (B, {data.channels}, {size}, {size})"}
 
 
-def provenance(state: dict[str, Any], method: str, dataset: str) -> dict[str, Any]:
+def provenance(meta: RunMeta) -> dict[str, Any]:
     """Where the weights come from: the checkpoint file (with its sha256), its step, and the run's
     ``meta.json`` (git revision, date, library versions) when it lies in a run directory."""
-    path = Path(state["path"]).resolve()
+    path = meta.path.resolve()
     found: dict[str, Any] = {
-        "checkpoint": str(path), "sha256": sha256(path), "step": state.get("step"), "epoch": state.get("epoch"),
-        "method": method, "dataset": dataset, "training_images": state["data"].get("images"),
-        "classes": len(state["data"].get("classes") or []) or None,
+        "checkpoint": str(path), "sha256": sha256(path), "step": meta.step, "epoch": meta.epoch,
+        "method": meta.method, "dataset": meta.data.dataset, "training_images": meta.data.images or None,
+        "classes": len(meta.data.classes) or None,
         # A method with a momentum teacher exports the network its paper evaluates (DINO: the teacher).
-        "network": state.get("encoder", {}).get("network", "student")}
-    if state.get("imported"):
-        found["imported_from"] = state["imported"]
+        "network": meta.encoder.network or "student"}
+    if meta.imported:
+        found["imported_from"] = meta.imported
     run = run_dir_of(path)
     if run is not None and (run / "meta.json").is_file():
         meta = read_json(run / "meta.json")
@@ -62,16 +64,16 @@ def provenance(state: dict[str, Any], method: str, dataset: str) -> dict[str, An
     return found
 
 
-def results(state: dict[str, Any]) -> dict[str, Any]:
+def results(meta: RunMeta) -> dict[str, Any]:
     """The run's ``eval/results.json`` entries of these weights (their ``about`` fields name this
     checkpoint and step) and its ``summary.json``; empty for a checkpoint outside a run directory or
     a run never evaluated."""
-    run = run_dir_of(Path(state["path"]).resolve())
+    run = run_dir_of(meta.path.resolve())
     found: dict[str, Any] = {}
     if run is None:
         return found
     if (run / "eval" / "results.json").is_file():
-        wanted = (Path(state["path"]).stem, state.get("step"))
+        wanted = (meta.path.stem, meta.step)
         entries = read_json(run / "eval" / "results.json")
         found["eval"] = {name: entry for name, entry in entries.items() if isinstance(entry, dict)
                          and isinstance(entry.get("about"), dict)

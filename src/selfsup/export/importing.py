@@ -12,6 +12,7 @@ from ..data import load_splits
 from ..engine import checkpoint
 from ..errors import SelfsupError
 from ..models.backbones import ResNet
+from ..recipes.meta import EncoderRef, RunMeta
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -56,18 +57,18 @@ def import_torchvision(weights_file: str | Path, run_dir: str | Path, config: Ru
         config = dataclasses.replace(config, backbone=dataclasses.replace(
             config.backbone, width=conv1.shape[0], small_stem=stem))
     info = load_splits(config.data, seed=config.train.seed, quiet=quiet).info()
-    backbone = config.backbone.build(info["channels"], info["image_size"])
+    backbone = config.backbone.build(info.channels, info.image_size)
     if not isinstance(backbone, ResNet):
         raise SelfsupError(f"importing torchvision weights needs a ResNet backbone (resnet18/34/50), "
                            f"got '{config.backbone.name}'")
-    if conv1 is not None and conv1.shape[1] == 3 and info["channels"] == 1:
+    if conv1 is not None and conv1.shape[1] == 3 and info.channels == 1:
         weights["conv1.weight"] = conv1.sum(1, keepdim=True)
     checkpoint.load_weights(backbone.net, weights, f"{weights_file} (as torchvision {config.backbone.name}, "
                                                    f"width {config.backbone.width}, small_stem "
                                                    f"{backbone.arch['small_stem']})")
-    state = {"format": checkpoint.FORMAT, "version": checkpoint.VERSION, "config": config.to_dict(), "data": info,
-             "encoder": {"prefix": "backbone", "method": f"torchvision {config.backbone.name}"},
-             "imported": {"weights": str(weights_file.resolve())},
+    state = {"format": checkpoint.FORMAT, "version": checkpoint.VERSION,
+             **RunMeta.record(config.to_dict(), info, EncoderRef("backbone", f"torchvision {config.backbone.name}"),
+                              imported={"weights": str(weights_file.resolve())}),
              "model": {f"backbone.{k}": v for k, v in backbone.state_dict().items()}, "step": 0, "epoch": 0}
     target.parent.mkdir(parents=True, exist_ok=True)
     checkpoint.save_atomic(state, target)

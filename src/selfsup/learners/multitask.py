@@ -30,13 +30,12 @@ from __future__ import annotations
 import copy
 import itertools
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data import ImageDataset
+from ..data import DataFacts, ImageDataset
 from ..engine import Batch
 from ..errors import SelfsupError
 from ..models import StagedBackbone
@@ -70,8 +69,8 @@ class Task:
         return self.class_to_target.to(labels.device)[labels]
 
 
-def build_tasks(names: list[str], data: dict[str, Any], coarse: list[list[int]] | None = None) -> list[Task]:
-    classes = len(data["classes"])
+def build_tasks(names: list[str], data: DataFacts, coarse: list[list[int]] | None = None) -> list[Task]:
+    classes = len(data.classes)
     unknown = [n for n in names if n not in TASKS]
     if unknown or len(set(names)) != len(names) or len(names) < 1:
         raise SelfsupError(f"tasks must be distinct names among {', '.join(TASKS)}, got {names}")
@@ -82,9 +81,9 @@ def build_tasks(names: list[str], data: dict[str, Any], coarse: list[list[int]] 
         elif name == "rotation":
             tasks.append(Task("rotation", 4, rotated=True))
         else:
-            groups = coarse or COARSE_GROUPS.get(data["dataset"])
+            groups = coarse or COARSE_GROUPS.get(data.dataset)
             if groups is None:
-                raise SelfsupError(f"no coarse grouping is known for {data['dataset']}; give one with --coarse "
+                raise SelfsupError(f"no coarse grouping is known for {data.dataset}; give one with --coarse "
                                    "(class indices per group, e.g. --coarse 0,1 2,3)")
             if sorted(c for g in groups for c in g) != list(range(classes)):
                 raise SelfsupError(f"the coarse groups must cover each of the {classes} classes once, got {groups}")

@@ -1,13 +1,15 @@
 """The method registry: a plain dict from config name to class."""
 from __future__ import annotations
 
+import inspect
+
 from torch import nn
 
 from ..arguments import check_kwargs
 from ..errors import SelfsupError, closest
 from ..views import ImageInfo
 from .barlow_twins import BarlowTwins
-from .base import Method
+from .base import INJECTED_ARGS, Method
 from .byol import BYOL
 from .composite import Composite
 from .context import ContextPrediction
@@ -76,19 +78,19 @@ def build_method(name: str, method_args: dict, view_args: dict, backbone: nn.Mod
     """
     method_cls = get_method(name)
     views = method_cls.views_class(image, **check_kwargs("views", view_args, method_cls.views_class, skip=("image",)))
-    args = check_kwargs("method", method_args, method_cls, skip=method_cls.injected_args)
+    args = check_kwargs("method", method_args, method_cls, skip=INJECTED_ARGS)
     return instantiate(method_cls, backbone, views, args, num_images, seed)
 
 
 def instantiate(method_cls: type[Method], backbone: nn.Module, views: nn.Module, method_args: dict,
-                num_images: int, seed: int, shared: bool = False) -> Method:
-    """``method_cls`` with its config arguments plus those only the run knows, where it takes
-    them: the bank size of memory-bank methods and the seed of their sampler."""
-    injected = {"num_images": num_images, "seed": seed}
-    return method_cls(backbone, views, **method_args, shared=shared,
-                      **{k: v for k, v in injected.items() if k in method_cls.injected_args})
+                num_images: int, seed: int) -> Method:
+    """``method_cls`` with its config arguments plus those only the run knows, where its constructor
+    takes them: the bank size of memory-bank methods and the seed of their sampler."""
+    accepted = inspect.signature(method_cls).parameters
+    known = {"num_images": num_images, "seed": seed}
+    return method_cls(backbone, views, **method_args, **{k: v for k, v in known.items() if k in accepted})
 
 
-__all__ = ["BYOL", "CPC", "DINO", "METHODS", "NPID", "PIRL", "BarlowTwins", "Composite", "ContextPrediction", "Counting",
+__all__ = ["BYOL", "CPC", "DINO", "INJECTED_ARGS", "METHODS", "NPID", "PIRL", "BarlowTwins", "Composite", "ContextPrediction", "Counting",
            "DecoupledRotNet", "Exemplar", "Jigsaw", "MaskFeat", "Method", "MoCo", "MultiTask", "Rotation", "Selfie", "SimCLR",
            "SimSiam", "build_method", "describe_methods", "get_method"]

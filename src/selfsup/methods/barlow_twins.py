@@ -34,9 +34,8 @@ class BarlowTwins(Method):
         proj_dim: int = 8192,
         proj_layers: int = 3,
         off_diagonal_weight: float = 5e-3,
-        shared: bool = False,
     ) -> None:
-        super().__init__(backbone, views, shared=shared)
+        super().__init__(backbone, views)
         self.projector = mlp(backbone.num_features, proj_dim, proj_dim, proj_layers)
         self.off_diagonal_weight = off_diagonal_weight
 

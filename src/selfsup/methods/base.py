@@ -16,6 +16,12 @@ from ..views import TwoViews
 NETWORKS = ("auto", "student", "teacher")
 
 
+INJECTED_ARGS = ("backbone", "views", "num_images", "seed")
+"""Constructor arguments the builder supplies, never read from a config: the trunk and views it built,
+and, to the methods whose constructor takes them, the number of training images (a memory bank's
+size) and the run's seed (a sampler's, a queue's)."""
+
+
 class Method(nn.Module):
     """Base of every method (one level of inheritance, no more).
 
@@ -40,13 +46,10 @@ class Method(nn.Module):
       evaluation on it: ``embedding_head`` names the head, or the method overrides ``embed``.
 
     Heads, teachers, banks and queues are submodules and buffers, so ``state_dict()`` is a
-    complete checkpoint. A method built with ``shared=True`` uses a backbone and views owned by
-    the composite method that built it (multi-task), so they are stored once.
+    complete checkpoint.
     """
 
     views_class: type[nn.Module] = TwoViews
-    injected_args: tuple[str, ...] = ("backbone", "views", "shared")
-    """Constructor arguments the builder supplies (not read from the config)."""
     encoder_prefix = "backbone"
     teacher_prefix: str | None = None
     """The backbone of the method's momentum teacher in the state dict (MoCo's key encoder, BYOL's
@@ -57,14 +60,10 @@ class Method(nn.Module):
     """True when the trunk trains on tiles or half-size images, so its BatchNorm statistics do not
     describe full images: evaluation recalibrates them first (``eval.bn_recalibration``)."""
 
-    def __init__(self, backbone: nn.Module, views: nn.Module, *, shared: bool = False) -> None:
+    def __init__(self, backbone: nn.Module, views: nn.Module) -> None:
         super().__init__()
-        if shared:  # referenced, not registered: the owner's state dict holds them once
-            object.__setattr__(self, "backbone", backbone)
-            object.__setattr__(self, "views", views)
-        else:
-            self.backbone = backbone
-            self.views = views
+        self.backbone = backbone
+        self.views = views
 
     @property
     def encoder(self) -> nn.Module:

@@ -43,9 +43,8 @@ class BYOL(Method):
         pred_hidden_dim: int = 4096,
         base_momentum: float = 0.996,
         final_momentum: float = 1.0,
-        shared: bool = False,
     ) -> None:
-        super().__init__(backbone, views, shared=shared)
+        super().__init__(backbone, views)
         if not 0.0 <= base_momentum <= final_momentum <= 1.0:
             raise ValueError(f"need 0 <= base_momentum <= final_momentum <= 1, got {base_momentum}, {final_momentum}")
         self.base_momentum, self.final_momentum = base_momentum, final_momentum

@@ -110,9 +110,8 @@ class Composite(Method):
         proj_hidden_dim: int = 2048,
         proj_dim: int = 128,
         temperature: float = 0.5,
-        shared: bool = False,
     ) -> None:
-        super().__init__(backbone, views, shared=shared)
+        super().__init__(backbone, views)
         weights = {"contrastive": contrastive_weight, "forward": forward_weight, "inverse": inverse_weight,
                    "transform": transform_weight}
         if any(w < 0 for w in weights.values()) or not any(weights.values()):

@@ -30,9 +30,8 @@ class ContextPrediction(Method):
     views_class = PatchPairViews
     trains_on_tiles = True
 
-    def __init__(self, backbone: nn.Module, views: nn.Module, *, head_hidden_dim: int = 1024,
-                 shared: bool = False) -> None:
-        super().__init__(backbone, views, shared=shared)
+    def __init__(self, backbone: nn.Module, views: nn.Module, *, head_hidden_dim: int = 1024) -> None:
+        super().__init__(backbone, views)
         self.classifier = mlp(2 * backbone.num_features, head_hidden_dim, 8, 2)
 
     def forward(self, batch: Batch, progress: float) -> dict[str, torch.Tensor]:

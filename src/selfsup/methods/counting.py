@@ -29,9 +29,8 @@ class Counting(Method):
     views_class = CountingViews
     trains_on_tiles = True
 
-    def __init__(self, backbone: nn.Module, views: nn.Module, *, count_dim: int = 1000, margin: float = 10.0,
-                 shared: bool = False) -> None:
-        super().__init__(backbone, views, shared=shared)
+    def __init__(self, backbone: nn.Module, views: nn.Module, *, count_dim: int = 1000, margin: float = 10.0) -> None:
+        super().__init__(backbone, views)
         self.counter = nn.Sequential(nn.Linear(backbone.num_features, count_dim), nn.ReLU())
         self.margin = margin
 

@@ -67,8 +67,8 @@ class CPC(Method):
     def __init__(self, backbone: nn.Module, views: nn.Module, *, patch_size: int | None = None,
                  patch_stride: int | None = None, skip_steps: int = 2, prediction_steps: int = 3,
                  context_blocks: int = 2, target_dim: int = 64, logit_scale: float = 0.1,
-                 negative_images: int = 32, shared: bool = False) -> None:
-        super().__init__(backbone, views, shared=shared)
+                 negative_images: int = 32) -> None:
+        super().__init__(backbone, views)
         if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in backbone.modules()):
             raise SelfsupError("CPC v2 encodes every patch on its own: set backbone.norm=layer (batch norm would "
                                "let the patches of an image see each other's statistics)")

@@ -47,14 +47,13 @@ class DecoupledRotNet(Method):
     """
 
     views_class = RotationViews
-    injected_args = ("backbone", "views", "shared", "num_images", "seed")
 
     def __init__(self, backbone: nn.Module, views: nn.Module, *, num_images: int, seed: int = 0,
                  variant: Literal["paper", "online"] = "paper", head_hidden_dim: int = 512, feature_dim: int = 128,
                  gamma: float = 2.0, weighting_start: float = 210 / 245, ambiguity_power: float = 1.0,
                  distance_weight: float = 1.0, instance_weight: float = 1.0, num_negatives: int = 4096,
-                 temperature: float = 0.07, bank_momentum: float = 0.5, shared: bool = False) -> None:
-        super().__init__(backbone, views, shared=shared)
+                 temperature: float = 0.07, bank_momentum: float = 0.5) -> None:
+        super().__init__(backbone, views)
         features = backbone.num_features
         self.variant = variant
         self.split = features // 2 if variant == "paper" else features

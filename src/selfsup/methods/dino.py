@@ -62,9 +62,8 @@ class DINO(Method):
         base_momentum: float = 0.996,
         final_momentum: float = 1.0,
         freeze_last_layer: float = 1.0,
-        shared: bool = False,
     ) -> None:
-        super().__init__(backbone, views, shared=shared)
+        super().__init__(backbone, views)
         if not 0.0 <= teacher_warmup < 1.0:
             raise ValueError(f"teacher_warmup is a fraction of training in [0, 1), got {teacher_warmup}")
         self.head = DINOHead(backbone.num_features, out_dim, hidden_dim, bottleneck_dim,

@@ -27,10 +27,9 @@ class Exemplar(Method):
     """
 
     views_class = ExemplarViews
-    injected_args = ("backbone", "views", "shared", "num_images")
 
-    def __init__(self, backbone: nn.Module, views: nn.Module, *, num_images: int, shared: bool = False) -> None:
-        super().__init__(backbone, views, shared=shared)
+    def __init__(self, backbone: nn.Module, views: nn.Module, *, num_images: int) -> None:
+        super().__init__(backbone, views)
         self.classifier = nn.Linear(backbone.num_features, num_images)
 
     def forward(self, batch: Batch, progress: float) -> dict[str, torch.Tensor]:

@@ -31,8 +31,8 @@ class Jigsaw(Method):
     trains_on_tiles = True
 
     def __init__(self, backbone: nn.Module, views: nn.Module, *, tile_dim: int = 512,
-                 head_hidden_dim: int = 1024, shared: bool = False) -> None:
-        super().__init__(backbone, views, shared=shared)
+                 head_hidden_dim: int = 1024) -> None:
+        super().__init__(backbone, views)
         tiles = views.tiler.grid ** 2
         self.tile_projector = nn.Sequential(nn.Linear(backbone.num_features, tile_dim), nn.ReLU(inplace=True))
         self.classifier = mlp(tiles * tile_dim, head_hidden_dim, len(views.permutations), 2)

@@ -32,8 +32,8 @@ class MaskFeat(Method):
     views_class = OneView
 
     def __init__(self, backbone: nn.Module, views: nn.Module, *, mask_ratio: float = 0.4, hog_bins: int = 9,
-                 hog_cell: int | None = None, shared: bool = False) -> None:
-        super().__init__(backbone, views, shared=shared)
+                 hog_cell: int | None = None) -> None:
+        super().__init__(backbone, views)
         if not isinstance(backbone, VisionTransformer):
             raise SelfsupError(f"MaskFeat masks ViT patches: set backbone.name to vit_tiny or vit_small "
                                f"(got {type(backbone).__name__})")

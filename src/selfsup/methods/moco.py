@@ -40,7 +40,6 @@ class MoCo(Method):
     Evaluated network: the query encoder (the backbone), as the papers.
     """
 
-    injected_args = Method.injected_args + ("seed",)
     teacher_prefix = "key_encoder.backbone"
 
     embedding_head = "projector"
@@ -59,9 +58,8 @@ class MoCo(Method):
         symmetric: bool = False,
         bn_splits: int = 8,
         seed: int = 0,
-        shared: bool = False,
     ) -> None:
-        super().__init__(backbone, views, shared=shared)
+        super().__init__(backbone, views)
         if version not in (1, 2):
             raise ValueError(f"MoCo version must be 1 or 2, got {version}")
         if not 0.0 <= momentum <= 1.0:
@@ -69,7 +67,7 @@ class MoCo(Method):
         if bn_splits < 1:
             raise ValueError(f"bn_splits must be >= 1, got {bn_splits}")
         self.version, self.symmetric, self.momentum, self.bn_splits = version, symmetric, momentum, bn_splits
-        if bn_splits > 1 and not shared:  # before the key encoder copies the backbone: both split
+        if bn_splits > 1:  # before the key encoder copies the backbone: both split
             split_batch_norm(self.backbone, bn_splits)
         self.temperature = temperature if temperature is not None else (0.2 if version == 2 else 0.07)
         if version == 1:

@@ -12,7 +12,7 @@ from ..arguments import check_kwargs
 from ..engine import Batch
 from ..errors import SelfsupError, closest
 from ..views import ImageInfo
-from .base import Method
+from .base import INJECTED_ARGS, Method
 
 
 class MultiTaskViews(nn.Module):
@@ -27,6 +27,15 @@ class MultiTaskViews(nn.Module):
         return [view for generator in self.tasks.values() for view in generator(images)]
 
 
+def borrow_trunk(task: Method) -> Method:
+    """``task`` referencing its backbone and views without registering them: their owner (the
+    multi-task method) holds them in its state dict, once."""
+    for name in ("backbone", "views"):
+        module = task._modules.pop(name)
+        object.__setattr__(task, name, module)  # a plain attribute: not a submodule, not in state_dict()
+    return task
+
+
 class MultiTask(Method):
     """Multi-task pretext (Doersch & Zisserman 2017): a shared backbone, one head per pretext task.
 
@@ -35,20 +44,21 @@ class MultiTask(Method):
     arguments and, under ``views``, its view arguments, e.g.
     ``{"jigsaw": {"views": {"num_permutations": 100}, "tile_dim": 256}}``.
     The paper combined relative position, colourisation, exemplar and motion segmentation
-    (motion and colour need video and Lab images and are not here); each task is built with
-    the shared trunk and views owned here (``shared=True``), so they are stored once.
+    (motion and colour need video and Lab images and are not here). Each task is the registered
+    method built on the trunk and views owned here, which it references without registering
+    them (:func:`borrow_trunk`), so the state dict holds them once. What a task's constructor does
+    to its trunk it does to the shared one: MoCo's split BatchNorm (``bn_splits``) then normalises
+    every task over sub-batches; ``task_args: {moco: {bn_splits: 1}}`` keeps plain BatchNorm.
     """
 
     views_class = MultiTaskViews
-    injected_args = ("backbone", "views", "shared", "num_images", "seed")
     trains_on_tiles = True  # the default tasks include jigsaw
 
     def __init__(self, backbone: nn.Module, views: nn.Module, *, num_images: int, seed: int = 0,
-                 tasks: dict[str, float] | None = None, task_args: dict[str, dict] | None = None,
-                 shared: bool = False) -> None:
+                 tasks: dict[str, float] | None = None, task_args: dict[str, dict] | None = None) -> None:
         from . import METHODS, instantiate
 
-        super().__init__(backbone, views, shared=shared)
+        super().__init__(backbone, views)
         tasks = dict(tasks or {"rotation": 1.0, "jigsaw": 1.0})
         task_args = dict(task_args or {})
         pretext = [n for n, cls in METHODS.items() if cls is not MultiTask]
@@ -62,10 +72,10 @@ class MultiTask(Method):
             args = dict(task_args.get(name, {}))
             view_args = check_kwargs(f"method.task_args.{name}.views", args.pop("views", {}) or {},
                                      cls.views_class, skip=("image",))
-            method_args = check_kwargs(f"method.task_args.{name}", args, cls, skip=cls.injected_args)
+            method_args = check_kwargs(f"method.task_args.{name}", args, cls, skip=INJECTED_ARGS)
             views.tasks[name] = cls.views_class(views.image, **view_args)
-            self.heads[name] = instantiate(cls, backbone, views.tasks[name], method_args, num_images, seed,
-                                           shared=True)
+            self.heads[name] = borrow_trunk(instantiate(cls, backbone, views.tasks[name], method_args, num_images,
+                                                        seed))
 
     def forward(self, batch: Batch, progress: float) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}

@@ -35,13 +35,11 @@ class NPID(Method):
     """
 
     views_class = OneView
-    injected_args = ("backbone", "views", "shared", "num_images", "seed")
 
     def __init__(self, backbone: nn.Module, views: nn.Module, *, num_images: int, seed: int = 0,
                  feature_dim: int = 128, num_negatives: int = 4096, temperature: float = 0.07,
-                 bank_momentum: float = 0.5, normalizer: Literal["fixed", "batch"] = "batch", proximal: float = 0.0,
-                 shared: bool = False) -> None:
-        super().__init__(backbone, views, shared=shared)
+                 bank_momentum: float = 0.5, normalizer: Literal["fixed", "batch"] = "batch", proximal: float = 0.0) -> None:
+        super().__init__(backbone, views)
         self.projector = nn.Linear(backbone.num_features, feature_dim)
         self.memory = MemoryBank(num_images, feature_dim, momentum=bank_momentum, num_negatives=num_negatives,
                                  temperature=temperature, normalizer=normalizer, seed=seed)

@@ -36,14 +36,12 @@ class PIRL(Method):
     """
 
     views_class = PirlViews
-    injected_args = ("backbone", "views", "shared", "num_images", "seed")
     trains_on_tiles = True
 
     def __init__(self, backbone: nn.Module, views: nn.Module, *, num_images: int, seed: int = 0,
                  feature_dim: int = 128, loss_lambda: float = 0.5, num_negatives: int = 32000,
-                 temperature: float = 0.07, bank_momentum: float = 0.5, normalizer: Literal["fixed", "batch"] = "batch",
-                 shared: bool = False) -> None:
-        super().__init__(backbone, views, shared=shared)
+                 temperature: float = 0.07, bank_momentum: float = 0.5, normalizer: Literal["fixed", "batch"] = "batch") -> None:
+        super().__init__(backbone, views)
         tiles = views.tiler.grid ** 2 if views.tiler is not None else 0
         self.f = nn.Linear(backbone.num_features, feature_dim)
         self.g_input = nn.Linear(backbone.num_features, feature_dim)  # each tile, or the rotated image

@@ -27,8 +27,8 @@ class Rotation(Method):
     views_class = RotationViews
 
     def __init__(self, backbone: nn.Module, views: nn.Module, *, head_hidden_dim: int = 512,
-                 head_layers: int = 2, shared: bool = False) -> None:
-        super().__init__(backbone, views, shared=shared)
+                 head_layers: int = 2) -> None:
+        super().__init__(backbone, views)
         self.classifier = mlp(backbone.num_features, head_hidden_dim, 4, head_layers)
 
     def forward(self, batch: Batch, progress: float) -> dict[str, torch.Tensor]:

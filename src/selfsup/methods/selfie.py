@@ -72,8 +72,8 @@ class Selfie(Method):
     def __init__(self, backbone: nn.Module, views: nn.Module, *, patch_size: int | None = None,
                  visible: float = 0.75, patch_stage: str = "res4", attention_blocks: int = 3, head_dim: int = 32,
                  ffn_ratio: float = 0.625, dropout: float = 0.1, position_embedding: str = "auto",
-                 query: str = "add", scaled_logits: bool = True, shared: bool = False) -> None:
-        super().__init__(backbone, views, shared=shared)
+                 query: str = "add", scaled_logits: bool = True) -> None:
+        super().__init__(backbone, views)
         if not isinstance(backbone, StagedBackbone):
             raise SelfsupError(f"Selfie's patch network is the first stages of a ResNet: set backbone.name to "
                                f"resnet18/34/50 (got {type(backbone).__name__})")

@@ -41,9 +41,8 @@ class SimCLR(Method):
         proj_dim: int = 128,
         proj_layers: int = 2,
         temperature: float = 0.5,
-        shared: bool = False,
     ) -> None:
-        super().__init__(backbone, views, shared=shared)
+        super().__init__(backbone, views)
         self.projector = mlp(backbone.num_features, proj_hidden_dim, proj_dim, proj_layers)
         self.temperature = temperature
 

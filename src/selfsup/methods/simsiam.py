@@ -41,9 +41,8 @@ class SimSiam(Method):
         proj_layers: int = 3,
         pred_hidden_dim: int = 512,
         fix_predictor_lr: bool = True,
-        shared: bool = False,
     ) -> None:
-        super().__init__(backbone, views, shared=shared)
+        super().__init__(backbone, views)
         self.fix_predictor_lr = fix_predictor_lr
         self.projector = mlp(backbone.num_features, proj_dim, proj_dim, proj_layers, last_batch_norm=True)
         self.predictor = mlp(proj_dim, pred_hidden_dim, proj_dim)

@@ -39,6 +39,7 @@ from ..views import EvalView, ImageInfo
 from .classifier import ClassifierTraining, fit_classifier
 from .evaluate import checkpoint_evaluator
 from .loading import backbone_changes, classifier_meta, fresh_network, load_encoder
+from .meta import RunMeta
 from .sweep import run_or_read
 
 
@@ -61,12 +62,11 @@ def cluster_features(path: str | Path, settings: ClusterFitSettings, overrides: 
     return encoder_features(*load_encoder(path, overrides), settings, quiet)
 
 
-def encoder_features(encoder: torch.nn.Module, config: RunConfig, state: dict[str, Any],
+def encoder_features(encoder: torch.nn.Module, config: RunConfig, meta: RunMeta,
                      settings: ClusterFitSettings, quiet: bool = False) -> tuple[torch.Tensor, dict[str, Any]]:
     """:func:`cluster_features` of an encoder already loaded from its checkpoint."""
-    data = state["data"]
     train = load_splits(config.data, seed=config.train.seed, labeled=False, quiet=quiet).train
-    view = EvalView(data["image_size"], data["mean"], data["std"])
+    view = EvalView.of(meta.data)
     options = {"batch_size": config.eval.batch_size, "desc": f"features of N_pre ({settings.layer})" if not quiet
                else None}
     if settings.layer == "output":
@@ -86,14 +86,14 @@ def clusterfit(path: str | Path, run_dir: str | Path, settings: ClusterFitSettin
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     student = backbone_changes(student)
-    encoder, config, state = load_encoder(path, overrides)  # once, for every stage
-    source = str(Path(state["path"]).resolve())
+    encoder, config, meta = load_encoder(path, overrides)  # once, for every stage
+    source = meta.source
     stamp = {"source": source, "layer": settings.layer, "layer_dim": settings.layer_dim}
 
     features_file = run_dir / "features.pt"
     saved = torch.load(features_file, weights_only=True) if features_file.is_file() else None
     if saved is None or saved["stamp"] != json.dumps(stamp):
-        features, info = encoder_features(encoder, config, state, settings, quiet)
+        features, info = encoder_features(encoder, config, meta, settings, quiet)
         torch.save({"features": features, "stamp": json.dumps(stamp), **info}, features_file)
     else:
         features = saved["features"]
@@ -119,7 +119,7 @@ def clusterfit(path: str | Path, run_dir: str | Path, settings: ClusterFitSettin
     ncf_dir = run_dir / "ncf"
     ncf_stamp = {**json.loads(wanted), "backend": settings.backend, "student": list(student),
                  "training": dataclasses.asdict(settings.training)}
-    run_or_read(ncf_dir, ncf_stamp, lambda resume: train_ncf(config, state, ncf_dir, assignments, settings,
+    run_or_read(ncf_dir, ncf_stamp, lambda resume: train_ncf(config, meta, ncf_dir, assignments, settings,
                                                              student=student, resume=resume, quiet=quiet))
 
     results = {}
@@ -134,12 +134,12 @@ def clusterfit(path: str | Path, run_dir: str | Path, settings: ClusterFitSettin
     return report
 
 
-def train_ncf(config: RunConfig, state: dict[str, Any], run_dir: Path, assignments: torch.Tensor,
+def train_ncf(config: RunConfig, n_pre: RunMeta, run_dir: Path, assignments: torch.Tensor,
               settings: ClusterFitSettings, *, student: list[str] = (), resume: bool = False,
               quiet: bool = False) -> dict[str, Any]:
     """N_cf: a fresh network (N_pre's backbone of ``config``, or ``student`` changes to it) on the
-    cluster labels of N_pre's checkpoint ``state``."""
-    data = state["data"]
+    cluster labels of N_pre's checkpoint ``n_pre``."""
+    data = n_pre.data
     config, encoder = fresh_network(config, student, data, settings.training.seed)
     train = load_splits(config.data, seed=config.train.seed, labeled=False, quiet=quiet).train
     if len(assignments) != len(train):
@@ -149,6 +149,5 @@ def train_ncf(config: RunConfig, state: dict[str, Any], run_dir: Path, assignmen
                                  classes=[f"cluster {i}" for i in range(settings.clusters)])
     model = Classifier(encoder, settings.clusters, classifier_views(ImageInfo.of(data)), settings.training.label_smoothing)
     meta = classifier_meta(config, data, origin=f"ClusterFit N_cf ({settings.clusters} clusters)",
-                           classes=settings.clusters, stage="clusterfit",
-                           source=str(Path(state["path"]).resolve()))
+                           classes=settings.clusters, stage="clusterfit", source=n_pre.source)
     return fit_classifier(model, pseudo, None, run_dir, settings.training, meta=meta, resume=resume, quiet=quiet)

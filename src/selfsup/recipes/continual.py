@@ -142,7 +142,7 @@ def run_sequence(start: StartingPoint, out_dir: str | Path, training: Classifier
         raise SelfsupError("label smoothing is not part of the continual strategies; leave it at 0")
     out_dir = Path(out_dir)
     train, test = start.splits.train, start.splits.test
-    classes = len(start.data["classes"])
+    classes = len(start.data.classes)
     tasks = task_sequence(train, settings)
     learner = ContinualLearner(start.fresh_encoder(), classifier_views(ImageInfo.of(start.data)), tasks, classes,
                                settings.scenario, settings.lwf_weight, settings.lwf_temperature)

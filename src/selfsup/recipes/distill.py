@@ -41,13 +41,12 @@ def distill(teacher_path: str | Path, run_dir: str | Path, settings: ClassifierT
     if labels == 0.0 and teacher_weight < 1.0:
         raise SelfsupError(f"a label term (teacher_weight {teacher_weight} < 1) needs labels: give a label fraction")
     student = backbone_changes(student)
-    teacher, state = load_classifier(teacher_path, overrides)
-    data = state["data"]
-    config, encoder = fresh_network(resolve(apply_overrides(state["config"], list(overrides))), student, data,
+    teacher, source = load_classifier(teacher_path, overrides)
+    data = source.data
+    config, encoder = fresh_network(resolve(apply_overrides(source.config, list(overrides))), student, data,
                                     settings.seed)
-    image = ImageInfo.of(data)
-    model = Distiller(encoder, len(data["classes"]), classifier_views(image), teacher, temperature=temperature,
-                      teacher_weight=teacher_weight)
+    model = Distiller(encoder, len(data.classes), classifier_views(ImageInfo.of(data)), teacher,
+                      temperature=temperature, teacher_weight=teacher_weight)
     splits = load_splits(config.data, seed=config.train.seed, labeled=True, quiet=quiet)
     if config.data.subset is not None:  # the pool of images the student learns from (data.subset)
         splits.train = splits.train.balanced_subset(config.data.subset, settings.seed)
@@ -57,8 +56,8 @@ def distill(teacher_path: str | Path, run_dir: str | Path, settings: ClassifierT
         chosen = label_index(splits.train, labels, settings.seed)
         targets[chosen] = splits.train.targets[chosen]
     train = dataclasses.replace(splits.train, targets=targets)
-    meta = classifier_meta(config, data, origin="distilled student", classes=len(data["classes"]), labels=labels,
-                           stage="distilled", teacher=str(Path(state["path"]).resolve()), temperature=temperature,
+    meta = classifier_meta(config, data, origin="distilled student", classes=len(data.classes), labels=labels,
+                           stage="distilled", teacher=source.source, temperature=temperature,
                            teacher_weight=teacher_weight)
     return fit_classifier(model, train, splits.test, run_dir, settings, meta=meta, resume=resume,
                           unlabelled=True, quiet=quiet)

@@ -44,25 +44,24 @@ def recalibration_images(config: RunConfig) -> int:
 def checkpoint_evaluator(path: str | Path, overrides: list[str] = (), out_dir: Path | None = None,
                          quiet: bool = False) -> tuple[Evaluator, RunConfig]:
     """An :class:`Evaluator` of a checkpoint's encoder (or its method's embedding) on its dataset."""
-    module, encode, config, state = load_features(path, overrides)
-    ckpt_path = Path(state["path"])
+    module, encode, config, meta = load_features(path, overrides)
+    ckpt_path = meta.path
     embedding = encode is not None
     suffix = ", embedding" if embedding else ""
     splits = evaluation_splits(config, quiet)
-    data = state["data"]
     stat = ckpt_path.stat()
     key = {"stem": ckpt_path.stem + ("-embedding" if embedding else ""), "checkpoint": str(ckpt_path.resolve()),
-           "step": state["step"], "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-    method = state.get("encoder", {}).get("method", config.method_name)
-    teacher = not embedding and state.get("encoder", {}).get("network") == "teacher"
+           "step": meta.step, "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    method = meta.encoder.method or config.method_name
+    teacher = not embedding and meta.encoder.network == "teacher"
     if teacher:
         suffix = ", teacher"
         key["stem"] += "-teacher"  # its own feature cache: never the student's features under its name
-    key["prefix"] = state.get("encoder", {}).get("prefix", "backbone")
-    name = f"{method} ({ckpt_path.stem}, step {state['step']}{suffix})"
-    about = {"method": method, "checkpoint": key["checkpoint"], "stem": ckpt_path.stem, "step": state["step"],
+    key["prefix"] = meta.encoder.prefix
+    name = f"{method} ({ckpt_path.stem}, step {meta.step}{suffix})"
+    about = {"method": method, "checkpoint": key["checkpoint"], "stem": ckpt_path.stem, "step": meta.step,
              "network": "teacher" if teacher else "student", "features": "embedding" if embedding else "backbone"}
-    evaluator = Evaluator(name, splits.train, splits.test, EvalView(data["image_size"], data["mean"], data["std"]),
+    evaluator = Evaluator(name, splits.train, splits.test, EvalView.of(meta.data),
                           out_dir or default_output_dir(Path(path)), module, device=config.train.device,
                           precision=config.train.precision, cache_key=key, batch_size=config.eval.batch_size,
                           recalibrate=recalibration_images(config), seed=config.train.seed, encode=encode,

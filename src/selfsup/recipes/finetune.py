@@ -31,16 +31,13 @@ def finetune(path: str | Path, run_dir: str | Path, settings: ClassifierTraining
              quiet: bool = False) -> dict[str, Any]:
     """Fine-tune the encoder of checkpoint ``path`` (plus ``head_layers`` of its projection head)
     with a linear head on a class-balanced fraction ``labels`` of the training labels."""
-    encoder, config, state = load_encoder(path, overrides, head_layers)
-    data = state["data"]
+    encoder, config, source = load_encoder(path, overrides, head_layers)
+    data = source.data
     splits = load_splits(config.data, seed=config.train.seed, labeled=True, quiet=quiet)
     train = splits.train.select(label_index(splits.train, labels, settings.seed))
-    image = ImageInfo.of(data)
-    model = Classifier(encoder, len(data["classes"]), classifier_views(image), settings.label_smoothing)
-    source_encoder = state.get("encoder", {})
-    meta = classifier_meta(config, data, head_layers or source_encoder.get("head_layers", 0),
-                           classes=len(data["classes"]), labels=labels, labelled_images=len(train),
-                           source=str(Path(state["path"]).resolve()), stage="fine-tuned")
+    model = Classifier(encoder, len(data.classes), classifier_views(ImageInfo.of(data)), settings.label_smoothing)
+    meta = classifier_meta(config, data, head_layers or source.encoder.head_layers, classes=len(data.classes),
+                           labels=labels, labelled_images=len(train), source=source.source, stage="fine-tuned")
     return fit_classifier(model, train, splits.test, run_dir, settings, meta=meta, resume=resume, quiet=quiet)
 
 
@@ -55,9 +52,9 @@ def supervised(config: RunConfig, run_dir: str | Path, settings: ClassifierTrain
     data = splits.info()
     train = splits.train.select(label_index(splits.train, labels, settings.seed))
     _, encoder = fresh_network(config, [], data, settings.seed)
-    model = Classifier(encoder, len(data["classes"]), classifier_views(ImageInfo.of(data)), settings.label_smoothing)
+    model = Classifier(encoder, len(data.classes), classifier_views(ImageInfo.of(data)), settings.label_smoothing)
     noise = f" ({100 * config.data.label_noise:g}% label noise)" if config.data.label_noise else ""
-    meta = classifier_meta(config, data, origin="supervised" + noise, classes=len(data["classes"]), labels=labels,
+    meta = classifier_meta(config, data, origin="supervised" + noise, classes=len(data.classes), labels=labels,
                            labelled_images=len(train), label_noise=config.data.label_noise, stage="supervised")
     return fit_classifier(model, train, splits.test, run_dir, settings, meta=meta, resume=resume, quiet=quiet)
 

@@ -19,99 +19,94 @@ import torch
 from torch import nn
 
 from ..config import RunConfig, apply_overrides, resolve
-from ..data import Splits, load_splits
+from ..data import DataFacts, Splits, load_splits
 from ..engine import checkpoint
 from ..errors import SelfsupError
 from ..learners import Classifier, classifier_views
 from ..methods import Method, build_method, get_method
 from ..views import EvalView, ImageInfo
+from .meta import EncoderRef, RunMeta
 
 
-def build_model(config: RunConfig, data: dict[str, Any]) -> Method:
-    """The method of ``config`` for images described by ``data`` (channels, image_size, mean, std, images)."""
-    backbone = config.backbone.build(data["channels"], data["image_size"])
-    image = ImageInfo.of(data)
-    return build_method(config.method_name, config.method_args, config.views, backbone, image,
-                        data.get("images", 0), config.train.seed)
+def build_model(config: RunConfig, data: DataFacts) -> Method:
+    """The method of ``config`` for the images ``data`` describes."""
+    backbone = config.backbone.build(data.channels, data.image_size)
+    return build_method(config.method_name, config.method_args, config.views, backbone, ImageInfo.of(data),
+                        data.images, config.train.seed)
 
 
-def load_checkpoint_config(path: str | Path, overrides: list[str] = ()) -> tuple[RunConfig, dict[str, Any]]:
-    """The checkpoint's state (weights on the CPU) and its config with ``overrides`` applied."""
+def load_checkpoint_config(path: str | Path, overrides: list[str] = ()) -> tuple[RunConfig, RunMeta]:
+    """The checkpoint (weights on the CPU) and its config with ``overrides`` applied."""
     state = checkpoint.load(path)
     config = resolve(apply_overrides(state["config"], list(overrides)))
     checkpoint.check_compatible(state, config.to_dict())
-    return config, state
+    return config, RunMeta.of(state)
 
 
 def load_encoder(path: str | Path, overrides: list[str] = (), head_layers: int = 0,
-                 ) -> tuple[nn.Module, RunConfig, dict[str, Any]]:
+                 ) -> tuple[nn.Module, RunConfig, RunMeta]:
     """The encoder of a checkpoint, on the CPU, without (other) heads or banks.
 
     That is its backbone, or the trunk it was fine-tuned as; ``head_layers`` > 0 takes the
     backbone of a pretraining checkpoint with the first hidden layers of its projection head
     on top (SimCLR v2's fine-tuning trunk, :class:`~selfsup.models.HeadTrunk`).
     """
-    config, state = load_checkpoint_config(path, overrides)
-    data = state["data"]
-    saved = state.get("encoder", {})
+    config, meta = load_checkpoint_config(path, overrides)
     if head_layers:
-        if saved.get("head_layers") or "classifier" in state:
-            raise SelfsupError(f"{state['path']} is a fine-tuned network already; its trunk is used as it is "
-                               "(--head-layers 0)")
-        method = build_model(config, data)
-        checkpoint.load_weights(method, state["model"], state["path"])
-        return method.fine_tune_trunk(head_layers), config, state
+        if not meta.is_pretraining:
+            what = "imported backbone weights, with no projection head" if meta.imported else \
+                "a fine-tuned network already"
+            raise SelfsupError(f"{meta.path} is {what}; its trunk is used as it is (--head-layers 0)")
+        method = build_model(config, meta.data)
+        checkpoint.load_weights(method, meta.weights, str(meta.path))
+        return method.fine_tune_trunk(head_layers), config, meta
     # Stochastic depth is a pretraining regulariser (DINO's student): a network read back to be
     # evaluated, probed on a frozen trunk or transferred drops no paths.
     config.backbone = dataclasses.replace(config.backbone, drop_path=0.0)
-    if saved.get("head_layers"):
-        encoder = build_model(config, data).fine_tune_trunk(saved["head_layers"])
+    if meta.encoder.head_layers:
+        encoder = build_model(config, meta.data).fine_tune_trunk(meta.encoder.head_layers)
     else:
-        encoder = config.backbone.build(data["channels"], data["image_size"])
-    prefix = saved.get("prefix", "backbone")
-    if "classifier" not in state and "imported" not in state and not saved.get("head_layers"):
-        # A pretraining run: its student or its teacher, as eval.network says.
+        encoder = config.backbone.build(meta.data.channels, meta.data.image_size)
+    if meta.is_pretraining:  # its student or its teacher, as eval.network says
         method = get_method(config.method_name)
         prefix = method.network_prefix(config.eval.network)
         network = "teacher" if prefix == method.teacher_prefix else "student"
-        state = {**state, "encoder": {**saved, "prefix": prefix, "network": network}}
-    checkpoint.load_weights(encoder, checkpoint.submodule_weights(state["model"], prefix), state["path"])
-    return encoder, config, state
+        meta = dataclasses.replace(meta, encoder=dataclasses.replace(meta.encoder, prefix=prefix, network=network))
+    checkpoint.load_weights(encoder, checkpoint.submodule_weights(meta.weights, meta.encoder.prefix), str(meta.path))
+    return encoder, config, meta
 
 
-def load_method(path: str | Path, overrides: list[str] = ()) -> tuple[nn.Module, RunConfig, dict[str, Any]]:
+def load_method(path: str | Path, overrides: list[str] = ()) -> tuple[nn.Module, RunConfig, RunMeta]:
     """The whole trained method of a checkpoint (heads and banks included), on the CPU."""
-    config, state = load_checkpoint_config(path, overrides)
-    method = build_model(config, state["data"])
-    checkpoint.load_weights(method, state["model"], state["path"])
-    return method, config, state
+    config, meta = load_checkpoint_config(path, overrides)
+    method = build_model(config, meta.data)
+    checkpoint.load_weights(method, meta.weights, str(meta.path))
+    return method, config, meta
 
 
-def load_features(path: str | Path, overrides: list[str] = ()) -> tuple[nn.Module, Any, RunConfig, dict[str, Any]]:
+def load_features(path: str | Path, overrides: list[str] = ()) -> tuple[nn.Module, Any, RunConfig, RunMeta]:
     """What a checkpoint's features are, as ``eval.features`` says: its encoder (``encode`` None) or
     its method's own embedding (the whole method, ``encode`` its ``embed``)."""
-    config, state = load_checkpoint_config(path, overrides)
+    config, meta = load_checkpoint_config(path, overrides)
     if config.eval.features == "embedding":
         if not get_method(config.method_name).has_embedding():
             raise SelfsupError(f"{config.method_name} has no embedding of its own; use eval.features=backbone")
         module, _, _ = load_method(path, overrides)
-        return module, module.embed, config, state
-    module, _, state = load_encoder(path, overrides)
-    return module, None, config, state
+        return module, module.embed, config, meta
+    module, _, meta = load_encoder(path, overrides)
+    return module, None, config, meta
 
 
-def load_classifier(path: str | Path, overrides: list[str] = ()) -> tuple[Classifier, dict[str, Any]]:
+def load_classifier(path: str | Path, overrides: list[str] = ()) -> tuple[Classifier, RunMeta]:
     """The classifier (trunk + linear head) of a fine-tuned or distilled checkpoint, on the CPU."""
-    encoder, _, state = load_encoder(path, overrides)
-    if not isinstance(state.get("classifier"), dict):
-        raise SelfsupError(f"{state['path']} holds no classifier (it is a pretraining checkpoint); "
+    encoder, _, meta = load_encoder(path, overrides)
+    if meta.classifier is None:
+        raise SelfsupError(f"{meta.path} holds no classifier (it is a pretraining checkpoint); "
                            "fine-tune it first: selfsup eval finetune CHECKPOINT")
-    data = state["data"]
-    image = ImageInfo.of(data)
-    model = Classifier(encoder, state["classifier"]["classes"], classifier_views(image))
-    head = state["classifier"].get("head_prefix", "head")  # a moving average's head where that is evaluated
-    checkpoint.load_weights(model.head, checkpoint.submodule_weights(state["model"], head), state["path"])
-    return model, state
+    model = Classifier(encoder, meta.classifier["classes"], classifier_views(ImageInfo.of(meta.data)))
+    head = meta.classifier.get("head_prefix", "head")  # a moving average's head where that is evaluated
+    checkpoint.load_weights(model.head, checkpoint.submodule_weights(meta.weights, head), str(meta.path))
+    return model, meta
 
 
 def backbone_changes(student: list[str]) -> list[str]:
@@ -123,16 +118,16 @@ def backbone_changes(student: list[str]) -> list[str]:
     return list(student)
 
 
-def fresh_network(config: RunConfig, student: list[str], data: dict[str, Any], seed: int
+def fresh_network(config: RunConfig, student: list[str], data: DataFacts, seed: int
                   ) -> tuple[RunConfig, nn.Module]:
     """A freshly initialised backbone for the images of ``data``: ``config``'s, with the ``student``
     changes (:func:`backbone_changes`) to its backbone section; the config it was built from."""
     config = resolve(apply_overrides(config.to_dict(), list(student)))
     torch.manual_seed(seed)
-    return config, config.backbone.build(data["channels"], data["image_size"])
+    return config, config.backbone.build(data.channels, data.image_size)
 
 
-def classifier_meta(config: RunConfig, data: dict[str, Any], head_layers: int = 0, *, origin: str | None = None,
+def classifier_meta(config: RunConfig, data: DataFacts, head_layers: int = 0, *, origin: str | None = None,
                     **facts: Any) -> dict[str, Any]:
     """What a classifier's checkpoints record so that ``load_encoder`` / ``load_classifier`` rebuild it:
     the config and data facts, the trunk under ``encoder`` (with its head layers and ``origin``, the
@@ -141,9 +136,8 @@ def classifier_meta(config: RunConfig, data: dict[str, Any], head_layers: int = 
     CPC's presets ask for it) is not part of a classifier."""
     saved = config.to_dict()
     saved["eval"]["features"] = "backbone"
-    return {"config": saved, "data": data,
-            "encoder": {"prefix": "encoder", "method": origin or config.method_name, "head_layers": head_layers},
-            "classifier": facts}
+    return RunMeta.record(saved, data, EncoderRef("encoder", origin or config.method_name, head_layers),
+                          classifier=facts)
 
 
 RANDOM_INIT = "random initialisation"
@@ -157,7 +151,7 @@ class StartingPoint:
 
     encoder: nn.Module
     config: RunConfig
-    data: dict[str, Any]
+    data: DataFacts
     splits: Splits
     source: str
     """The checkpoint's resolved path, or ``random initialisation``."""
@@ -166,9 +160,9 @@ class StartingPoint:
     def load(cls, checkpoint_path: str | Path | None, config: RunConfig | None, overrides: list[str] = (), *,
              seed: int = 0, quiet: bool = False) -> StartingPoint:
         if checkpoint_path is not None:
-            encoder, config, state = load_encoder(checkpoint_path, overrides)
+            encoder, config, meta = load_encoder(checkpoint_path, overrides)
             splits = load_splits(config.data, seed=config.train.seed, labeled=True, quiet=quiet)
-            return cls(encoder, config, state["data"], splits, str(Path(state["path"]).resolve()))
+            return cls(encoder, config, meta.data, splits, meta.source)
         if config is None:
             raise SelfsupError("give a checkpoint to start from, or a config (-c) for a random initialisation")
         splits = load_splits(config.data, seed=config.train.seed, labeled=True, quiet=quiet)
@@ -187,4 +181,4 @@ class StartingPoint:
         return copy.deepcopy(self.encoder)
 
     def eval_view(self) -> EvalView:
-        return EvalView(self.data["image_size"], tuple(self.data["mean"]), tuple(self.data["std"]))
+        return EvalView.of(self.data)

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..config import RunConfig
-from ..data import BatchLoader, ImageDataset, Splits, labeled_part, load_splits
+from ..data import BatchLoader, DataFacts, ImageDataset, Splits, labeled_part, load_splits
 from ..engine import Engine, Freeze, Precision, Schedule, build_optimizer, checkpoint, dist, preserved
 from ..engine.steps import forward_views, synchronize
 from ..errors import SelfsupError
@@ -28,6 +28,7 @@ from ..report import write_report
 from ..tables import write_json
 from ..views import EvalView
 from .loading import build_model
+from .meta import EncoderRef, RunMeta
 from .run import open_run
 
 
@@ -36,11 +37,11 @@ class KnnMonitor:
     queries that the run never trains on (held-out training images, or the test split when
     ``train.monitor_split=test``). Computed on rank 0 and shared."""
 
-    def __init__(self, method: Method, bank: ImageDataset, queries: ImageDataset, split: str, data: dict[str, Any],
+    def __init__(self, method: Method, bank: ImageDataset, queries: ImageDataset, split: str, data: DataFacts,
                  config: RunConfig, precision: Precision, channels_last: bool) -> None:
         self.method, self.bank, self.queries, self.split = method, bank, queries, split
-        self.view = EvalView(data["image_size"], data["mean"], data["std"])
-        self.classes = len(data["classes"])
+        self.view = EvalView.of(data)
+        self.classes = len(data.classes)
         self.eval, self.precision, self.channels_last = config.eval, precision, channels_last
 
     def describe(self) -> dict[str, Any]:
@@ -183,8 +184,8 @@ class Pretraining:
         self.probe = self._online_probe(sets[1]) if sets is not None and cfg.online_probe else None
         monitor = self.monitor.describe() if self.monitor is not None else (
             {"metric": "probe_top1", "queries": sets[2], "query_images": len(sets[1])} if self.probe else None)
-        meta = {"config": config.to_dict(), "data": self.data_info,
-                "encoder": {"prefix": self.method.network_prefix(config.eval.network), "method": config.method_name},
+        meta = {**RunMeta.record(config.to_dict(), self.data_info,
+                                 EncoderRef(self.method.network_prefix(config.eval.network), config.method_name)),
                 "channels_last": self.channels_last, "monitor": monitor,
                 "online_probe": {"fraction": cfg.probe_fraction} if self.probe is not None else None}
         self.engine = Engine(
@@ -210,15 +211,14 @@ class Pretraining:
             self.engine.seed_streams()
             if cfg.minutes is not None:
                 self._fit_budget(cfg.minutes)
-        self.run.record({"data": self.data_info, "channels_last": self.channels_last, "resumed_at_step": self.engine.step,
-                         "total_steps": self.engine.schedule.total_steps, "steps_per_epoch": self.steps_per_epoch,
+        self.run.record({"data": self.data_info.to_dict(), "channels_last": self.channels_last,
+                         "resumed_at_step": self.engine.step, "total_steps": self.engine.schedule.total_steps, "steps_per_epoch": self.steps_per_epoch,
                          "monitor": meta["monitor"], "online_probe": meta["online_probe"],
                          "best_by": self.engine.criterion, "budget": self.budget}, config=config)
 
     def _online_probe(self, queries: ImageDataset) -> OnlineProbe:
         network, data = self.method.network(self.config.eval.network), self.data_info
-        return OnlineProbe(network, network.num_features, len(data["classes"]),
-                           EvalView(data["image_size"], data["mean"], data["std"]), queries,
+        return OnlineProbe(network, network.num_features, len(data.classes), EvalView.of(data), queries,
                            fraction=self.config.train.probe_fraction, device=self.device,
                            autocast_dtype=self.precision.dtype, channels_last=self.channels_last,
                            batch_size=self.config.eval.batch_size)
@@ -246,11 +246,11 @@ class Pretraining:
 
     def _check_resumable(self, state: dict[str, Any]) -> None:
         checkpoint.check_compatible(state, self.config.to_dict())
-        saved, now = state["data"], self.data_info
-        if saved["channels"] != now["channels"] or saved["image_size"] != now["image_size"]:
-            raise SelfsupError(f"checkpoint {state['path']} was trained on {saved['channels']}-channel "
-                               f"{saved['image_size']} px images, this data is {now['channels']}-channel "
-                               f"{now['image_size']} px")
+        saved, now = DataFacts.of(state["data"]), self.data_info
+        if (saved.channels, saved.image_size) != (now.channels, now.image_size):
+            raise SelfsupError(f"checkpoint {state['path']} was trained on {saved.channels}-channel "
+                               f"{saved.image_size} px images, this data is {now.channels}-channel "
+                               f"{now.image_size} px")
 
     def _fit_budget(self, minutes: float) -> None:
         """Time the first steps and size the run so that it ends about ``minutes`` after it started

@@ -10,7 +10,6 @@ one pass over the unlabelled images. The run is the classifier recipe's
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,8 +19,9 @@ import torch
 
 from ..data import ImageDataset, label_index
 from ..engine import dist
-from ..errors import SelfsupError
-from ..learners.semisup import METHODS, SemiSupervised
+from ..arguments import check_kwargs, signature_defaults
+from ..errors import SelfsupError, closest
+from ..learners.semisup import METHODS, Common, SemiSupervised
 from ..views import ImageInfo
 from .classifier import ClassifierTraining, fit_classifier
 from .sweep import label_sweep
@@ -51,16 +51,16 @@ def build_learner(settings: SemiSupervisedSettings, encoder: torch.nn.Module, cl
     if settings.method not in METHODS:
         raise SelfsupError(f"unknown semi-supervised method '{settings.method}'; use one of {', '.join(METHODS)}")
     cls = METHODS[settings.method]
-    own = {name for base in cls.__mro__ if issubclass(base, SemiSupervised) and base is not SemiSupervised
-           and "__init__" in vars(base) for name, parameter in inspect.signature(base.__init__).parameters.items()
-           if parameter.kind is inspect.Parameter.KEYWORD_ONLY}
-    unknown = sorted(set(settings.options) - own)
+    shared = ("encoder", "num_classes", "image", "common")
+    own = signature_defaults(cls, skip=shared)  # the method's own settings: its keyword-only arguments
+    unknown = sorted(set(settings.options) - set(own))
     if unknown:
-        raise SelfsupError(f"{settings.method} has no setting {', '.join(unknown)}; it takes "
-                           f"{', '.join(sorted(own)) or 'none'}")
-    return cls(encoder, classes, image, weight=settings.weight, rampup_steps=settings.rampup_steps,
-               eval_ema=settings.eval_ema, scale_by_label_fraction=settings.scale_by_label_fraction,
-               **settings.options)
+        raise SelfsupError(f"{settings.method} has no setting {', '.join(unknown)}{closest(unknown[0], list(own))}; "
+                           f"it takes {', '.join(sorted(own)) or 'none'}")
+    options = check_kwargs(f"{settings.method} --option", settings.options, cls, skip=shared)  # and their types
+    common = Common(weight=settings.weight, rampup_steps=settings.rampup_steps, eval_ema=settings.eval_ema,
+                    scale_by_label_fraction=settings.scale_by_label_fraction)
+    return cls(encoder, classes, image, common, **options)
 
 
 def semisup_training_set(train: ImageDataset, labelled: torch.Tensor, ratio: float) -> ImageDataset:
@@ -86,7 +86,7 @@ def semisup(start: StartingPoint, run_dir: str | Path, training: ClassifierTrain
     train = start.splits.train
     labelled = label_index(train, labels, training.seed)
     torch.manual_seed(training.seed)
-    learner = build_learner(settings, start.fresh_encoder(), len(start.data["classes"]), ImageInfo.of(start.data))
+    learner = build_learner(settings, start.fresh_encoder(), len(start.data.classes), ImageInfo.of(start.data))
     ratio = learner.default_ratio if settings.ratio is None else settings.ratio
     dataset = semisup_training_set(train, labelled, ratio)
     learner.prepare(len(dataset), len(labelled) / len(train))
@@ -96,7 +96,7 @@ def semisup(start: StartingPoint, run_dir: str | Path, training: ClassifierTrain
         for warning in warnings:
             print(f"warning: {warning}", file=sys.stderr)
     meta = classifier_meta(start.config, start.data, origin=f"semi-supervised {settings.method} "
-                           f"({100 * labels:g}% labels)", classes=len(start.data["classes"]), labels=labels,
+                           f"({100 * labels:g}% labels)", classes=len(start.data.classes), labels=labels,
                            labelled_images=len(labelled), stage="semi-supervised", source=start.source,
                            semisup={**dataclasses.asdict(settings), "ratio": ratio, "weight": learner.weight,
                                     "weight_scale": learner.label_scale, "rampup_steps": learner.rampup_steps,

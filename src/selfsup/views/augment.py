@@ -14,6 +14,7 @@ import kornia.augmentation as K
 import torch
 from torch import nn
 
+from ..data import DataFacts
 from .color import ColorJitter
 
 
@@ -27,9 +28,9 @@ class ImageInfo:
     std: tuple[float, ...]
 
     @classmethod
-    def of(cls, data: dict) -> ImageInfo:
-        """From the data facts a run records (``image_size``, ``channels``, ``mean``, ``std``)."""
-        return cls(data["image_size"], data["channels"], tuple(data["mean"]), tuple(data["std"]))
+    def of(cls, data: DataFacts) -> ImageInfo:
+        """From the data facts a run records."""
+        return cls(data.image_size, data.channels, tuple(data.mean), tuple(data.std))
 
 
 @dataclass(frozen=True)
@@ -118,6 +119,11 @@ class EvalView(nn.Module):
         self.image_size = image_size
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+
+    @classmethod
+    def of(cls, data: DataFacts) -> EvalView:
+        """The view of the images a run was trained on, from the facts it records."""
+        return cls(data.image_size, tuple(data.mean), tuple(data.std))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = to_unit_float(images)

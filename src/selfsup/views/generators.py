@@ -106,14 +106,3 @@ class MultiCropViews(nn.Module):
         return [self.global_crop(images), (self.global_crop_b or self.global_crop)(images)] + \
             [self.local_crop(images) for _ in range(self.num_local)]
 
-
-class ReplayViews(nn.Module):
-    """Returns the same pre-made views for every batch: the model-only compute limit in the
-    throughput benchmark, and fixed inputs in tests. Not for training."""
-
-    def __init__(self, views: list[torch.Tensor]) -> None:
-        super().__init__()
-        self.fixed = views
-
-    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
-        return self.fixed

@@ -1,6 +1,6 @@
 """Semi-supervised learners: classifiers that learn from a few labels and many unlabelled images
 (SPEC 8), one method per file; fitted by :mod:`selfsup.recipes.semisup`."""
-from .base import LabelsOnly, SemiSupervised, SemiViews, sigmoid_rampup, squared_error
+from .base import Common, LabelsOnly, SemiSupervised, SemiViews, sigmoid_rampup, squared_error
 from .entropy_minimization import EntropyMinimization
 from .fixmatch import FixMatch
 from .mean_teacher import MeanTeacher
@@ -22,6 +22,6 @@ METHODS: dict[str, type[SemiSupervised]] = {
     "mixmatch": MixMatch,
 }
 
-__all__ = ["METHODS", "EntropyMinimization", "FixMatch", "LabelsOnly", "MeanTeacher", "MixMatch", "PiModel",
+__all__ = ["METHODS", "Common", "EntropyMinimization", "FixMatch", "LabelsOnly", "MeanTeacher", "MixMatch", "PiModel",
            "PseudoLabel", "SemiSupervised", "SemiViews", "TemporalEnsembling", "UDA", "sharpen", "sigmoid_rampup",
            "squared_error"]

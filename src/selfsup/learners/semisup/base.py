@@ -13,6 +13,7 @@ exponential moving average of the weights (decay 0.999), as their papers report.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -66,6 +67,20 @@ class SemiViews(nn.Module):
                 + [self.strong(images) for _ in range(self.strong_views)])
 
 
+@dataclass(frozen=True)
+class Common:
+    """The settings every semi-supervised learner takes; None takes the method's default."""
+
+    weight: float | None = None
+    """Weight of the unlabelled loss."""
+    rampup_steps: int | None = None
+    """Optimiser steps over which that weight ramps up (the method's paper's length)."""
+    eval_ema: float | None = None
+    """Decay of the evaluated moving average of the weights (0: the trained network)."""
+    scale_by_label_fraction: bool = True
+    """Methods that scale the weight by the labelled share M / N (their reference code) do so."""
+
+
 class SemiSupervised(Classifier):
     """Trunk + linear head trained on ``CE(labelled) + weight * ramp(step) * L_u(unlabelled)``.
 
@@ -77,6 +92,8 @@ class SemiSupervised(Classifier):
     of the training images (Laine & Aila's code scales w_max by M / N), unless
     ``scale_by_label_fraction`` is off. ``eval_ema`` (decay) keeps an exponential moving average
     of the weights that evaluation uses (:meth:`predict`); 0 evaluates the trained network.
+    A method's own settings are the keyword-only arguments of its constructor, which states the
+    whole signature: ``(encoder, num_classes, image, common=Common(), *, threshold=0.95)``.
     """
 
     weak_views = 1
@@ -88,19 +105,17 @@ class SemiSupervised(Classifier):
     default_eval_ema = 0.0
     scales_with_labels = False
 
-    def __init__(self, encoder: nn.Module, num_classes: int, image: ImageInfo, *, weight: float | None = None,
-                 rampup_steps: int | None = None, eval_ema: float | None = None,
-                 scale_by_label_fraction: bool = True) -> None:
+    def __init__(self, encoder: nn.Module, num_classes: int, image: ImageInfo, common: Common = Common()) -> None:
         super().__init__(encoder, num_classes, SemiViews(image, self.weak_views, self.strong_views))
-        self.weight = self.default_weight if weight is None else weight
-        self.rampup_steps = self.default_rampup_steps if rampup_steps is None else rampup_steps
-        self.eval_ema = self.default_eval_ema if eval_ema is None else eval_ema
+        self.weight = self.default_weight if common.weight is None else common.weight
+        self.rampup_steps = self.default_rampup_steps if common.rampup_steps is None else common.rampup_steps
+        self.eval_ema = self.default_eval_ema if common.eval_ema is None else common.eval_ema
         if self.weight < 0 or self.rampup_steps < 0:
             raise SelfsupError(f"the unlabelled loss needs a weight >= 0 and a ramp-up of >= 0 steps, got "
                                f"{self.weight} and {self.rampup_steps}")
         if not 0.0 <= self.eval_ema < 1.0:
             raise SelfsupError(f"eval_ema is a decay in [0, 1) (0: evaluate the trained network), got {self.eval_ema}")
-        self.scale_by_label_fraction = scale_by_label_fraction
+        self.scale_by_label_fraction = common.scale_by_label_fraction
         self.label_scale = 1.0
         self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))
         if self.eval_ema:

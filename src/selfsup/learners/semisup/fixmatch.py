@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ...engine import Batch
-from .base import SemiSupervised
+from ...views import ImageInfo
+from .base import Common, SemiSupervised
 
 
 class FixMatch(SemiSupervised):
@@ -23,8 +25,9 @@ class FixMatch(SemiSupervised):
     default_ratio = 7.0
     default_eval_ema = 0.999
 
-    def __init__(self, *args, threshold: float = 0.95, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, encoder: nn.Module, num_classes: int, image: ImageInfo, common: Common = Common(), *,
+                 threshold: float = 0.95) -> None:
+        super().__init__(encoder, num_classes, image, common)
         self.threshold = threshold
 
     def extra_inputs(self, batch: Batch, unlabelled: torch.Tensor) -> list[torch.Tensor]:

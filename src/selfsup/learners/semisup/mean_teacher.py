@@ -13,11 +13,13 @@ checkpoint under ``teacher``.
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from ...blocks.ema import ema_update, frozen_copy
 from ...engine import Batch
+from ...views import ImageInfo
 from ...errors import SelfsupError
-from .base import SemiSupervised, squared_error
+from .base import Common, SemiSupervised, squared_error
 
 
 class MeanTeacher(SemiSupervised):
@@ -25,8 +27,9 @@ class MeanTeacher(SemiSupervised):
     default_weight = 10.0
     default_rampup_steps = 40_000
 
-    def __init__(self, *args, ema: float = 0.99, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, encoder: nn.Module, num_classes: int, image: ImageInfo, common: Common = Common(), *,
+                 ema: float = 0.99) -> None:
+        super().__init__(encoder, num_classes, image, common)
         if not 0.0 <= ema < 1.0:
             raise SelfsupError(f"the teacher's EMA decay must be in [0, 1), got {ema}")
         self.ema = ema

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ...engine import Batch
-from .base import SemiSupervised, squared_error
+from ...views import ImageInfo
+from .base import Common, SemiSupervised, squared_error
 
 
 def sharpen(p: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -34,8 +36,9 @@ class MixMatch(SemiSupervised):
     default_ratio = 1.0
     default_eval_ema = 0.999
 
-    def __init__(self, *args, temperature: float = 0.5, alpha: float = 0.75, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, encoder: nn.Module, num_classes: int, image: ImageInfo, common: Common = Common(), *,
+                 temperature: float = 0.5, alpha: float = 0.75) -> None:
+        super().__init__(encoder, num_classes, image, common)
         self.temperature, self.alpha = temperature, alpha
 
     @torch.no_grad()

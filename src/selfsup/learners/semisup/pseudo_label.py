@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ...engine import Batch
-from .base import SemiSupervised
+from ...views import ImageInfo
+from .base import Common, SemiSupervised
 
 
 class PseudoLabel(SemiSupervised):
@@ -20,8 +22,9 @@ class PseudoLabel(SemiSupervised):
     default_rampup_steps = 419_430
     ramp = "linear"
 
-    def __init__(self, *args, threshold: float = 0.95, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, encoder: nn.Module, num_classes: int, image: ImageInfo, common: Common = Common(), *,
+                 threshold: float = 0.95) -> None:
+        super().__init__(encoder, num_classes, image, common)
         self.threshold = threshold
 
     def unlabelled_loss(self, batch: Batch, logits: torch.Tensor, extra: list[torch.Tensor],

@@ -11,10 +11,12 @@ The memory (one row per training image) is part of the checkpoint, so a resumed 
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from ...engine import Batch
+from ...views import ImageInfo
 from ...errors import SelfsupError
-from .base import SemiSupervised
+from .base import Common, SemiSupervised
 
 
 class TemporalEnsembling(SemiSupervised):
@@ -22,8 +24,9 @@ class TemporalEnsembling(SemiSupervised):
     default_rampup_steps = 40_000
     scales_with_labels = True
 
-    def __init__(self, *args, alpha: float = 0.6, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, encoder: nn.Module, num_classes: int, image: ImageInfo, common: Common = Common(), *,
+                 alpha: float = 0.6) -> None:
+        super().__init__(encoder, num_classes, image, common)
         if not 0.0 <= alpha < 1.0:
             raise SelfsupError(f"temporal ensembling's alpha must be in [0, 1), got {alpha}")
         self.alpha = alpha

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ...engine import Batch
-from .base import SemiSupervised
+from ...views import ImageInfo
+from .base import Common, SemiSupervised
 
 
 class UDA(SemiSupervised):
@@ -23,8 +25,9 @@ class UDA(SemiSupervised):
     default_weight = 1.0
     default_ratio = 7.0
 
-    def __init__(self, *args, temperature: float = 0.4, threshold: float = 0.8, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, encoder: nn.Module, num_classes: int, image: ImageInfo, common: Common = Common(), *,
+                 temperature: float = 0.4, threshold: float = 0.8) -> None:
+        super().__init__(encoder, num_classes, image, common)
         self.temperature, self.threshold = temperature, threshold
 
     def extra_inputs(self, batch: Batch, unlabelled: torch.Tensor) -> list[torch.Tensor]:
