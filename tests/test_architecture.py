@@ -127,3 +127,11 @@ def test_the_parser_is_built_without_torch():
     code = ("import sys; from selfsup.cli import build_parser; build_parser().format_help(); "
             "print('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+
+
+def test_the_readme_states_the_import_order_the_test_enforces():
+    """The README's layout section is the same order as LAYERS, and every part of the tree is in it."""
+    readme = (SOURCE.parents[1] / "README.md").read_text()
+    block = readme.split("Layout of `src/selfsup/`", 1)[1].split("```", 2)[1]
+    stated = [set(group.replace(",", " ").split()) for group in block.replace("\n", " ").split("<")]
+    assert stated == [parts for parts in LAYERS if parts != {"__main__"}]
