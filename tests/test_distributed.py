@@ -263,3 +263,61 @@ def test_the_online_probe_steps_together_when_one_rank_has_no_labels(tmp_path, o
     for _ in range(3):
         alone.step(images, labels)
     assert torch.allclose(alone.head.state_dict()["1.weight"], ranks[1]["head"]["1.weight"], atol=1e-6)
+
+
+def _preempted_worker(rank: int, world: int, port: int, root: str, out: str) -> None:
+    os.environ.update(WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    import signal
+
+    from selfsup.engine import Engine, Preempted, dist
+    from selfsup.recipes.pretrain import pretrain
+
+    original = Engine.train_step
+
+    def train_step(self, *batch):
+        if rank == 1 and self.step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # only one process is warned
+        return original(self, *batch)
+
+    Engine.train_step = train_step
+    try:
+        pretrain(tiny_config(Path(root), train__batch_size=GLOBAL_BATCH, train__epochs=3), Path(out) / "run",
+                 quiet=True)
+        stopped = None
+    except Preempted as stop:
+        stopped = [stop.step, stop.exit_status]
+    (Path(out) / f"rank{rank}.json").write_text(json.dumps(stopped))
+    dist.destroy()
+
+
+def test_a_signal_to_one_process_stops_every_process_after_the_same_step(mnist_root, tmp_path):
+    mp.spawn(_preempted_worker, args=(2, free_port(), str(mnist_root), str(tmp_path)), nprocs=2, join=True)
+    assert [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)] == [[3, 143], [3, 143]]
+    assert checkpoint.load(tmp_path / "run")["step"] == 3
+
+
+def test_two_nodes_of_one_process_each_equal_two_processes_on_one_node(mnist_root, tmp_path):
+    """``torchrun --nnodes 2`` with a c10d rendezvous (two node agents on this machine, gloo) trains
+    end to end and ends with the weights of the same world on one node (which the test above ties to
+    one process on the concatenated batch)."""
+    sets = [arg for item in tiny_overrides(mnist_root, train__epochs=1, train__precision="fp32")
+            for arg in ("--set", item)]
+    selfsup = ["-m", "selfsup", "pretrain", "--quiet"] + sets
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    single = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             *selfsup, "--run-dir", str(tmp_path / "one-node")], capture_output=True, text=True,
+                            timeout=300, env=env)
+    assert single.returncode == 0, single.stderr[-3000:]
+    endpoint = f"127.0.0.1:{free_port()}"
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
+                               "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint, "--rdzv-id", "selfsup-test",
+                               *selfsup, "--run-dir", str(tmp_path / "two-nodes")], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
+    outputs = [node.communicate(timeout=300) for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], "\n".join(err[-2000:] for _, err in outputs)
+    one, two = checkpoint.load(tmp_path / "one-node"), checkpoint.load(tmp_path / "two-nodes")
+    assert two["world_size"] == 2 and two["step"] == one["step"] == 4
+    for key, value in one["model"].items():
+        assert torch.allclose(two["model"][key].float(), value.float(), rtol=1e-5, atol=1e-6), key

@@ -32,19 +32,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from ..engine import dist
+    from ..engine import Preempted, dist
     from ..engine.runtime import record_command
 
     record_command(["selfsup", *(sys.argv[1:] if argv is None else argv)])  # every run records this command
     try:
         return args.func(args)
+    except Preempted as stop:  # a cluster's warning or a Ctrl-C: last.pt was written first
+        print(f"{stop}", file=sys.stderr)
+        return stop.exit_status
     except SelfsupError as err:
         prefix = f"[rank {dist.rank()}] " if dist.world_size() > 1 else ""
         print(f"{prefix}error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("\ninterrupted. Continue a run with the same command and --resume (a fine-tuning sweep "
-              "continues by itself).", file=sys.stderr)
+        print("\ninterrupted without saving. Continue a run from its last checkpoint with the same command and "
+              "--resume (a fine-tuning sweep continues by itself).", file=sys.stderr)
         return 130
     finally:
         record_command(None)

@@ -5,11 +5,12 @@ progress and returns ``{"loss": ...}``. It knows no method, dataset or run confi
 section of configuration it reads is its own, :class:`OptimConfig` (the ``optim`` section).
 """
 from .contracts import Batch, Freeze, NonFiniteLoss, Trainable
+from .preemption import Preempted
 from .loop import Engine
 from .steps import preserved, to_channels_last
 from .optim import OptimConfig, Schedule, build_optimizer, cosine_schedule, default_param_groups, scaled_lr
 from .runtime import Precision, pick_device, resolve_precision
 
-__all__ = ["Batch", "Engine", "Freeze", "NonFiniteLoss", "OptimConfig", "Precision", "Schedule", "Trainable",
+__all__ = ["Batch", "Engine", "Freeze", "NonFiniteLoss", "OptimConfig", "Preempted", "Precision", "Schedule", "Trainable",
            "build_optimizer", "cosine_schedule", "default_param_groups", "pick_device", "preserved", "resolve_precision",
            "scaled_lr", "to_channels_last"]

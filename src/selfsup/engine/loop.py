@@ -11,7 +11,9 @@ distillation and the other recipes are all fits of this loop.
 """
 from __future__ import annotations
 
+import signal
 import time
+from contextlib import closing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,7 @@ from . import checkpoint, dist
 from .contracts import Freeze, Loader, NonFiniteLoss, Probe
 from .metrics import MetricsLog
 from .optim import Schedule, apply_schedule
+from .preemption import Preempted, StopRequests
 from .runtime import Precision
 from .steps import clip_each_parameter, format_seconds, forward_views, preserved, synchronize
 
@@ -72,6 +75,7 @@ class Engine:
         self.epoch_losses: list[float] = []
         self.train_seconds = 0.0  # time in training steps, summed over resumed sessions
         self.log: MetricsLog | None = None
+        self.stop, self.stopping = StopRequests(), 0.0
 
     # ------------------------------------------------------------ one step
 
@@ -86,9 +90,12 @@ class Engine:
         out = forward_views(self.module, images, targets, index, self.step / total, precision=self.precision,
                             device=self.device, channels_last=self.channels_last, model=self.model)
         loss = out["loss"]
-        # Every rank learns whether any rank diverged, so all stop together, before the update.
-        stats = dist.all_reduce_mean(torch.stack([loss.detach().float(), (~torch.isfinite(loss)).float()]))
-        loss_value, diverged = stats.tolist()
+        # Every rank learns whether any rank diverged (all stop together, before the update) or was
+        # asked to stop (all stop after this update).
+        asked = float(self.stop.requested is not None)
+        stats = dist.all_reduce_mean(torch.stack([loss.detach().float(), (~torch.isfinite(loss)).float(),
+                                                  torch.tensor(asked, device=loss.device)]))
+        loss_value, diverged, self.stopping = stats.tolist()
         if diverged:
             raise NonFiniteLoss(self._divergence_message(loss_value))
         self.optimizer.zero_grad(set_to_none=True)
@@ -209,7 +216,7 @@ class Engine:
         self.log = MetricsLog(self.run_dir, enabled=self.main, resume_step=self.step if resumed else None)
         self.module.train()
         step_times: list[float] = []
-        try:
+        with self.stop, closing(self.log):
             while self.step < total:
                 epoch, start = divmod(self.step, self.steps_per_epoch)
                 self.loader.set_epoch(epoch)
@@ -230,14 +237,16 @@ class Engine:
                     if self.step % self.log_every == 0 or self.step == total:
                         self.log.log("step", {"step": self.step, "epoch": epoch, **row,
                                               "img_per_s": round(throughput, 1)})
+                    if self.stopping:
+                        bar.close()
+                        self.save()
+                        raise Preempted(self.stop.requested or signal.SIGTERM, self.step)
                     if self.checkpoint_every_steps and self.step % self.checkpoint_every_steps == 0:
                         self.save()
                     if self.step >= total:
                         break
                 bar.close()
                 self._end_epoch(epoch)
-        finally:
-            self.log.close()
         summary = {"run_dir": str(self.run_dir), "steps": self.step, "best": self.best,
                    "best_metric": self.criterion["metric"],
                    "train_seconds": round(self.train_seconds, 2), "train_minutes": round(self.train_seconds / 60, 2),
