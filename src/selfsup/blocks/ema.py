@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Iterable
 from typing import Literal
 
 import torch
@@ -28,7 +29,7 @@ def frozen_copy(module: nn.Module) -> nn.Module:
 
 @torch.no_grad()
 def ema_update(teacher: nn.Module, student: nn.Module, momentum: float, buffers: BufferPolicy = "copy") -> None:
-    """teacher <- momentum * teacher + (1 - momentum) * student, parameter by parameter.
+    """teacher <- momentum * teacher + (1 - momentum) * student for every parameter, in fused groups.
 
     ``buffers`` says what happens to buffers (BatchNorm statistics), explicitly:
     ``copy`` takes the student's (timm's EMA models of a trained network),
@@ -37,22 +38,42 @@ def ema_update(teacher: nn.Module, student: nn.Module, momentum: float, buffers:
     ``keep`` leaves them to the teacher's own forward passes in train mode (MoCo, BYOL, DINO, as
     their references).
     """
-    student_params = dict(student.named_parameters())
-    for name, param in teacher.named_parameters():
-        if name not in student_params:
-            raise ValueError(f"teacher parameter '{name}' has no counterpart in the student")
-        param.mul_(momentum).add_(student_params[name].detach().to(param.dtype), alpha=1 - momentum)
-    if buffers == "keep":
-        return
-    student_buffers = dict(student.named_buffers())
-    for name, buffer in teacher.named_buffers():
-        if name not in student_buffers:
-            raise ValueError(f"teacher buffer '{name}' has no counterpart in the student")
-        source = student_buffers[name]
-        if buffers == "average" and buffer.is_floating_point():
-            buffer.mul_(momentum).add_(source.to(buffer.dtype), alpha=1 - momentum)
-        else:
-            buffer.copy_(source)
+    targets, sources = _pairs(teacher.named_parameters(), student.named_parameters(), "parameter")
+    averaged, copied = [], []
+    if buffers != "keep":
+        for target, source in zip(*_pairs(teacher.named_buffers(), student.named_buffers(), "buffer")):
+            (averaged if buffers == "average" and target.is_floating_point() else copied).append((target, source))
+    targets += [target for target, _ in averaged]
+    sources += [source for _, source in averaged]
+    # One fused kernel per group instead of two per tensor (a Python loop over every parameter).
+    for group in _same_kind(targets, sources):
+        torch._foreach_lerp_(*group, 1.0 - momentum)  # t + (1 - m)(s - t) = m t + (1 - m) s
+    for target, source in copied:
+        target.copy_(source)
+
+
+def _pairs(teacher: Iterable[tuple[str, torch.Tensor]], student: Iterable[tuple[str, torch.Tensor]],
+           kind: str) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The teacher's tensors and the student's of the same names, in the teacher's order."""
+    sources = dict(student)
+    targets, matched = [], []
+    for name, tensor in teacher:
+        if name not in sources:
+            raise ValueError(f"teacher {kind} '{name}' has no counterpart in the student")
+        targets.append(tensor)
+        matched.append(sources[name].detach())
+    return targets, matched
+
+
+def _same_kind(targets: list[torch.Tensor], sources: list[torch.Tensor]) -> list[tuple[list, list]]:
+    """``(targets, sources)`` split by the targets' device and dtype, the sources cast to match (foreach
+    ops take one kind of tensor per call)."""
+    groups: dict[tuple, tuple[list, list]] = {}
+    for target, source in zip(targets, sources):
+        group = groups.setdefault((target.device, target.dtype), ([], []))
+        group[0].append(target)
+        group[1].append(source.to(device=target.device, dtype=target.dtype))
+    return list(groups.values())
 
 
 def momentum_schedule(progress: float, base: float, final: float = 1.0) -> float:

@@ -194,10 +194,12 @@ def build_optimizer(groups: list[dict], cfg: OptimConfig, lr: float) -> torch.op
     for group in split:
         group["lr"] = lr * group["lr_scale"]
         group["weight_decay"] = cfg.weight_decay * group["wd_scale"]
+    # One fused kernel for every parameter on a GPU; on the CPU the default (foreach) is the faster.
+    fused = {"fused": True} if all(p.is_cuda for group in split for p in group["params"]) else {}
     if cfg.name == "sgd":
-        return torch.optim.SGD(split, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+        return torch.optim.SGD(split, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov, **fused)
     if cfg.name == "lars":
         return LARS(split, lr=lr, momentum=cfg.momentum, trust_coefficient=cfg.trust_coefficient)
     if cfg.name == "adamw":
-        return torch.optim.AdamW(split, lr=lr, betas=cfg.betas)
+        return torch.optim.AdamW(split, lr=lr, betas=cfg.betas, **fused)
     raise SelfsupError(f"unknown optimiser '{cfg.name}'; choose sgd, lars or adamw")

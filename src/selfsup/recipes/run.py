@@ -22,7 +22,7 @@ import yaml
 
 from ..config import RunConfig, to_yaml
 from ..engine import Precision, checkpoint, dist
-from ..engine.runtime import pick_device, provenance, resolve_precision
+from ..engine.runtime import pick_device, provenance, resolve_precision, speed_settings
 from ..errors import SelfsupError
 from ..tables import write_json
 
@@ -37,6 +37,8 @@ class Run:
     precision: Precision
     resume_from: Path | None
     command: list[str] | None = None
+    speed: dict[str, bool] = dataclasses.field(default_factory=dict)
+    """What :func:`~selfsup.engine.runtime.speed_settings` switched on for this device."""
 
     @property
     def main(self) -> bool:
@@ -53,7 +55,8 @@ class Run:
         if settings is not None:
             (self.dir / "settings.yaml").write_text(yaml.safe_dump(settings, sort_keys=False))
         extra = {"settings": settings} if settings is not None else {}
-        write_json(self.dir / "meta.json", {**provenance(self.device, self.precision, self.command), **extra, **facts})
+        write_json(self.dir / "meta.json", {**provenance(self.device, self.precision, self.command),
+                                            "speed_settings": self.speed, **extra, **facts})
 
 
 def open_run(run_dir: str | Path, *, device: str = "auto", precision: str = "auto", resume: bool = False,
@@ -66,7 +69,8 @@ def open_run(run_dir: str | Path, *, device: str = "auto", precision: str = "aut
     dist.init_from_env(chosen.type)
     resume_from = checkpoint.prepare_run_dir(Path(run_dir), resume) if dist.is_main() else None
     resume_from = dist.broadcast_object(resume_from)
-    return Run(Path(run_dir), chosen, resolve_precision(precision, chosen), resume_from, command)
+    return Run(Path(run_dir), chosen, resolve_precision(precision, chosen), resume_from, command,
+               speed_settings(chosen))
 
 
 RESUMABLE_CHANGES = ("device", "precision", "log_every", "test_every")

@@ -1,0 +1,22 @@
+"""benchmarks/gpu_check.py runs on the CPU too, so that it cannot rot before a GPU is lent."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_gpu_check_runs_end_to_end_on_the_cpu(mnist_root, tmp_path):
+    out = tmp_path / "gpu_check.md"
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--device", "cpu", "--quick",
+                           "--methods", "simclr", "dino", "--no-lightly", "--data-root", str(mnist_root),
+                           "--out", str(out)], capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert all(row["ok"] and row["steps"] == 2 for row in report["presets"].values())
+    assert {"simclr: end to end", "simclr: model only", "dino: end to end"} <= set(report["throughput"]["img_per_s"])
+    assert 0 <= report["smoke"]["knn_top1"] <= 100 and report["smoke"]["steps"] > 0
+    text = out.read_text()
+    assert text.startswith("## GPU check") and "(a) 2 of 2 method x precision runs trained 2 steps." in text
+    assert "| simclr: end to end / model only |" in text and "(d) streaming" in text and "(e) SimCLR smoke:" in text
