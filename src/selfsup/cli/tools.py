@@ -19,6 +19,15 @@ def data(args: argparse.Namespace) -> int:
         return 0
     if args.name is None:
         raise SelfsupError(f"data {args.action} needs a dataset name (see `selfsup data list`)")
+    if args.action == "shard":
+        from ..data.shards import write_shards
+
+        if args.target is None:
+            raise SelfsupError("selfsup data shard IMAGE_FOLDER SHARD_FOLDER: say where the shards go")
+        counts = write_shards(args.name, args.target, args.shard_size, quiet=args.quiet)
+        print(f"wrote {', '.join(f'{n} {split} images' for split, n in counts.items())} to {args.target} "
+              f"({args.shard_size} a shard); train on them with --data webdataset --data-root {args.target}")
+        return 0
     if args.action == "prepare":
         root = prepare(args.name, args.root, download=args.download, quiet=args.quiet)
         if not args.quiet:
@@ -129,14 +138,17 @@ def search(args: argparse.Namespace) -> int:
 
 
 def add_parsers(commands: argparse._SubParsersAction) -> None:
-    p = commands.add_parser("data", help="list, prepare (find or download) or inspect datasets")
-    p.add_argument("action", choices=["list", "prepare", "inspect"])
-    p.add_argument("name", nargs="?", help="dataset name (see `selfsup data list`)")
+    p = commands.add_parser("data", help="list, prepare (find or download) or inspect datasets; shard an image "
+                                         "folder into WebDataset tar files")
+    p.add_argument("action", choices=["list", "prepare", "inspect", "shard"])
+    p.add_argument("name", nargs="?", help="dataset name (see `selfsup data list`); for shard, the image folder")
+    p.add_argument("target", nargs="?", help="shard: the folder the shards go to")
     p.add_argument("--root", help="folder holding the dataset (or to download into)")
     p.add_argument("--split", default="train")
     p.add_argument("--image-size", type=int, help="resize (imagefolder default: 64)")
     p.add_argument("--download", action="store_true", help="fetch from the official URL when not found")
     p.add_argument("--grid", help="write a PNG grid of sample images per class (inspect)")
+    p.add_argument("--shard-size", type=int, default=1000, help="shard: images per shard (default 1000)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=data)
 

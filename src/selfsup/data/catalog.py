@@ -22,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from ..errors import SelfsupError, closest
-from . import formats
+from . import formats, shards
 from .dataset import ImageDataset
 
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
@@ -43,6 +43,8 @@ STL10_CLASSES = ["airplane", "bird", "car", "cat", "deer", "dog", "horse", "monk
 USER_FORMATS = {
     "imagefolder": "root/<class>/<image> or root/{train,test}/<class>/<image> (decoded once with Pillow)",
     "tensors": "an .npz/.pt file (or a folder of <split>.npz/.pt) with uint8 'images' and optional 'targets'",
+    "webdataset": "root/<split>-000000.tar, ...: WebDataset shards of key.jpg + key.cls (selfsup data shard "
+                  "writes them), decoded once",
 }
 
 #: (images, labels, class names or None for the spec's, skipped files)
@@ -305,7 +307,7 @@ def load_dataset(name: str = "fashion_mnist", split: str = "train", root: str | 
     dataset = parts[0] if len(parts) == 1 else ImageDataset(
         torch.cat([p.images for p in parts]), torch.cat([p.targets for p in parts]), parts[0].classes, name, split,
         [s for p in parts for s in p.skipped])
-    if image_size is not None and name != "imagefolder":
+    if image_size is not None and name not in ("imagefolder", "webdataset"):
         dataset = dataset.resized(image_size)
     return dataset
 
@@ -325,6 +327,9 @@ def read_user_data(name: str, root: Path, split: str, image_size: int | None, sk
         else:
             raise SelfsupError(f"{root} has no split '{split}': put images in {root}/{split}/<class>/")
         images, labels, classes, skipped = formats.read_image_folder(folder, image_size or 64, skip_bad, quiet)
+        return ImageDataset(torch.from_numpy(images), torch.from_numpy(labels), classes, name, split, skipped)
+    if name == "webdataset":
+        images, labels, classes, skipped = shards.read_shards(root, split, image_size or 64, skip_bad, quiet)
         return ImageDataset(torch.from_numpy(images), torch.from_numpy(labels), classes, name, split, skipped)
     if root.is_dir():
         files = [root / f"{split}{suffix}" for suffix in (".npz", ".pt", ".pth") if (root / f"{split}{suffix}").is_file()]

@@ -13,6 +13,7 @@ import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -153,9 +154,9 @@ def read_stl10(images_path: Path, labels_path: Path | None, size: int = 96) -> t
 
 # ---------------------------------------------------------------- image folders (Pillow)
 
-def decode_image(path: Path, size: int, channels: int = 3) -> np.ndarray:
+def decode_image(path: Path | BinaryIO, size: int, channels: int = 3) -> np.ndarray:
     """uint8 (channels, size, size), RGB or gray (``channels`` 1): shorter side resized to ``size``,
-    then centre-cropped."""
+    then centre-cropped. ``path`` is a file, or the file's bytes in a stream (a shard's member)."""
     from PIL import Image
 
     if channels not in (1, 3):

@@ -17,7 +17,7 @@ class DataConfig:
     """Where the images come from (the ``data`` section; see ``selfsup data inspect``)."""
 
     name: str = "fashion_mnist"
-    """Dataset name: fashion_mnist, mnist, cifar10, cifar100, stl10, imagefolder, tensors."""
+    """Dataset name: fashion_mnist, mnist, cifar10, cifar100, stl10, imagefolder, webdataset, tensors."""
     root: str | None = None
     """Folder (or file, for ``tensors``); None searches the usual places."""
     train_split: str = "train"

@@ -1,0 +1,161 @@
+"""WebDataset tar shards: the format large-scale pretraining streams from (OpenCLIP, webdataset).
+
+A shard is a plain tar file whose members are grouped by key: ``000000042.jpg`` (the image's
+original bytes, never re-encoded, so a reader can crop from the full resolution) and
+``000000042.cls`` (its class index as text; absent for unlabelled images). Shards of a split are
+named ``<split>-000000.tar``, ``<split>-000001.tar``, ... in one folder, with ``classes.json`` (the
+class names) beside them. Any tool that reads WebDataset reads these, and selfsup reads shards
+written by those tools when they follow the same key convention.
+
+:func:`write_shards` makes them from an image folder (``selfsup data shard``);
+:func:`read_shards` decodes a split at the training size into memory, as the image-folder reader
+does, with the same error handling (a file that does not decode stops the run naming the shard
+and the key, or is skipped and listed with ``data.skip_bad``).
+"""
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from ..errors import SelfsupError
+from .formats import IMAGE_SUFFIXES, decode_image, list_image_folder
+
+CLASSES_FILE = "classes.json"
+
+
+def shard_name(split: str, number: int) -> str:
+    return f"{split}-{number:06d}.tar"
+
+
+def write_shards(folder: str | Path, out: str | Path, shard_size: int = 1000, quiet: bool = False) -> dict[str, int]:
+    """Shards of ``folder`` (``<class>/<image>``, or ``train/``, ``test/``, ``val/`` holding those) in
+    ``out``: ``shard_size`` images per shard, in a fixed order (class by class, files sorted), the
+    images' bytes as they are. Returns the number of images per split."""
+    folder, out = Path(folder).expanduser(), Path(out).expanduser()
+    if shard_size < 1:
+        raise SelfsupError(f"--shard-size must be at least 1, got {shard_size}")
+    if not folder.is_dir():
+        raise SelfsupError(f"image folder {folder} does not exist")
+    splits = {name: folder / name for name in ("train", "test", "val") if (folder / name).is_dir()} or {"train": folder}
+    listed = {split: list_image_folder(path) for split, path in splits.items()}
+    class_lists = {tuple(classes) for _, _, classes in listed.values()}
+    if len(class_lists) > 1:
+        raise SelfsupError(f"the splits of {folder} have different class folders: {sorted(class_lists)}")
+    out.mkdir(parents=True, exist_ok=True)
+    existing = sorted(out.glob("*-[0-9][0-9][0-9][0-9][0-9][0-9].tar"))
+    if existing:
+        raise SelfsupError(f"{out} already holds shards ({existing[0].name}, ...); choose an empty folder")
+    counts = {}
+    for split, (files, labels, classes) in listed.items():
+        with tqdm(total=len(files), disable=quiet, desc=f"sharding {split}", unit="img") as bar:
+            for number, start in enumerate(range(0, len(files), shard_size)):
+                part = out / shard_name(split, number)
+                temporary = part.with_suffix(".tar.tmp")
+                with tarfile.open(temporary, "w") as archive:
+                    for index in range(start, min(start + shard_size, len(files))):
+                        key = f"{index:09d}"
+                        _add(archive, f"{key}{files[index].suffix.lower()}", files[index].read_bytes())
+                        _add(archive, f"{key}.cls", str(labels[index]).encode())
+                        bar.update()
+                temporary.replace(part)  # a killed run leaves no half shard under a shard's name
+        counts[split] = len(files)
+    (out / CLASSES_FILE).write_text(json.dumps(next(iter(class_lists))) + "\n")
+    return counts
+
+
+def _add(archive: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    archive.addfile(info, io.BytesIO(data))
+
+
+def split_shards(root: Path, split: str) -> list[Path]:
+    """The shards of ``split`` in ``root`` (or ``root/<split>/``), in order."""
+    if not root.is_dir():
+        raise SelfsupError(f"shard folder {root} does not exist")
+    shards = sorted(root.glob(f"{split}-*.tar")) or sorted((root / split).glob("*.tar"))
+    if not shards:
+        found = sorted({p.name.rsplit("-", 1)[0] for p in root.glob("*.tar")})
+        raise SelfsupError(f"{root} holds no shards of split '{split}' ({split}-000000.tar, ...)"
+                           + (f"; it has splits {', '.join(found)}" if found else "; make them with selfsup data shard"))
+    return shards
+
+
+def samples(shard: Path) -> Iterator[tuple[str, bytes, str, int]]:
+    """``(key, image bytes, image suffix, label)`` of every sample of a shard, in order (label -1 when
+    the sample has no ``.cls``)."""
+    try:
+        with tarfile.open(shard, "r:") as archive:  # plain tar: shards are read in one pass, not decompressed
+            current: dict[str, bytes] = {}
+            key = None
+            for member in archive:
+                if not member.isfile():
+                    continue
+                stem, _, suffix = member.name.rpartition(".")
+                if stem != key and key is not None:
+                    yield _sample(shard, key, current)
+                    current = {}
+                key = stem
+                current[suffix.lower()] = archive.extractfile(member).read()
+            if key is not None:
+                yield _sample(shard, key, current)
+    except (tarfile.TarError, OSError, EOFError) as err:
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[-1]
+        raise SelfsupError(f"cannot read shard {shard} ({reason}); it is damaged or not a tar file") from None
+
+
+def _sample(shard: Path, key: str, parts: dict[str, bytes]) -> tuple[str, bytes, str, int]:
+    images = [suffix for suffix in parts if f".{suffix}" in IMAGE_SUFFIXES]
+    if not images:
+        raise SelfsupError(f"{shard}: sample '{key}' has no image ({', '.join(sorted(parts))})")
+    label = -1
+    if "cls" in parts:
+        try:
+            label = int(parts["cls"].decode().strip())
+        except ValueError:
+            raise SelfsupError(f"{shard}: sample '{key}' has a class that is not an integer: "
+                               f"{parts['cls'][:40]!r}") from None
+    return key, parts[images[0]], images[0], label
+
+
+def read_shards(root: str | Path, split: str, size: int, skip_bad: bool = False, quiet: bool = False,
+                threads: int = 8) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
+    """Every image of ``split``'s shards decoded to ``size`` (shorter side, centre crop): images,
+    labels (-1: none), class names and the skipped samples (``shard:key``)."""
+    root = Path(root).expanduser()
+    shards = split_shards(root, split)
+    classes_file = root / CLASSES_FILE
+    classes = json.loads(classes_file.read_text()) if classes_file.is_file() else None
+    entries = [(shard, key, data, label) for shard in shards for key, data, _, label in samples(shard)]
+
+    def decode(entry: tuple[Path, str, bytes, int]) -> np.ndarray | Exception:
+        try:
+            return decode_image(io.BytesIO(entry[2]), size)
+        except Exception as err:  # noqa: BLE001 - Pillow raises many types for bad files
+            return err
+
+    images, labels, skipped = [], [], []
+    with ThreadPoolExecutor(threads) as pool:
+        for (shard, key, _, label), result in tqdm(zip(entries, pool.map(decode, entries)), total=len(entries),
+                                                   disable=quiet, desc=f"decoding {split} shards", unit="img"):
+            if isinstance(result, Exception):
+                if not skip_bad:
+                    raise SelfsupError(f"cannot decode sample '{key}' of {shard}: {result}. Fix or remove it, or "
+                                       "set data.skip_bad=true to skip undecodable images")
+                skipped.append(f"{shard.name}:{key}")
+                continue
+            images.append(result)
+            labels.append(label)
+    if not images:
+        raise SelfsupError(f"no image in the '{split}' shards of {root} could be decoded")
+    labels_array = np.asarray(labels, dtype=np.int64)
+    if classes is None:
+        classes = [str(c) for c in range(int(labels_array.max()) + 1)] if (labels_array >= 0).any() else []
+    return np.stack(images), labels_array, [str(c) for c in classes], skipped
