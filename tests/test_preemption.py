@@ -107,3 +107,10 @@ def test_a_real_process_stopped_by_sigterm_from_outside(mnist_root, tmp_path):
                              text=True)
     assert resumed.returncode == 0, resumed.stderr
     assert checkpoint.load(tmp_path / "run")["step"] == 12
+
+
+def test_a_signal_during_the_last_step_lets_the_run_finish(mnist_root, tmp_path, monkeypatch):
+    config = tiny_config(mnist_root, train__epochs=1)  # 4 steps
+    _signal_at(monkeypatch, 3, signal.SIGTERM)
+    summary = pretrain(config, tmp_path / "run", quiet=True)
+    assert summary["steps"] == 4 and (tmp_path / "run" / "summary.json").is_file()

@@ -270,3 +270,6 @@ def test_numbers_are_written_for_people():
     assert human(3.371088986561216) == "3.371" and human(4.285842244514591) == "4.286"
     assert human(444.49) == "444.5" and human(0.000123456) == "0.0001235"
     assert human(12) == "12" and human(float("nan")) == "nan" and human(None) == "None" and human(True) == "True"
+    from selfsup.tables import human_bytes
+
+    assert [human_bytes(n) for n in (5, 1536, 3 * 2**30, 3 * 2**40)] == ["5 B", "1.5 KiB", "3.0 GiB", "3.0 TiB"]

@@ -60,3 +60,17 @@ def test_pretraining_on_shards_end_to_end(tmp_path):
     assert main(["pretrain", "--data", "webdataset", "--data-root", str(tmp_path / "shards"), "--run-dir", str(run),
                  "--quiet"] + [arg for item in sets for arg in ("--set", item)]) == 0
     assert json.loads((run / "meta.json").read_text())["data"]["dataset"] == "webdataset"
+
+
+def test_a_set_too_large_to_decode_into_memory_is_refused_before_decoding(tmp_path, monkeypatch):
+    from selfsup.data import formats
+
+    folder = write_image_folder(tmp_path / "photos", per_class=4, size=20)
+    assert main(["data", "shard", str(folder), str(tmp_path / "shards"), "--quiet"]) == 0
+    monkeypatch.setattr(formats, "available_memory", lambda: 2 * 8 * 3 * 64 * 64 - 1)  # just short of it
+    decoded = []
+    monkeypatch.setattr(formats, "decode_image", lambda *a, **k: decoded.append(1))
+    for name, root in (("imagefolder", folder), ("webdataset", tmp_path / "shards")):
+        with pytest.raises(SelfsupError, match=r"8 images decoded at 64 px take 96.0 KiB, twice that.*192.0 KiB.*lower data.image_size"):
+            load_dataset(name, "train", root, image_size=64, quiet=True)
+    assert not decoded

@@ -19,6 +19,14 @@ def human(value: Any, digits: int = 4) -> str:
     return f"{value:.{digits}g}"
 
 
+def human_bytes(count: float) -> str:
+    """1536 -> '1.5 KiB', 3 * 2**30 -> '3.0 GiB'."""
+    units, power = ("B", "KiB", "MiB", "GiB", "TiB"), 0
+    while abs(count) >= 1024 and power < len(units) - 1:
+        count, power = count / 1024, power + 1
+    return f"{count:.0f} B" if power == 0 else f"{count:.1f} {units[power]}"
+
+
 def markdown_table(rows: list[dict], columns: list[str]) -> str:
     """A markdown table of ``rows`` (dicts) with ``columns``; floats with two decimals (accuracies in
     %, as every table here reports them), a missing cell empty."""

@@ -19,7 +19,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..engine.runtime import available_memory
 from ..errors import SelfsupError
+from ..tables import human_bytes
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
@@ -204,10 +206,22 @@ def decode_images(files: list[Path], size: int, channels: int = 3, threads: int 
         yield from pool.map(decode, files)
 
 
+def check_fits_in_memory(count: int, size: int, source: str, channels: int = 3) -> None:
+    """Refuse, before decoding anything, a set whose decoded pixels would not fit in the memory the
+    system has available (they are held twice while the decoded images are stacked)."""
+    needed, available = count * channels * size * size, available_memory()
+    if available is not None and 2 * needed > available:
+        raise SelfsupError(f"{source}: {count} images decoded at {size} px take {human_bytes(needed)}, twice that "
+                           f"while they are stacked, and {human_bytes(available)} of memory is available; selfsup "
+                           "holds the decoded images in memory: lower data.image_size (memory grows with its "
+                           "square) or train on a part of the images")
+
+
 def read_image_folder(root: Path, size: int, skip_bad: bool = False, quiet: bool = False,
                       threads: int = 8) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
     """Decode every image once."""
     files, labels, classes = list_image_folder(root)
+    check_fits_in_memory(len(files), size, str(root))
     images, kept, skipped = [], [], []
     results = decode_images(files, size, threads=threads)
     for path, label, result in tqdm(zip(files, labels, results), total=len(files), disable=quiet,

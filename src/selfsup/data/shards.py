@@ -15,6 +15,7 @@ and the key, or is skipped and listed with ``data.skip_bad``).
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import tarfile
 from collections.abc import Iterator
@@ -25,7 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..errors import SelfsupError
-from .formats import IMAGE_SUFFIXES, decode_image, list_image_folder
+from .formats import IMAGE_SUFFIXES, check_fits_in_memory, decode_image, list_image_folder
 
 CLASSES_FILE = "classes.json"
 
@@ -107,8 +108,22 @@ def samples(shard: Path) -> Iterator[tuple[str, bytes, str, int]]:
             if key is not None:
                 yield _sample(shard, key, current)
     except (tarfile.TarError, OSError, EOFError) as err:
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[-1]
-        raise SelfsupError(f"cannot read shard {shard} ({reason}); it is damaged or not a tar file") from None
+        raise unreadable(shard, err) from None
+
+
+def unreadable(shard: Path, err: Exception) -> SelfsupError:
+    reason = (str(err).strip().splitlines() or [type(err).__name__])[-1]
+    return SelfsupError(f"cannot read shard {shard} ({reason}); it is damaged or not a tar file")
+
+
+def count_samples(shard: Path) -> int:
+    """The samples with an image in a shard, from its member headers (the data is skipped over)."""
+    try:
+        with tarfile.open(shard, "r:") as archive:
+            return len({member.name.rpartition(".")[0] for member in archive
+                        if member.isfile() and f".{member.name.rpartition('.')[2].lower()}" in IMAGE_SUFFIXES})
+    except (tarfile.TarError, OSError, EOFError) as err:
+        raise unreadable(shard, err) from None
 
 
 def _sample(shard: Path, key: str, parts: dict[str, bytes]) -> tuple[str, bytes, str, int]:
@@ -133,7 +148,9 @@ def read_shards(root: str | Path, split: str, size: int, skip_bad: bool = False,
     shards = split_shards(root, split)
     classes_file = root / CLASSES_FILE
     classes = json.loads(classes_file.read_text()) if classes_file.is_file() else None
-    entries = [(shard, key, data, label) for shard in shards for key, data, _, label in samples(shard)]
+    total = sum(count_samples(shard) for shard in shards)  # headers only: nothing decoded yet
+    check_fits_in_memory(total, size, f"the '{split}' shards of {root}")
+    entries = ((shard, key, data, label) for shard in shards for key, data, _, label in samples(shard))
 
     def decode(entry: tuple[Path, str, bytes, int]) -> np.ndarray | Exception:
         try:
@@ -142,17 +159,20 @@ def read_shards(root: str | Path, split: str, size: int, skip_bad: bool = False,
             return err
 
     images, labels, skipped = [], [], []
-    with ThreadPoolExecutor(threads) as pool:
-        for (shard, key, _, label), result in tqdm(zip(entries, pool.map(decode, entries)), total=len(entries),
-                                                   disable=quiet, desc=f"decoding {split} shards", unit="img"):
-            if isinstance(result, Exception):
-                if not skip_bad:
-                    raise SelfsupError(f"cannot decode sample '{key}' of {shard}: {result}. Fix or remove it, or "
-                                       "set data.skip_bad=true to skip undecodable images")
-                skipped.append(f"{shard.name}:{key}")
-                continue
-            images.append(result)
-            labels.append(label)
+    with ThreadPoolExecutor(threads) as pool, tqdm(total=total, disable=quiet, desc=f"decoding {split} shards",
+                                                    unit="img") as bar:
+        # A few hundred samples' bytes in flight at a time, not the whole split's.
+        while chunk := list(itertools.islice(entries, 32 * threads)):
+            for (shard, key, _, label), result in zip(chunk, pool.map(decode, chunk)):
+                bar.update()
+                if isinstance(result, Exception):
+                    if not skip_bad:
+                        raise SelfsupError(f"cannot decode sample '{key}' of {shard}: {result}. Fix or remove it, "
+                                           "or set data.skip_bad=true to skip undecodable images")
+                    skipped.append(f"{shard.name}:{key}")
+                    continue
+                images.append(result)
+                labels.append(label)
     if not images:
         raise SelfsupError(f"no image in the '{split}' shards of {root} could be decoded")
     labels_array = np.asarray(labels, dtype=np.int64)

@@ -237,7 +237,7 @@ class Engine:
                     if self.step % self.log_every == 0 or self.step == total:
                         self.log.log("step", {"step": self.step, "epoch": epoch, **row,
                                               "img_per_s": round(throughput, 1)})
-                    if self.stopping:
+                    if self.stopping and self.step < total:  # asked during the last step: the run is done anyway
                         bar.close()
                         self.save()
                         raise Preempted(self.stop.requested or signal.SIGTERM, self.step)

@@ -123,6 +123,17 @@ def record_command(command: list[str] | None) -> None:
     _COMMAND = None if command is None else list(command)
 
 
+def available_memory() -> int | None:
+    """Bytes of RAM the system can give without swapping (``MemAvailable``); None where unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def speed_settings(device: torch.device) -> dict[str, bool]:
     """Switch on what is known to be safe and faster on ``device``, and say what it is (recorded in
     every run's ``meta.json``). On CUDA: TF32 matmuls and convolutions (10-bit mantissas inside fp32
