@@ -145,7 +145,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     p.add_argument("target", nargs="?", help="shard: the folder the shards go to")
     p.add_argument("--root", help="folder holding the dataset (or to download into)")
     p.add_argument("--split", default="train")
-    p.add_argument("--image-size", type=int, help="resize (imagefolder default: 64)")
+    p.add_argument("--image-size", type=int, help="resize (imagefolder and webdataset default: 64)")
     p.add_argument("--download", action="store_true", help="fetch from the official URL when not found")
     p.add_argument("--grid", help="write a PNG grid of sample images per class (inspect)")
     p.add_argument("--shard-size", type=int, default=1000, help="shard: images per shard (default 1000)")

@@ -24,7 +24,7 @@ class DataConfig:
     """Split used for pretraining (stl10: ``train+unlabeled`` uses the 100k unlabeled images)."""
     test_split: str = "test"
     image_size: int | None = None
-    """Stored image size; None keeps the native size (ImageFolder needs one: 64 by default)."""
+    """Stored image size; None keeps the native size (image folders and shards need one: 64 by default)."""
     subset: int | None = None
     """Use a class-balanced subset of this many training images (seeded), e.g. for quick runs."""
     label_noise: float = 0.0
