@@ -364,3 +364,17 @@ def test_the_online_probe_steps_aside_on_a_set_too_small_to_spare_its_queries(mn
     assert meta["online_probe"] is None and meta["data"]["images"] == 80 and summary["best_metric"] == "loss"
     with pytest.raises(SelfsupError, match="cannot hold out 80 of its 80"):  # asked for explicitly: refused
         pretrain(tiny_config(mnist_root, train__knn_test_size=80, train__epochs=1), tmp_path / "knn", quiet=True)
+
+
+def test_gpu_speed_switches_are_set_on_cuda_only_and_recorded(mnist_root, tmp_path):
+    from selfsup.engine.runtime import speed_settings
+
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark)
+    try:
+        assert speed_settings(torch.device("cpu")) == {}
+        assert speed_settings(torch.device("cuda")) == {"tf32": True, "cudnn_benchmark": True, "fused_optimizer": True}
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32 and torch.backends.cudnn.benchmark
+    finally:
+        (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark) = saved
+    pretrain(tiny_config(mnist_root, train__epochs=1), tmp_path / "run", quiet=True)
+    assert json.loads((tmp_path / "run" / "meta.json").read_text())["speed_settings"] == {}  # on this CPU: none
