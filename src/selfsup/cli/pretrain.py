@@ -16,7 +16,8 @@ examples:
 
 Any config key can be set with --set section.key=value (values are YAML); unknown keys are
 refused with the closest valid key. The resolved config, git revision and library versions
-are saved in the run directory.
+are saved in the run directory. SIGTERM, SIGUSR1 (a cluster's warning) or Ctrl-C finish the
+current step, write checkpoints/last.pt and exit with 143, 138 or 130; --resume continues.
 """
 
 
