@@ -20,5 +20,6 @@ def test_the_gpu_check_runs_end_to_end_on_the_cpu(mnist_root, tmp_path):
     text = out.read_text()
     assert text.startswith("## GPU check") and "(a) 2 of 2 method x precision runs trained 2 steps." in text
     assert report["decoding"]["images"] == 64 and report["decoding"]["img_per_s"] > 0
+    assert report["decoding"]["crops"] == 128 and report["decoding"]["two_crops_img_per_s"] > 0
     assert "| simclr: end to end / model only |" in text and "(d) decoding 64 JPEGs" in text
     assert "(e) SimCLR smoke:" in text
