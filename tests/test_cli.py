@@ -185,6 +185,8 @@ def test_training_defaults_of_an_unknown_strategy_are_refused():
 
     with pytest.raises(SelfsupError, match="no training defaults for 'continuall'"):
         ClassifierTraining.for_strategy("continuall")
+    with pytest.raises(SelfsupError, match="give lr= and weight_decay="):  # not silently dropped
+        ClassifierTraining.for_strategy("continual", optim=ClassifierTraining().optim)
 
 
 def test_key_value_flags_are_parsed_once():
@@ -198,6 +200,8 @@ def test_key_value_flags_are_parsed_once():
         parse_pairs(["coarse"], "--weights", "coarse=0.5", float, form="TASK=WEIGHT")
     with pytest.raises(SelfsupError, match="--weights: could not convert"):
         parse_pairs(["coarse=half"], "--weights", "coarse=0.5", float)
+    with pytest.raises(SelfsupError, match="--option: while parsing a flow sequence"):
+        parse_pairs(["t=[0.9"], "--option", "threshold=0.9", yaml.safe_load)
 
 
 @pytest.mark.parametrize("args, message", [

@@ -35,4 +35,7 @@ def test_an_older_checkpoint_without_the_newer_facts_reads_with_their_defaults()
     assert meta.data.held_out == 0 and meta.data.skipped == () and len(meta.data.classes) == 10
     assert meta.encoder == EncoderRef() and meta.method == "simclr" and meta.is_pretraining
     assert meta.path == Path("run/checkpoints/last.pt") and meta.step is None
+    # An encoder entry written by a later version, with a fact this one does not know, still reads.
+    later = RunMeta.of({**state, "encoder": {"prefix": "encoder", "method": "x", "origin": "a later fact"}})
+    assert later.encoder == EncoderRef("encoder", "x") and RunMeta.of({**state, "encoder": None}).encoder == EncoderRef()
     assert DataFacts.of(meta.data.to_dict()) == meta.data

@@ -89,22 +89,27 @@ def test_a_real_process_stopped_by_sigterm_from_outside(mnist_root, tmp_path):
     for item in tiny_overrides(mnist_root, train__epochs=3):
         arguments += ["--set", item]
     ready = tmp_path / "ready"
-    child = subprocess.Popen([sys.executable, "-c", WAITS_FOR_A_SIGNAL] + arguments, stderr=subprocess.PIPE,
+    log = open(tmp_path / "stderr.txt", "w+")  # a file, not a pipe: nothing blocks on a full buffer
+    child = subprocess.Popen([sys.executable, "-c", WAITS_FOR_A_SIGNAL] + arguments, stderr=log,
                              text=True, env={**os.environ, "SELFSUP_READY": str(ready)})
     try:
-        while not ready.exists() and child.poll() is None:
+        for _ in range(6000):  # a bound, not a timing: the child normally gets there in seconds
+            if ready.exists() or child.poll() is not None:
+                break
             try:
                 child.wait(timeout=0.05)
             except subprocess.TimeoutExpired:
                 pass
         child.send_signal(signal.SIGTERM)
-        _, err = child.communicate(timeout=300)
+        child.wait(timeout=300)
     finally:
         child.kill()
+        log.close()
+    err = (tmp_path / "stderr.txt").read_text()
     assert child.returncode == 143, err
     assert checkpoint.load(tmp_path / "run")["step"] == 4 and "stopped by SIGTERM after step 4" in err
     resumed = subprocess.run([sys.executable, "-m", "selfsup"] + arguments + ["--resume"], capture_output=True,
-                             text=True)
+                             text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert checkpoint.load(tmp_path / "run")["step"] == 12
 
@@ -114,3 +119,19 @@ def test_a_signal_during_the_last_step_lets_the_run_finish(mnist_root, tmp_path,
     _signal_at(monkeypatch, 3, signal.SIGTERM)
     summary = pretrain(config, tmp_path / "run", quiet=True)
     assert summary["steps"] == 4 and (tmp_path / "run" / "summary.json").is_file()
+
+
+def test_a_stop_at_an_epochs_end_keeps_that_epochs_row_and_checkpoint(mnist_root, tmp_path, monkeypatch):
+    """Stopped after the last step of epoch 1: the epoch ends as usual (its row, monitor, best.pt) before
+    the run stops, and the resumed run's records equal an uninterrupted run's."""
+    config = tiny_config(mnist_root, train__epochs=3)  # 4 steps an epoch
+    pretrain(config, tmp_path / "straight", quiet=True)
+    original = _signal_at(monkeypatch, 3, signal.SIGTERM)
+    with pytest.raises(Preempted) as stop:
+        pretrain(config, tmp_path / "warned", quiet=True)
+    assert stop.value.step == 4 and (tmp_path / "warned" / "checkpoints" / "best.pt").is_file()
+    monkeypatch.setattr(Engine, "train_step", original)
+    pretrain(config, tmp_path / "warned", resume=True, quiet=True)
+    rows = lambda run: [(r["stream"], r["step"]) for r in  # noqa: E731
+                        map(json.loads, (run / "metrics.jsonl").read_text().splitlines())]
+    assert rows(tmp_path / "warned") == rows(tmp_path / "straight")

@@ -372,7 +372,7 @@ def test_gpu_speed_switches_are_set_on_cuda_only_and_recorded(mnist_root, tmp_pa
     saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark)
     try:
         assert speed_settings(torch.device("cpu")) == {}
-        assert speed_settings(torch.device("cuda")) == {"tf32": True, "cudnn_benchmark": True, "fused_optimizer": True}
+        assert speed_settings(torch.device("cuda")) == {"tf32": True, "cudnn_benchmark": True}
         assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32 and torch.backends.cudnn.benchmark
     finally:
         (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark) = saved

@@ -45,6 +45,15 @@ def test_a_sample_that_does_not_decode_is_named_or_skipped(tmp_path):
         load_dataset("webdataset", "train", tmp_path, quiet=True)
     kept = load_dataset("webdataset", "train", tmp_path, skip_bad=True, quiet=True)
     assert len(kept) == 1 and kept.skipped == ["train-000000.tar:b"] and kept.classes == ["0"]
+    (tmp_path / "classes.json").write_text('["cat"]')
+    (tmp_path / "f" / "cat" / "0.png").rename(tmp_path / "f" / "cat" / "1.png")
+    with tarfile.open(tmp_path / "train-000001.tar", "w") as archive:
+        for name, data in (("c.png", (tmp_path / "f" / "cat" / "1.png").read_bytes()), ("c.cls", b"7")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    with pytest.raises(SelfsupError, match="label 7 is out of range for 1 classes"):
+        load_dataset("webdataset", "train", tmp_path, skip_bad=True, quiet=True)
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "train-000000.tar").write_bytes(b"x" * 100)
     with pytest.raises(SelfsupError, match="cannot read shard .* damaged or not a tar file"):

@@ -9,6 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from ..defaults import TRAINING_DEFAULTS
 from ..errors import SelfsupError
 
@@ -49,8 +51,8 @@ def parse_pairs(items: list[str], flag: str, example: str, value: Callable[[str]
     pairs = (item.split("=", 1) for item in items)
     try:
         return {key: value(text) for key, text in pairs}
-    except ValueError as err:
-        raise SelfsupError(f"{flag}: {err}") from None
+    except (ValueError, yaml.YAMLError) as err:  # a number that is not one, YAML that does not parse
+        raise SelfsupError(f"{flag}: {' '.join(str(err).split())}") from None
 
 
 def numbers(kind: type) -> Callable[[str], list]:

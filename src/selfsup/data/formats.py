@@ -192,11 +192,11 @@ def list_image_folder(root: Path) -> tuple[list[Path], list[int], list[str]]:
     return files, labels, classes
 
 
-def decode_images(files: list[Path], size: int, channels: int = 3, threads: int = 8
+def decode_images(files: list[Path | BinaryIO], size: int, channels: int = 3, threads: int = 8
                   ) -> Iterator[np.ndarray | Exception]:
-    """:func:`decode_image` of every file in order, in a thread pool (Pillow releases the GIL while
-    decoding); a file that cannot be decoded yields its exception instead of stopping the rest."""
-    def decode(path: Path) -> np.ndarray | Exception:
+    """:func:`decode_image` of every file (or in-memory file) in order, in a thread pool (Pillow releases
+    the GIL while decoding); one that cannot be decoded yields its exception instead of stopping the rest."""
+    def decode(path: Path | BinaryIO) -> np.ndarray | Exception:
         try:
             return decode_image(path, size, channels)
         except Exception as err:  # noqa: BLE001 - Pillow raises many types for bad files

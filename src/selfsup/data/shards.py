@@ -19,14 +19,13 @@ import itertools
 import json
 import tarfile
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 from ..errors import SelfsupError
-from .formats import IMAGE_SUFFIXES, check_fits_in_memory, decode_image, list_image_folder
+from .formats import IMAGE_SUFFIXES, check_fits_in_memory, check_labels, decode_images, list_image_folder
 
 CLASSES_FILE = "classes.json"
 
@@ -152,18 +151,12 @@ def read_shards(root: str | Path, split: str, size: int, skip_bad: bool = False,
     check_fits_in_memory(total, size, f"the '{split}' shards of {root}")
     entries = ((shard, key, data, label) for shard in shards for key, data, _, label in samples(shard))
 
-    def decode(entry: tuple[Path, str, bytes, int]) -> np.ndarray | Exception:
-        try:
-            return decode_image(io.BytesIO(entry[2]), size)
-        except Exception as err:  # noqa: BLE001 - Pillow raises many types for bad files
-            return err
-
     images, labels, skipped = [], [], []
-    with ThreadPoolExecutor(threads) as pool, tqdm(total=total, disable=quiet, desc=f"decoding {split} shards",
-                                                    unit="img") as bar:
+    with tqdm(total=total, disable=quiet, desc=f"decoding {split} shards", unit="img") as bar:
         # A few hundred samples' bytes in flight at a time, not the whole split's.
         while chunk := list(itertools.islice(entries, 32 * threads)):
-            for (shard, key, _, label), result in zip(chunk, pool.map(decode, chunk)):
+            results = decode_images([io.BytesIO(data) for _, _, data, _ in chunk], size, threads=threads)
+            for (shard, key, _, label), result in zip(chunk, results):
                 bar.update()
                 if isinstance(result, Exception):
                     if not skip_bad:
@@ -178,4 +171,5 @@ def read_shards(root: str | Path, split: str, size: int, skip_bad: bool = False,
     labels_array = np.asarray(labels, dtype=np.int64)
     if classes is None:
         classes = [str(c) for c in range(int(labels_array.max()) + 1)] if (labels_array >= 0).any() else []
+    check_labels(labels_array, len(classes), f"the '{split}' shards of {root}")
     return np.stack(images), labels_array, [str(c) for c in classes], skipped

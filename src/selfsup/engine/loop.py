@@ -75,7 +75,7 @@ class Engine:
         self.epoch_losses: list[float] = []
         self.train_seconds = 0.0  # time in training steps, summed over resumed sessions
         self.log: MetricsLog | None = None
-        self.stop, self.stopping = StopRequests(), 0.0
+        self.stop, self.stopping = StopRequests(), False
 
     # ------------------------------------------------------------ one step
 
@@ -92,10 +92,11 @@ class Engine:
         loss = out["loss"]
         # Every rank learns whether any rank diverged (all stop together, before the update) or was
         # asked to stop (all stop after this update).
-        asked = float(self.stop.requested is not None)
-        stats = dist.all_reduce_mean(torch.stack([loss.detach().float(), (~torch.isfinite(loss)).float(),
-                                                  torch.tensor(asked, device=loss.device)]))
-        loss_value, diverged, self.stopping = stats.tolist()
+        detached = loss.detach().float()
+        asked = detached.new_full((), float(self.stop.requested is not None))  # filled on the device: no copy
+        stats = dist.all_reduce_mean(torch.stack([detached, (~torch.isfinite(loss)).float(), asked]))
+        loss_value, diverged, stopping = stats.tolist()
+        self.stopping = stopping > 0
         if diverged:
             raise NonFiniteLoss(self._divergence_message(loss_value))
         self.optimizer.zero_grad(set_to_none=True)
@@ -237,16 +238,16 @@ class Engine:
                     if self.step % self.log_every == 0 or self.step == total:
                         self.log.log("step", {"step": self.step, "epoch": epoch, **row,
                                               "img_per_s": round(throughput, 1)})
-                    if self.stopping and self.step < total:  # asked during the last step: the run is done anyway
-                        bar.close()
-                        self.save()
-                        raise Preempted(self.stop.requested or signal.SIGTERM, self.step)
+                    if self.stopping or self.step >= total:
+                        break
                     if self.checkpoint_every_steps and self.step % self.checkpoint_every_steps == 0:
                         self.save()
-                    if self.step >= total:
-                        break
                 bar.close()
-                self._end_epoch(epoch)
+                self._end_epoch(epoch)  # at an epoch's end (a stop there too): its row, monitor and checkpoint
+                if self.stopping and self.step < total:  # asked during the last step: the run is done anyway
+                    if self.step % self.steps_per_epoch:  # mid-epoch: no epoch end saved it
+                        self.save()
+                    raise Preempted(self.stop.requested or signal.SIGTERM, self.step)
         summary = {"run_dir": str(self.run_dir), "steps": self.step, "best": self.best,
                    "best_metric": self.criterion["metric"],
                    "train_seconds": round(self.train_seconds, 2), "train_minutes": round(self.train_seconds / 60, 2),

@@ -138,14 +138,15 @@ def speed_settings(device: torch.device) -> dict[str, bool]:
     """Switch on what is known to be safe and faster on ``device``, and say what it is (recorded in
     every run's ``meta.json``). On CUDA: TF32 matmuls and convolutions (10-bit mantissas inside fp32
     products, the default of most training code on Ampere and later) and cuDNN's autotuner (a run's
-    input shapes do not change, so the first steps' search pays for itself); the optimisers take
-    their fused CUDA kernels (:func:`~selfsup.engine.optim.build_optimizer`). Nothing on the CPU."""
+    input shapes do not change, so the first steps' search pays for itself). SGD and AdamW take their
+    fused CUDA kernels where every parameter is on a GPU (:func:`~selfsup.engine.optim.build_optimizer`;
+    LARS has none). Nothing on the CPU."""
     if device.type != "cuda":
         return {}
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     torch.backends.cudnn.benchmark = True
-    return {"tf32": True, "cudnn_benchmark": True, "fused_optimizer": True}
+    return {"tf32": True, "cudnn_benchmark": True}
 
 
 def provenance(device: torch.device, precision: Precision, command: list[str] | None = None) -> dict:

@@ -38,13 +38,13 @@ class ClassifierTraining:
     """How a classifier is trained (defaults: the fine-tuning protocol of SimCLR / SPEC section 7;
     another strategy's from :meth:`for_strategy`)."""
 
-    epochs: int = 30
+    epochs: int = TRAINING_DEFAULTS["finetune"].epochs
     steps: int | None = None
     """A fixed number of optimisation steps instead of ``epochs`` (Selfie's protocol: the same
     schedule whatever the label fraction); None: ``epochs`` passes over the labelled images."""
-    batch_size: int = 256
+    batch_size: int = TRAINING_DEFAULTS["finetune"].batch_size
     optim: OptimConfig = field(default_factory=classifier_optim)
-    backbone_lr_scale: float = 0.1
+    backbone_lr_scale: float = TRAINING_DEFAULTS["finetune"].backbone_lr_scale
     """Trunk learning rate as a fraction of the head's (0 freezes the trunk: a linear probe)."""
     label_smoothing: float = 0.0
     """eps of :class:`~selfsup.learners.Classifier`: the uniform-teacher special case of distillation."""
@@ -67,6 +67,9 @@ class ClassifierTraining:
         """``strategy``'s defaults (:data:`selfsup.defaults.TRAINING_DEFAULTS`) with ``changes``;
         ``start_lr_scale`` is the trunk's rate where the strategy takes it from its starting point
         (:attr:`~selfsup.recipes.loading.StartingPoint.backbone_lr_scale`)."""
+        if "optim" in changes:
+            raise SelfsupError("for_strategy builds the strategy's optimiser: give lr= and weight_decay=, or "
+                               "construct ClassifierTraining(optim=...) directly")
         if strategy not in TRAINING_DEFAULTS:
             raise SelfsupError(f"no training defaults for '{strategy}'; known: {', '.join(TRAINING_DEFAULTS)}")
         defaults = TRAINING_DEFAULTS[strategy]

@@ -7,7 +7,7 @@ instead of indexing the dict.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,12 @@ class EncoderRef:
     """Hidden projection-head layers fine-tuned on top of the backbone (SimCLR v2's trunk)."""
     network: str | None = None
     """``student`` or ``teacher``: which network of a method with a momentum teacher it is."""
+
+    @classmethod
+    def of(cls, record: dict[str, Any]) -> EncoderRef:
+        """From a checkpoint's ``encoder`` entry; keys this version does not know are left out, as
+        :meth:`DataFacts.of <selfsup.data.DataFacts.of>` does."""
+        return cls(**{key: value for key, value in record.items() if key in {f.name for f in fields(cls)}})
 
     def to_dict(self) -> dict[str, Any]:
         return {key: value for key, value in vars(self).items() if value is not None}
@@ -64,7 +70,7 @@ class RunMeta:
     def of(cls, state: dict[str, Any]) -> RunMeta:
         """From a loaded checkpoint (:func:`selfsup.engine.checkpoint.load`)."""
         return cls(Path(state["path"]), state["config"], DataFacts.of(state["data"]),
-                   EncoderRef(**state.get("encoder", {})), state.get("model", {}), state.get("step"),
+                   EncoderRef.of(state.get("encoder") or {}), state.get("model", {}), state.get("step"),
                    state.get("epoch"), state.get("classifier"), state.get("imported"))
 
     @staticmethod
