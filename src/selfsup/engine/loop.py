@@ -238,6 +238,8 @@ class Engine:
                     if self.step % self.log_every == 0 or self.step == total:
                         self.log.log("step", {"step": self.step, "epoch": epoch, **row,
                                               "img_per_s": round(throughput, 1)})
+                    if self.stopping and self.main and self.step < total:
+                        self.stop.announce()
                     if self.stopping or self.step >= total:
                         break
                     if self.checkpoint_every_steps and self.step % self.checkpoint_every_steps == 0:

@@ -50,6 +50,10 @@ class StopRequests:
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if signum == signal.SIGINT and self.requested is not None:
             raise KeyboardInterrupt  # a second Ctrl-C: stop now
-        self.requested = signum
-        print(f"\n{signal.Signals(signum).name}: finishing this step and saving checkpoints/last.pt "
-              "(Ctrl-C again stops at once, without saving)", file=sys.stderr)
+        self.requested = signum  # only a flag: printing here could re-enter a write to stderr (tqdm's)
+
+    def announce(self) -> None:
+        """Say what the stop does, once the step in progress has finished (outside the handler)."""
+        name = signal.Signals(self.requested).name if self.requested else "a stop asked by another process"
+        print(f"\n{name}: finishing this step and saving checkpoints/last.pt (Ctrl-C again stops at once, "
+              "without saving)", file=sys.stderr)
