@@ -98,6 +98,20 @@ def write_image_folder(root: Path, per_class: int = 3, classes: tuple[str, ...] 
     return root
 
 
+def write_photos(root: Path, count: int = 24, classes: tuple[str, ...] = ("a", "b")) -> Path:
+    """``count`` JPEG and PNG images per class of mixed sizes (40-90 px, not square)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(classes):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            width, height = 40 + (7 * i) % 50, 40 + (11 * i) % 40
+            pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{i}.{'jpg' if i % 2 else 'png'}")
+    return root
+
+
 @pytest.fixture
 def mnist_root(tmp_path: Path) -> Path:
     """A Fashion-MNIST-format folder (idx .gz) with 80 train / 32 test 16 px images of 4 classes

@@ -11,7 +11,7 @@ import torch
 import torch.multiprocessing as mp
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from conftest import free_port, tiny_config, tiny_overrides
+from conftest import free_port, tiny_config, tiny_overrides, write_photos
 from selfsup.engine import checkpoint
 from selfsup.errors import SelfsupError
 
@@ -321,3 +321,35 @@ def test_two_nodes_of_one_process_each_equal_two_processes_on_one_node(mnist_roo
     assert two["world_size"] == 2 and two["step"] == one["step"] == 4
     for key, value in one["model"].items():
         assert torch.allclose(two["model"][key].float(), value.float(), rtol=1e-5, atol=1e-6), key
+
+
+def _stream_worker(rank: int, world: int, port: int, root: str, out: str) -> None:
+    os.environ.update(WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    from selfsup.engine import Engine, dist
+    from selfsup.recipes.pretrain import pretrain
+
+    original, seen = Engine.train_step, []
+
+    def train_step(self, images, targets, index):
+        seen.append([self.step, index.tolist()])
+        return original(self, images, targets, index)
+
+    Engine.train_step = train_step
+    sets = {"data.name": "imagefolder", "data.root": root, "data.image_size": 16, "data.source": "stream",
+            "data.workers": 2, "train.batch_size": 8, "train.epochs": 2, "train.knn_every": 0,
+            "train.online_probe": "false"}
+    pretrain(tiny_config(Path("/unused"), **sets), Path(out) / "run", quiet=True)
+    (Path(out) / f"seen{rank}.json").write_text(json.dumps(seen))
+    dist.destroy()
+
+
+def test_two_processes_of_two_stream_workers_see_every_image_once_an_epoch(tmp_path, one_thread):
+    folder = write_photos(tmp_path / "photos", count=17)  # 34 images: 2 ranks x 4 batches of 4, 2 left over
+    mp.spawn(_stream_worker, args=(2, free_port(), str(folder), str(tmp_path)), nprocs=2, join=True)
+    seen = [json.loads((tmp_path / f"seen{rank}.json").read_text()) for rank in (0, 1)]
+    for epoch in (0, 1):
+        parts = [[i for step, index in rank_seen if step // 4 == epoch for i in index] for rank_seen in seen]
+        assert len(parts[0]) == len(parts[1]) == 16 and not set(parts[0]) & set(parts[1])
+        assert len(set(parts[0] + parts[1])) == 32

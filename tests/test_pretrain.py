@@ -366,15 +366,34 @@ def test_the_online_probe_steps_aside_on_a_set_too_small_to_spare_its_queries(mn
         pretrain(tiny_config(mnist_root, train__knn_test_size=80, train__epochs=1), tmp_path / "knn", quiet=True)
 
 
-def test_gpu_speed_switches_are_set_on_cuda_only_and_recorded(mnist_root, tmp_path):
+def test_gpu_speed_switches_are_set_on_cuda_only_and_recorded(mnist_root, tmp_path, monkeypatch):
     from selfsup.engine.runtime import speed_settings
 
     saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark)
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
     try:
-        assert speed_settings(torch.device("cpu")) == {}
+        assert speed_settings(torch.device("cpu")) == {"omp_wait_policy": "PASSIVE"}
         assert speed_settings(torch.device("cuda")) == {"tf32": True, "cudnn_benchmark": True}
         assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32 and torch.backends.cudnn.benchmark
     finally:
         (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark) = saved
     pretrain(tiny_config(mnist_root, train__epochs=1), tmp_path / "run", quiet=True)
-    assert json.loads((tmp_path / "run" / "meta.json").read_text())["speed_settings"] == {}  # on this CPU: none
+    recorded = json.loads((tmp_path / "run" / "meta.json").read_text())["speed_settings"]
+    assert recorded == {"omp_wait_policy": "PASSIVE"}  # on a CPU: only how threads wait
+
+
+def test_train_compile_compiles_every_backbone_in_place_and_records_it(mnist_root, tmp_path, monkeypatch):
+    original, compiled = torch.nn.Module.compile, []
+
+    def compile_eagerly(self, *args, **kwargs):  # dynamo traces as it would; no minutes of code generation
+        compiled.append(type(self).__name__)
+        return original(self, backend="eager")
+
+    monkeypatch.setattr(torch.nn.Module, "compile", compile_eagerly)
+    config = tiny_config(mnist_root, method__name="byol", train__compile="true", train__epochs=1)
+    pretrain(config, tmp_path / "run", quiet=True)
+    assert json.loads((tmp_path / "run" / "meta.json").read_text())["compiled"] == ["backbone", "target.backbone"]
+    assert len(compiled) == 2
+    weights = checkpoint.load(tmp_path / "run")["model"]
+    assert any(key.startswith("backbone.") for key in weights)
+    assert not any("_orig_mod" in key for key in weights)  # in place: a compiled run's checkpoint loads anywhere

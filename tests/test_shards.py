@@ -52,7 +52,7 @@ def test_a_sample_that_does_not_decode_is_named_or_skipped(tmp_path):
             info = tarfile.TarInfo(name)
             info.size = len(data)
             archive.addfile(info, io.BytesIO(data))
-    with pytest.raises(SelfsupError, match="label 7 is out of range for 1 classes"):
+    with pytest.raises(SelfsupError, match="label [17] is out of range for 1 classes"):
         load_dataset("webdataset", "train", tmp_path, skip_bad=True, quiet=True)
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "train-000000.tar").write_bytes(b"x" * 100)
@@ -80,6 +80,6 @@ def test_a_set_too_large_to_decode_into_memory_is_refused_before_decoding(tmp_pa
     decoded = []
     monkeypatch.setattr(formats, "decode_image", lambda *a, **k: decoded.append(1))
     for name, root in (("imagefolder", folder), ("webdataset", tmp_path / "shards")):
-        with pytest.raises(SelfsupError, match=r"8 images decoded at 64 px take 96.0 KiB, twice that.*192.0 KiB.*lower data.image_size"):
+        with pytest.raises(SelfsupError, match=r"8 images decoded at 64 px take 96.0 KiB, twice that.*192.0 KiB.*data.source=stream.*data.source=cache.*lower data.image_size"):
             load_dataset(name, "train", root, image_size=64, quiet=True)
     assert not decoded

@@ -71,6 +71,10 @@ class TrainConfig:
     """Also write last.pt every N steps inside an epoch (0: only at epoch ends)."""
     sync_bn: bool = False
     """Convert BatchNorm to SyncBatchNorm under DDP (statistics over the global batch)."""
+    compile: bool = False
+    """Compile the backbones (the student's and a teacher's) with ``torch.compile``, in place: the
+    checkpoints' keys do not change. Off by default: the first steps pay minutes of compilation,
+    and what it gains depends on the model and the machine (measure it: benchmarks/RESULTS.md)."""
     max_steps: int | None = None
     """Stop after this many steps in total (for smoke tests and benchmarks)."""
 

@@ -16,7 +16,8 @@ from ..errors import SelfsupError
 
 SHORTCUTS = {"method": "method.name", "epochs": "train.epochs", "batch_size": "train.batch_size",
              "minutes": "train.minutes", "device": "train.device", "precision": "train.precision",
-             "data": "data.name", "data_root": "data.root", "label_noise": "data.label_noise",
+             "data": "data.name", "data_root": "data.root", "data_source": "data.source",
+             "label_noise": "data.label_noise",
              "network": "eval.network"}
 """Flags that stand for a config key: ``--data X`` is ``--set data.name=X``."""
 
@@ -72,6 +73,9 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
                         help="override a config key, e.g. --set optim.lr=0.3 (repeatable)")
     parser.add_argument("--data", help="dataset name (shortcut for --set data.name=...)")
     parser.add_argument("--data-root", help="dataset folder or file (data.root)")
+    parser.add_argument("--data-source", choices=["auto", "memory", "stream", "cache"],
+                        help="data.source: hold decoded images in memory, stream image files through worker "
+                             "processes (crops from the full image), or read a decoded cache from disk")
     parser.add_argument("--device", help="auto, cpu, cuda, cuda:N (train.device)")
     parser.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"], help="train.precision")
 

@@ -28,6 +28,18 @@ def data(args: argparse.Namespace) -> int:
         print(f"wrote {', '.join(f'{n} {split} images' for split, n in counts.items())} to {args.target} "
               f"({args.shard_size} a shard); train on them with --data webdataset --data-root {args.target}")
         return 0
+    if args.action == "cache":
+        from ..data import FILE_FORMATS, cache_folder, write_cache
+
+        name, root = (args.name, args.root) if not Path(args.name).expanduser().exists() else ("imagefolder", args.name)
+        out = cache_folder(name, root, args.split, args.image_size, args.target)
+        source = "stream" if name in FILE_FORMATS else "memory"  # files are decoded a chunk at a time
+        dataset = load_dataset(name, args.split, root, args.image_size, args.download, skip_bad=args.skip_bad,
+                               quiet=args.quiet, source=source)
+        write_cache(dataset, out, quiet=args.quiet)
+        print(f"wrote a cache of {len(dataset)} {name} ({args.split}) images at {dataset.image_size} px to {out}; "
+              "train on it with --data-source cache" + (f" --set data.cache_dir={args.target}" if args.target else ""))
+        return 0
     if args.action == "prepare":
         root = prepare(args.name, args.root, download=args.download, quiet=args.quiet)
         if not args.quiet:
@@ -139,16 +151,22 @@ def search(args: argparse.Namespace) -> int:
 
 def add_parsers(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("data", help="list, prepare (find or download) or inspect datasets; shard an image "
-                                         "folder into WebDataset tar files")
-    p.add_argument("action", choices=["list", "prepare", "inspect", "shard"])
-    p.add_argument("name", nargs="?", help="dataset name (see `selfsup data list`); for shard, the image folder")
-    p.add_argument("target", nargs="?", help="shard: the folder the shards go to")
+                                         "folder into WebDataset tar files; cache a dataset decoded on disk",
+                            description="cache NAME|FOLDER [CACHE_DIR] --image-size S decodes a split once into a "
+                                        "memory-mapped file that data.source=cache reads (CACHE_DIR: where "
+                                        "caches live, data.cache_dir; default $SELFSUP_CACHE or "
+                                        "~/.cache/selfsup/caches)")
+    p.add_argument("action", choices=["list", "prepare", "inspect", "shard", "cache"])
+    p.add_argument("name", nargs="?", help="dataset name (see `selfsup data list`); for shard and cache, "
+                                           "an image folder works too")
+    p.add_argument("target", nargs="?", help="shard: the folder the shards go to; cache: where caches live (data.cache_dir)")
     p.add_argument("--root", help="folder holding the dataset (or to download into)")
     p.add_argument("--split", default="train")
     p.add_argument("--image-size", type=int, help="resize (imagefolder and webdataset default: 64)")
     p.add_argument("--download", action="store_true", help="fetch from the official URL when not found")
     p.add_argument("--grid", help="write a PNG grid of sample images per class (inspect)")
     p.add_argument("--shard-size", type=int, default=1000, help="shard: images per shard (default 1000)")
+    p.add_argument("--skip-bad", action="store_true", help="cache: leave out images that do not decode (listed)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=data)
 

@@ -22,8 +22,12 @@ import torch
 from tqdm import tqdm
 
 from ..errors import SelfsupError, closest
+from ..engine.runtime import available_memory
+from ..tables import human_bytes
 from . import formats, shards
+from .cache import cache_folder, is_complete, read_cache, write_cache
 from .dataset import ImageDataset
+from .stream import FileStore, read_file_list, shard_members
 
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
                          "Bag", "Ankle boot"]
@@ -45,7 +49,13 @@ USER_FORMATS = {
     "tensors": "an .npz/.pt file (or a folder of <split>.npz/.pt) with uint8 'images' and optional 'targets'",
     "webdataset": "root/<split>-000000.tar, ...: WebDataset shards of key.jpg + key.cls (selfsup data shard "
                   "writes them), decoded once",
+    "filelist": "a text file with one image per line, 'path' or 'path,class' (or a folder of <split>.txt)",
 }
+
+#: Formats of image files, which can also be streamed (``data.source=stream``).
+FILE_FORMATS = ("imagefolder", "webdataset", "filelist")
+SOURCES = ("auto", "memory", "stream", "cache")
+DEFAULT_FILE_SIZE = 64
 
 #: (images, labels, class names or None for the spec's, skipped files)
 RawSplit = tuple[np.ndarray, np.ndarray, "list[str] | None", list[str]]
@@ -280,15 +290,52 @@ def download_first(urls: list[str], target: Path, quiet: bool) -> None:
 
 def load_dataset(name: str = "fashion_mnist", split: str = "train", root: str | Path | None = None,
                  image_size: int | None = None, download: bool = False, skip_bad: bool = False,
-                 quiet: bool = False) -> ImageDataset:
-    """Split ``split`` of dataset ``name`` as one in-memory uint8 tensor; ``a+b`` joins splits.
+                 quiet: bool = False, source: str = "memory", cache_root: str | Path | None = None) -> ImageDataset:
+    """Split ``split`` of dataset ``name``; ``a+b`` joins splits.
 
-    ``image_size`` resizes on load (ImageFolder images are always brought to one size: 64 by
-    default). Every problem raises :class:`SelfsupError` naming the file and the fix.
+    ``source``: ``memory`` decodes everything once into one uint8 tensor; ``stream`` (image files
+    only) lists the files and decodes them as batches ask (:mod:`selfsup.data.stream`); ``cache``
+    reads the cache of this data and size, building it first when there is none
+    (:mod:`selfsup.data.cache`); ``auto`` streams image files whose decoded pixels would take more
+    than a quarter of the available memory and holds everything else in memory, and says which.
+    ``image_size`` resizes on load (image files are always brought to one size: 64 by default).
+    Every problem raises :class:`SelfsupError` naming the file and the fix.
     """
-    if name in USER_FORMATS:
-        if root is None:
-            raise SelfsupError(f"{name} data needs data.root: {USER_FORMATS[name]}")
+    if source not in SOURCES:
+        raise SelfsupError(f"data.source must be one of {', '.join(SOURCES)}, got '{source}'{closest(source, SOURCES)}")
+    if name in USER_FORMATS and root is None:
+        raise SelfsupError(f"{name} data needs data.root: {USER_FORMATS[name]}")
+    if source == "cache":
+        folder = cache_folder(name, root, split, image_size, cache_root)
+        if not is_complete(folder):
+            if not quiet:
+                print(f"data: building the cache of {name} ({split}) in {folder} (once)")
+            uncached = load_dataset(name, split, root, image_size, download, skip_bad, quiet,
+                                    "stream" if name in FILE_FORMATS else "memory")
+            write_cache(uncached, folder, quiet)
+        return read_cache(folder)
+    if name in FILE_FORMATS:
+        parts = [file_dataset(name, Path(root).expanduser(), part, image_size or DEFAULT_FILE_SIZE, skip_bad)
+                 for part in split.split("+")]
+        streamed = join(parts, name, split)
+        if source == "auto":
+            available = available_memory()
+            source = "stream" if available is not None and streamed.nbytes > available / 4 else "memory"
+            if not quiet and source == "stream":
+                print(f"data: streaming {name} ({split}): {len(streamed)} images at {streamed.image_size} px take "
+                      f"{human_bytes(streamed.nbytes)} decoded, more than a quarter of the "
+                      f"{human_bytes(available)} of memory available (data.source=memory holds them anyway; "
+                      "data.source=cache decodes them once to disk)")
+        if source == "stream":
+            return streamed
+        if name == "filelist":
+            return streamed.in_ram()
+        parts = [read_user_data(name, Path(root).expanduser(), part, image_size, skip_bad, quiet)
+                 for part in split.split("+")]
+    elif source == "stream":
+        raise SelfsupError(f"data.source=stream reads image files ({', '.join(FILE_FORMATS)}); {name} is "
+                           "read whole: use data.source=memory or cache")
+    elif name in USER_FORMATS:
         parts = [read_user_data(name, Path(root).expanduser(), part, image_size, skip_bad, quiet)
                  for part in split.split("+")]
     else:
@@ -304,43 +351,95 @@ def load_dataset(name: str = "fashion_mnist", split: str = "train", root: str | 
             images, labels, classes, skipped = spec.read(folder, part)
             parts.append(ImageDataset(torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(labels),
                                       classes or list(spec.classes), name, part, skipped))
-    dataset = parts[0] if len(parts) == 1 else ImageDataset(
-        torch.cat([p.images for p in parts]), torch.cat([p.targets for p in parts]), parts[0].classes, name, split,
-        [s for p in parts for s in p.skipped])
-    if image_size is not None and name not in ("imagefolder", "webdataset"):
+    dataset = join(parts, name, split)
+    if image_size is not None and name not in FILE_FORMATS:
         dataset = dataset.resized(image_size)
     return dataset
 
 
+def join(parts: list[ImageDataset], name: str, split: str) -> ImageDataset:
+    """The splits of ``a+b`` as one dataset (file stores: their files joined, nothing decoded)."""
+    if len(parts) == 1:
+        return parts[0]
+    targets, skipped = torch.cat([p.targets for p in parts]), [s for p in parts for s in p.skipped]
+    if all(isinstance(p.store, FileStore) for p in parts):
+        first: FileStore = parts[0].store
+        stores: list[FileStore] = [p.store for p in parts]
+        offsets = None if first.offsets is None else np.concatenate([s.offsets for s in stores])
+        lengths = None if first.lengths is None else np.concatenate([s.lengths for s in stores])
+        keys = None if first.keys is None else [k.decode() for s in stores for k in s.keys]
+        store = FileStore(np.concatenate([s.paths for s in stores]), first.size, first.channels, offsets=offsets,
+                          lengths=lengths, keys=keys, skip_bad=first.skip_bad, source=f"{first.source} ({split})")
+        return ImageDataset(store, targets, parts[0].classes, name, split, skipped)
+    return ImageDataset(torch.cat([p.images for p in parts]), targets, parts[0].classes, name, split, skipped)
+
+
+def image_folder_split(root: Path, split: str) -> Path:
+    """The folder of ``split`` in an image folder: ``root/<split>/`` when it has split folders, else
+    ``root`` itself for ``train``."""
+    if not root.is_dir():
+        raise SelfsupError(f"image folder {root} does not exist")
+    split_dirs = [d for d in ("train", "test", "val") if (root / d).is_dir()]
+    if split_dirs:
+        if split not in split_dirs:
+            raise SelfsupError(f"{root} has no split '{split}' (it has {', '.join(split_dirs)})")
+        return root / split
+    if split == "train":
+        return root
+    raise SelfsupError(f"{root} has no split '{split}': put images in {root}/{split}/<class>/")
+
+
+def split_file(root: Path, split: str, suffixes: tuple[str, ...], what: str) -> Path:
+    """The file of ``split`` in a folder of ``<split><suffix>`` files, or ``root`` itself (a single
+    file: the ``train`` split)."""
+    if root.is_dir():
+        found = [root / f"{split}{suffix}" for suffix in suffixes if (root / f"{split}{suffix}").is_file()]
+        if not found:
+            raise SelfsupError(f"{root} has no {' or '.join(split + s for s in suffixes)}")
+        return found[0]
+    if split == "train":
+        return root
+    raise SelfsupError(f"{root} is a single {what}: it is the 'train' split; for a '{split}' split put "
+                       f"{split}{suffixes[0]} next to train{suffixes[0]} in a folder and point data.root at the folder")
+
+
+def file_dataset(name: str, root: Path, split: str, size: int, skip_bad: bool) -> ImageDataset:
+    """``split`` of an image folder, shards or file list as a :class:`FileStore` (listed, not decoded)."""
+    keys, offsets, lengths = None, None, None
+    if name == "imagefolder":
+        folder = image_folder_split(root, split)
+        files, labels, classes = formats.list_image_folder(folder)
+        source = str(folder)
+    elif name == "webdataset":
+        found = shards.split_shards(root, split)
+        files, offsets, lengths, keys, labels = shard_members(found)
+        if not files:
+            raise SelfsupError(f"the '{split}' shards of {root} hold no images")
+        classes = shards.read_classes(root, labels)
+        source = f"the '{split}' shards of {root}"
+    else:
+        listed = split_file(root, split, (".txt", ".csv"), "file list")
+        files, labels, classes = read_file_list(listed)
+        source = str(listed)
+    label_array = np.asarray(labels, dtype=np.int64)
+    formats.check_labels(label_array, len(classes), source)
+    store = FileStore([str(f) for f in files], size, offsets=offsets, lengths=lengths, keys=keys, skip_bad=skip_bad,
+                      source=source)
+    return ImageDataset(store, torch.from_numpy(label_array), list(classes), name, split)
+
+
 def read_user_data(name: str, root: Path, split: str, image_size: int | None, skip_bad: bool,
                    quiet: bool) -> ImageDataset:
+    """One split of an image folder, shards or a tensor file, decoded into memory."""
     if name == "imagefolder":
-        if not root.is_dir():
-            raise SelfsupError(f"image folder {root} does not exist")
-        split_dirs = [d for d in ("train", "test", "val") if (root / d).is_dir()]
-        if split_dirs:
-            if split not in split_dirs:
-                raise SelfsupError(f"{root} has no split '{split}' (it has {', '.join(split_dirs)})")
-            folder = root / split
-        elif split == "train":
-            folder = root
-        else:
-            raise SelfsupError(f"{root} has no split '{split}': put images in {root}/{split}/<class>/")
-        images, labels, classes, skipped = formats.read_image_folder(folder, image_size or 64, skip_bad, quiet)
+        images, labels, classes, skipped = formats.read_image_folder(image_folder_split(root, split),
+                                                                     image_size or DEFAULT_FILE_SIZE, skip_bad, quiet)
         return ImageDataset(torch.from_numpy(images), torch.from_numpy(labels), classes, name, split, skipped)
     if name == "webdataset":
-        images, labels, classes, skipped = shards.read_shards(root, split, image_size or 64, skip_bad, quiet)
+        images, labels, classes, skipped = shards.read_shards(root, split, image_size or DEFAULT_FILE_SIZE,
+                                                              skip_bad, quiet)
         return ImageDataset(torch.from_numpy(images), torch.from_numpy(labels), classes, name, split, skipped)
-    if root.is_dir():
-        files = [root / f"{split}{suffix}" for suffix in (".npz", ".pt", ".pth") if (root / f"{split}{suffix}").is_file()]
-        if not files:
-            raise SelfsupError(f"{root} has no {split}.npz or {split}.pt")
-        path = files[0]
-    elif split == "train":
-        path = root
-    else:
-        raise SelfsupError(f"{root} is a single tensor file: it is the 'train' split; for a '{split}' split "
-                           f"put {split}.npz next to train.npz in a folder and point data.root at the folder")
+    path = split_file(root, split, (".npz", ".pt", ".pth"), "tensor file")
     images, targets, classes = formats.read_tensor_file(path)
     if targets is None:
         targets = np.full(len(images), -1, dtype=np.int64)
@@ -349,4 +448,3 @@ def read_user_data(name: str, root: Path, split: str, image_size: int | None, sk
     formats.check_labels(targets, len(classes), path)
     return ImageDataset(torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(targets), classes, name,
                         split)
-

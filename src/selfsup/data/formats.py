@@ -13,7 +13,7 @@ import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -164,23 +164,35 @@ def decode_image(path: Path | BinaryIO, size: int, channels: int = 3) -> np.ndar
     if channels not in (1, 3):
         raise SelfsupError(f"images are decoded to 1 (gray) or 3 (RGB) channels, not {channels}")
     with Image.open(path) as image:
-        image = image.convert("L" if channels == 1 else "RGB")
-        scale = size / min(image.size)
-        width, height = max(size, round(image.width * scale)), max(size, round(image.height * scale))
-        image = image.resize((width, height), Image.Resampling.BICUBIC)
-        left, top = (width - size) // 2, (height - size) // 2
-        image = image.crop((left, top, left + size, top + size))
-        pixels = np.array(image, dtype=np.uint8)
+        pixels = np.array(fit_square(image.convert("L" if channels == 1 else "RGB"), size), dtype=np.uint8)
         return pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
 
 
+def fit_square(image: Any, size: int) -> Any:
+    """A Pillow image's shorter side resized to ``size`` (bicubic), then its centre ``size`` x ``size``."""
+    from PIL import Image
+
+    scale = size / min(image.size)
+    width, height = max(size, round(image.width * scale)), max(size, round(image.height * scale))
+    image = image.resize((width, height), Image.Resampling.BICUBIC)
+    left, top = (width - size) // 2, (height - size) // 2
+    return image.crop((left, top, left + size, top + size))
+
+
 def list_image_folder(root: Path) -> tuple[list[Path], list[int], list[str]]:
-    """Files of ``root/<class>/<image>``, their class indices and the sorted class names."""
+    """Files of ``root/<class>/<image>`` (any depth below the class), their class indices and the
+    sorted class names; a folder with images at its top is one set of unlabelled images (labels -1,
+    no classes)."""
     if not root.is_dir():
         raise SelfsupError(f"image folder {root} does not exist")
+    if any(p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() for p in root.iterdir()):
+        # Images at the top: one folder of unlabelled images (its sub-folders' images included).
+        files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        return files, [-1] * len(files), []
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
-        raise SelfsupError(f"{root} holds no class folders; expected {root}/<class>/<image>")
+        raise SelfsupError(f"{root} holds no images and no class folders; expected {root}/<class>/<image> "
+                           f"or the images themselves in {root}")
     files, labels = [], []
     for index, name in enumerate(classes):
         members = sorted(p for p in (root / name).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
@@ -213,8 +225,9 @@ def check_fits_in_memory(count: int, size: int, source: str, channels: int = 3) 
     if available is not None and 2 * needed > available:
         raise SelfsupError(f"{source}: {count} images decoded at {size} px take {human_bytes(needed)}, twice that "
                            f"while they are stacked, and {human_bytes(available)} of memory is available; selfsup "
-                           "holds the decoded images in memory: lower data.image_size (memory grows with its "
-                           "square) or train on a part of the images")
+                           "holds them in memory with data.source=memory: stream the files instead (data.source=stream, "
+                           "pretraining), decode them once to disk (data.source=cache, selfsup data cache), or lower "
+                           "data.image_size (memory grows with its square)")
 
 
 def read_image_folder(root: Path, size: int, skip_bad: bool = False, quiet: bool = False,

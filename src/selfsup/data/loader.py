@@ -1,8 +1,8 @@
-"""Batches of ``(uint8 images, targets, indices)`` straight from the in-memory tensor.
+"""Batches of ``(uint8 images, targets, indices)`` straight from the in-memory (or memory-mapped) tensor.
 
 No worker processes and no per-image Python: a batch is one index operation on a tensor
 that lives on the training device when it fits (views are made there too, see
-``selfsup.views``). The order comes from :class:`~torch.utils.data.DistributedSampler`,
+``selfsup.views``); a memory-mapped cache is read a batch's rows at a time. The order comes from :class:`~torch.utils.data.DistributedSampler`,
 so each rank sees a disjoint shard, the shuffle depends only on (seed, epoch), and a run
 resumed mid-epoch continues with exactly the batches it had not seen.
 """
@@ -23,9 +23,12 @@ class BatchLoader:
     def __init__(self, dataset: ImageDataset, batch_size: int, device: torch.device, on_device: bool = True,
                  seed: int = 0, rank: int = 0, world_size: int = 1, shuffle: bool = True) -> None:
         self.batch_size, self.device = batch_size, device
-        self.store = dataset.images.to(device) if on_device else dataset.images
-        if not on_device and device.type == "cuda":
+        if not dataset.in_memory:
+            raise TypeError(f"BatchLoader reads tensors; {dataset.name} is files to decode: use StreamLoader")
+        self.store = dataset.store.to(device) if on_device else dataset.store
+        if not on_device and device.type == "cuda" and not dataset.mapped:
             self.store = self.store.pin_memory()  # asynchronous host-to-device copies
+        self.rows = dataset.rows.to(self.store.device) if dataset.rows is not None else None
         self.targets = dataset.targets.to(self.store.device)
         # The sampler only needs len(); drop_last keeps every rank at the same number of batches.
         self.sampler = DistributedSampler(range(len(dataset)), num_replicas=world_size, rank=rank,
@@ -43,7 +46,8 @@ class BatchLoader:
         order = torch.tensor(list(self.sampler), dtype=torch.long)
         for batch in range(start, len(self)):
             index = order[batch * self.batch_size:(batch + 1) * self.batch_size].to(self.store.device)
-            images, targets = self.store[index], self.targets[index]
+            images = self.store[index if self.rows is None else self.rows[index]]
+            targets = self.targets[index]
             yield (images.to(self.device, non_blocking=True), targets.to(self.device, non_blocking=True),
                    index.to(self.device, non_blocking=True))
 

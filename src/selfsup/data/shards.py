@@ -145,8 +145,6 @@ def read_shards(root: str | Path, split: str, size: int, skip_bad: bool = False,
     labels (-1: none), class names and the skipped samples (``shard:key``)."""
     root = Path(root).expanduser()
     shards = split_shards(root, split)
-    classes_file = root / CLASSES_FILE
-    classes = json.loads(classes_file.read_text()) if classes_file.is_file() else None
     total = sum(count_samples(shard) for shard in shards)  # headers only: nothing decoded yet
     check_fits_in_memory(total, size, f"the '{split}' shards of {root}")
     entries = ((shard, key, data, label) for shard in shards for key, data, _, label in samples(shard))
@@ -169,7 +167,14 @@ def read_shards(root: str | Path, split: str, size: int, skip_bad: bool = False,
     if not images:
         raise SelfsupError(f"no image in the '{split}' shards of {root} could be decoded")
     labels_array = np.asarray(labels, dtype=np.int64)
-    if classes is None:
-        classes = [str(c) for c in range(int(labels_array.max()) + 1)] if (labels_array >= 0).any() else []
+    classes = read_classes(root, labels)
     check_labels(labels_array, len(classes), f"the '{split}' shards of {root}")
-    return np.stack(images), labels_array, [str(c) for c in classes], skipped
+    return np.stack(images), labels_array, classes, skipped
+
+
+def read_classes(root: Path, labels: list[int]) -> list[str]:
+    """The class names in ``classes.json`` beside the shards; without one, the class indices as names."""
+    classes_file = root / CLASSES_FILE
+    if classes_file.is_file():
+        return [str(c) for c in json.loads(classes_file.read_text())]
+    return [str(c) for c in range(max(labels) + 1)] if labels and max(labels) >= 0 else []

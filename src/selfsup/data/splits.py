@@ -17,7 +17,7 @@ class DataConfig:
     """Where the images come from (the ``data`` section; see ``selfsup data inspect``)."""
 
     name: str = "fashion_mnist"
-    """Dataset name: fashion_mnist, mnist, cifar10, cifar100, stl10, imagefolder, webdataset, tensors."""
+    """Dataset name: fashion_mnist, mnist, cifar10, cifar100, stl10, imagefolder, webdataset, filelist, tensors."""
     root: str | None = None
     """Folder (or file, for ``tensors``); None searches the usual places."""
     train_split: str = "train"
@@ -36,6 +36,15 @@ class DataConfig:
     """Skip corrupt or unreadable images (counted in the log) instead of stopping."""
     on_device: Literal["auto", "always", "never"] = "auto"
     """Hold the uint8 image tensor on the training device (auto: when it takes < 25% of free memory)."""
+    source: Literal["auto", "memory", "stream", "cache"] = "auto"
+    """Where training images come from: ``memory`` (decoded once into RAM), ``stream`` (image files
+    decoded by worker processes, each view's crop from the full-resolution image), ``cache``
+    (decoded once into a memory-mapped file, see ``selfsup data cache``); ``auto``: stream image
+    files whose decoded pixels would take over a quarter of the available memory, else memory."""
+    workers: int | None = None
+    """Worker processes decoding a stream (None: all cores but one, shared among the processes of a machine)."""
+    cache_dir: str | None = None
+    """Where caches live (None: ``$SELFSUP_CACHE`` or ``~/.cache/selfsup/caches``)."""
 
 
 @dataclass(frozen=True)
@@ -100,23 +109,25 @@ def load_splits(cfg: DataConfig, *, seed: int = 0, labeled: bool = False, hold_o
     (``held_out`` is None) instead of refusing.
     """
     common = dict(name=cfg.name, root=cfg.root, image_size=cfg.image_size, download=cfg.download,
-                  skip_bad=cfg.skip_bad, quiet=quiet)
+                  skip_bad=cfg.skip_bad, quiet=quiet, cache_root=cfg.cache_dir)
     split = cfg.train_split
     if labeled:
         split = "+".join(part for part in split.split("+") if part != "unlabeled") or "train"
-    train = load_dataset(split=split, **common)
+    # Only pretraining streams: evaluations and strategies read their (labelled) sets whole.
+    train = load_dataset(split=split, source=cfg.source if not labeled else memory_or_cache(cfg.source), **common)
     held_out = None
     if labeled:
         train = train.select((train.targets >= 0).nonzero().squeeze(1)) if train.labeled else train
     elif hold_out > 0 and train.labeled:
         if not (hold_out_optional and 2 * hold_out > int((train.targets >= 0).sum())):
             train, held_out = train.split_off(hold_out, seed)
+            held_out = held_out.in_ram()  # a few hundred images: the monitors read them whole
     if cfg.subset is not None and not labeled:
         train = train.balanced_subset(cfg.subset, seed)
     if cfg.label_noise:
         train = with_label_noise(train, cfg.label_noise, seed)
     try:
-        test = load_dataset(split=cfg.test_split, **common)
+        test = load_dataset(split=cfg.test_split, source=memory_or_cache(cfg.source), **common)
     except SelfsupError as err:
         if labeled or cfg.name not in USER_FORMATS:
             raise
@@ -128,6 +139,11 @@ def load_splits(cfg: DataConfig, *, seed: int = 0, labeled: bool = False, hold_o
             if not part.labeled:
                 raise SelfsupError(f"{part.name} ({part.split}) has no labels: kNN and linear evaluation need them")
     return Splits(train, test, held_out)
+
+
+def memory_or_cache(source: str) -> str:
+    """The source of a set that is read whole (a test split; evaluation's sets): a cache when asked, else memory."""
+    return "cache" if source == "cache" else "memory"
 
 
 def with_label_noise(dataset: ImageDataset, fraction: float, seed: int = 0) -> ImageDataset:

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from ..tables import write_json
 from . import checkpoint, dist
-from .contracts import Freeze, Loader, NonFiniteLoss, Probe
+from .contracts import BadData, Freeze, Images, Loader, NonFiniteLoss, Probe, base_images
 from .metrics import MetricsLog
 from .optim import Schedule, apply_schedule
 from .preemption import Preempted, StopRequests
@@ -79,7 +79,7 @@ class Engine:
 
     # ------------------------------------------------------------ one step
 
-    def train_step(self, images: torch.Tensor, targets: torch.Tensor, index: torch.Tensor) -> dict[str, float]:
+    def train_step(self, images: Images, targets: torch.Tensor, index: torch.Tensor) -> dict[str, float]:
         """One optimiser step on a uint8 batch; returns the loss averaged over processes."""
         total = self.schedule.total_steps
         lr, weight_decay = self.schedule.lr(self.step), self.schedule.weight_decay_at(self.step)
@@ -122,7 +122,7 @@ class Engine:
         if after_step is not None:
             after_step(self.step / total)
         if self.probe is not None:
-            row.update(self.probe.step(images, targets))
+            row.update(self.probe.step(base_images(images), targets))
         row.update({k: dist.all_reduce_mean(v.detach().float().to(loss.device)).item() for k, v in out.items()
                     if k != "loss"})
         return row
@@ -224,9 +224,11 @@ class Engine:
                 bar = tqdm(total=min(self.steps_per_epoch, total - epoch * self.steps_per_epoch), initial=start,
                            desc=f"epoch {epoch + 1}/{epochs}", disable=self.quiet or not self.main,
                            dynamic_ncols=True, unit="step")
-                for images, targets, index in self.loader.iterate(start):
-                    tick = time.perf_counter()
-                    row = self.train_step(images, targets, index)
+                batches = self.loader.iterate(start)
+                tick = time.perf_counter()
+                while (batch := self._next_batch(batches)) is not None:
+                    row = self.train_step(*batch)
+                    # The step's time includes the wait for its batch: a loader that cannot keep up shows.
                     step_times.append(time.perf_counter() - tick)
                     self.train_seconds += step_times[-1]
                     self.epoch_losses.append(row["loss"])
@@ -244,6 +246,7 @@ class Engine:
                         break
                     if self.checkpoint_every_steps and self.step % self.checkpoint_every_steps == 0:
                         self.save()
+                    tick = time.perf_counter()
                 bar.close()
                 self._end_epoch(epoch)  # at an epoch's end (a stop there too): its row, monitor and checkpoint
                 if self.stopping and self.step < total:  # asked during the last step: the run is done anyway
@@ -257,6 +260,21 @@ class Engine:
         if self.main:
             write_json(self.run_dir / "summary.json", summary)
         return summary
+
+    def _next_batch(self, batches: Any) -> tuple[Images, torch.Tensor, torch.Tensor] | None:
+        """The loader's next batch (None at the epoch's end); unreadable data stops the run after
+        saving the steps already taken in ``last.pt``."""
+        try:
+            return next(batches)
+        except StopIteration:
+            return None
+        except BadData as err:
+            if not self.step:
+                raise
+            if self.step % self.steps_per_epoch:  # an epoch end saved the rest
+                self.save()
+            raise BadData(f"{err}. The steps trained so far are in {self.run_dir / 'checkpoints' / 'last.pt'} "
+                          f"(step {self.step}); --resume continues from there") from None
 
     def _end_epoch(self, epoch: int) -> None:
         last = self.step >= self.schedule.total_steps

@@ -5,6 +5,7 @@ import contextlib
 import datetime
 import functools
 import importlib.metadata
+import os
 import platform
 import socket
 import subprocess
@@ -134,15 +135,17 @@ def available_memory() -> int | None:
     return None
 
 
-def speed_settings(device: torch.device) -> dict[str, bool]:
+def speed_settings(device: torch.device) -> dict[str, bool | str]:
     """Switch on what is known to be safe and faster on ``device``, and say what it is (recorded in
     every run's ``meta.json``). On CUDA: TF32 matmuls and convolutions (10-bit mantissas inside fp32
     products, the default of most training code on Ampere and later) and cuDNN's autotuner (a run's
     input shapes do not change, so the first steps' search pays for itself). SGD and AdamW take their
     fused CUDA kernels where every parameter is on a GPU (:func:`~selfsup.engine.optim.build_optimizer`;
-    LARS has none). Nothing on the CPU."""
+    LARS has none). On the CPU: the OpenMP wait policy the process started with (``OMP_WAIT_POLICY``;
+    unset, torch's threads spin between parallel regions: faster steps, but they take the cores a
+    stream's workers need; benchmarks/RESULTS.md, 24)."""
     if device.type != "cuda":
-        return {}
+        return {"omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset (spinning)")}
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     torch.backends.cudnn.benchmark = True

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .contracts import Batch
+from .contracts import Batch, Images, Precropped
 from .runtime import Precision
 
 
@@ -58,12 +58,15 @@ def preserved(module: nn.Module, *others: Any) -> Iterator[None]:
             param.grad = None
 
 
-def forward_views(module: nn.Module, images: torch.Tensor, targets: torch.Tensor, index: torch.Tensor, progress: float,
+def forward_views(module: nn.Module, images: Images, targets: torch.Tensor, index: torch.Tensor, progress: float,
                   *, precision: Precision, device: torch.device, channels_last: bool,
                   model: nn.Module | None = None) -> dict[str, torch.Tensor]:
     """The forward half of a training step: ``module.views`` of the uint8 ``images`` without gradient,
     in the memory layout asked, then ``model`` (``module`` itself, or its DDP wrapper) on them under
-    autocast; returns its ``{"loss", ...}``."""
+    autocast; returns its ``{"loss", ...}``. A streamed batch whose workers took no crops gives the
+    views its base images."""
+    if isinstance(images, Precropped) and not images.crops:
+        images = images.base
     with torch.no_grad():
         views = module.views(images)
     views = to_channels_last(views) if channels_last else [v.contiguous() for v in views]

@@ -14,9 +14,10 @@ from typing import Any
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from ..config import RunConfig
-from ..data import BatchLoader, DataFacts, ImageDataset, Splits, labeled_part, load_splits
+from ..data import BatchLoader, DataFacts, ImageDataset, Splits, StreamLoader, default_workers, labeled_part, load_splits
 from ..engine import Engine, Freeze, Precision, Schedule, build_optimizer, checkpoint, dist, preserved
 from ..engine.steps import forward_views, synchronize
 from ..errors import SelfsupError
@@ -77,7 +78,7 @@ def monitor_sets(splits: Splits, config: RunConfig) -> tuple[ImageDataset, Image
         queries, split = splits.held_out, f"held-out training images (seed {cfg.seed}), never trained on"
     else:
         return None
-    return labeled_part(splits.train).balanced_subset(cfg.knn_bank_size, cfg.seed), queries, split
+    return labeled_part(splits.train).balanced_subset(cfg.knn_bank_size, cfg.seed).in_ram(), queries, split
 
 
 def monitors_run(config: RunConfig) -> bool:
@@ -126,6 +127,15 @@ def time_forward_backward(method: nn.Module, images: torch.Tensor, device: torch
         return time.perf_counter() - start
 
 
+def compile_backbones(method: nn.Module) -> list[str]:
+    """``torch.compile`` every backbone of ``method`` in place (``nn.Module.compile``: parameter names,
+    and so checkpoints, stay as they are); returns their names."""
+    names = [name for name, module in method.named_modules() if name.rsplit(".", 1)[-1] == "backbone"]
+    for name in names:
+        method.get_submodule(name).compile()
+    return names
+
+
 class Pretraining:
     """Everything a pretraining run is made of; ``fit()`` runs it."""
 
@@ -158,17 +168,19 @@ class Pretraining:
                 raise SelfsupError("train.sync_bn needs GPUs (PyTorch's SyncBatchNorm has no CPU kernel); "
                                    "on CPU leave it off: each process normalises over its own batch")
             self.method = nn.SyncBatchNorm.convert_sync_batchnorm(self.method)
+        self.compiled = compile_backbones(self.method) if cfg.compile else []
         if self.main:
             checkpoint.check_disk_space(self.run_dir, self.method)
-        on_device = config.data.on_device == "always" or (config.data.on_device == "auto" and self._fits_on_device())
-        self.loader = BatchLoader(self.splits.train, cfg.batch_size // world, device=self.device, on_device=on_device,
-                                  seed=cfg.seed, rank=dist.rank(), world_size=world)
+        sets = monitor_sets(self.splits, config)
+        self.loader = self._loader(probe=sets is not None and cfg.online_probe)
         if len(self.loader) == 0:
             raise SelfsupError(f"train.batch_size={cfg.batch_size} is larger than the training set "
                                f"({len(self.splits.train)} images{f' over {world} processes' if world > 1 else ''}); "
                                "lower the batch size")
         if resumed is not None and resumed.get("channels_last") is not None and cfg.channels_last is None:
             self.channels_last = bool(resumed["channels_last"])  # decided once per run: a resumed run computes alike
+        elif cfg.channels_last is not None:
+            self.channels_last = cfg.channels_last
         else:
             first_batch = next(self.loader.iterate())[0]
             self.channels_last = choose_channels_last(config, self.method, first_batch, self.device, self.precision,
@@ -178,7 +190,6 @@ class Pretraining:
         total = cfg.epochs * self.steps_per_epoch if cfg.max_steps is None else \
             min(cfg.epochs * self.steps_per_epoch, cfg.max_steps)
         optimizer = build_optimizer(self.method.param_groups(), config.optim, self._schedule(total).peak_lr)
-        sets = monitor_sets(self.splits, config)
         self.monitor = KnnMonitor(self.method, *sets, self.data_info, config, self.precision, self.channels_last) \
             if sets is not None and cfg.knn_every > 0 else None
         self.probe = self._online_probe(sets[1]) if sets is not None and cfg.online_probe else None
@@ -213,7 +224,7 @@ class Pretraining:
                 self._fit_budget(cfg.minutes)
         self.run.record({"data": self.data_info.to_dict(), "channels_last": self.channels_last,
                          "resumed_at_step": self.engine.step, "total_steps": self.engine.schedule.total_steps, "steps_per_epoch": self.steps_per_epoch,
-                         "monitor": meta["monitor"], "online_probe": meta["online_probe"],
+                         "monitor": meta["monitor"], "online_probe": meta["online_probe"], "compiled": self.compiled,
                          "best_by": self.engine.criterion, "budget": self.budget}, config=config)
 
     def _online_probe(self, queries: ImageDataset) -> OnlineProbe:
@@ -238,11 +249,38 @@ class Pretraining:
     def _schedule(self, total_steps: int) -> Schedule:
         return Schedule.from_config(self.config.optim, total_steps, self.steps_per_epoch, self.config.train.batch_size)
 
+    def _loader(self, probe: bool) -> BatchLoader | StreamLoader:
+        """Batches of the training set: from its tensor (in memory, on the device when it fits, or
+        memory-mapped), or streamed from its files by worker processes that take the views' crops
+        (and make the whole image at the training size only when the online ``probe`` reads it)."""
+        cfg, data, world = self.config.train, self.config.data, dist.world_size()
+        train = self.splits.train
+        if not train.in_memory:
+            crops = self.method.views.crops() if hasattr(self.method.views, "crops") else []
+            workers = data.workers if data.workers is not None else default_workers(dist.local_world_size())
+            if self.main and not self.quiet:
+                print(f"data: streaming {len(train)} images with {workers} worker processes"
+                      + (f", {len(crops)} crops per image taken from the full-resolution image" if crops else
+                         f", each at {train.image_size} px"))
+            return StreamLoader(train, cfg.batch_size // world, self.device, crops, workers=workers, seed=cfg.seed,
+                                rank=dist.rank(), world_size=world, base=probe, on_skip=self._skipped)
+        on_device = data.on_device == "always" or (data.on_device == "auto" and self._fits_on_device())
+        return BatchLoader(train, cfg.batch_size // world, device=self.device, on_device=on_device,
+                           seed=cfg.seed, rank=dist.rank(), world_size=world)
+
+    def _skipped(self, files: list[str]) -> None:
+        """Files a stream skipped (``data.skip_bad``): said once each and listed in ``skipped.txt``."""
+        with open(self.run_dir / f"skipped{'' if self.main else f'-rank{dist.rank()}'}.txt", "a") as listing:
+            listing.writelines(f"{name}\n" for name in files)
+        if not self.quiet:
+            for name in files:
+                tqdm.write(f"note: skipped {name}: it does not decode (data.skip_bad)")
+
     def _fits_on_device(self) -> bool:
         if self.device.type != "cuda":
             return True
         free, _ = torch.cuda.mem_get_info(self.device)
-        return self.splits.train.images.numel() < 0.25 * free
+        return self.splits.train.nbytes < 0.25 * free
 
     def _check_resumable(self, state: dict[str, Any]) -> None:
         checkpoint.check_compatible(state, self.config.to_dict())

@@ -37,7 +37,7 @@ class Run:
     precision: Precision
     resume_from: Path | None
     command: list[str] | None = None
-    speed: dict[str, bool] = dataclasses.field(default_factory=dict)
+    speed: dict[str, bool | str] = dataclasses.field(default_factory=dict)
     """What :func:`~selfsup.engine.runtime.speed_settings` switched on for this device."""
 
     @property

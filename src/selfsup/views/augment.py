@@ -14,7 +14,7 @@ import kornia.augmentation as K
 import torch
 from torch import nn
 
-from ..data import DataFacts
+from ..data import CropSpec, DataFacts
 from .color import ColorJitter
 
 
@@ -95,18 +95,31 @@ class Augment(nn.Module):
             ops.append(K.Normalize(torch.tensor(image.mean), torch.tensor(image.std)))
         self.ops = nn.Sequential(*ops)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.ops(to_unit_float(images))
+    @property
+    def crop_spec(self) -> CropSpec:
+        """This view's random resized crop, for a streaming loader's workers to take."""
+        return CropSpec(self.size, tuple(self.spec.crop_scale), tuple(self.spec.crop_ratio))
+
+    def forward(self, images: torch.Tensor, box: torch.Tensor | None = None) -> torch.Tensor:
+        """``box`` (B, 4): ``images`` are crops a streaming worker already took (at this view's size,
+        from the full image; the box as fractions of it): the rest of the view is made here."""
+        self._worker_box = box
+        if box is None:
+            return self.ops(to_unit_float(images))
+        return self.ops[1:](to_unit_float(images))
 
     def geometry(self) -> torch.Tensor:
         """(B, 5) of the last call: the crop box [x0, y0, x1, y1] as fractions of the image side
         and 1.0 where the view was mirrored (the transform an inverse-predictive task predicts)."""
         params = getattr(self.crop, "_params", None)
-        if not params or "src" not in params:
+        if getattr(self, "_worker_box", None) is not None:
+            box = self._worker_box.float()
+        elif not params or "src" not in params:
             raise RuntimeError("geometry() describes the last view made: call the augmentation first")
-        corners = params["src"].float()                                      # (B, 4, 2) x, y
-        side = params["input_size"].float().flip(-1)                          # (B, 2) as (W, H)
-        box = torch.cat([corners[:, 0], corners[:, 2] + 1], dim=1) / side.repeat(1, 2)
+        else:
+            corners = params["src"].float()                                      # (B, 4, 2) x, y
+            side = params["input_size"].float().flip(-1)                          # (B, 2) as (W, H)
+            box = torch.cat([corners[:, 0], corners[:, 2] + 1], dim=1) / side.repeat(1, 2)
         flipped = self.flip._params["batch_prob"].float() if self.flip is not None else torch.zeros(len(box))
         return torch.cat([box, flipped.to(box.device).view(-1, 1)], dim=1)
 

@@ -4,13 +4,29 @@ A view generator turns a uint8 batch into the list of tensors a method's forward
 Each is built from :class:`~selfsup.views.augment.Augment` pipelines (composition): its
 keyword arguments, nested :class:`AugmentSpec` settings included, form the ``views`` section
 of a run config.
+
+Each also lists its random resized crops (``crops()``, in the order it uses them) so that a
+streaming loader's workers can take them from the full-resolution image; given such a
+:class:`~selfsup.engine.Precropped` batch, it makes the rest of each view from those crops.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from ..data import CropSpec
+from ..engine import Images, Precropped
 from .augment import Augment, AugmentSpec, ImageInfo
+
+
+def apply(augments: list[Augment], images: Images) -> list[torch.Tensor]:
+    """Each augmentation's view of ``images``: of the whole uint8 batch, or of the crop a streaming
+    worker took for it (the i-th crop for the i-th augmentation)."""
+    if isinstance(images, Precropped):
+        if len(images.crops) != len(augments):
+            raise ValueError(f"{len(images.crops)} crops were taken for {len(augments)} views")
+        return [augment(crop, box) for augment, crop, box in zip(augments, images.crops, images.boxes)]
+    return [augment(images) for augment in augments]
 
 
 class OneView(nn.Module):
@@ -22,8 +38,11 @@ class OneView(nn.Module):
         super().__init__()
         self.augment = Augment(image, augment)
 
-    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
-        return [self.augment(images)]
+    def crops(self) -> list[CropSpec]:
+        return [self.augment.crop_spec]
+
+    def forward(self, images: Images) -> list[torch.Tensor]:
+        return apply([self.augment], images)
 
 
 class TwoViews(nn.Module):
@@ -41,8 +60,14 @@ class TwoViews(nn.Module):
         self.first = Augment(image, augment)
         self.second = Augment(image, augment_b) if augment_b is not None else None
 
-    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
-        return [self.first(images), (self.second or self.first)(images)]
+    def augments(self) -> list[Augment]:
+        return [self.first, self.second or self.first]
+
+    def crops(self) -> list[CropSpec]:
+        return [augment.crop_spec for augment in self.augments()]
+
+    def forward(self, images: Images) -> list[torch.Tensor]:
+        return apply(self.augments(), images)
 
 
 def relative_transform(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
@@ -68,11 +93,15 @@ class TwoViewsAndTransform(nn.Module):
         self.image = image
         self.augment = Augment(image, augment)
 
-    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
-        first = self.augment(images)
-        first_geometry = self.augment.geometry()
-        second = self.augment(images)
-        return [first, second, relative_transform(first_geometry, self.augment.geometry()).to(first.device)]
+    def crops(self) -> list[CropSpec]:
+        return [self.augment.crop_spec] * 2
+
+    def forward(self, images: Images) -> list[torch.Tensor]:
+        first, second = (images.crops, images.boxes) if isinstance(images, Precropped) else ((images,) * 2, (None,) * 2)
+        view_a = self.augment(first[0], second[0])
+        geometry_a = self.augment.geometry()
+        view_b = self.augment(first[1], second[1])
+        return [view_a, view_b, relative_transform(geometry_a, self.augment.geometry()).to(view_a.device)]
 
 
 class MultiCropViews(nn.Module):
@@ -102,7 +131,12 @@ class MultiCropViews(nn.Module):
             if global_augment_b is not None else None
         self.local_crop = Augment(image, local_augment, size=local_size or max(4, round(image.size * 3 / 7)))
 
-    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
-        return [self.global_crop(images), (self.global_crop_b or self.global_crop)(images)] + \
-            [self.local_crop(images) for _ in range(self.num_local)]
+    def augments(self) -> list[Augment]:
+        return [self.global_crop, self.global_crop_b or self.global_crop] + [self.local_crop] * self.num_local
+
+    def crops(self) -> list[CropSpec]:
+        return [augment.crop_spec for augment in self.augments()]
+
+    def forward(self, images: Images) -> list[torch.Tensor]:
+        return apply(self.augments(), images)
 
