@@ -121,17 +121,24 @@ def images_per_second(batches, count: int, warmup: int, batch: int) -> float:  #
     return count * batch / (time.perf_counter() - start)
 
 
+def measured(make, args: argparse.Namespace) -> float:  # noqa: ANN001
+    """img/s of a fresh pipeline after a warm-up, closed afterwards: no pipeline's workers are left
+    prefetching while the next one is timed."""
+    batches = make()
+    try:
+        return images_per_second(batches, args.batches, 3, args.batch)
+    finally:
+        batches.close()
+
+
 def input_part(folder: Path, args: argparse.Namespace) -> dict:
     rows = {}
     for size in args.sizes:
-        makers = {name: PIPELINES[name](folder, size, args.batch, args.workers) for name in args.pipelines}
-        rounds: dict[str, list[float]] = {name: [] for name in makers}
+        rounds: dict[str, list[float]] = {name: [] for name in args.pipelines}
         for round_index in range(args.rounds):  # interleaved: the host's drift hits every pipeline alike
-            for name, batches in makers.items():
-                rounds[name].append(images_per_second(batches, args.batches, 2 if round_index == 0 else 0, args.batch))
+            for name in args.pipelines:
+                rounds[name].append(measured(lambda: PIPELINES[name](folder, size, args.batch, args.workers), args))
                 print(f"{size} px, round {round_index + 1}: {name:24s} {rounds[name][-1]:6.1f} img/s", flush=True)
-        for name in makers:
-            makers[name].close()
         median = {name: round(statistics.median(values), 1) for name, values in rounds.items()}
         ratios = {f"selfsup / {name}": round(statistics.median(
             [a / b for a, b in zip(rounds["selfsup stream"], rounds[name])]), 2)
@@ -201,11 +208,10 @@ def stl_part(args: argparse.Namespace) -> dict:
                 with torch.no_grad():
                     yield views(images)
 
-    makers = {name: batches(name) for name in sets}
     rounds: dict[str, list[float]] = {name: [] for name in sets}
     for round_index in range(args.rounds):
-        for name, maker in makers.items():
-            rounds[name].append(images_per_second(maker, args.batches, 2 if round_index == 0 else 0, args.batch))
+        for name in sets:
+            rounds[name].append(measured(lambda: batches(name), args))
             print(f"stl round {round_index + 1}: {name:7s} {rounds[name][-1]:7.1f} img/s", flush=True)
     return {"images": args.stl_images, "workers": args.workers,
             "img_per_s": {k: round(statistics.median(v), 1) for k, v in rounds.items()}, "rounds": rounds}

@@ -23,7 +23,7 @@ from selfsup.data.stream import CroppingReader, crop_box
 from selfsup.engine import BadData, Precropped, checkpoint
 from selfsup.errors import SelfsupError
 from selfsup.recipes.pretrain import pretrain
-from selfsup.views import ImageInfo, MultiCropViews, TwoViews, TwoViewsAndTransform
+from selfsup.views import AugmentSpec, ImageInfo, MultiCropViews, OneView, TwoViews, TwoViewsAndTransform
 
 
 def test_crop_boxes_follow_random_resized_crop():
@@ -106,6 +106,10 @@ def test_view_generators_finish_the_crops_workers_took(tmp_path):
                        [torch.tensor([[0.0, 0.0, 0.5, 0.5]]).repeat(4, 1)] * 4)
     views = multi(batch)
     assert [v.shape[-1] for v in views] == [16, 16, 7, 7]
+    # Nothing random left but the crop, which the workers took: the view is the crop, normalised.
+    plain = AugmentSpec(flip_p=0.0, jitter_p=0.0, grayscale_p=0.0)
+    one = OneView(info, augment=plain)(Precropped(None, batch.crops[2:3], batch.boxes[2:3]))[0]
+    assert torch.allclose(one, (batch.crops[2].float() / 255 - 0.5) / 0.25, atol=1e-5)
     transform = TwoViewsAndTransform(info, augment=TwoViews(info).first.spec)
     boxes = [torch.tensor([[0.0, 0.0, 0.5, 0.5]]).repeat(4, 1), torch.tensor([[0.5, 0.5, 1.0, 1.0]]).repeat(4, 1)]
     out = transform(Precropped(batch.base, batch.crops[:2], boxes))
@@ -293,3 +297,40 @@ def test_a_standard_dataset_caches_too(mnist_root, tmp_path, capsys):
     assert cached.mapped and torch.equal(cached.images, memory.images) and cached.classes == memory.classes
     with pytest.raises(SelfsupError, match="data.source=stream reads image files"):
         load_dataset("fashion_mnist", "test", mnist_root, source="stream", quiet=True)
+
+
+@pytest.mark.parametrize("method", ["dino", "rotation"])
+def test_streamed_runs_with_the_monitors_on(method, tmp_path):
+    """The probe and the kNN monitor read the base images (decoded in memory for the bank and queries);
+    a method whose views take no crops is given the base images."""
+    folder = write_photos(tmp_path / "p", count=20)
+    config = tiny_config(Path("/unused"), **{"data.name": "imagefolder", "data.root": str(folder),
+                                            "data.image_size": 16, "data.source": "stream", "data.workers": 1,
+                                            "train.batch_size": 8, "train.epochs": 1, "train.knn_test_size": 8,
+                                            "train.knn_bank_size": 16, "method.name": method})
+    summary = pretrain(config, tmp_path / "run", quiet=True)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    epoch = [row for row in rows if row["stream"] == "epoch"][-1]
+    assert summary["steps"] == 4 and "knn_top1" in epoch and "probe_top1" in epoch
+
+
+def test_crop_seeds_differ_for_every_image_epoch_and_any_seed():
+    from selfsup.data.stream import crop_seed
+
+    seeds = {crop_seed(seed, epoch, index) for seed in (0, 20240101, 2**31 - 1) for epoch in (0, 1)
+             for index in (0, 1, 1_000_003)}
+    assert len(seeds) == 18 and all(0 <= s < 2**63 for s in seeds)
+    torch.Generator().manual_seed(crop_seed(2**31 - 1, 5, 10**7))  # no overflow
+
+
+def test_a_test_split_missing_a_class_is_numbered_like_training(tmp_path):
+    from selfsup.data import DataConfig, load_splits
+
+    folder = write_image_folder(tmp_path / "photos", per_class=2, size=20)
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    (lists / "train.txt").write_text(f"{folder}/cat/0.png,10\n{folder}/dog/0.png,2\n{folder}/dog/1.jpg,2\n")
+    (lists / "test.txt").write_text(f"{folder}/cat/1.jpg,10\n")
+    splits = load_splits(DataConfig(name="filelist", root=str(lists), image_size=8), quiet=True)
+    assert splits.train.classes == ["2", "10"] and splits.train.targets.tolist() == [1, 0, 0]
+    assert splits.test.classes == ["2", "10"] and splits.test.targets.tolist() == [1]

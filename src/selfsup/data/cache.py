@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -54,8 +55,10 @@ def write_cache(dataset: ImageDataset, folder: str | Path, quiet: bool = False) 
     folder = Path(folder).expanduser()
     if is_complete(folder):
         raise SelfsupError(f"{folder} already holds a cache; delete it to build it again")
-    shutil.rmtree(folder.with_name(folder.name + ".partial"), ignore_errors=True)
-    partial = folder.with_name(folder.name + ".partial")
+    # A name of this process's own: two machines sharing the folder never write into one file; the
+    # first complete cache to be renamed into place is the one kept.
+    partial = folder.with_name(f"{folder.name}.partial-{socket.gethostname()}-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     free = shutil.disk_usage(partial).free
     if dataset.nbytes > free:
@@ -91,9 +94,14 @@ def write_cache(dataset: ImageDataset, folder: str | Path, quiet: bool = False) 
     info = {"name": dataset.name, "split": dataset.split, "images": written, "shape": list(shape[1:]),
             "classes": list(dataset.classes), "skipped": skipped}
     (partial / INFO).write_text(json.dumps(info, indent=1) + "\n")
-    if folder.exists():
-        shutil.rmtree(folder)
-    partial.rename(folder)
+    if folder.exists() and not is_complete(folder):
+        shutil.rmtree(folder)  # what a killed build left
+    try:
+        partial.rename(folder)
+    except OSError:
+        if not is_complete(folder):
+            raise
+        shutil.rmtree(partial)  # another process finished first: its cache is the same
     return folder
 
 

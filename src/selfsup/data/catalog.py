@@ -22,6 +22,7 @@ import torch
 from tqdm import tqdm
 
 from ..errors import SelfsupError, closest
+from ..engine import dist
 from ..engine.runtime import available_memory
 from ..tables import human_bytes
 from . import formats, shards
@@ -307,12 +308,13 @@ def load_dataset(name: str = "fashion_mnist", split: str = "train", root: str | 
         raise SelfsupError(f"{name} data needs data.root: {USER_FORMATS[name]}")
     if source == "cache":
         folder = cache_folder(name, root, split, image_size, cache_root)
-        if not is_complete(folder):
+        if not is_complete(folder) and dist.local_rank() == 0:  # one process a machine builds it; the rest wait
             if not quiet:
                 print(f"data: building the cache of {name} ({split}) in {folder} (once)")
             uncached = load_dataset(name, split, root, image_size, download, skip_bad, quiet,
                                     "stream" if name in FILE_FORMATS else "memory")
             write_cache(uncached, folder, quiet)
+        dist.barrier()
         return read_cache(folder)
     if name in FILE_FORMATS:
         parts = [file_dataset(name, Path(root).expanduser(), part, image_size or DEFAULT_FILE_SIZE, skip_bad)

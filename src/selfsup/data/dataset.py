@@ -100,16 +100,18 @@ class ImageDataset:
         return bool((self.targets >= 0).any())
 
     def stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
-        """Per-channel mean and standard deviation of the pixels in [0, 1] (float64 sums); of a file
-        store, measured on a seeded sample of ``STATS_SAMPLE`` images."""
+        """Per-channel mean and standard deviation of the pixels in [0, 1] (float64 sums); of files or
+        a memory-mapped cache, measured on a seeded sample of ``STATS_SAMPLE`` images (reading them all
+        could take hours)."""
         total = torch.zeros(self.channels, dtype=torch.float64)
         squares = torch.zeros(self.channels, dtype=torch.float64)
         positions = torch.arange(len(self))
-        if not self.in_memory and len(self) > STATS_SAMPLE:
+        if (not self.in_memory or self.mapped) and len(self) > STATS_SAMPLE:
             positions = torch.randperm(len(self), generator=torch.Generator().manual_seed(0))[:STATS_SAMPLE].sort().values
         count = 0
-        for start in range(0, len(positions), CHUNK):
-            part = positions[start:start + CHUNK]
+        chunk_size = max(1, min(CHUNK, 2**25 // (self.channels * self.image_size ** 2)))  # float64 copies of <= 256 MB
+        for start in range(0, len(positions), chunk_size):
+            part = positions[start:start + chunk_size]
             if self.in_memory:
                 pixels = self.pixels(part)
             else:  # files that do not decode are left out here; training reports them

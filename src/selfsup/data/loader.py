@@ -25,6 +25,8 @@ class BatchLoader:
         self.batch_size, self.device = batch_size, device
         if not dataset.in_memory:
             raise TypeError(f"BatchLoader reads tensors; {dataset.name} is files to decode: use StreamLoader")
+        if dataset.rows is not None and on_device and device.type != "cpu":
+            dataset = dataset.in_ram()  # the rows asked for go to the device, not the whole store
         self.store = dataset.store.to(device) if on_device else dataset.store
         if not on_device and device.type == "cuda" and not dataset.mapped:
             self.store = self.store.pin_memory()  # asynchronous host-to-device copies

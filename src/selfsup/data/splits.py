@@ -98,7 +98,7 @@ class Splits:
 
 
 def load_splits(cfg: DataConfig, *, seed: int = 0, labeled: bool = False, hold_out: int = 0,
-                hold_out_optional: bool = False, quiet: bool = False) -> Splits:
+                hold_out_optional: bool = False, stream: bool = False, quiet: bool = False) -> Splits:
     """The train and test sets of ``cfg``.
 
     ``labeled=True`` (evaluation): only labelled training images (STL-10's ``unlabeled`` part is
@@ -106,15 +106,16 @@ def load_splits(cfg: DataConfig, *, seed: int = 0, labeled: bool = False, hold_o
     monitor): a seeded, class-balanced set of N labelled training images is kept out of the
     training set, so that the monitor (and ``best.pt``) never looks at the test split.
     ``hold_out_optional``: a training set with fewer than twice N labelled images keeps them all
-    (``held_out`` is None) instead of refusing.
+    (``held_out`` is None) instead of refusing. ``stream``: the training set may be streamed
+    (``data.source`` stream or auto; pretraining's loader reads files); every other reader gets
+    its sets whole, in memory or from a cache.
     """
     common = dict(name=cfg.name, root=cfg.root, image_size=cfg.image_size, download=cfg.download,
                   skip_bad=cfg.skip_bad, quiet=quiet, cache_root=cfg.cache_dir)
     split = cfg.train_split
     if labeled:
         split = "+".join(part for part in split.split("+") if part != "unlabeled") or "train"
-    # Only pretraining streams: evaluations and strategies read their (labelled) sets whole.
-    train = load_dataset(split=split, source=cfg.source if not labeled else memory_or_cache(cfg.source), **common)
+    train = load_dataset(split=split, source=cfg.source if stream else memory_or_cache(cfg.source), **common)
     held_out = None
     if labeled:
         train = train.select((train.targets >= 0).nonzero().squeeze(1)) if train.labeled else train
@@ -134,11 +135,25 @@ def load_splits(cfg: DataConfig, *, seed: int = 0, labeled: bool = False, hold_o
         test = None
         if not quiet:
             print(f"note: no test split ({err})")
+    if test is not None and test.labeled and train.labeled and test.classes != train.classes:
+        test = same_classes(test, train)
     if labeled:
         for part in (train, test):
             if not part.labeled:
                 raise SelfsupError(f"{part.name} ({part.split}) has no labels: kNN and linear evaluation need them")
     return Splits(train, test, held_out)
+
+
+def same_classes(test: ImageDataset, train: ImageDataset) -> ImageDataset:
+    """``test`` with its labels renumbered to the training set's classes, by name (a test folder or
+    list that lacks a class numbers the others differently)."""
+    unknown = sorted(set(test.classes) - set(train.classes))
+    if unknown:
+        raise SelfsupError(f"{test.name}: the test split has classes the training split has not: "
+                           f"{', '.join(unknown[:5])}")
+    renumber = torch.tensor([train.classes.index(name) for name in test.classes], dtype=torch.long)
+    targets = torch.where(test.targets >= 0, renumber[test.targets.clamp_min(0)], test.targets)
+    return dataclasses.replace(test, targets=targets, classes=list(train.classes))
 
 
 def memory_or_cache(source: str) -> str:

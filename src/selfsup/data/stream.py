@@ -34,7 +34,6 @@ from ..errors import SelfsupError
 from .dataset import ImageDataset
 from .formats import IMAGE_SUFFIXES, check_fits_in_memory, decode_images, fit_square
 
-SEED_STRIDE = 1_000_003  # a prime: (seed, epoch, position) -> distinct generator seeds
 
 
 @dataclass(frozen=True)
@@ -71,6 +70,12 @@ def crop_box(width: int, height: int, spec: CropSpec, generator: torch.Generator
     else:
         w, h = width, height
     return (width - w) // 2, (height - h) // 2, w, h
+
+
+def crop_seed(seed: int, epoch: int, index: int) -> int:
+    """A generator seed for one image's crops in one epoch: a hash of the three (numpy's SeedSequence),
+    so that no two (seed, epoch, image) share one, for any seed and any number of images."""
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1, np.uint64)[0] & (2**63 - 1))
 
 
 class FileStore:
@@ -203,7 +208,7 @@ def read_file_list(path: Path) -> tuple[list[Path], list[int], list[str]]:
     if not path.is_file():
         raise SelfsupError(f"file list {path} does not exist")
     files, names = [], []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
@@ -222,10 +227,13 @@ def read_file_list(path: Path) -> tuple[list[Path], list[int], list[str]]:
                            "give every image a class, or none")
     missing = [f for f in files[:10000] if not f.is_file()]  # a first check; every read checks again
     if missing:
-        raise SelfsupError(f"{path} lists {files.index(missing[0]) + 1 and missing[0]}, which does not exist"
+        raise SelfsupError(f"{path} lists {missing[0]}, which does not exist"
                            + (f" ({len(missing)} missing in the first 10000 lines)" if len(missing) > 1 else ""))
-    classes = sorted({n for n in names if n is not None})
-    labels = [classes.index(n) if n is not None else -1 for n in names]
+    named = {n for n in names if n is not None}
+    # Class names that are all numbers keep their numeric order ("2" before "10").
+    classes = sorted(named, key=int) if all(n.lstrip("-").isdigit() for n in named) else sorted(named)
+    number = {name: index for index, name in enumerate(classes)}
+    labels = [number[n] if n is not None else -1 for n in names]
     return files, labels, classes
 
 
@@ -259,7 +267,7 @@ class CroppingReader(Dataset):
                     return ("bad", self.store.name_of(row), err)
                 bad.append(self.store.name_of(row))
                 continue
-            generator = torch.Generator().manual_seed((self.seed * SEED_STRIDE + self.epoch) * SEED_STRIDE + index)
+            generator = torch.Generator().manual_seed(crop_seed(self.seed, self.epoch, index))
             base, crops, boxes = self.views_of(image, generator)
             return base, crops, boxes, int(self.targets[index]), index, bad
         raise SelfsupError(f"no image of {self.store.source} could be decoded")

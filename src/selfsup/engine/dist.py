@@ -73,6 +73,12 @@ def gather_objects(obj: object) -> list[object]:
     return out
 
 
+def barrier() -> None:
+    """Wait for every process (nothing to wait for in a single process)."""
+    if is_initialized():
+        dist.barrier()
+
+
 def broadcast_object(obj: object, src: int = 0) -> object:
     if not is_initialized():
         return obj

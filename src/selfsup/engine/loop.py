@@ -130,15 +130,15 @@ class Engine:
     def time_steps(self, count: int, warmup: int = 1) -> float:
         """Seconds per training step, measured on real batches, then undone (weights, optimiser,
         RNG and step are as before): sizes a run to a time budget."""
-        images, targets, index = next(self.loader.iterate())
         step = self.step
-        with preserved(self.module, self.optimizer, self.scaler, *([self.probe] if self.probe is not None else [])):
-            for _ in range(warmup):
-                self.train_step(images, targets, index)
+        with preserved(self.module, self.optimizer, self.scaler, *([self.probe] if self.probe is not None else [])), \
+                closing(self._endless_batches()) as batches:
+            for _ in range(warmup):  # also starts a stream's workers
+                self.train_step(*next(batches))
             synchronize(self.device)
             start = time.perf_counter()
-            for _ in range(count):
-                self.train_step(images, targets, index)
+            for _ in range(count):  # fresh batches: a loader slower than the steps is counted
+                self.train_step(*next(batches))
             synchronize(self.device)
             seconds = (time.perf_counter() - start) / count
         self.step = step
@@ -224,29 +224,29 @@ class Engine:
                 bar = tqdm(total=min(self.steps_per_epoch, total - epoch * self.steps_per_epoch), initial=start,
                            desc=f"epoch {epoch + 1}/{epochs}", disable=self.quiet or not self.main,
                            dynamic_ncols=True, unit="step")
-                batches = self.loader.iterate(start)
-                tick = time.perf_counter()
-                while (batch := self._next_batch(batches)) is not None:
-                    row = self.train_step(*batch)
-                    # The step's time includes the wait for its batch: a loader that cannot keep up shows.
-                    step_times.append(time.perf_counter() - tick)
-                    self.train_seconds += step_times[-1]
-                    self.epoch_losses.append(row["loss"])
-                    throughput = images_per_step / (sum(step_times[-20:]) / len(step_times[-20:]))
-                    bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.3g}", img_s=f"{throughput:.0f}",
-                                    eta=format_seconds((total - self.step) * images_per_step / throughput),
-                                    refresh=False)
-                    bar.update()
-                    if self.step % self.log_every == 0 or self.step == total:
-                        self.log.log("step", {"step": self.step, "epoch": epoch, **row,
-                                              "img_per_s": round(throughput, 1)})
-                    if self.stopping and self.main and self.step < total:
-                        self.stop.announce()
-                    if self.stopping or self.step >= total:
-                        break
-                    if self.checkpoint_every_steps and self.step % self.checkpoint_every_steps == 0:
-                        self.save()
+                with closing(self.loader.iterate(start)) as batches:  # a stop mid-epoch ends a stream's workers too
                     tick = time.perf_counter()
+                    while (batch := self._next_batch(batches)) is not None:
+                        row = self.train_step(*batch)
+                        # The step's time includes the wait for its batch: a loader that cannot keep up shows.
+                        step_times.append(time.perf_counter() - tick)
+                        self.train_seconds += step_times[-1]
+                        self.epoch_losses.append(row["loss"])
+                        throughput = images_per_step / (sum(step_times[-20:]) / len(step_times[-20:]))
+                        bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.3g}", img_s=f"{throughput:.0f}",
+                                        eta=format_seconds((total - self.step) * images_per_step / throughput),
+                                        refresh=False)
+                        bar.update()
+                        if self.step % self.log_every == 0 or self.step == total:
+                            self.log.log("step", {"step": self.step, "epoch": epoch, **row,
+                                                  "img_per_s": round(throughput, 1)})
+                        if self.stopping and self.main and self.step < total:
+                            self.stop.announce()
+                        if self.stopping or self.step >= total:
+                            break
+                        if self.checkpoint_every_steps and self.step % self.checkpoint_every_steps == 0:
+                            self.save()
+                        tick = time.perf_counter()
                 bar.close()
                 self._end_epoch(epoch)  # at an epoch's end (a stop there too): its row, monitor and checkpoint
                 if self.stopping and self.step < total:  # asked during the last step: the run is done anyway
@@ -261,6 +261,12 @@ class Engine:
             write_json(self.run_dir / "summary.json", summary)
         return summary
 
+    def _endless_batches(self) -> Any:
+        """The loader's batches, epoch after epoch (a short dataset may hold fewer than the steps timed)."""
+        while True:
+            with closing(self.loader.iterate()) as epoch:
+                yield from epoch
+
     def _next_batch(self, batches: Any) -> tuple[Images, torch.Tensor, torch.Tensor] | None:
         """The loader's next batch (None at the epoch's end); unreadable data stops the run after
         saving the steps already taken in ``last.pt``."""
@@ -271,6 +277,9 @@ class Engine:
         except BadData as err:
             if not self.step:
                 raise
+            if self.world > 1:  # the other processes wait in this step's collectives: no collective save
+                raise BadData(f"{err}. --resume continues from the last checkpoint (see checkpoint_every_steps)"
+                              ) from None
             if self.step % self.steps_per_epoch:  # an epoch end saved the rest
                 self.save()
             raise BadData(f"{err}. The steps trained so far are in {self.run_dir / 'checkpoints' / 'last.pt'} "

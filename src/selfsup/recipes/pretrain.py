@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 from time import perf_counter as clock
 from typing import Any
@@ -18,7 +20,7 @@ from tqdm import tqdm
 
 from ..config import RunConfig
 from ..data import BatchLoader, DataFacts, ImageDataset, Splits, StreamLoader, default_workers, labeled_part, load_splits
-from ..engine import Engine, Freeze, Precision, Schedule, build_optimizer, checkpoint, dist, preserved
+from ..engine import Engine, Freeze, Images, Precision, Schedule, build_optimizer, checkpoint, dist, preserved
 from ..engine.steps import forward_views, synchronize
 from ..errors import SelfsupError
 from ..eval import extract_features, knn_accuracy
@@ -86,13 +88,14 @@ def monitors_run(config: RunConfig) -> bool:
     return config.train.knn_every > 0 or config.train.online_probe
 
 
-def choose_channels_last(config: RunConfig, method: nn.Module, images: torch.Tensor, device: torch.device,
-                         precision: Precision, quiet: bool) -> bool:
+def choose_channels_last(config: RunConfig, method: nn.Module, first_batch: Callable[[], Images],
+                         device: torch.device, precision: Precision, quiet: bool) -> bool:
     """``train.channels_last`` or, when None, the faster layout for this model on this machine.
 
     channels_last is what GPUs and bf16 CPUs run fastest for convolutions (measured, see
     benchmarks/RESULTS.md); on CPUs running fp32 it depends on the CPU and the model, so both
-    layouts are timed on a few forward/backward passes of a real batch and the faster one wins.
+    layouts are timed on a few forward/backward passes of a real batch (``first_batch()``, asked for
+    only then) and the faster one wins.
     """
     if config.train.channels_last is not None:
         return config.train.channels_last
@@ -100,7 +103,7 @@ def choose_channels_last(config: RunConfig, method: nn.Module, images: torch.Ten
         return False
     if device.type == "cuda" or precision.dtype is not None:
         return True
-    timings = {}
+    timings, images = {}, first_batch()
     for layout in (True, False, True, False):  # interleaved: drift hits both alike
         seconds = time_forward_backward(method, images, device, precision, layout)
         timings[layout] = min(timings.get(layout, float("inf")), seconds)
@@ -157,6 +160,7 @@ class Pretraining:
         # The probe is on by default: on a labelled set too small to spare its queries it steps aside
         # (the kNN monitor, asked for explicitly, refuses instead).
         self.splits = load_splits(config.data, seed=cfg.seed, hold_out=hold_out, hold_out_optional=cfg.knn_every <= 0,
+                                  stream=True,
                                   quiet=quiet or not self.main)
         if hold_out and self.splits.held_out is None and self.splits.train.labeled and self.main and not quiet:
             print(f"note: the online probe is off: {len(self.splits.train)} training images are too few to hold out "
@@ -172,6 +176,7 @@ class Pretraining:
         if self.main:
             checkpoint.check_disk_space(self.run_dir, self.method)
         sets = monitor_sets(self.splits, config)
+        self.skipped_files: set[str] = set()
         self.loader = self._loader(probe=sets is not None and cfg.online_probe)
         if len(self.loader) == 0:
             raise SelfsupError(f"train.batch_size={cfg.batch_size} is larger than the training set "
@@ -179,12 +184,9 @@ class Pretraining:
                                "lower the batch size")
         if resumed is not None and resumed.get("channels_last") is not None and cfg.channels_last is None:
             self.channels_last = bool(resumed["channels_last"])  # decided once per run: a resumed run computes alike
-        elif cfg.channels_last is not None:
-            self.channels_last = cfg.channels_last
         else:
-            first_batch = next(self.loader.iterate())[0]
-            self.channels_last = choose_channels_last(config, self.method, first_batch, self.device, self.precision,
-                                                      quiet or not self.main)
+            self.channels_last = choose_channels_last(config, self.method, self._first_batch, self.device,
+                                                      self.precision, quiet or not self.main)
         self.method.to(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
         self.steps_per_epoch = len(self.loader)
         total = cfg.epochs * self.steps_per_epoch if cfg.max_steps is None else \
@@ -268,12 +270,18 @@ class Pretraining:
         return BatchLoader(train, cfg.batch_size // world, device=self.device, on_device=on_device,
                            seed=cfg.seed, rank=dist.rank(), world_size=world)
 
+    def _first_batch(self) -> Images:
+        with closing(self.loader.iterate()) as batches:
+            return next(batches)[0]
+
     def _skipped(self, files: list[str]) -> None:
         """Files a stream skipped (``data.skip_bad``): said once each and listed in ``skipped.txt``."""
+        new = [name for name in dict.fromkeys(files) if name not in self.skipped_files]
+        self.skipped_files.update(new)
         with open(self.run_dir / f"skipped{'' if self.main else f'-rank{dist.rank()}'}.txt", "a") as listing:
-            listing.writelines(f"{name}\n" for name in files)
+            listing.writelines(f"{name}\n" for name in new)
         if not self.quiet:
-            for name in files:
+            for name in new:
                 tqdm.write(f"note: skipped {name}: it does not decode (data.skip_bad)")
 
     def _fits_on_device(self) -> bool:

@@ -84,7 +84,9 @@ def relative_transform(first: torch.Tensor, second: torch.Tensor) -> torch.Tenso
 class TwoViewsAndTransform(nn.Module):
     """Two augmented views and the transform relating them: [view a, view b, (B, 5)
     :func:`relative_transform`], for the composite objective (its optional transform-prediction
-    term regresses the transform; its forward-predictive decoder rebuilds images of ``image``'s size)."""
+    term regresses the transform; its forward-predictive decoder rebuilds images of ``image``'s size).
+    Boxes are fractions of the image the crops were taken from: the square image in memory, the
+    original (of any aspect) in a stream, so a stream's shifts are in the original's width and height."""
 
     num_outputs = 3
 
