@@ -10,6 +10,8 @@ against memory, and what a streaming run holds in memory as the dataset grows.
         torchvision's ImageFolder + the same transforms in PIL + a DataLoader, and lightly's
         LightlyDataset + SimCLRTransform (blur off: SimCLR's CIFAR setting, which selfsup's preset
         uses), all with the same workers, measured in interleaved rounds;
+(cost)  where the time goes, in one process: a worker's share per image (selfsup's decode and two
+        crops; torchvision's ImageFolder item with its transforms), and selfsup's batched views alone;
 (train) at 96 px, ResNet-18 SimCLR: input alone, the training step alone (a batch replayed), and
         the two together (the stream feeding the step), to see which one bounds a run;
 (stl)   an STL-10-sized set (96 px images): two views from memory, from a memory-mapped cache and
@@ -145,6 +147,71 @@ def input_part(folder: Path, args: argparse.Namespace) -> dict:
             for name in rounds if name != "selfsup stream" and "selfsup stream" in rounds}
         rows[f"{size}px"] = {"img_per_s": median, "rounds": rounds, "ratios": ratios}
     return {"workers": args.workers, "batch": args.batch, "batches_per_round": args.batches, "sizes": rows}
+
+
+# ---------------------------------------------------------------- where the time goes
+
+def cost_part(folder: Path, args: argparse.Namespace) -> dict:
+    from torchvision.datasets import ImageFolder
+
+    from selfsup.data import load_dataset
+    from selfsup.data.stream import CroppingReader
+    from selfsup.engine import Precropped
+    from selfsup.views import ImageInfo, TwoViews
+
+    rows: dict[str, dict] = {}
+    count = 200
+    rows["decode"] = decoders(sorted(folder.rglob("*.jpg"))[:count])
+    print(f"cost decode: {rows['decode']}", flush=True)
+    for size in args.sizes:
+        views = TwoViews(ImageInfo(size, 3, (0.5,) * 3, (0.25,) * 3))
+        dataset = load_dataset("imagefolder", "train", folder, image_size=size, source="stream", quiet=True)
+        ours = CroppingReader(dataset, views.crops(), seed=0, base=False)
+        theirs = ImageFolder(str(folder), transform=TwoCrops(simclr_transform(size)))
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # as in a DataLoader worker
+        timings = {}
+        for name, item in (("selfsup worker, ms/img", ours.__getitem__), ("torchvision worker, ms/img", theirs.__getitem__)):
+            start = time.perf_counter()
+            for index in range(count):
+                item(index)
+            timings[name] = round((time.perf_counter() - start) / count * 1000, 2)
+        torch.set_num_threads(threads)
+        batch = Precropped(None, [torch.randint(0, 256, (64, 3, size, size), dtype=torch.uint8) for _ in range(2)],
+                           [torch.rand(64, 4)] * 2)
+        with torch.no_grad():
+            views(batch)
+            start = time.perf_counter()
+            for _ in range(5):
+                views(batch)
+        timings[f"selfsup batched views alone, img/s ({threads} threads)"] = round(5 * 64 / (time.perf_counter() - start), 1)
+        rows[f"{size}px"] = timings
+        print(f"cost {size} px: {timings}", flush=True)
+    return rows
+
+
+def decoders(files: list[Path]) -> dict[str, float]:
+    """ms per image of decoding full JPEGs to RGB: Pillow (what the workers use) and torchvision.io."""
+    from PIL import Image
+    from torchvision.io import ImageReadMode, decode_image, read_file
+
+    def pillow(path: Path) -> object:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    timings = {}
+    for name, decode in (("pillow, ms/img", pillow),
+                         ("torchvision.io, ms/img", lambda path: decode_image(read_file(str(path)), ImageReadMode.RGB))):
+        for path in files[:5]:
+            decode(path)
+        start = time.perf_counter()
+        for path in files:
+            decode(path)
+        timings[name] = round((time.perf_counter() - start) / len(files) * 1000, 2)
+    torch.set_num_threads(threads)
+    return timings
 
 
 # ---------------------------------------------------------------- training at 96 px
@@ -315,8 +382,8 @@ def make_jpegs(folder: Path, count: int, low: int, high: int, seed: int = 0) -> 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--parts", nargs="*", default=["wait", "input", "train", "stl", "rss"],
-                        choices=["wait", "input", "train", "stl", "rss"])
+    parser.add_argument("--parts", nargs="*", default=["wait", "input", "cost", "train", "stl", "rss"],
+                        choices=["wait", "input", "cost", "train", "stl", "rss"])
     parser.add_argument("--again", action="store_true", help="measure parts already in --out again")
     parser.add_argument("--images", type=int, default=20000, help="(input, train) JPEGs of 300-800 px")
     parser.add_argument("--sizes", type=int, nargs="*", default=[96, 224])
@@ -339,12 +406,13 @@ def main(argv: list[str] | None = None) -> int:
     report.update({"date": datetime.date.today().isoformat(), "cpu_flags": cpu_flags(), "cores": os.cpu_count(),
                    "torch": torch.__version__})
     folder = Path(args.scratch) / "jpegs"
-    if {"input", "train", "wait"} & set(args.parts) and not folder.is_dir():
+    if {"input", "cost", "train", "wait"} & set(args.parts) and not folder.is_dir():
         partial = folder.with_name("jpegs.partial")
         jpeg_folder(partial, args.images)
         partial.rename(folder)
     parts = {"input": lambda: input_part(folder, args), "train": lambda: train_part(folder, args),
-             "stl": lambda: stl_part(args), "rss": lambda: rss_part(args), "wait": lambda: wait_part(folder, args)}
+             "stl": lambda: stl_part(args), "rss": lambda: rss_part(args), "wait": lambda: wait_part(folder, args),
+             "cost": lambda: cost_part(folder, args)}
     for name in args.parts:
         if name in report and not args.again:
             print(f"{name}: already measured in {out} (--again to measure it again)")

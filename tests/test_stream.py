@@ -2,6 +2,7 @@
 deterministically; ranks and workers read disjoint parts; a killed run resumes where it stopped;
 bad files stop the run (with what it trained saved) or are skipped and listed. And the memory-mapped
 cache (data.source=cache, selfsup data cache)."""
+import io
 import json
 import math
 import os
@@ -334,3 +335,24 @@ def test_a_test_split_missing_a_class_is_numbered_like_training(tmp_path):
     splits = load_splits(DataConfig(name="filelist", root=str(lists), image_size=8), quiet=True)
     assert splits.train.classes == ["2", "10"] and splits.train.targets.tolist() == [1, 0, 0]
     assert splits.test.classes == ["2", "10"] and splits.test.targets.tolist() == [1]
+
+
+def test_images_decode_alike_whichever_decoder_reads_them(tmp_path):
+    """JPEG and PNG go through torchvision.io, other formats through Pillow; 16-bit PNGs are scaled to
+    8 bits, not clipped white."""
+    from PIL import Image
+
+    from selfsup.data.formats import open_image
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "a.png")
+    Image.fromarray(pixels).save(tmp_path / "a.bmp")
+    assert np.array_equal(np.asarray(open_image(tmp_path / "a.png")), pixels)
+    assert np.array_equal(np.asarray(open_image(tmp_path / "a.bmp")), pixels)
+    deep = (rng.integers(0, 65536, (20, 30))).astype(np.uint16)
+    Image.fromarray(deep).save(tmp_path / "deep.png")
+    gray = np.asarray(open_image(tmp_path / "deep.png", channels=1)).astype(int)
+    assert np.abs(gray - (deep >> 8)).max() <= 1 and 100 < gray.mean() < 155
+    with pytest.raises(OSError):  # torchvision refuses it, then Pillow says why
+        open_image(io.BytesIO(b"\x89PNG\r\n\x1a\n broken"))

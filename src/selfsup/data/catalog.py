@@ -46,7 +46,7 @@ STL10_CLASSES = ["airplane", "bird", "car", "cat", "deer", "dog", "horse", "monk
 
 #: Formats for the user's own data; they are read from ``data.root`` and never downloaded.
 USER_FORMATS = {
-    "imagefolder": "root/<class>/<image> or root/{train,test}/<class>/<image> (decoded once with Pillow)",
+    "imagefolder": "root/<class>/<image>, root/{train,test}/<class>/<image>, or images in root (unlabelled)",
     "tensors": "an .npz/.pt file (or a folder of <split>.npz/.pt) with uint8 'images' and optional 'targets'",
     "webdataset": "root/<split>-000000.tar, ...: WebDataset shards of key.jpg + key.cls (selfsup data shard "
                   "writes them), decoded once",

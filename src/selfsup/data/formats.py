@@ -7,8 +7,11 @@ with -1 for unlabelled images.
 """
 from __future__ import annotations
 
+import functools
 import gzip
+import io
 import pickle
+import warnings
 import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -159,13 +162,50 @@ def read_stl10(images_path: Path, labels_path: Path | None, size: int = 96) -> t
 def decode_image(path: Path | BinaryIO, size: int, channels: int = 3) -> np.ndarray:
     """uint8 (channels, size, size), RGB or gray (``channels`` 1): shorter side resized to ``size``,
     then centre-cropped. ``path`` is a file, or the file's bytes in a stream (a shard's member)."""
-    from PIL import Image
-
     if channels not in (1, 3):
         raise SelfsupError(f"images are decoded to 1 (gray) or 3 (RGB) channels, not {channels}")
-    with Image.open(path) as image:
-        pixels = np.array(fit_square(image.convert("L" if channels == 1 else "RGB"), size), dtype=np.uint8)
-        return pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
+    pixels = np.array(fit_square(open_image(path, channels), size), dtype=np.uint8)
+    return pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
+
+
+JPEG_OR_PNG = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n")
+
+
+@functools.cache
+def torchvision_decoder() -> Any:
+    """torchvision.io's decoder as ``decode(bytes tensor, channels)``, or None where it is gone."""
+    try:
+        from torchvision.io import ImageReadMode, decode_image as decode_tensor
+    except ImportError:
+        return None
+    warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
+                            category=DeprecationWarning)
+    return lambda data, channels: decode_tensor(data, ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB)
+
+
+def open_image(source: Path | str | BinaryIO, channels: int = 3) -> Any:
+    """A file (or a file's bytes in a stream) as a Pillow image in RGB or gray (``channels`` 1).
+
+    JPEG and PNG are decoded by torchvision.io (libjpeg-turbo / libpng), twice as fast as Pillow's
+    decoder here (benchmarks/RESULTS.md, 24); 16-bit PNGs are scaled to 8 bits instead of clipped.
+    Other formats, files torchvision cannot decode, and a torchvision without image decoding (it is
+    deprecated since 0.29 in favour of TorchCodec) go through Pillow, whose error names the problem."""
+    from PIL import Image
+
+    data = source.read() if hasattr(source, "read") else Path(source).read_bytes()
+    decode_tensor = torchvision_decoder()
+    if decode_tensor is not None and data.startswith(JPEG_OR_PNG):
+        try:
+            pixels = decode_tensor(torch.frombuffer(bytearray(data), dtype=torch.uint8), channels)
+        except RuntimeError:
+            pass
+        else:
+            if pixels.dtype == torch.uint16:
+                pixels = (pixels.to(torch.int32) >> 8).to(torch.uint8)
+            array = pixels.permute(1, 2, 0).numpy()
+            return Image.fromarray(array[..., 0] if channels == 1 else array)
+    with Image.open(io.BytesIO(data)) as image:
+        return image.convert("L" if channels == 1 else "RGB")
 
 
 def fit_square(image: Any, size: int) -> Any:

@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from ..engine.contracts import BadData, Precropped
 from ..errors import SelfsupError
 from .dataset import ImageDataset
-from .formats import IMAGE_SUFFIXES, check_fits_in_memory, decode_images, fit_square
+from .formats import IMAGE_SUFFIXES, check_fits_in_memory, decode_images, fit_square, open_image
 
 
 
@@ -101,17 +101,8 @@ class FileStore:
         return path if self.keys is None else f"{path}:{self.keys[row].decode()}"
 
     def open(self, row: int) -> Any:
-        """The Pillow image of a row, converted to RGB or gray."""
-        from PIL import Image
-
-        if self.offsets is None:
-            source: Any = os.fsdecode(self.paths[row])
-        else:
-            with open(self.paths[row], "rb") as shard:
-                shard.seek(int(self.offsets[row]))
-                source = io.BytesIO(shard.read(int(self.lengths[row])))
-        with Image.open(source) as image:
-            return image.convert("L" if self.channels == 1 else "RGB")
+        """The Pillow image of a row, in RGB or gray (:func:`~selfsup.data.formats.open_image`)."""
+        return open_image(self.sources([row])[0], self.channels)
 
     def sources(self, rows: list[int]) -> list[Any]:
         """What :func:`~selfsup.data.formats.decode_images` reads for ``rows``: paths, or shard members' bytes."""
