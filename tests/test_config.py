@@ -98,3 +98,16 @@ def test_every_preset_runs_and_states_its_effective_learning_rate(path):
         assert effective == pytest.approx(EFFECTIVE_LR[config.method_name])
     assert f"{effective:g} at batch {config.train.batch_size}" in path.read_text(), \
         "say in the preset what rate it runs at, and where it comes from"
+
+
+def test_numbers_are_numbers_in_the_forms_people_type(tmp_path):
+    """YAML 1.1 reads 1e-3 and 1e9 as strings; overrides, config files and --option read them as numbers."""
+    config = resolve(apply_overrides({}, ["optim.lr=1e-3", "optim.weight_decay=5E-4", "train.epochs=1_000",
+                                          "optim.warmup_epochs=.5"]))
+    assert (config.optim.lr, config.optim.weight_decay, config.train.epochs, config.optim.warmup_epochs) == \
+        (0.001, 0.0005, 1000, 0.5)
+    assert resolve(apply_overrides({}, ["optim.lr=1e9"])).optim.lr == 1e9
+    (tmp_path / "run.yaml").write_text("optim:\n  lr: 3e-4\ntrain:\n  batch_size: 256\n")
+    loaded = load_config(tmp_path / "run.yaml")
+    assert loaded.optim.lr == 3e-4 and loaded.train.batch_size == 256 and isinstance(loaded.train.batch_size, int)
+    assert resolve(apply_overrides({}, ["data.name=1e3x"])).data.name == "1e3x"  # not a number: a string

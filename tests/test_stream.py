@@ -354,5 +354,11 @@ def test_images_decode_alike_whichever_decoder_reads_them(tmp_path):
     Image.fromarray(deep).save(tmp_path / "deep.png")
     gray = np.asarray(open_image(tmp_path / "deep.png", channels=1)).astype(int)
     assert np.abs(gray - (deep >> 8)).max() <= 1 and 100 < gray.mean() < 155
+    Image.fromarray(deep).save(tmp_path / "deep.tif")  # Pillow's path: 16-bit TIFF, scaled too
+    tiff = np.asarray(open_image(tmp_path / "deep.tif", channels=1)).astype(int)
+    assert np.abs(tiff - (deep >> 8)).max() <= 1
+    Image.fromarray(deep.astype(np.float32)).save(tmp_path / "float.tif")
+    with pytest.raises(SelfsupError, match="floating-point image"):
+        open_image(tmp_path / "float.tif")
     with pytest.raises(OSError):  # torchvision refuses it, then Pillow says why
         open_image(io.BytesIO(b"\x89PNG\r\n\x1a\n broken"))

@@ -12,6 +12,7 @@ package (``selfsup/configs``).
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -69,6 +70,9 @@ class TrainConfig:
     online probe, else the epoch's mean loss."""
     checkpoint_every_steps: int = 0
     """Also write last.pt every N steps inside an epoch (0: only at epoch ends)."""
+    checkpoint_every_minutes: float = 10.0
+    """Also write last.pt when this many minutes have passed since the last write (0: never), so a
+    crash loses at most that much of a run shorter than an epoch or of a long epoch."""
     sync_bn: bool = False
     """Convert BatchNorm to SyncBatchNorm under DDP (statistics over the global batch)."""
     compile: bool = False
@@ -105,6 +109,23 @@ class RunConfig:
 
 # ---------------------------------------------------------------- loading
 
+class NumberLoader(yaml.SafeLoader):
+    """YAML as people type numbers: YAML 1.1 (PyYAML) reads ``1e-3``, ``3E4`` and ``1e9`` as strings,
+    since its floats need a dot and a signed exponent; here they are floats (``.5``, ``1.5e-4`` and
+    ``1_000`` already were numbers). Integers stay integers: their resolver is asked first."""
+
+
+NumberLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
+
+
+def load_yaml(text: str) -> Any:
+    """``text`` parsed as YAML with :class:`NumberLoader`."""
+    return yaml.load(text, Loader=NumberLoader)  # noqa: S506 - a SafeLoader
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``'optim.lr=0.3'`` -> (['optim', 'lr'], 0.3); values are parsed as YAML."""
     if "=" not in text:
@@ -114,7 +135,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key or any(not part for part in key.split(".")):
         raise SelfsupError(f"override '{text}': empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = load_yaml(raw) if raw.strip() else None
     except yaml.YAMLError as err:
         raise SelfsupError(f"override '{text}': cannot parse the value ({err})") from None
     return key.split("."), value
@@ -138,7 +159,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise SelfsupError(f"config file {path} does not exist (presets: selfsup pretrain --list-methods)")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = load_yaml(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise SelfsupError(f"config file {path} is not valid YAML: {err}") from None
     if not isinstance(raw, dict):

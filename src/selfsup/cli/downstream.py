@@ -71,11 +71,10 @@ def continual(args: argparse.Namespace) -> int:
 
 
 def semisup(args: argparse.Namespace) -> int:
-    import yaml
-
+    from ..config import load_yaml
     from ..recipes.semisup import SemiSupervisedSettings, semisup as learn_semisup, semisup_sweep
 
-    options = parse_pairs(args.option, "--option", "threshold=0.9", yaml.safe_load)
+    options = parse_pairs(args.option, "--option", "threshold=0.9", load_yaml)
     settings = SemiSupervisedSettings(method=args.semisup_method, weight=args.weight, rampup_steps=args.rampup_steps,
                                       ratio=args.ratio, eval_ema=args.eval_ema,
                                       scale_by_label_fraction=not args.no_label_scaling, options=options)

@@ -205,7 +205,22 @@ def open_image(source: Path | str | BinaryIO, channels: int = 3) -> Any:
             array = pixels.permute(1, 2, 0).numpy()
             return Image.fromarray(array[..., 0] if channels == 1 else array)
     with Image.open(io.BytesIO(data)) as image:
+        if image.mode.startswith("I") or image.mode == "F":
+            image = eight_bits(image)
         return image.convert("L" if channels == 1 else "RGB")
+
+
+def eight_bits(image: Any) -> Any:
+    """A 16-bit (or 32-bit integer holding 16-bit values) gray image scaled to 8 bits, where Pillow's
+    convert would clip it to white; floating-point images are refused (their range is unknown)."""
+    from PIL import Image
+
+    if image.mode == "F":
+        raise SelfsupError("a floating-point image (its range is unknown): save it with 8 or 16 bits per channel")
+    values = np.asarray(image, dtype=np.int64)
+    if values.min() < 0 or values.max() > 65535:
+        raise SelfsupError(f"a {image.mode} image with values outside 0-65535: save it with 8 or 16 bits per channel")
+    return Image.fromarray(((values * 255 + 32767) // 65535).astype(np.uint8))
 
 
 def fit_square(image: Any, size: int) -> Any:

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..errors import SelfsupError
+from .lock import lock_run_dir, unlock_run_dir
 
 FORMAT = "selfsup-checkpoint"
 VERSION = 2
@@ -135,7 +136,20 @@ def load_weights(module: nn.Module, weights: dict[str, torch.Tensor], source: st
                 parts.append(f"{label}: {', '.join(items[:4])}{' ...' if len(items) > 4 else ''}")
         raise SelfsupError(f"the weights in {source} do not fit this model ({'; '.join(parts)}). "
                            "They come from another architecture.")
+    bad = first_non_finite(weights)
+    if bad is not None:
+        raise SelfsupError(f"{source} holds non-finite values (first: {bad}): its run diverged before it was "
+                           "saved. Use an earlier checkpoint (best.pt, or a run's earlier last.pt) or train again "
+                           "with a lower optim.lr")
     module.load_state_dict(weights)
+
+
+def first_non_finite(tensors: dict[str, torch.Tensor]) -> str | None:
+    """The name of the first floating-point tensor holding a NaN or an infinity (None: all finite)."""
+    for name, tensor in tensors.items():
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            return name
+    return None
 
 
 def submodule_weights(weights: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
@@ -145,7 +159,8 @@ def submodule_weights(weights: dict[str, torch.Tensor], prefix: str) -> dict[str
 
 
 def prepare_run_dir(run_dir: Path, resume: bool) -> Path | None:
-    """Create and check the run directory; return the checkpoint to resume from, if any."""
+    """Create and check the run directory and take its lock (:mod:`~selfsup.engine.lock`: one writer
+    at a time); return the checkpoint to resume from, if any."""
     try:
         (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
         probe = run_dir / ".write-test"
@@ -154,8 +169,12 @@ def prepare_run_dir(run_dir: Path, resume: bool) -> Path | None:
     except OSError as err:
         raise SelfsupError(f"cannot write to run directory {run_dir}: {err.strerror or err}. "
                            "Choose a writable --run-dir.") from None
+    lock_run_dir(run_dir)  # held until the run ends (unlock_run_dir) or the process does
+    for leftover in (run_dir / "checkpoints").glob(".*.tmp"):  # what killed writes left; no writer runs now
+        leftover.unlink(missing_ok=True)
     last = run_dir / "checkpoints" / "last.pt"
     if last.exists() and not resume:
+        unlock_run_dir(run_dir)
         raise SelfsupError(f"{run_dir} already holds a run (checkpoints/last.pt). Pass --resume to continue it, "
                            "or choose another --run-dir; nothing was changed.")
     return last if (resume and last.exists()) else None

@@ -50,7 +50,8 @@ class Engine:
                  clip_grad: float | None = None, clip_per_parameter: bool = False, freeze: tuple[Freeze, ...] = (),
                  monitor: Callable[[], dict[str, float]] | None = None, monitor_every: int = 1,
                  probe: Probe | None = None, best_by: str | None = None, meta: dict[str, Any] | None = None, seed: int = 0,
-                 log_every: int = 10, checkpoint_every_steps: int = 0, quiet: bool = False) -> None:
+                 log_every: int = 10, checkpoint_every_steps: int = 0, checkpoint_every_minutes: float = 0.0,
+                 quiet: bool = False) -> None:
         self.module, self.loader, self.optimizer, self.schedule = module, loader, optimizer, schedule
         self.run_dir, self.device, self.precision = Path(run_dir), device, precision
         self.channels_last, self.clip_grad, self.clip_per_parameter = channels_last, clip_grad, clip_per_parameter
@@ -59,6 +60,9 @@ class Engine:
         self.monitor, self.monitor_every, self.probe, self.best_by = monitor, monitor_every, probe, best_by
         self.meta, self.seed, self.quiet = meta or {}, seed, quiet
         self.log_every, self.checkpoint_every_steps = log_every, checkpoint_every_steps
+        self.checkpoint_every_minutes = checkpoint_every_minutes
+        self.saved_at = time.monotonic()  # when last.pt was last written (or the run started)
+        self.save_due = False
         self.rank, self.world, self.main = dist.rank(), dist.world_size(), dist.is_main()
         self.steps_per_epoch = len(loader)
         names = {id(p): n for n, p in module.named_parameters()}
@@ -94,9 +98,12 @@ class Engine:
         # asked to stop (all stop after this update).
         detached = loss.detach().float()
         asked = detached.new_full((), float(self.stop.requested is not None))  # filled on the device: no copy
-        stats = dist.all_reduce_mean(torch.stack([detached, (~torch.isfinite(loss)).float(), asked]))
-        loss_value, diverged, stopping = stats.tolist()
-        self.stopping = stopping > 0
+        # Rank 0's clock decides when a timed checkpoint is due, for every rank (the save is collective).
+        due = detached.new_full((), float(self.main and self.checkpoint_every_minutes > 0 and
+                                          time.monotonic() - self.saved_at >= 60 * self.checkpoint_every_minutes))
+        stats = dist.all_reduce_mean(torch.stack([detached, (~torch.isfinite(loss)).float(), asked, due]))
+        loss_value, diverged, stopping, due = stats.tolist()
+        self.stopping, self.save_due = stopping > 0, due > 0
         if diverged:
             raise NonFiniteLoss(self._divergence_message(loss_value))
         self.optimizer.zero_grad(set_to_none=True)
@@ -167,11 +174,25 @@ class Engine:
         }
 
     def save(self, best: bool = False) -> None:
+        self.saved_at = time.monotonic()
+        # A divergence that keeps the loss finite (a collapse whose BatchNorm variances overflow) is
+        # caught here, before it is written over the last good checkpoint; every rank decides alike.
+        bad = checkpoint.first_non_finite(self.module.state_dict())
+        if dist.all_reduce_mean(torch.tensor(float(bad is not None), device=self.device)).item() > 0:
+            last = self.run_dir / "checkpoints" / "last.pt"
+            where = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
+            raise NonFiniteLoss(f"the model's {bad or 'weights'} became non-finite by step {self.step} (epoch "
+                                f"{self.step // self.steps_per_epoch}) while the loss stayed finite; nothing was "
+                                f"saved over it and {where}. Lower optim.lr, check the data, or try "
+                                "train.precision=fp32; continue with --resume.")
         state = self.state()  # collective: every rank takes part
         if self.main:
-            checkpoint.save_atomic(state, self.run_dir / "checkpoints" / "last.pt")
+            # best.pt first: last.pt records the best so far, and that record must never be ahead of the
+            # file (a kill between the two writes leaves a best.pt one epoch newer than the record,
+            # which the resumed run writes again with the same state).
             if best:
                 checkpoint.save_atomic(state, self.run_dir / "checkpoints" / "best.pt")
+            checkpoint.save_atomic(state, self.run_dir / "checkpoints" / "last.pt")
 
     @property
     def criterion(self) -> dict[str, Any]:
@@ -244,7 +265,8 @@ class Engine:
                             self.stop.announce()
                         if self.stopping or self.step >= total:
                             break
-                        if self.checkpoint_every_steps and self.step % self.checkpoint_every_steps == 0:
+                        if (self.checkpoint_every_steps and self.step % self.checkpoint_every_steps == 0) \
+                                or (self.save_due and self.step % self.steps_per_epoch):  # an epoch end saves anyway
                             self.save()
                         tick = time.perf_counter()
                 bar.close()
@@ -278,7 +300,7 @@ class Engine:
             if not self.step:
                 raise
             if self.world > 1:  # the other processes wait in this step's collectives: no collective save
-                raise BadData(f"{err}. --resume continues from the last checkpoint (see checkpoint_every_steps)"
+                raise BadData(f"{err}. --resume continues from the last checkpoint (train.checkpoint_every_minutes)"
                               ) from None
             if self.step % self.steps_per_epoch:  # an epoch end saved the rest
                 self.save()

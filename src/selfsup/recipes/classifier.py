@@ -19,6 +19,7 @@ from torch import nn
 from ..data import BatchLoader, ImageDataset
 from ..defaults import TRAINING_DEFAULTS
 from ..engine import Engine, Freeze, OptimConfig, Schedule, build_optimizer, checkpoint, dist
+from ..engine.lock import unlock_run_dir
 from ..errors import SelfsupError
 from ..learners.classifier import classify_all
 from ..models import StagedBackbone, trunk_of
@@ -109,8 +110,18 @@ def fit_classifier(model: nn.Module, train: ImageDataset, test: ImageDataset | N
 
     ``unlabelled``: train on every image, its target -1 where it has no label (a distillation
     student, a semi-supervised learner). Checkpoints, metrics and the summary go to ``run_dir``
-    like a pretraining run's.
+    like a pretraining run's, which is locked against other writers while it runs.
     """
+    try:
+        return _fit_classifier(model, train, test, run_dir, settings, meta=meta, resume=resume,
+                               unlabelled=unlabelled, quiet=quiet)
+    finally:
+        unlock_run_dir(run_dir)
+
+
+def _fit_classifier(model: nn.Module, train: ImageDataset, test: ImageDataset | None, run_dir: str | Path,
+                    settings: ClassifierTraining, *, meta: dict[str, Any] | None, resume: bool,
+                    unlabelled: bool, quiet: bool) -> dict[str, Any]:
     run = open_run(run_dir, device=settings.device, precision=settings.precision, resume=resume)
     run_dir, device = run.dir, run.device
     training = train if unlabelled else train.select((train.targets >= 0).nonzero().squeeze(1))

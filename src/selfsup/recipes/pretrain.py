@@ -21,6 +21,7 @@ from tqdm import tqdm
 from ..config import RunConfig
 from ..data import BatchLoader, DataFacts, ImageDataset, Splits, StreamLoader, default_workers, labeled_part, load_splits
 from ..engine import Engine, Freeze, Images, Precision, Schedule, build_optimizer, checkpoint, dist, preserved
+from ..engine.lock import unlock_run_dir
 from ..engine.steps import forward_views, synchronize
 from ..errors import SelfsupError
 from ..eval import extract_features, knn_accuracy
@@ -209,7 +210,8 @@ class Pretraining:
                          for prefix, epochs in {**self.method.frozen_epochs(), **config.optim.freeze}.items()),
             monitor=self.monitor, monitor_every=max(cfg.knn_every, 1), probe=self.probe,
             best_by=self._best_by(), meta=meta, seed=cfg.seed,
-            log_every=cfg.log_every, checkpoint_every_steps=cfg.checkpoint_every_steps, quiet=quiet)
+            log_every=cfg.log_every, checkpoint_every_steps=cfg.checkpoint_every_steps,
+            checkpoint_every_minutes=cfg.checkpoint_every_minutes, quiet=quiet)
         self.budget: dict[str, Any] | None = None
         if resumed is not None:
             state = resumed
@@ -341,9 +343,13 @@ def budget_steps(minutes: float, elapsed_seconds: float, seconds_per_step: float
 
 def pretrain(config: RunConfig, run_dir: str | Path, *, resume: bool = False, quiet: bool = False,
              command: list[str] | None = None) -> dict[str, Any]:
-    """Pretrain ``config`` into ``run_dir``; returns a summary (also written to summary.json)."""
-    run = Pretraining(config, run_dir, resume=resume, quiet=quiet, command=command)
-    summary = run.fit()
+    """Pretrain ``config`` into ``run_dir`` (locked against other writers while it runs); returns a
+    summary (also written to summary.json)."""
+    try:
+        run = Pretraining(config, run_dir, resume=resume, quiet=quiet, command=command)
+        summary = run.fit()
+    finally:
+        unlock_run_dir(run_dir)
     if run.main and not quiet:
         print(json.dumps(summary, indent=2))
     return summary

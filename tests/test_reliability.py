@@ -1,0 +1,138 @@
+"""Reliability (issue 21): one writer per run directory, numbers as people type them."""
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import tiny_config
+from selfsup.engine.lock import RunDirInUse, lock_run_dir, unlock_run_dir
+from selfsup.recipes.pretrain import pretrain
+
+HOLDS_THE_LOCK = """
+import sys, time
+from pathlib import Path
+from selfsup.engine.lock import lock_run_dir
+lock_run_dir(sys.argv[1])
+Path(sys.argv[2]).touch()
+time.sleep(600)
+"""
+
+
+def _holder(run_dir, ready):
+    child = subprocess.Popen([sys.executable, "-c", HOLDS_THE_LOCK, str(run_dir), str(ready)])
+    for _ in range(6000):  # a bound, not a timing
+        if ready.exists() or child.poll() is not None:
+            break
+        try:
+            child.wait(timeout=0.05)
+        except subprocess.TimeoutExpired:
+            pass
+    assert ready.exists(), "the holder did not start"
+    return child
+
+
+def test_a_second_writer_is_refused_naming_the_holder_and_a_killed_holder_leaves_no_lock(mnist_root, tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    child = _holder(run_dir, tmp_path / "ready")
+    try:
+        with pytest.raises(RunDirInUse, match=rf"run is in use by process {child.pid} .*choose another --run-dir"):
+            pretrain(tiny_config(mnist_root, train__epochs=1), run_dir, quiet=True)
+        assert not (run_dir / "checkpoints" / "last.pt").exists() and not (run_dir / "config.yaml").exists()
+        child.send_signal(signal.SIGKILL)  # no handler runs: the kernel releases the lock
+        child.wait(timeout=60)
+    finally:
+        child.kill()
+    summary = pretrain(tiny_config(mnist_root, train__epochs=1), run_dir, quiet=True)
+    assert summary["steps"] == 4
+    # The run let go of its directory when it ended: another process may take it now.
+    child = _holder(run_dir, tmp_path / "ready-again")
+    child.kill()
+    child.wait(timeout=60)
+
+
+def test_the_lock_is_taken_again_by_its_own_process(tmp_path):
+    lock_run_dir(tmp_path)
+    lock_run_dir(tmp_path)  # re-entrant: a process resuming its own run in one session
+    unlock_run_dir(tmp_path)
+    ready = tmp_path / "ready"
+    child = subprocess.Popen([sys.executable, "-c", HOLDS_THE_LOCK, str(tmp_path), str(ready)],
+                             stderr=subprocess.PIPE, text=True)
+    error = child.stderr.read()
+    assert child.wait(timeout=120) == 1 and f"in use by process {os.getpid()}" in error  # still held once
+    unlock_run_dir(tmp_path)
+    holder = _holder(tmp_path, ready)
+    holder.kill()
+    holder.wait(timeout=60)
+
+
+def test_best_is_written_before_the_record_of_it_and_killed_writes_leave_nothing(mnist_root, tmp_path, monkeypatch):
+    from selfsup.engine import checkpoint
+
+    original, written = checkpoint.save_atomic, []
+
+    def save_atomic(state, path):
+        written.append(path.name)
+        return original(state, path)
+
+    monkeypatch.setattr(checkpoint, "save_atomic", save_atomic)
+    config = tiny_config(mnist_root, train__epochs=2)
+    pretrain(config, tmp_path / "run", quiet=True)
+    assert written[:2] == ["best.pt", "last.pt"]  # epoch 1 is the first best
+    leftover = tmp_path / "run" / "checkpoints" / ".last.pt.12345.tmp"
+    leftover.write_bytes(b"half a checkpoint")
+    pretrain(config, tmp_path / "run", resume=True, quiet=True)
+    assert not leftover.exists()
+
+
+def test_a_checkpoint_is_written_when_minutes_have_passed_inside_an_epoch(mnist_root, tmp_path, monkeypatch):
+    """A fake clock that moves 4 minutes a reading: with train.checkpoint_every_minutes=10 last.pt is
+    written inside the epoch, not only at its end (no wall-clock time involved)."""
+    from selfsup.engine import Engine, loop
+
+    readings = iter(range(0, 10**6, 240))
+    monkeypatch.setattr(loop.time, "monotonic", lambda: float(next(readings)))
+    original, saved_at = Engine.save, []
+
+    def save(self, best=False):
+        saved_at.append(self.step)
+        return original(self, best)
+
+    monkeypatch.setattr(Engine, "save", save)
+    pretrain(tiny_config(mnist_root, train__epochs=1, train__checkpoint_every_minutes=10), tmp_path / "on", quiet=True)
+    assert any(0 < step < 4 for step in saved_at) and saved_at[-1] == 4
+    saved_at.clear()
+    pretrain(tiny_config(mnist_root, train__epochs=1, train__checkpoint_every_minutes=0), tmp_path / "off", quiet=True)
+    assert saved_at == [4]
+
+
+def test_a_divergence_with_a_finite_loss_stops_before_it_is_saved_and_is_refused_when_read(mnist_root, tmp_path,
+                                                                                           monkeypatch):
+    from selfsup.engine import Engine, NonFiniteLoss, checkpoint
+    from selfsup.errors import SelfsupError
+    from selfsup.recipes.loading import load_encoder
+
+    config = tiny_config(mnist_root, train__epochs=2)
+    pretrain(config, tmp_path / "run", quiet=True)
+    good = checkpoint.load(tmp_path / "run")["step"]
+    original = Engine.train_step
+
+    def overflowing(self, *batch):  # BatchNorm statistics overflow while the loss stays finite
+        row = original(self, *batch)
+        next(m for m in self.module.modules() if isinstance(m, torch.nn.BatchNorm2d)).running_var.fill_(float("inf"))
+        return row
+
+    monkeypatch.setattr(Engine, "train_step", overflowing)
+    config = tiny_config(mnist_root, train__epochs=3)
+    with pytest.raises(NonFiniteLoss, match=r"running_var became non-finite by step 12 .*last good checkpoint"):
+        pretrain(config, tmp_path / "run", resume=True, quiet=True)
+    assert checkpoint.load(tmp_path / "run")["step"] == good  # the good checkpoint was not overwritten
+    state = checkpoint.load(tmp_path / "run")
+    name = next(key for key in state["model"] if key.startswith("backbone.") and key.endswith("running_var"))
+    state["model"][name] = torch.full_like(state["model"][name], float("nan"))
+    checkpoint.save_atomic(state, tmp_path / "diverged.pt")
+    with pytest.raises(SelfsupError, match=rf"diverged.pt holds non-finite values \(first: {name[len('backbone.'):]}\)"):
+        load_encoder(tmp_path / "diverged.pt")
