@@ -274,3 +274,17 @@ def open_in_browser(page_path: Path, screenshot: Path) -> dict:
         finally:
             browser.close()
     return {"images": images, "errors": errors, "requests": requests, "title": title, "links": links}
+
+
+def wait_until_ready(child, ready: Path) -> None:  # noqa: ANN001 - a subprocess.Popen
+    """Wait for a child process to create ``ready`` (it says it has reached the point a test acts at), or
+    to end. A bound on the number of polls, not a timing: the child normally gets there in seconds."""
+    import subprocess
+
+    for _ in range(6000):
+        if ready.exists() or child.poll() is not None:
+            return
+        try:
+            child.wait(timeout=0.05)
+        except subprocess.TimeoutExpired:
+            pass

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from conftest import tiny_config, tiny_overrides
+from conftest import tiny_config, tiny_overrides, wait_until_ready
 from selfsup.cli import main
 from selfsup.engine import Engine, Preempted, checkpoint
 from selfsup.recipes.pretrain import pretrain
@@ -93,13 +93,7 @@ def test_a_real_process_stopped_by_sigterm_from_outside(mnist_root, tmp_path):
     child = subprocess.Popen([sys.executable, "-c", WAITS_FOR_A_SIGNAL] + arguments, stderr=log,
                              text=True, env={**os.environ, "SELFSUP_READY": str(ready)})
     try:
-        for _ in range(6000):  # a bound, not a timing: the child normally gets there in seconds
-            if ready.exists() or child.poll() is not None:
-                break
-            try:
-                child.wait(timeout=0.05)
-            except subprocess.TimeoutExpired:
-                pass
+        wait_until_ready(child, ready)
         child.send_signal(signal.SIGTERM)
         child.wait(timeout=300)
     finally:

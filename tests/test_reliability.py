@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from conftest import tiny_config
+from conftest import tiny_config, wait_until_ready
 from selfsup.engine.lock import RunDirInUse, lock_run_dir, unlock_run_dir
 from selfsup.recipes.pretrain import pretrain
 
@@ -23,13 +23,7 @@ time.sleep(600)
 
 def _holder(run_dir, ready):
     child = subprocess.Popen([sys.executable, "-c", HOLDS_THE_LOCK, str(run_dir), str(ready)])
-    for _ in range(6000):  # a bound, not a timing
-        if ready.exists() or child.poll() is not None:
-            break
-        try:
-            child.wait(timeout=0.05)
-        except subprocess.TimeoutExpired:
-            pass
+    wait_until_ready(child, ready)
     assert ready.exists(), "the holder did not start"
     return child
 

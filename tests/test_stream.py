@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch.utils.data import DistributedSampler
 
-from conftest import tiny_config, tiny_overrides, write_image_folder, write_photos
+from conftest import tiny_config, tiny_overrides, wait_until_ready, write_image_folder, write_photos
 from selfsup.cli import main
 from selfsup.data import CropSpec, FileStore, StreamLoader, load_dataset, read_cache, write_cache
 from selfsup.data.shards import write_shards
@@ -184,13 +184,7 @@ def test_a_killed_stream_run_resumes_mid_epoch_with_the_images_it_had_not_seen(t
     killed = ["pretrain", "--quiet", "--run-dir", str(tmp_path / "killed")] + arguments
     child = _run(killed, tmp_path / "b.jsonl", hang_at=7, ready=tmp_path / "ready")
     try:
-        for _ in range(6000):  # a bound, not a timing
-            if (tmp_path / "ready").exists() or child.poll() is not None:
-                break
-            try:
-                child.wait(timeout=0.05)
-            except subprocess.TimeoutExpired:
-                pass
+        wait_until_ready(child, tmp_path / "ready")
         child.send_signal(signal.SIGKILL)  # no handler runs: the last step checkpoint is all there is
         assert child.wait(timeout=60) == -signal.SIGKILL
     finally:

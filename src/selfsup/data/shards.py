@@ -129,14 +129,15 @@ def _sample(shard: Path, key: str, parts: dict[str, bytes]) -> tuple[str, bytes,
     images = [suffix for suffix in parts if f".{suffix}" in IMAGE_SUFFIXES]
     if not images:
         raise SelfsupError(f"{shard}: sample '{key}' has no image ({', '.join(sorted(parts))})")
-    label = -1
-    if "cls" in parts:
-        try:
-            label = int(parts["cls"].decode().strip())
-        except ValueError:
-            raise SelfsupError(f"{shard}: sample '{key}' has a class that is not an integer: "
-                               f"{parts['cls'][:40]!r}") from None
-    return key, parts[images[0]], images[0], label
+    return key, parts[images[0]], images[0], parse_class(shard, key, parts["cls"]) if "cls" in parts else -1
+
+
+def parse_class(shard: Path, key: str, data: bytes) -> int:
+    """A sample's ``.cls`` member: its class index as text."""
+    try:
+        return int(data.decode().strip())
+    except (ValueError, UnicodeDecodeError):
+        raise SelfsupError(f"{shard}: sample '{key}' has a class that is not an integer: {data[:40]!r}") from None
 
 
 def read_shards(root: str | Path, split: str, size: int, skip_bad: bool = False, quiet: bool = False,

@@ -162,7 +162,7 @@ def bad_file(name: str, err: Exception) -> BadData:
 def shard_members(shards: list[Path]) -> tuple[list[str], np.ndarray, np.ndarray, list[str], list[int]]:
     """(shard of each image, byte offsets, lengths, keys, labels) of every image in ``shards``, from the
     member headers and the small ``.cls`` members (image bytes are skipped over)."""
-    from .shards import unreadable
+    from .shards import parse_class, unreadable
 
     paths, offsets, lengths, keys, labels = [], [], [], [], []
     for shard in shards:
@@ -177,11 +177,7 @@ def shard_members(shards: list[Path]) -> tuple[list[str], np.ndarray, np.ndarray
                     if f".{suffix.lower()}" in IMAGE_SUFFIXES and stem not in found:
                         found[stem] = (member.offset_data, member.size)
                     elif suffix.lower() == "cls":
-                        text = archive.extractfile(member).read().decode().strip()
-                        if not text.lstrip("-").isdigit():
-                            raise SelfsupError(f"{shard}: sample '{stem}' has a class that is not an integer: "
-                                               f"{text[:40]!r}")
-                        classes[stem] = int(text)
+                        classes[stem] = parse_class(shard, stem, archive.extractfile(member).read())
         except (tarfile.TarError, OSError, EOFError) as err:
             raise unreadable(shard, err) from None
         for stem, (offset, length) in found.items():

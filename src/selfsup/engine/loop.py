@@ -30,7 +30,8 @@ from .metrics import MetricsLog
 from .optim import Schedule, apply_schedule
 from .preemption import Preempted, StopRequests
 from .runtime import Precision
-from .steps import clip_each_parameter, format_seconds, forward_views, preserved, synchronize
+from .steps import (clip_each_parameter, divergence_message, endless, format_seconds, forward_views, preserved,
+                    synchronize)
 
 
 class Engine:
@@ -105,7 +106,7 @@ class Engine:
         loss_value, diverged, stopping, due = stats.tolist()
         self.stopping, self.save_due = stopping > 0, due > 0
         if diverged:
-            raise NonFiniteLoss(self._divergence_message(loss_value))
+            raise NonFiniteLoss(self._divergence_message(f"the loss became {loss_value}"))
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         for spec, params, _ in self.freezes:
@@ -139,7 +140,7 @@ class Engine:
         RNG and step are as before): sizes a run to a time budget."""
         step = self.step
         with preserved(self.module, self.optimizer, self.scaler, *([self.probe] if self.probe is not None else [])), \
-                closing(self._endless_batches()) as batches:
+                closing(endless(self.loader)) as batches:
             for _ in range(warmup):  # also starts a stream's workers
                 self.train_step(*next(batches))
             synchronize(self.device)
@@ -151,12 +152,8 @@ class Engine:
         self.step = step
         return float(dist.all_reduce_mean(torch.tensor(seconds)).item())
 
-    def _divergence_message(self, value: float) -> str:
-        last = self.run_dir / "checkpoints" / "last.pt"
-        where = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
-        return (f"the loss became {value} at step {self.step} (epoch {self.step // self.steps_per_epoch}); "
-                f"the weights and the optimiser were not updated with it and {where}. Lower optim.lr, check the "
-                "data, or try train.precision=fp32; continue with --resume.")
+    def _divergence_message(self, what: str, when: str = "at") -> str:
+        return divergence_message(what, self.step, self.step // self.steps_per_epoch, self.run_dir, when)
 
     # ------------------------------------------------------------ checkpoints
 
@@ -176,15 +173,11 @@ class Engine:
     def save(self, best: bool = False) -> None:
         self.saved_at = time.monotonic()
         # A divergence that keeps the loss finite (a collapse whose BatchNorm variances overflow) is
-        # caught here, before it is written over the last good checkpoint; every rank decides alike.
+        # caught before it is written over the last good checkpoint; every rank decides alike.
         bad = checkpoint.first_non_finite(self.module.state_dict())
         if dist.all_reduce_mean(torch.tensor(float(bad is not None), device=self.device)).item() > 0:
-            last = self.run_dir / "checkpoints" / "last.pt"
-            where = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
-            raise NonFiniteLoss(f"the model's {bad or 'weights'} became non-finite by step {self.step} (epoch "
-                                f"{self.step // self.steps_per_epoch}) while the loss stayed finite; nothing was "
-                                f"saved over it and {where}. Lower optim.lr, check the data, or try "
-                                "train.precision=fp32; continue with --resume.")
+            raise NonFiniteLoss(self._divergence_message(f"the model's {bad or 'weights'} became non-finite", "by")
+                                + " The loss stayed finite; nothing was saved over the last good checkpoint.")
         state = self.state()  # collective: every rank takes part
         if self.main:
             # best.pt first: last.pt records the best so far, and that record must never be ahead of the
@@ -282,12 +275,6 @@ class Engine:
         if self.main:
             write_json(self.run_dir / "summary.json", summary)
         return summary
-
-    def _endless_batches(self) -> Any:
-        """The loader's batches, epoch after epoch (a short dataset may hold fewer than the steps timed)."""
-        while True:
-            with closing(self.loader.iterate()) as epoch:
-                yield from epoch
 
     def _next_batch(self, batches: Any) -> tuple[Images, torch.Tensor, torch.Tensor] | None:
         """The loader's next batch (None at the epoch's end); unreadable data stops the run after

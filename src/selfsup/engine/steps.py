@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -78,3 +79,19 @@ def to_channels_last(views: list[torch.Tensor]) -> list[torch.Tensor]:
     # Images only: labels and tile stacks (B, T, C, h, w) keep their layout.
     return [v.contiguous(memory_format=torch.channels_last) if v.ndim == 4 and v.is_floating_point() else v
             for v in views]
+
+
+def endless(loader: Any) -> Iterator[Any]:
+    """A loader's batches, epoch after epoch (a short dataset may hold fewer than the steps asked for);
+    closing it ends the epoch in progress (and a stream's workers)."""
+    while True:
+        with contextlib.closing(loader.iterate()) as epoch:
+            yield from epoch
+
+
+def divergence_message(what: str, step: int, epoch: int, run_dir: Path, when: str = "at") -> str:
+    """What a run that diverged says: what happened, when, the last good checkpoint, what to try."""
+    last = run_dir / "checkpoints" / "last.pt"
+    where = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
+    return (f"{what} {when} step {step} (epoch {epoch}); the weights and the optimiser were not updated with it and "
+            f"{where}. Lower optim.lr, check the data, or try train.precision=fp32; continue with --resume.")
