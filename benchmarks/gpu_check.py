@@ -27,7 +27,6 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -39,7 +38,7 @@ from selfsup.config import apply_overrides, find_config, read_yaml, resolve
 from selfsup.engine.runtime import cpu_supports_bf16, describe_device, library_versions, pick_device
 from selfsup.methods import METHODS
 from selfsup.recipes.pretrain import Pretraining, pretrain
-from throughput import cpu_flags, interleaved_rounds, ours_end_to_end, ours_model_only, spread
+from throughput import cpu_flags, interleaved_rounds, ours_end_to_end, ours_model_only, scratch_folder, spread
 
 ROOT = Path(__file__).resolve().parents[1]
 THROUGHPUT_METHODS = ("simclr", "byol", "dino")
@@ -239,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         args.steps, args.rounds, args.timed_steps = min(args.steps, 2), min(args.rounds, 1), min(args.timed_steps, 1)
     device = pick_device(args.device)
     started = time.perf_counter()
-    scratch = Path(tempfile.mkdtemp(prefix="selfsup-gpu-check-"))
+    scratch = scratch_folder()
     data = cifar_like(scratch / "cifar-like", 256 if args.quick else 4096)
     report = {"date": datetime.date.today().isoformat(),
               "command": " ".join(["python benchmarks/gpu_check.py", *(sys.argv[1:] if argv is None else argv)]),

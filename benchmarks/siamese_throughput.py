@@ -26,7 +26,6 @@ import dataclasses
 import datetime
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
@@ -37,7 +36,7 @@ from selfsup.engine.runtime import describe_device, library_versions
 from selfsup.recipes.pretrain import Pretraining
 from selfsup.tables import write_json
 from selfsup.views import AugmentSpec
-from throughput import cpu_flags, interleaved_rounds, ours_end_to_end, spread
+from throughput import cpu_flags, interleaved_rounds, ours_end_to_end, scratch_folder, spread
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULTS = dataclasses.asdict(AugmentSpec())
@@ -197,7 +196,7 @@ def main() -> None:
 
     from selfsup.engine.runtime import pick_device
 
-    scratch = Path(tempfile.mkdtemp(prefix="selfsup-bench-"))
+    scratch = scratch_folder()
     variants, batch_sizes = {}, {}
     for method in args.methods:
         trainer = make_trainer(method, args, scratch / method)

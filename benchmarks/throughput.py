@@ -31,10 +31,12 @@ content does not change the cost of either pipeline.
 from __future__ import annotations
 
 import argparse
+import atexit
 import datetime
 import json
 import platform
 import resource
+import shutil
 import statistics
 import sys
 import tempfile
@@ -100,6 +102,14 @@ def interleaved_rounds(variants: dict, rounds: int, steps: int, warmup: int) -> 
             results[name].append(timed(steps, 0, step))
             print(f"round {index + 1}: {name:{width}s} {results[name][-1]:7.1f} img/s", flush=True)
     return results
+
+
+def scratch_folder() -> Path:
+    """A temporary folder for a benchmark's data and runs, removed when the benchmark exits (however it ends
+    short of a kill): a check repeated through a day must not fill the disk (32 left-behind gpu_checks took 11 GB)."""
+    folder = Path(tempfile.mkdtemp(prefix="selfsup-bench-"))
+    atexit.register(shutil.rmtree, folder, True)
+    return folder
 
 
 def cpu_flags() -> list[str]:
@@ -295,7 +305,7 @@ def main() -> None:
         precisions, skipped = args.precisions, []
     for reason in skipped:
         print(f"skipped {reason}", flush=True)
-    scratch = Path(tempfile.mkdtemp(prefix="selfsup-bench-"))
+    scratch = scratch_folder()
     variants, layouts, inputs = {}, {}, {}
     for precision in precisions:
         trainer = make_trainer(args, precision, scratch / precision)
