@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import torch
+import torch.nn.functional as F
 import torchvision
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
@@ -144,6 +145,34 @@ def torchvision_resnet(depth: int = 18, in_channels: int = 3, small_stem: bool =
     return net
 
 
+class OnePixelSafeConv2d(nn.Conv2d):
+    """A strided convolution with "same" padding that runs a 1x1 input at stride 1.
+
+    The output is the same (one pixel, seen by the kernel's centre tap alone), and the gradient
+    too. It works around a fault of PyTorch's CPU bf16 convolution (oneDNN, torch 2.14): at
+    stride > 1 on a 1x1 input, the weight gradient's border taps, which should be zero, come back
+    as uninitialised memory: nonsense in nearly every call, non-finite in some (the weights then
+    stop the run). Small inputs meet it: CPC's 4 px patches of 16 px images reach res5 as one
+    pixel, as does a 16 px image through the ImageNet stem.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-2:] == (1, 1):
+            return F.conv2d(x, self.weight, self.bias, 1, self.padding, self.dilation, self.groups)
+        return super().forward(x)
+
+
+def guard_one_pixel_strides(net: nn.Module) -> nn.Module:
+    """Every strided, zero-padded "same" convolution of ``net`` becomes a :class:`OnePixelSafeConv2d`
+    in place (the class only: parameters, state-dict keys and torchvision's module tree stay)."""
+    for module in net.modules():
+        if type(module) is nn.Conv2d and module.stride != (1, 1) and module.padding_mode == "zeros" and all(
+                2 * pad == dilation * (kernel - 1)
+                for pad, dilation, kernel in zip(module.padding, module.dilation, module.kernel_size)):
+            module.__class__ = OnePixelSafeConv2d
+    return net
+
+
 class ResNet(nn.Module):
     """torchvision ResNet-18/34/50 as a backbone (He et al. 2016).
 
@@ -160,7 +189,7 @@ class ResNet(nn.Module):
         self.arch = {"depth": depth, "in_channels": in_channels, "small_stem": small_stem, "width": width}
         if norm != "batch":  # absent from the arch of batch-norm networks, as in checkpoints before the option
             self.arch["norm"] = norm
-        self.net = torchvision_resnet(depth, in_channels, small_stem, width, norm)
+        self.net = guard_one_pixel_strides(torchvision_resnet(depth, in_channels, small_stem, width, norm))
         self.num_features = 8 * width * (4 if depth == 50 else 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -209,6 +238,7 @@ class ToyNet(nn.Module):
         for name, c_out, stride in zip(STAGES, widths, strides):
             self.stages[name] = stage(c_in, c_out, stride)
             c_in = c_out
+        guard_one_pixel_strides(self.stages)
         self.num_features = widths[-1]
 
     def stage_prefixes(self) -> dict[str, tuple[str, ...]]:
