@@ -22,7 +22,7 @@ from selfsup.engine.runtime import pick_device, provenance, resolve_precision
 from selfsup.recipes.classifier import ClassifierTraining
 from selfsup.recipes.continual import STRATEGIES, ContinualSettings, continual
 from selfsup.recipes.loading import StartingPoint
-from selfsup.tables import write_json
+from selfsup.files import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -25,7 +25,8 @@ from selfsup.data import load_dataset
 from selfsup.engine.runtime import pick_device, provenance, resolve_precision
 from selfsup.explore import Index, embed, project_2d, search
 from selfsup.explore.embed import Encoder
-from selfsup.tables import markdown_table, write_json
+from selfsup.files import write_json
+from selfsup.tables import markdown_table
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -22,7 +22,7 @@ from selfsup.learners.multitask import SHARING, WEIGHTING
 from selfsup.recipes.classifier import ClassifierTraining
 from selfsup.recipes.loading import StartingPoint
 from selfsup.recipes.multitask import MultiTaskSettings, multitask_comparison
-from selfsup.tables import write_json
+from selfsup.files import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 

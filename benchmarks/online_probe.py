@@ -26,7 +26,7 @@ from pathlib import Path
 from selfsup.config import apply_overrides, find_config, read_yaml, resolve
 from selfsup.engine.runtime import describe_device, library_versions
 from selfsup.recipes.pretrain import Pretraining
-from selfsup.tables import write_json
+from selfsup.files import write_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from throughput import cpu_flags, ours_end_to_end, spread, timed  # noqa: E402

@@ -32,7 +32,8 @@ from selfsup.learners.semisup import METHODS as SEMISUP_METHODS
 from selfsup.recipes.classifier import ClassifierTraining
 from selfsup.recipes.loading import StartingPoint
 from selfsup.recipes.semisup import SemiSupervisedSettings, semisup_sweep
-from selfsup.tables import markdown_table, write_json
+from selfsup.files import write_json
+from selfsup.tables import markdown_table
 
 ROOT = Path(__file__).resolve().parents[1]
 MAIN = ("labels-only", "labels-only@mu7", "fixmatch", "mean-teacher")

@@ -34,7 +34,7 @@ from torch import nn
 from selfsup.config import apply_overrides, find_config, read_yaml, resolve
 from selfsup.engine.runtime import describe_device, library_versions
 from selfsup.recipes.pretrain import Pretraining
-from selfsup.tables import write_json
+from selfsup.files import write_json
 from selfsup.views import AugmentSpec
 from throughput import cpu_flags, interleaved_rounds, ours_end_to_end, scratch_folder, spread
 

@@ -1,11 +1,14 @@
 """Shared fixtures: tiny datasets written in each real on-disk format, tiny run settings."""
 from __future__ import annotations
 
+import atexit
 import gzip
 import os
 import pickle
+import shutil
 import socket
 import struct
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +19,9 @@ FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
 # Tests run on the CPU with the threads they are given; keep runs reproducible and quiet.
 os.environ["CUDA_VISIBLE_DEVICES"] = ""  # the CPU even where a GPU is visible: the same numbers everywhere
+# Dataset caches and the memory-layout memo of the suite's runs go to a folder of its own, not the user's ~/.cache.
+os.environ["SELFSUP_CACHE"] = tempfile.mkdtemp(prefix="selfsup-test-cache-")
+atexit.register(shutil.rmtree, os.environ["SELFSUP_CACHE"], True)
 
 
 def synthetic_images(count: int, size: int = 16, channels: int = 1, classes: int = 4, seed: int = 0

@@ -50,6 +50,14 @@ def test_pseudo_labels_reach_ncf_and_a_killed_run_continues_at_its_stage(pretrai
     assert main(["cluster", str(pretrained_run), "--run-dir", str(out)] + ARGS) == 0
     assert all((out / name).stat().st_mtime_ns == t for name, t in kept.items())
     assert (out / "ncf" / "summary.json").is_file()
+    # A damaged cache is a cache: set aside, computed again, and said so (a cut file used to crash every later run).
+    features = (out / "features.pt").read_bytes()
+    (out / "features.pt").write_bytes(features[:len(features) // 2])
+    monkeypatch.undo()  # clustering allowed again
+    capsys.readouterr()
+    assert main(["cluster", str(pretrained_run), "--run-dir", str(out)] + ARGS) == 0
+    assert "features.pt was damaged" in capsys.readouterr().err and len(list(out.glob("features.pt.damaged-*"))) == 1
+    assert torch.load(out / "features.pt", weights_only=True)["features"].shape[0] == 80
     # N_cf is read back only for the settings that made it.
     assert main(["cluster", str(pretrained_run), "--run-dir", str(out)] + ARGS + ["--epochs", "2"]) == 2
     assert "ncf was made with other settings (training.epochs: then 1, now 2)" in capsys.readouterr().err

@@ -213,11 +213,12 @@ def test_freezing_the_backbone_for_an_epoch_from_the_config(mnist_root, tmp_path
 
 def test_the_faster_memory_layout_is_measured_on_fp32_cpus_without_side_effects(mnist_root, tmp_path, capsys,
                                                                                   monkeypatch):
-    import importlib
+    from selfsup.recipes import layout as module
+    from selfsup.recipes.pretrain import Pretraining
 
-    module = importlib.import_module("selfsup.recipes.pretrain")
     measured = module.time_forward_backward
     for faster in (True, False):  # the choice follows the timings, whichever layout they favour
+        monkeypatch.setenv("SELFSUP_CACHE", str(tmp_path / f"cache-{faster}"))  # nothing measured before
         seconds = {faster: 1.0, not faster: 2.0}
         calls = []
 
@@ -228,17 +229,26 @@ def test_the_faster_memory_layout_is_measured_on_fp32_cpus_without_side_effects(
         monkeypatch.setattr(module, "time_forward_backward", timed)
         config = tiny_config(mnist_root, backbone__name="resnet18", train__precision="fp32", train__knn_every=0,
                              train__channels_last="null")
-        run = module.Pretraining(config, tmp_path / str(faster), quiet=False)
+        run = Pretraining(config, tmp_path / str(faster), quiet=False)
         printed = capsys.readouterr().out
         layout = "channels_last" if faster else "NCHW"
         assert f"memory layout: channels_last {seconds[True]:.2f} s/step, NCHW {seconds[False]:.2f} s/step " \
                f"(fp32 on this CPU) -> {layout}" in printed
         assert len(calls) == 4 and run.channels_last is faster
         assert json.loads((tmp_path / str(faster) / "meta.json").read_text())["channels_last"] is faster
-    fresh = module.Pretraining(tiny_config(mnist_root, backbone__name="resnet18", train__precision="fp32",
-                                           train__knn_every=0, train__channels_last=False), tmp_path / "fresh",
-                               quiet=True)
+    fresh = Pretraining(tiny_config(mnist_root, backbone__name="resnet18", train__precision="fp32",
+                                    train__knn_every=0, train__channels_last=False), tmp_path / "fresh", quiet=True)
     _assert_same_weights(run.method.state_dict(), fresh.method.state_dict())  # timing left no trace
+
+    # Decided once per machine and model: a later run of one seed computes alike, even if the timings flip.
+    monkeypatch.setattr(module, "time_forward_backward", lambda *args: 1.0 if args[-1] else 2.0)
+    again = Pretraining(config, tmp_path / "again", quiet=False)
+    assert again.channels_last is False and "measured for this model on this machine before" in capsys.readouterr().out
+    other_size = tiny_config(mnist_root, backbone__name="resnet18", backbone__width=16, train__precision="fp32",
+                             train__knn_every=0, train__channels_last="null")
+    assert Pretraining(other_size, tmp_path / "other", quiet=True).channels_last is True  # another model: timed
+    (tmp_path / "cache-False" / "layouts.json").write_text("{cut")
+    assert Pretraining(config, tmp_path / "damaged", quiet=True).channels_last is True  # a damaged memo: timed again
 
 
 def test_a_method_can_keep_its_own_parts_fixed_early(mnist_root, tmp_path, monkeypatch):
@@ -261,14 +271,16 @@ def test_a_method_can_keep_its_own_parts_fixed_early(mnist_root, tmp_path, monke
 
 
 def test_a_resumed_run_keeps_the_layout_its_run_chose(mnist_root, tmp_path, monkeypatch):
-    import importlib
+    from selfsup.recipes import layout as module
+    from selfsup.recipes.pretrain import Pretraining
 
-    module = importlib.import_module("selfsup.recipes.pretrain")
+    monkeypatch.setenv("SELFSUP_CACHE", str(tmp_path / "cache"))
     config = tiny_config(mnist_root, backbone__name="resnet18", train__precision="fp32", train__knn_every=0,
                          train__channels_last="null", train__epochs=1)
     monkeypatch.setattr(module, "time_forward_backward", lambda *args: 1.0 if args[-1] else 2.0)
-    module.Pretraining(config, tmp_path, quiet=True).fit()
-    assert checkpoint.load(tmp_path / "checkpoints" / "last.pt")["channels_last"] is True
+    Pretraining(config, tmp_path / "run", quiet=True).fit()
+    assert checkpoint.load(tmp_path / "run" / "checkpoints" / "last.pt")["channels_last"] is True
+    (tmp_path / "cache" / "layouts.json").unlink()  # not the machine's memo: the run's own record
 
     def must_not_time(*args):  # noqa: ANN002, ANN202
         raise AssertionError("a resumed run measured the layout again")
@@ -276,7 +288,7 @@ def test_a_resumed_run_keeps_the_layout_its_run_chose(mnist_root, tmp_path, monk
     monkeypatch.setattr(module, "time_forward_backward", must_not_time)
     longer = tiny_config(mnist_root, backbone__name="resnet18", train__precision="fp32", train__knn_every=0,
                          train__channels_last="null", train__epochs=2)
-    resumed = module.Pretraining(longer, tmp_path, resume=True, quiet=True)
+    resumed = Pretraining(longer, tmp_path / "run", resume=True, quiet=True, allow_change=("train.epochs",))
     assert resumed.channels_last is True
 
 

@@ -1,4 +1,5 @@
 """Reliability (issue 21): one writer per run directory, numbers as people type them."""
+import json
 import os
 import signal
 import subprocess
@@ -7,8 +8,9 @@ import sys
 import pytest
 import torch
 
-from conftest import tiny_config, wait_until_ready
+from conftest import tiny_config, tiny_overrides, wait_until_ready
 from selfsup.engine.lock import RunDirInUse, lock_run_dir, unlock_run_dir
+from selfsup.errors import SelfsupError
 from selfsup.recipes.pretrain import pretrain
 
 HOLDS_THE_LOCK = """
@@ -122,7 +124,7 @@ def test_a_divergence_with_a_finite_loss_stops_before_it_is_saved_and_is_refused
     monkeypatch.setattr(Engine, "train_step", overflowing)
     config = tiny_config(mnist_root, train__epochs=3)
     with pytest.raises(NonFiniteLoss, match=r"running_var became non-finite by step 12 .*last good checkpoint"):
-        pretrain(config, tmp_path / "run", resume=True, quiet=True)
+        pretrain(config, tmp_path / "run", resume=True, quiet=True, allow_change=("train.epochs",))
     assert checkpoint.load(tmp_path / "run")["step"] == good  # the good checkpoint was not overwritten
     state = checkpoint.load(tmp_path / "run")
     name = next(key for key in state["model"] if key.startswith("backbone.") and key.endswith("running_var"))
@@ -130,3 +132,65 @@ def test_a_divergence_with_a_finite_loss_stops_before_it_is_saved_and_is_refused
     checkpoint.save_atomic(state, tmp_path / "diverged.pt")
     with pytest.raises(SelfsupError, match=rf"diverged.pt holds non-finite values \(first: {name[len('backbone.'):]}\)"):
         load_encoder(tmp_path / "diverged.pt")
+
+
+def _flags(overrides):
+    return [arg for item in overrides for arg in ("--set", item)]
+
+
+def test_resume_refuses_changed_settings_unless_named_and_records_the_ones_accepted(mnist_root, tmp_path, capsys):
+    from selfsup.cli import main
+
+    run = tmp_path / "run"
+    first = tiny_overrides(mnist_root, train__epochs=1, train__knn_every=0)
+    assert main(["pretrain", "--run-dir", str(run), "--quiet"] + _flags(first)) == 0
+    kept = {name: (run / name).read_bytes() for name in ("config.yaml", "meta.json")}
+    last = (run / "checkpoints" / "last.pt").read_bytes()
+
+    changed = tiny_overrides(mnist_root, train__epochs=2, train__knn_every=0, train__batch_size=8, train__seed=3)
+    assert main(["pretrain", "--run-dir", str(run), "--quiet", "--resume"] + _flags(changed)) == 2
+    err = capsys.readouterr().err
+    assert "train.batch_size: then 16, now 8; train.epochs: then 1, now 2; train.seed: then 0, now 3" in err
+    assert "--allow-change train.batch_size train.epochs train.seed; nothing was changed" in err
+    assert {name: (run / name).read_bytes() for name in kept} == kept
+    assert (run / "checkpoints" / "last.pt").read_bytes() == last
+
+    # Without -c the run's own config.yaml is the base: only what --set changes differs, and it is named.
+    assert main(["pretrain", "--run-dir", str(run), "--quiet", "--resume", "--set", "train.epochs=2",
+                 "--allow-change", "train.epochs"]) == 0
+    meta = json.loads((run / "meta.json").read_text())
+    assert meta["config_changes"] == [{"key": "train.epochs", "from": 1, "to": 2, "step": 4}]
+    assert json.loads((run / "summary.json").read_text())["steps"] == 8
+    assert main(["pretrain", "--run-dir", str(run), "--quiet", "--resume", "--set", "train.epochs=3",
+                 "--allow-change", "train.epochs"]) == 0
+    changes = json.loads((run / "meta.json").read_text())["config_changes"]
+    assert [(c["from"], c["to"], c["step"]) for c in changes] == [(1, 2, 4), (2, 3, 8)]  # every one, in order
+
+    assert main(["pretrain", "--run-dir", str(run), "--quiet", "--resume", "--allow-change", "train.epoch"]) == 2
+    assert "--allow-change train.epoch: no such setting (did you mean 'train.epochs'?)" in capsys.readouterr().err
+    assert main(["pretrain", "--run-dir", str(tmp_path / "new"), "--allow-change", "train.epochs"] + _flags(first)) == 2
+    assert "--allow-change goes with --resume" in capsys.readouterr().err
+
+
+def test_side_files_are_written_whole_and_a_damaged_record_is_set_aside(tmp_path, monkeypatch, capsys):
+    from selfsup.eval.evaluator import record
+    from selfsup.files import write_json
+
+    out = tmp_path / "eval"
+    record(out, "simclr", {"knn": {"top1": 50.0}})
+    before = (out / "results.json").read_bytes()
+
+    def disk_full(fd):  # noqa: ANN001, ANN202
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(SelfsupError, match="No space left on device.*previous file is intact"):
+        write_json(out / "results.json", {"cut": True})
+    monkeypatch.undo()
+    assert (out / "results.json").read_bytes() == before and sorted(p.name for p in out.iterdir()) == [
+        "results.json", "results.md"]  # no temporary file left
+
+    (out / "results.json").write_text('{"simclr": {"knn": ')  # cut by something else
+    everything = record(out, "byol", {"knn": {"top1": 40.0}})
+    assert list(everything) == ["byol"] and "results.json was damaged" in capsys.readouterr().err
+    assert len(list(out.glob("results.json.damaged-*"))) == 1  # kept for a look, never read again

@@ -2,9 +2,7 @@
 (evaluation, recipes, report, benchmarks, the command line)."""
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 from typing import Any
 
 
@@ -36,7 +34,3 @@ def markdown_table(rows: list[dict], columns: list[str]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
-
-def write_json(path: Path, payload: dict) -> None:
-    """``payload`` as indented JSON (what JSON cannot hold written as its ``str``)."""
-    path.write_text(json.dumps(payload, indent=2, default=str) + "\n")

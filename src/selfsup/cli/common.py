@@ -28,11 +28,13 @@ def shortcut_overrides(args: argparse.Namespace, *flags: str) -> list[str]:
             if getattr(args, flag, None) is not None]
 
 
-def config_from_args(args: argparse.Namespace, overrides: list[str] | None = None):  # noqa: ANN201 (a RunConfig)
-    """The resolved config of ``-c`` with ``overrides`` (default: the shortcut flags, then ``--set``)."""
+def config_from_args(args: argparse.Namespace, overrides: list[str] | None = None,  # noqa: ANN201 (a RunConfig)
+                     base: Path | None = None):
+    """The resolved config of ``-c`` (else of the file ``base``, else the defaults) with ``overrides``
+    (default: the shortcut flags, then ``--set``)."""
     from ..config import apply_overrides, find_config, read_yaml, resolve
 
-    raw = read_yaml(find_config(args.config)) if args.config else {}
+    raw = read_yaml(find_config(args.config)) if args.config else read_yaml(base) if base is not None else {}
     if getattr(args, "method", None) and isinstance(raw.get("method"), dict) and raw["method"].get("name") != args.method:
         raw["method"] = {"name": args.method}  # another method's hyper-parameters do not carry over
     return resolve(apply_overrides(raw, shortcut_overrides(args) + list(args.set) if overrides is None else overrides))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from ..errors import SelfsupError
 from .common import add_config_args, config_from_args, default_run_dir
@@ -39,7 +40,10 @@ def pretrain(args: argparse.Namespace) -> int:
     if args.list_methods:
         list_methods()
         return 0
-    config = config_from_args(args)
+    own = Path(args.run_dir) / "config.yaml" if args.resume and args.run_dir and not args.config else None
+    config = config_from_args(args, base=own if own is not None and own.is_file() else None)
+    if args.allow_change and not args.resume:
+        raise SelfsupError("--allow-change goes with --resume: it accepts settings that differ from the run's")
     if args.print_config:
         from ..config import to_yaml
 
@@ -51,7 +55,7 @@ def pretrain(args: argparse.Namespace) -> int:
     if args.run_dir is None and dist.launched_by_torchrun():
         raise SelfsupError("under torchrun pass --run-dir, so that every process writes to the same run")
     run_pretraining(config, args.run_dir or default_run_dir(config.method_name, config.data.name), resume=args.resume,
-                    quiet=args.quiet)
+                    quiet=args.quiet, allow_change=tuple(args.allow_change))
     return 0
 
 
@@ -83,7 +87,12 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, help="train.batch_size (global, over all processes)")
     p.add_argument("--run-dir", help="where config, metrics, checkpoints and report go (default runs/<method>-<data>-<time>)")
     p.add_argument("--resume", action="store_true",
-                   help="continue the run in --run-dir from checkpoints/last.pt (start it if none exists)")
+                   help="continue the run in --run-dir from checkpoints/last.pt (start it if none exists); without "
+                        "-c, the run's own config.yaml, with any --set on top")
+    p.add_argument("--allow-change", nargs="+", action="extend", default=[], metavar="KEY",
+                   help="with --resume: accept these settings differing from the run's (e.g. train.epochs to "
+                        "extend it); every other difference is refused. Accepted changes are recorded with "
+                        "their step in meta.json")
     p.add_argument("--list-methods", action="store_true", help="list the methods and their presets, then exit")
     p.add_argument("--print-config", action="store_true", help="print the resolved config, then exit")
     p.add_argument("--network", choices=("student", "teacher"),

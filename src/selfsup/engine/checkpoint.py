@@ -8,7 +8,6 @@ need unpickling of arbitrary objects is refused.
 """
 from __future__ import annotations
 
-import os
 import pickle
 import shutil
 from pathlib import Path
@@ -18,6 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import SelfsupError
+from ..files import save_tensors
 from .lock import lock_run_dir, unlock_run_dir
 
 FORMAT = "selfsup-checkpoint"
@@ -25,25 +25,7 @@ VERSION = 2
 
 
 def save_atomic(state: dict[str, Any], path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(temporary, "wb") as handle:
-            torch.save(state, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except OSError as err:
-        temporary.unlink(missing_ok=True)
-        raise SelfsupError(f"could not write checkpoint {path}: {err.strerror or err}. "
-                           "Free disk space or choose another --run-dir; the previous checkpoint is intact.") from None
-    # Make the rename itself durable.
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    save_tensors(state, path, "checkpoint")
 
 
 def read_weights_only(path: Path) -> Any:
@@ -170,8 +152,9 @@ def prepare_run_dir(run_dir: Path, resume: bool) -> Path | None:
         raise SelfsupError(f"cannot write to run directory {run_dir}: {err.strerror or err}. "
                            "Choose a writable --run-dir.") from None
     lock_run_dir(run_dir)  # held until the run ends (unlock_run_dir) or the process does
-    for leftover in (run_dir / "checkpoints").glob(".*.tmp"):  # what killed writes left; no writer runs now
-        leftover.unlink(missing_ok=True)
+    for folder in (run_dir, run_dir / "checkpoints", run_dir / "eval"):  # what killed writes left; no writer runs now
+        for leftover in folder.glob(".*.tmp"):
+            leftover.unlink(missing_ok=True)
     last = run_dir / "checkpoints" / "last.pt"
     if last.exists() and not resume:
         unlock_run_dir(run_dir)

@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from ..tables import write_json
+from ..files import write_json
 from . import checkpoint, dist
 from .contracts import BadData, Freeze, Images, Loader, NonFiniteLoss, Probe, base_images
 from .metrics import MetricsLog

@@ -6,7 +6,6 @@ in ``results.json`` and ``results.md`` of the output folder.
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +19,8 @@ from ..engine import checkpoint
 from ..engine.runtime import pick_device, resolve_precision
 from ..errors import SelfsupError
 from ..models import prefers_channels_last
-from ..tables import markdown_table, write_json
+from ..files import read_json_record, write_json, write_text_atomic
+from ..tables import markdown_table
 from ..views import EvalView
 from .calibrate import recalibrate_batchnorm
 from .features import extract_features, pixel_features
@@ -201,12 +201,12 @@ def record(out_dir: Path, name: str, results: dict[str, dict], about: dict | Non
     and rewrite ``results.md``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "results.json"
-    everything = json.loads(path.read_text()) if path.is_file() else {}
+    everything = read_json_record(path)
     everything.setdefault(name, {}).update(results)
     if about is not None:
         everything[name][ABOUT] = about
     write_json(path, everything)
-    (out_dir / "results.md").write_text(results_table(everything) + "\n")
+    write_text_atomic(out_dir / "results.md", results_table(everything) + "\n")
     return everything
 
 

@@ -9,7 +9,6 @@ models), then a linear classifier is trained on the frozen, standardised feature
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from .. import figures
 from ..data import ImageDataset
 from ..errors import SelfsupError
 from ..models import prefers_channels_last
-from ..tables import write_json
+from ..files import read_json_record, write_json, write_text_atomic
 from ..views import EvalView
 from .calibrate import recalibrate_batchnorm
 from .evaluator import EvalConfig
@@ -93,13 +92,13 @@ def record_layers(out_dir: Path, name: str, results: dict[int, dict[str, Any]],
     first pooled size) and, with several sizes, ``layers-dims.png``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "layers.json"
-    everything = json.loads(path.read_text()) if path.is_file() else {}
+    everything = read_json_record(path)
     primary = next(iter(results))
     everything[name] = {"stages": results[primary], "settings": settings,
                         "by_dim": {str(dim): {stage: r["top1"] for stage, r in stages.items()}
                                    for dim, stages in results.items()}}
     write_json(path, everything)
-    (out_dir / "layers.md").write_text(layers_table(everything) + "\n")
+    write_text_atomic(out_dir / "layers.md", layers_table(everything) + "\n")
     figures.layer_probe(out_dir / "layers.png", everything)
     if any(len(entry.get("by_dim", {})) > 1 for entry in everything.values()):
         figures.layer_probe_by_size(out_dir / "layers-dims.png", everything)

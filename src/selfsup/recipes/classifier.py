@@ -23,7 +23,7 @@ from ..engine.lock import unlock_run_dir
 from ..errors import SelfsupError
 from ..learners.classifier import classify_all
 from ..models import StagedBackbone, trunk_of
-from ..tables import write_json
+from ..files import write_json
 from ..views import EvalView
 from .run import check_settings, open_run
 

@@ -34,7 +34,7 @@ from ..eval import extract_features, kmeans
 from ..eval.layers import stage_features
 from ..learners import Classifier, classifier_views
 from ..models import STAGES, trunk_of
-from ..tables import write_json
+from ..files import load_cached_tensors, save_tensors, write_json
 from ..views import EvalView, ImageInfo
 from .classifier import ClassifierTraining, fit_classifier
 from .evaluate import checkpoint_evaluator
@@ -91,23 +91,23 @@ def clusterfit(path: str | Path, run_dir: str | Path, settings: ClusterFitSettin
     stamp = {"source": source, "layer": settings.layer, "layer_dim": settings.layer_dim}
 
     features_file = run_dir / "features.pt"
-    saved = torch.load(features_file, weights_only=True) if features_file.is_file() else None
-    if saved is None or saved["stamp"] != json.dumps(stamp):
+    saved = load_cached_tensors(features_file)
+    if saved is None or saved.get("stamp") != json.dumps(stamp):
         features, info = encoder_features(encoder, config, meta, settings, quiet)
-        torch.save({"features": features, "stamp": json.dumps(stamp), **info}, features_file)
+        save_tensors({"features": features, "stamp": json.dumps(stamp), **info}, features_file)
     else:
         features = saved["features"]
 
     clusters_file = run_dir / "clusters.pt"
     wanted = json.dumps({**stamp, "clusters": settings.clusters, "iterations": settings.iterations,
                          "seed": settings.training.seed})
-    saved = torch.load(clusters_file, weights_only=True) if clusters_file.is_file() else None
-    if saved is None or saved["stamp"] != wanted:
+    saved = load_cached_tensors(clusters_file)
+    if saved is None or saved.get("stamp") != wanted:
         result = kmeans(features, settings.clusters, iterations=settings.iterations, seed=settings.training.seed,
                         backend=settings.backend, spherical=True)
         sizes = torch.bincount(result.assignments, minlength=settings.clusters)
-        torch.save({"centroids": result.centroids, "assignments": result.assignments, "stamp": wanted},
-                   clusters_file)
+        save_tensors({"centroids": result.centroids, "assignments": result.assignments, "stamp": wanted},
+                     clusters_file)
         write_json(run_dir / "clusters.json", {
             "clusters": settings.clusters, "backend": result.backend, "iterations": result.iterations,
             "inertia": result.inertia, "smallest": int(sizes.min()), "largest": int(sizes.max()),

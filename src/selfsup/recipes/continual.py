@@ -52,7 +52,8 @@ from ..errors import SelfsupError
 from ..eval.continual import AccuracyMatrix, split_classes, task_index
 from ..learners import ContinualLearner, classifier_views
 from ..learners.continual import SCENARIOS
-from ..tables import markdown_table, write_json
+from ..files import write_json
+from ..tables import markdown_table
 from ..views import ImageInfo
 from .classifier import ClassifierTraining, fit_classifier
 from .loading import StartingPoint, classifier_meta

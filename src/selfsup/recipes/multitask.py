@@ -15,7 +15,8 @@ from .. import figures
 from ..errors import SelfsupError
 from ..learners import MultiTaskLearner, classifier_views
 from ..learners.multitask import build_tasks
-from ..tables import markdown_table, write_json
+from ..files import write_json
+from ..tables import markdown_table
 from ..views import ImageInfo
 from .classifier import ClassifierTraining, fit_classifier
 from .loading import StartingPoint, classifier_meta

@@ -7,8 +7,6 @@ asked, watches it with a kNN monitor on held-out training images, and writes the
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
 from time import perf_counter as clock
@@ -20,20 +18,19 @@ from tqdm import tqdm
 
 from ..config import RunConfig
 from ..data import BatchLoader, DataFacts, ImageDataset, Splits, StreamLoader, default_workers, labeled_part, load_splits
-from ..engine import Engine, Freeze, Images, Precision, Schedule, build_optimizer, checkpoint, dist, preserved
+from ..engine import Engine, Freeze, Images, Precision, Schedule, build_optimizer, checkpoint, dist
 from ..engine.lock import unlock_run_dir
-from ..engine.steps import forward_views, synchronize
 from ..errors import SelfsupError
 from ..eval import extract_features, knn_accuracy
 from ..eval.probe import OnlineProbe
 from ..methods import Method
-from ..models import prefers_channels_last
 from ..report import write_report
-from ..tables import write_json
+from ..files import read_json_record, write_json
 from ..views import EvalView
+from .layout import choose_channels_last
 from .loading import build_model
 from .meta import EncoderRef, RunMeta
-from .run import open_run
+from .run import check_settings, open_run
 
 
 class KnnMonitor:
@@ -89,48 +86,6 @@ def monitors_run(config: RunConfig) -> bool:
     return config.train.knn_every > 0 or config.train.online_probe
 
 
-def choose_channels_last(config: RunConfig, method: nn.Module, first_batch: Callable[[], Images],
-                         device: torch.device, precision: Precision, quiet: bool) -> bool:
-    """``train.channels_last`` or, when None, the faster layout for this model on this machine.
-
-    channels_last is what GPUs and bf16 CPUs run fastest for convolutions (measured, see
-    benchmarks/RESULTS.md); on CPUs running fp32 it depends on the CPU and the model, so both
-    layouts are timed on a few forward/backward passes of a real batch (``first_batch()``, asked for
-    only then) and the faster one wins.
-    """
-    if config.train.channels_last is not None:
-        return config.train.channels_last
-    if not prefers_channels_last(method):
-        return False
-    if device.type == "cuda" or precision.dtype is not None:
-        return True
-    timings, images = {}, first_batch()
-    for layout in (True, False, True, False):  # interleaved: drift hits both alike
-        seconds = time_forward_backward(method, images, device, precision, layout)
-        timings[layout] = min(timings.get(layout, float("inf")), seconds)
-    choice = bool(dist.broadcast_object(timings[True] <= timings[False]))
-    if dist.is_main() and not quiet:
-        print(f"memory layout: channels_last {timings[True]:.2f} s/step, NCHW {timings[False]:.2f} s/step "
-              f"(fp32 on this CPU) -> {'channels_last' if choice else 'NCHW'}")
-    return choice
-
-
-def time_forward_backward(method: nn.Module, images: torch.Tensor, device: torch.device, precision: Precision,
-                          channels_last: bool) -> float:
-    """Seconds of one forward and backward pass of ``method`` on ``images`` in the given layout; the
-    method's weights, buffers and the RNG are left as they were."""
-    method.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    index = torch.arange(len(images), device=images.device)
-    targets = torch.full_like(index, -1)
-    with preserved(method):
-        start = time.perf_counter()
-        loss = forward_views(method, images, targets, index, 0.0, precision=precision, device=device,
-                             channels_last=channels_last)["loss"]
-        loss.backward()
-        synchronize(device)
-        return time.perf_counter() - start
-
-
 def compile_backbones(method: nn.Module) -> list[str]:
     """``torch.compile`` every backbone of ``method`` in place (``nn.Module.compile``: parameter names,
     and so checkpoints, stay as they are); returns their names."""
@@ -144,7 +99,7 @@ class Pretraining:
     """Everything a pretraining run is made of; ``fit()`` runs it."""
 
     def __init__(self, config: RunConfig, run_dir: str | Path, *, resume: bool = False, quiet: bool = False,
-                 command: list[str] | None = None) -> None:
+                 command: list[str] | None = None, allow_change: tuple[str, ...] = ()) -> None:
         self.config, self.run_dir, self.quiet = config, Path(run_dir), quiet
         self.started = clock()  # a time budget counts the set-up too
         cfg = config.train
@@ -213,9 +168,10 @@ class Pretraining:
             log_every=cfg.log_every, checkpoint_every_steps=cfg.checkpoint_every_steps,
             checkpoint_every_minutes=cfg.checkpoint_every_minutes, quiet=quiet)
         self.budget: dict[str, Any] | None = None
+        changes = []  # the settings changed on --resume, accepted with allow_change, with their steps
         if resumed is not None:
             state = resumed
-            self._check_resumable(state)
+            changes = self._check_resumable(state, allow_change)
             self.engine.restore(state)  # also restores each rank's augmentation stream
             if state.get("budget"):  # a run sized to a time budget keeps the length it was given
                 self.budget = self.engine.meta["budget"] = state["budget"]
@@ -229,7 +185,8 @@ class Pretraining:
         self.run.record({"data": self.data_info.to_dict(), "channels_last": self.channels_last,
                          "resumed_at_step": self.engine.step, "total_steps": self.engine.schedule.total_steps, "steps_per_epoch": self.steps_per_epoch,
                          "monitor": meta["monitor"], "online_probe": meta["online_probe"], "compiled": self.compiled,
-                         "best_by": self.engine.criterion, "budget": self.budget}, config=config)
+                         "best_by": self.engine.criterion, "budget": self.budget,
+                         "config_changes": self._earlier_changes() + changes}, config=config)
 
     def _online_probe(self, queries: ImageDataset) -> OnlineProbe:
         network, data = self.method.network(self.config.eval.network), self.data_info
@@ -292,13 +249,20 @@ class Pretraining:
         free, _ = torch.cuda.mem_get_info(self.device)
         return self.splits.train.nbytes < 0.25 * free
 
-    def _check_resumable(self, state: dict[str, Any]) -> None:
-        checkpoint.check_compatible(state, self.config.to_dict())
+    def _check_resumable(self, state: dict[str, Any], allow_change: tuple[str, ...]) -> list[dict[str, Any]]:
+        checkpoint.check_compatible(state, self.config.to_dict())  # another architecture: never resumable
+        changes = check_settings(state, "config", self.config.to_dict(), allow_change)
         saved, now = DataFacts.of(state["data"]), self.data_info
         if (saved.channels, saved.image_size) != (now.channels, now.image_size):
             raise SelfsupError(f"checkpoint {state['path']} was trained on {saved.channels}-channel "
                                f"{saved.image_size} px images, this data is {now.channels}-channel "
                                f"{now.image_size} px")
+        return changes
+
+    def _earlier_changes(self) -> list[dict[str, Any]]:
+        """The config changes earlier resumptions of this run accepted (kept in meta.json)."""
+        changes = read_json_record(self.run_dir / "meta.json").get("config_changes") if self.resume_from else None
+        return changes if isinstance(changes, list) else []
 
     def _fit_budget(self, minutes: float) -> None:
         """Time the first steps and size the run so that it ends about ``minutes`` after it started
@@ -342,11 +306,12 @@ def budget_steps(minutes: float, elapsed_seconds: float, seconds_per_step: float
 
 
 def pretrain(config: RunConfig, run_dir: str | Path, *, resume: bool = False, quiet: bool = False,
-             command: list[str] | None = None) -> dict[str, Any]:
+             command: list[str] | None = None, allow_change: tuple[str, ...] = ()) -> dict[str, Any]:
     """Pretrain ``config`` into ``run_dir`` (locked against other writers while it runs); returns a
-    summary (also written to summary.json)."""
+    summary (also written to summary.json). On ``resume``, settings that differ from the run's are
+    refused unless named in ``allow_change``."""
     try:
-        run = Pretraining(config, run_dir, resume=resume, quiet=quiet, command=command)
+        run = Pretraining(config, run_dir, resume=resume, quiet=quiet, command=command, allow_change=allow_change)
         summary = run.fit()
     finally:
         unlock_run_dir(run_dir)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,8 +24,8 @@ import yaml
 from ..config import RunConfig, to_yaml
 from ..engine import Precision, checkpoint, dist
 from ..engine.runtime import pick_device, provenance, resolve_precision, speed_settings
-from ..errors import SelfsupError
-from ..tables import write_json
+from ..errors import SelfsupError, closest
+from ..files import write_json, write_text_atomic
 
 
 @dataclass
@@ -50,10 +51,10 @@ class Run:
         if not self.main:
             return
         if config is not None:
-            (self.dir / "config.yaml").write_text(to_yaml(config) if isinstance(config, RunConfig) else
-                                                  yaml.safe_dump(config, sort_keys=False, default_flow_style=None))
+            write_text_atomic(self.dir / "config.yaml", to_yaml(config) if isinstance(config, RunConfig) else
+                              yaml.safe_dump(config, sort_keys=False, default_flow_style=None))
         if settings is not None:
-            (self.dir / "settings.yaml").write_text(yaml.safe_dump(settings, sort_keys=False))
+            write_text_atomic(self.dir / "settings.yaml", yaml.safe_dump(settings, sort_keys=False))
         extra = {"settings": settings} if settings is not None else {}
         write_json(self.dir / "meta.json", {**provenance(self.device, self.precision, self.command),
                                             "speed_settings": self.speed, **extra, **facts})
@@ -78,16 +79,29 @@ RESUMABLE_CHANGES = ("device", "precision", "log_every", "test_every")
 it runs and how often it reports."""
 
 
-def check_settings(state: dict[str, Any], key: str, now: dict[str, Any]) -> None:
-    """Refuse to resume a checkpoint whose ``state[key]`` settings differ from ``now`` (but for
-    :data:`RESUMABLE_CHANGES`), naming each difference. A checkpoint written before its recipe
-    recorded settings is taken as it is."""
+def check_settings(state: dict[str, Any], key: str, now: dict[str, Any], allow: Iterable[str] = ()
+                   ) -> list[dict[str, Any]]:
+    """Refuse to resume a checkpoint whose ``state[key]`` settings differ from ``now``, naming each
+    difference, unless it is one of :data:`RESUMABLE_CHANGES` or its dotted key is in ``allow``
+    (``--allow-change``); return the changes accepted, each with the step it takes effect at. A
+    setting only one side has (added to or removed from selfsup since) is no difference; a checkpoint
+    written before its recipe recorded settings is taken as it is."""
     if not isinstance(state.get(key), dict):
-        return
-    changed = differences(state[key], now)
-    if changed:
-        raise SelfsupError(f"cannot resume {state['path']}: it was started with other settings ("
-                           + "; ".join(changed) + "). Resume with the same settings, or use a new run directory.")
+        return []
+    saved, wanted, allow = _flat(plain(state[key])), _flat(plain(now)), list(allow)
+    unknown = [name for name in allow if name not in wanted]
+    if unknown:
+        raise SelfsupError(f"--allow-change {unknown[0]}: no such setting{closest(unknown[0], list(wanted))}")
+    changes = [{"key": name, "from": saved[name], "to": wanted[name], "step": state.get("step")}
+               for name in sorted(set(saved) & set(wanted)) if saved[name] != wanted[name]]
+    refused = [change for change in changes if change["key"] not in allow
+               and change["key"].rsplit(".", 1)[-1] not in RESUMABLE_CHANGES]
+    if refused:
+        listed = "; ".join(f"{c['key']}: then {c['from']!r}, now {c['to']!r}" for c in refused)
+        raise SelfsupError(f"cannot resume {state['path']}: it was trained with other settings ({listed}). Resume "
+                           f"with the run's own settings, or accept the change with --allow-change "
+                           f"{' '.join(c['key'] for c in refused)}; nothing was changed.")
+    return changes
 
 
 def differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:

@@ -18,7 +18,8 @@ from typing import Any
 
 from ..engine import dist
 from ..errors import SelfsupError
-from ..tables import markdown_table, write_json
+from ..files import write_json
+from ..tables import markdown_table
 from .run import differences, plain
 
 STAMP = "stamp.json"
