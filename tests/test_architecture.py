@@ -22,7 +22,7 @@ SOURCE = Path(__file__).resolve().parents[1] / "src" / "selfsup"
 LAYERS = [
     {"errors"},
     {"arguments"},
-    {"tables", "figures", "defaults"},
+    {"tables", "figures", "defaults", "files"},
     {"engine"},
     {"data"},
     {"models"},

@@ -124,7 +124,7 @@ def test_torchrun_two_processes_end_to_end(mnist_root, tmp_path):
     assert steps == list(range(1, 9))  # one writer: no duplicated rows
     assert json.loads((run / "meta.json").read_text())["world_size"] == 2
     # Resuming under torchrun with the same world size continues the run.
-    more = command + ["--resume", "--set", "train.epochs=3"]
+    more = command + ["--resume", "--set", "train.epochs=3", "--allow-change", "train.epochs"]
     done = subprocess.run(more, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     assert checkpoint.load(run)["step"] == 12

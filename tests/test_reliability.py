@@ -35,7 +35,7 @@ def test_a_second_writer_is_refused_naming_the_holder_and_a_killed_holder_leaves
     run_dir.mkdir()
     child = _holder(run_dir, tmp_path / "ready")
     try:
-        with pytest.raises(RunDirInUse, match=rf"run is in use by process {child.pid} .*choose another --run-dir"):
+        with pytest.raises(RunDirInUse, match=rf"run is in use by process {child.pid} .*write elsewhere \(another --run-dir or --out\)"):
             pretrain(tiny_config(mnist_root, train__epochs=1), run_dir, quiet=True)
         assert not (run_dir / "checkpoints" / "last.pt").exists() and not (run_dir / "config.yaml").exists()
         child.send_signal(signal.SIGKILL)  # no handler runs: the kernel releases the lock
@@ -194,3 +194,25 @@ def test_side_files_are_written_whole_and_a_damaged_record_is_set_aside(tmp_path
     everything = record(out, "byol", {"knn": {"top1": 40.0}})
     assert list(everything) == ["byol"] and "results.json was damaged" in capsys.readouterr().err
     assert len(list(out.glob("results.json.damaged-*"))) == 1  # kept for a look, never read again
+
+
+def test_names_that_are_not_utf8_show_in_the_contact_sheet_and_the_report(tmp_path, capsys):
+    """Folder and file names are bytes; those that are not UTF-8 used to crash matplotlib and the report."""
+    from selfsup.cli import main
+    from conftest import write_image_folder
+
+    data = tmp_path / "data"
+    for split in ("train", "test"):
+        write_image_folder(data / split, per_class=4, classes=("cat", "d\udcffg"))  # b"d\xffg" on disk
+    (data / "train" / "cat" / "0.png").rename(data / "train" / "cat" / "\udcfe\udcff.png")
+    run = tmp_path / "run"
+    sets = ["data.name=imagefolder", f"data.root={data}", "data.image_size=16", "backbone.name=toy",
+            "backbone.width=8", "train.epochs=1", "train.batch_size=4", "train.knn_every=0", "train.online_probe=false",
+            "train.channels_last=false", "method.proj_hidden_dim=32", "method.proj_dim=16"]
+    assert main(["pretrain", "--run-dir", str(run), "--quiet"] + _flags(sets)) == 0
+    assert main(["report", str(run), "--quiet"]) == 0
+    (run / "report" / "report.html").read_text(encoding="utf-8")  # valid UTF-8
+    assert list((run / "report").rglob("*confusion*.png"))  # the class names' figure
+    assert main(["embed", str(run), str(data / "train"), "--out", str(tmp_path / "index"), "--quiet"]) == 0
+    assert main(["search", str(tmp_path / "index"), str(data / "test" / "cat" / "0.png"), "-k", "3"]) == 0
+    assert list((tmp_path / "index").glob("search-*.png"))

@@ -12,15 +12,78 @@ import dataclasses
 import inspect
 import types
 import typing
-from typing import Any, Literal, Union
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal, Union
 
 from .errors import SelfsupError, closest
+
+
+@dataclass(frozen=True)
+class Range:
+    """The accepted values of a number: from ``low`` to ``high`` (None: unbounded), each end
+    included unless ``open_low`` / ``open_high``. Attached to a type with ``Annotated``, it is
+    checked with the type, before anything runs, and named in the error."""
+
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False
+    open_high: bool = False
+
+    def holds(self, value: Any) -> bool:
+        if self.low is not None and (value <= self.low if self.open_low else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.open_high else value <= self.high)
+
+    def __str__(self) -> str:
+        if self.low is not None and self.high is not None:
+            return f"in {'(' if self.open_low else '['}{self.low:g}, {self.high:g}{')' if self.open_high else ']'}"
+        if self.low is not None:
+            return f"{'>' if self.open_low else '>='} {self.low:g}"
+        return f"{'<' if self.open_high else '<='} {self.high:g}"
+
+
+@dataclass(frozen=True)
+class NonEmpty:
+    """A list that must hold at least one value."""
+
+    def holds(self, value: Any) -> bool:
+        return len(value) > 0
+
+    def __str__(self) -> str:
+        return "a non-empty list"
+
+
+@dataclass(frozen=True)
+class Ascending:
+    """A pair (low, high) whose first value is not above its second (e.g. a crop scale range)."""
+
+    def holds(self, value: Any) -> bool:
+        return all(a <= b for a, b in zip(value, value[1:]))
+
+    def __str__(self) -> str:
+        return "in ascending order"
+
+
+# The ranges settings take, by what they count or measure.
+PositiveInt = Annotated[int, Range(1)]
+"""A count of at least one (batch size, epochs, image size, k of kNN)."""
+Count = Annotated[int, Range(0)]
+"""A count that may be zero (0 often meaning "never" or "none")."""
+Positive = Annotated[float, Range(0, open_low=True)]
+"""A strictly positive amount (a learning rate, a temperature)."""
+NonNegative = Annotated[float, Range(0)]
+"""An amount that may be zero (a weight decay, a warm-up length)."""
+Fraction = Annotated[float, Range(0, 1)]
+"""A share or a probability, from 0 to 1."""
 
 
 def type_name(annotation: Any) -> str:
     if annotation is type(None):
         return "null"
     origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        base, *rules = typing.get_args(annotation)
+        return " ".join([type_name(base), *(str(rule) for rule in rules if hasattr(rule, "holds"))])
     if origin is Literal:
         return " | ".join(repr(a) for a in typing.get_args(annotation))
     if origin in (Union, types.UnionType):
@@ -35,12 +98,19 @@ def check_value(path: str, value: Any, annotation: Any, default: Any = None) -> 
     dataclasses merged over ``default``) or a :class:`SelfsupError` naming ``path``.
 
     Supports the types configs use: bool, int, float, str, None, Literal, unions,
-    tuple[...], list[...], dict[...] and dataclasses.
+    tuple[...], list[...], dict[...] and dataclasses, and ``Annotated`` with the rules above
+    (:class:`Range`, :class:`NonEmpty`, :class:`Ascending`).
     """
     if annotation is Any or annotation is inspect.Parameter.empty:
         return value
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
+    if origin is Annotated:
+        value = check_value(path, value, args[0], default)
+        for rule in args[1:]:
+            if hasattr(rule, "holds") and not rule.holds(value):
+                raise SelfsupError(f"config key '{path}': must be {rule}, got {value!r}")
+        return value
     if origin in (Union, types.UnionType):
         for option in args:
             try:
@@ -98,7 +168,7 @@ def build_dataclass(cls: type, values: dict[str, Any], path: str, base: Any = No
     """An instance of dataclass ``cls`` from a (partial) mapping, over ``base`` or the defaults."""
     if not isinstance(values, dict):
         raise SelfsupError(f"config section '{path}' must be a mapping, got {values!r}")
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     start = base if base is not None else None
     kwargs = {}
@@ -127,7 +197,7 @@ def signature_defaults(fn: Any, skip: tuple[str, ...] = ()) -> dict[str, tuple[A
     Only ``fn``'s own signature counts: a class states every argument it takes.
     """
     target = fn.__init__ if inspect.isclass(fn) else fn
-    hints = typing.get_type_hints(target)
+    hints = typing.get_type_hints(target, include_extras=True)
     out = {}
     for name, param in inspect.signature(target).parameters.items():
         if name in ("self", *skip) or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):

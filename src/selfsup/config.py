@@ -16,11 +16,11 @@ import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 
-from .arguments import build_dataclass, check_kwargs, plain
+from .arguments import Count, NonNegative, Positive, PositiveInt, Range, build_dataclass, check_kwargs, plain
 from .data import DataConfig
 from .engine import OptimConfig
 from .errors import SelfsupError
@@ -33,11 +33,11 @@ from .models import BackboneConfig
 class TrainConfig:
     """How long and where a pretraining run goes (the ``train`` section)."""
 
-    epochs: int = 100
-    minutes: float | None = None
+    epochs: PositiveInt = 100
+    minutes: Positive | None = None
     """Time budget for training: the first steps are timed and the run is sized to end within it
     (``epochs`` is then ignored); None trains for ``epochs``."""
-    batch_size: int = 256
+    batch_size: PositiveInt = 256
     """Global batch size: split evenly over the processes of a torchrun launch."""
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     """auto: bf16 on GPUs and on CPUs with AVX-512 BF16/AMX, fp16 on older GPUs, else fp32."""
@@ -46,14 +46,14 @@ class TrainConfig:
     faster layout is measured on the first steps."""
     device: str = "auto"
     """auto (CUDA when present), cpu, cuda, cuda:1, ..."""
-    seed: int = 0
-    log_every: int = 10
+    seed: Count = 0
+    log_every: PositiveInt = 10
     """Steps between metric rows (the progress bar updates every step)."""
-    knn_every: int = 1
+    knn_every: Count = 1
     """Epochs between kNN monitor evaluations (0: never)."""
-    knn_bank_size: int = 10000
+    knn_bank_size: PositiveInt = 10000
     """Training images in the monitor's kNN bank (a seeded subset; the final eval uses all)."""
-    knn_test_size: int = 2000
+    knn_test_size: PositiveInt = 2000
     """Monitor queries: labelled training images held out of pretraining (class-balanced, seeded)."""
     monitor_split: Literal["holdout", "test"] = "holdout"
     """Where the monitors' queries (and so the choice of best.pt) come from: a held-out part of the
@@ -62,15 +62,15 @@ class TrainConfig:
     """A linear classifier trained beside the run on the evaluated network's detached features of
     labelled training images, its top-1 on the monitor's queries logged every epoch
     (``probe_top1``; :mod:`selfsup.eval.probe`). Runs only when the training set has labels."""
-    probe_fraction: float = 0.125
+    probe_fraction: Annotated[float, Range(0, 1, open_low=True)] = 0.125
     """Share of each training batch the online probe learns from (one extra forward pass without
     gradient of that many images)."""
     best_by: Literal["auto", "knn_top1", "probe_top1", "loss"] = "auto"
     """What chooses best.pt, for the whole run: auto is the kNN monitor when it runs, else the
     online probe, else the epoch's mean loss."""
-    checkpoint_every_steps: int = 0
+    checkpoint_every_steps: Count = 0
     """Also write last.pt every N steps inside an epoch (0: only at epoch ends)."""
-    checkpoint_every_minutes: float = 10.0
+    checkpoint_every_minutes: NonNegative = 10.0
     """Also write last.pt when this many minutes have passed since the last write (0: never), so a
     crash loses at most that much of a run shorter than an epoch or of a long epoch."""
     sync_bn: bool = False
@@ -79,7 +79,7 @@ class TrainConfig:
     """Compile the backbones (the student's and a teacher's) with ``torch.compile``, in place: the
     checkpoints' keys do not change. Off by default: the first steps pay minutes of compilation,
     and what it gains depends on the model and the machine (measure it: benchmarks/RESULTS.md)."""
-    max_steps: int | None = None
+    max_steps: PositiveInt | None = None
     """Stop after this many steps in total (for smoke tests and benchmarks)."""
 
 
@@ -126,6 +126,13 @@ def load_yaml(text: str) -> Any:
     return yaml.load(text, Loader=NumberLoader)  # noqa: S506 - a SafeLoader
 
 
+def yaml_problem(err: yaml.YAMLError) -> str:
+    """A YAML error in one line: what is wrong and where (PyYAML's own message spans several)."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else problem
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``'optim.lr=0.3'`` -> (['optim', 'lr'], 0.3); values are parsed as YAML."""
     if "=" not in text:
@@ -137,7 +144,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     try:
         value = load_yaml(raw) if raw.strip() else None
     except yaml.YAMLError as err:
-        raise SelfsupError(f"override '{text}': cannot parse the value ({err})") from None
+        raise SelfsupError(f"override '{text}': cannot parse the value ({yaml_problem(err)})") from None
     return key.split("."), value
 
 
@@ -159,9 +166,11 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise SelfsupError(f"config file {path} does not exist (presets: selfsup pretrain --list-methods)")
     try:
-        raw = load_yaml(path.read_text()) or {}
+        raw = load_yaml(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as err:
-        raise SelfsupError(f"config file {path} is not valid YAML: {err}") from None
+        raise SelfsupError(f"config file {path} is not valid YAML: {yaml_problem(err)}") from None
+    except UnicodeDecodeError as err:
+        raise SelfsupError(f"config file {path} is not UTF-8 text (byte {err.start}); is it a config?") from None
     if not isinstance(raw, dict):
         raise SelfsupError(f"config file {path} must hold a mapping at the top level")
     return raw

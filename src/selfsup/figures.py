@@ -11,6 +11,8 @@ import matplotlib
 
 matplotlib.use("Agg")  # no display needed; must precede pyplot
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.text  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 
 Series = tuple[Sequence[float], Sequence[float], str]
@@ -142,9 +144,23 @@ def contact_sheet(path: Path, query: np.ndarray, images: list[np.ndarray], capti
     return _save(figure, path)
 
 
+def printable(text: str) -> str:
+    """``text`` with the bytes of a file or folder name that are not UTF-8 (which Python keeps as
+    surrogate escapes, and fonts and UTF-8 files cannot hold) shown as U+FFFD."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def _save(figure, path: Path) -> Path:  # noqa: ANN001
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for label in figure.findobj(matplotlib.text.Text):  # titles, captions, legends: names from disk
+        label.set_text(printable(label.get_text()))
+    for axis in (axis for axes in figure.axes for axis in (axes.xaxis, axes.yaxis)):  # tick labels, drawn later
+        for formatter in (axis.get_major_formatter(), axis.get_minor_formatter()):
+            if isinstance(formatter, matplotlib.ticker.FixedFormatter):
+                formatter.seq = [printable(str(text)) for text in formatter.seq]
+            elif isinstance(formatter, matplotlib.ticker.FuncFormatter):  # what set_xticks(ticks, labels) makes
+                formatter.func = lambda value, pos, given=formatter.func: printable(str(given(value, pos)))
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)

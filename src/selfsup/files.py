@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -99,3 +101,38 @@ def read_json_record(path: Path) -> dict[str, Any]:
         set_aside(path, "not a JSON object", "starting a new one")
         return {}
     return record
+
+
+def read_weights_only(path: Path, what: str, advice: str) -> Any:
+    """``torch.load(path, weights_only=True)``: nothing in the file can run code. A file that holds
+    pickled objects is refused as such, anything else unreadable as not a ``what``; both messages say
+    the file was left untouched and end with ``advice``, never with PyTorch's advice to unpickle."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - truncation, a bad zip, random bytes, a pickle: each said below
+        text = str(err)
+        found = re.search(r"GLOBAL:? ?([\w.]+)", text)
+        if isinstance(err, pickle.UnpicklingError) and found:
+            raise SelfsupError(
+                f"{path} is not a weights-only {what}: it holds pickled Python objects ({found.group(1)}), which "
+                f"can run code when they are unpickled, so it may be unsafe to load and selfsup refuses it. It was "
+                f"left untouched. {advice}") from None
+        raise SelfsupError(f"{path} is not a readable {what} ({unpickling_reason(text) or type(err).__name__}). "
+                           f"It is corrupt, truncated, or another kind of file; it was left untouched. "
+                           f"{advice}") from None
+
+
+def unpickling_reason(message: str) -> str:
+    """The line of a ``torch.load`` error that says what is wrong, without PyTorch's advice to retry with
+    ``weights_only=False`` (which would run whatever the file holds)."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    useful = [line for line in lines if "weights_only" not in line and "Weights only load failed" not in line
+              and "Please file an issue" not in line and "documentation of torch.load" not in line]
+    return (useful[0] if useful else "")[:200]
+
+
+def user_file_mode() -> int:
+    """The permissions a plain ``open`` gives a new file under the user's umask (0o644 under 022)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask

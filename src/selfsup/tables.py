@@ -33,4 +33,3 @@ def markdown_table(rows: list[dict], columns: list[str]) -> str:
         cells = [f"{row.get(c):.2f}" if isinstance(row.get(c), float) else str(row.get(c, "")) for c in columns]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
-

@@ -19,8 +19,15 @@ FAMILIES = (pretrain, eval, classifiers, downstream, tools)
 """The modules whose ``add_parsers`` register the commands, in the order ``selfsup --help`` lists them."""
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with a bad option or value reported as one line (what, and where help is), exit 2."""
+
+    def error(self, message: str) -> None:  # noqa: D102
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="selfsup", description="Self-supervised visual representation learning: pretrain, evaluate, export.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"selfsup {__version__}")
@@ -31,7 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as stop:  # --help, --version, or a bad option (one line already printed): its exit status
+        return stop.code if isinstance(stop.code, int) else 2
     from ..engine import Preempted, dist
     from ..engine.runtime import record_command
 

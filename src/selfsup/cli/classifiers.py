@@ -6,8 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import add_config_args, add_training_args, classifier_training, config_from_args, default_run_dir
-from .common import one_run_or_sweep
+from .common import (COUNT, FRACTION, LABEL_FRACTION, NON_NEGATIVE, POSITIVE, POSITIVE_INT, add_config_args,
+                     add_training_args, classifier_training, config_from_args, default_run_dir, one_run_or_sweep)
 
 EPILOG_SUPERVISED = """\
 examples:
@@ -93,11 +93,11 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
                                                "of) the labels: the baseline, or a supervised N_pre",
                             epilog=EPILOG_SUPERVISED, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(p)
-    p.add_argument("--label-noise", type=float, help="data.label_noise: move this fraction of the training labels "
+    p.add_argument("--label-noise", type=FRACTION, help="data.label_noise: move this fraction of the training labels "
                                                      "to another class (ClusterFit's study); tests stay clean")
-    p.add_argument("--labels", type=float, nargs="+", default=[1.0],
+    p.add_argument("--labels", type=LABEL_FRACTION, nargs="+", default=[1.0],
                    help="fraction(s) of the training labels, class-balanced by the seed (default 1.0)")
-    p.add_argument("--seeds", type=int, nargs="+",
+    p.add_argument("--seeds", type=COUNT, nargs="+",
                    help="repeat every fraction over these seeds, mean +- std in RUN_DIR/finetune.md")
     add_training_args(p, "supervised")
     p.add_argument("--quiet", action="store_true")
@@ -110,11 +110,11 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--student", action="append", default=[], metavar="backbone.KEY=VALUE",
                    help="the student's backbone, as changes to the teacher's (e.g. backbone.width=16); "
                         "default: the teacher's backbone, fresh")
-    p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature of both (default 1)")
-    p.add_argument("--teacher-weight", type=float, default=1.0,
+    p.add_argument("--temperature", type=POSITIVE, default=1.0, help="softmax temperature of both (default 1)")
+    p.add_argument("--teacher-weight", type=NON_NEGATIVE, default=1.0,
                    help="lambda: weight of the teacher term; 1 - lambda weighs cross-entropy on labels (default 1: "
                         "no labels used)")
-    p.add_argument("--labels", type=float, default=0.0,
+    p.add_argument("--labels", type=FRACTION, default=0.0,
                    help="fraction of the training labels the label term may use (default 0)")
     add_new_network_args(p, "distill", "the teacher's")
     p.set_defaults(func=distill)
@@ -123,11 +123,11 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
                                              "network on the clusters, evaluate both", epilog=EPILOG_CLUSTER,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", help="N_pre: any selfsup checkpoint or run directory (pretrained or fine-tuned)")
-    p.add_argument("--clusters", type=int, default=200, help="K (default 200; the paper's 16,000 is for ImageNet)")
+    p.add_argument("--clusters", type=POSITIVE_INT, default=200, help="K (default 200; the paper's 16,000 is for ImageNet)")
     p.add_argument("--layer", default="output",
                    help="features to cluster: output (default), or a stage conv1, res2 .. res5 (pooled)")
-    p.add_argument("--layer-dim", type=int, default=2048, help="a stage is pooled to about this many features")
-    p.add_argument("--iterations", type=int, default=50, help="k-means iterations (default 50)")
+    p.add_argument("--layer-dim", type=POSITIVE_INT, default=2048, help="a stage is pooled to about this many features")
+    p.add_argument("--iterations", type=POSITIVE_INT, default=50, help="k-means iterations (default 50)")
     p.add_argument("--backend", choices=["auto", "torch", "faiss"], default="auto",
                    help="k-means: faiss when installed (auto), or the exact torch implementation")
     p.add_argument("--student", action="append", default=[], metavar="backbone.KEY=VALUE",

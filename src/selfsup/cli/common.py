@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 
+from ..arguments import Range
 from ..defaults import TRAINING_DEFAULTS
 from ..errors import SelfsupError
 
@@ -58,13 +59,38 @@ def parse_pairs(items: list[str], flag: str, example: str, value: Callable[[str]
         raise SelfsupError(f"{flag}: {' '.join(str(err).split())}") from None
 
 
-def numbers(kind: type) -> Callable[[str], list]:
-    """An argparse type for ``1,2,3``: a list of ``kind`` (used with ``action="extend"``)."""
+def ranged(kind: type, rule: Range) -> Callable[[str], Any]:
+    """An argparse type: a number of ``kind`` within ``rule``, or one line naming the accepted range."""
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {kind.__name__}, got '{text}'") from None
+        if not rule.holds(value):
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {text}")
+        return value
+    parse.__name__ = kind.__name__  # what argparse names in its messages
+    return parse
+
+
+POSITIVE_INT = ranged(int, Range(1))
+COUNT = ranged(int, Range(0))
+POSITIVE = ranged(float, Range(0, open_low=True))
+NON_NEGATIVE = ranged(float, Range(0))
+FRACTION = ranged(float, Range(0, 1))
+LABEL_FRACTION = ranged(float, Range(0, 1, open_low=True))
+"""Argparse types of the ranges options take (the config's own are in :mod:`selfsup.arguments`)."""
+
+
+def numbers(kind: type, rule: Range = Range()) -> Callable[[str], list]:
+    """An argparse type for ``1,2,3``: a list of ``kind`` within ``rule`` (used with ``action="extend"``)."""
+    one = ranged(kind, rule)
+
     def parse(text: str) -> list:
         try:
-            return [kind(part) for part in text.split(",") if part.strip()]
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {kind.__name__}s separated by commas, got '{text}'") from None
+            return [one(part) for part in text.split(",") if part.strip()]
+        except argparse.ArgumentTypeError as err:
+            raise argparse.ArgumentTypeError(f"{err} (in '{text}')" if "," in text else str(err)) from None
     return parse
 
 
@@ -86,20 +112,20 @@ def add_training_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup,
                       label_smoothing: bool = True) -> None:
     """How a classifier trains (:class:`~selfsup.recipes.ClassifierTraining`), with ``strategy``'s defaults."""
     defaults = TRAINING_DEFAULTS[strategy]
-    parser.add_argument("--epochs", type=int, default=defaults.epochs, help=f"default {defaults.epochs}")
-    parser.add_argument("--steps", type=int, help="train for this many optimisation steps instead of --epochs "
+    parser.add_argument("--epochs", type=POSITIVE_INT, default=defaults.epochs, help=f"default {defaults.epochs}")
+    parser.add_argument("--steps", type=POSITIVE_INT, help="train for this many optimisation steps instead of --epochs "
                                                   "(the same schedule whatever the number of labels)")
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help=f"default {defaults.batch_size}")
-    parser.add_argument("--lr", type=float, default=defaults.lr,
+    parser.add_argument("--batch-size", type=POSITIVE_INT, default=defaults.batch_size, help=f"default {defaults.batch_size}")
+    parser.add_argument("--lr", type=POSITIVE, default=defaults.lr,
                         help=f"SGD peak rate at batch 256, cosine decay (default {defaults.lr:g})")
-    parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay,
+    parser.add_argument("--weight-decay", type=NON_NEGATIVE, default=defaults.weight_decay,
                         help=f"default {defaults.weight_decay:g}")
     if label_smoothing:
-        parser.add_argument("--label-smoothing", type=float, default=0.0,
+        parser.add_argument("--label-smoothing", type=FRACTION, default=0.0,
                             help="eps: cross-entropy with (1 - eps) one-hot + eps / K targets, i.e. distillation "
                                  "from a uniform teacher (default 0)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the label choice and the training (default 0)")
-    parser.add_argument("--test-every", type=int, default=1, help="test top-1 every N epochs and after the last "
+    parser.add_argument("--seed", type=COUNT, default=0, help="seed of the label choice and the training (default 0)")
+    parser.add_argument("--test-every", type=COUNT, default=1, help="test top-1 every N epochs and after the last "
                                                                    "(default 1)")
     parser.add_argument("--run-dir", help="where checkpoints and logs go")
     parser.add_argument("--resume", action="store_true", help="continue the run in --run-dir")

@@ -6,8 +6,9 @@ import argparse
 from pathlib import Path
 
 from ..errors import SelfsupError
-from .common import (add_config_args, add_training_args, classifier_training, config_from_args, default_run_dir,
-                     one_run_or_sweep, parse_pairs, shortcut_overrides)
+from .common import (COUNT, FRACTION, LABEL_FRACTION, NON_NEGATIVE, POSITIVE, POSITIVE_INT, add_config_args,
+                     add_training_args, classifier_training, config_from_args, default_run_dir, one_run_or_sweep,
+                     parse_pairs, shortcut_overrides)
 
 EPILOG_CONTINUAL = """\
 examples (split Fashion-MNIST: 5 tasks of 2 classes):
@@ -116,7 +117,7 @@ def add_start_args(parser: argparse.ArgumentParser, strategy: str) -> None:
     parser.add_argument("checkpoint", nargs="?", help="a selfsup checkpoint or run directory to start from; "
                                                       "without it, -c CONFIG's backbone from random initialisation")
     add_config_args(parser)
-    parser.add_argument("--backbone-lr-scale", type=float,
+    parser.add_argument("--backbone-lr-scale", type=NON_NEGATIVE,
                         help="trunk rate as a fraction of the head's (default 0.1 from a checkpoint, 1 from random "
                              "initialisation)")
     parser.add_argument("--quiet", action="store_true")
@@ -132,13 +133,13 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
                    metavar="NAME", help="feature-extraction, finetune, lwf, rehearsal, joint (default: all)")
     p.add_argument("--scenarios", nargs="+", default=["task", "class"], metavar="NAME",
                    help="task (a head per task, task known at test) and/or class (one head over every class seen)")
-    p.add_argument("--classes-per-task", type=int, default=2, help="default 2 (split Fashion-MNIST: 5 tasks)")
-    p.add_argument("--order", type=int, nargs="+", help="class order the tasks are cut from (default 0..K-1)")
-    p.add_argument("--buffer-size", type=int, default=200, help="rehearsal: images kept over the classes seen "
+    p.add_argument("--classes-per-task", type=POSITIVE_INT, default=2, help="default 2 (split Fashion-MNIST: 5 tasks)")
+    p.add_argument("--order", type=COUNT, nargs="+", help="class order the tasks are cut from (default 0..K-1)")
+    p.add_argument("--buffer-size", type=COUNT, default=200, help="rehearsal: images kept over the classes seen "
                                                                 "(default 200)")
-    p.add_argument("--lwf-weight", type=float, default=1.0, help="LwF's lambda_o (default 1)")
-    p.add_argument("--lwf-temperature", type=float, default=2.0, help="LwF's T (default 2)")
-    p.add_argument("--lwf-warmup-epochs", type=float, default=1.0,
+    p.add_argument("--lwf-weight", type=NON_NEGATIVE, default=1.0, help="LwF's lambda_o (default 1)")
+    p.add_argument("--lwf-temperature", type=POSITIVE, default=2.0, help="LwF's T (default 2)")
+    p.add_argument("--lwf-warmup-epochs", type=NON_NEGATIVE, default=1.0,
                    help="LwF: epochs of each new task with the trunk frozen, only the head training (default 1)")
     p.set_defaults(func=continual)
 
@@ -147,20 +148,20 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     add_start_args(p, "semisup")
     p.add_argument("--method", dest="semisup_method", default="fixmatch", help="default fixmatch (see below)")
-    p.add_argument("--labels", type=float, nargs="+", default=[0.01],
+    p.add_argument("--labels", type=LABEL_FRACTION, nargs="+", default=[0.01],
                    help="fraction(s) of the training labels, class-balanced by the seed (default 0.01)")
-    p.add_argument("--seeds", type=int, nargs="+", help="repeat every fraction over these seeds (mean +- std)")
-    p.add_argument("--weight", type=float, help="weight of the unlabelled loss (default: the method's)")
-    p.add_argument("--rampup-steps", type=int, help="optimiser steps over which that weight ramps up (default: the "
+    p.add_argument("--seeds", type=COUNT, nargs="+", help="repeat every fraction over these seeds (mean +- std)")
+    p.add_argument("--weight", type=NON_NEGATIVE, help="weight of the unlabelled loss (default: the method's)")
+    p.add_argument("--rampup-steps", type=COUNT, help="optimiser steps over which that weight ramps up (default: the "
                                                     "method's paper's: 40,000 for the Pi-model, temporal ensembling "
                                                     "and Mean Teacher, 16,384 for MixMatch; a shorter run warns)")
-    p.add_argument("--eval-ema", type=float, help="evaluate a moving average of the weights with this decay (default: "
+    p.add_argument("--eval-ema", type=FRACTION, help="evaluate a moving average of the weights with this decay (default: "
                                                   "0.999 for FixMatch and MixMatch, as their papers; 0: the trained "
                                                   "network)")
     p.add_argument("--no-label-scaling", action="store_true",
                    help="Pi-model, temporal ensembling: do not scale the weight by the labelled share M/N (their "
                         "reference code does)")
-    p.add_argument("--ratio", type=float, help="mu: unlabelled images per labelled one in a batch (default: the "
+    p.add_argument("--ratio", type=POSITIVE, help="mu: unlabelled images per labelled one in a batch (default: the "
                                                "method's, 7 for FixMatch)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="a setting of the method, e.g. threshold=0.9 (FixMatch, UDA, pseudo-label), ema=0.999 "
@@ -178,7 +179,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--weighting", nargs="+", default=["fixed"], metavar="NAME",
                    help="fixed (--weights) and/or dwa (dynamic weight average, time-varying)")
     p.add_argument("--weights", nargs="+", default=[], metavar="TASK=W", help="fixed task weights (default 1 each)")
-    p.add_argument("--soft-weight", type=float, default=0.01,
+    p.add_argument("--soft-weight", type=NON_NEGATIVE, default=0.01,
                    help="soft sharing: weight of the L2 penalty between the trunks (default 0.01)")
     p.add_argument("--coarse", nargs="+", metavar="I,J,...", help="the coarse task's groups of class indices "
                                                                  "(known for fashion_mnist and cifar10)")

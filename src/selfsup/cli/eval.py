@@ -4,10 +4,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..arguments import Range
 from ..defaults import TRAINING_DEFAULTS
 from ..errors import SelfsupError
-from .common import (add_config_args, add_training_args, classifier_training, config_from_args, numbers, one_run_or_sweep,
-                     parse_pairs, shortcut_overrides)
+from .common import (COUNT, LABEL_FRACTION, NON_NEGATIVE, POSITIVE_INT, add_config_args, add_training_args,
+                     classifier_training, config_from_args, numbers, one_run_or_sweep, parse_pairs, ranged,
+                     shortcut_overrides)
 
 EPILOG = """\
 examples:
@@ -42,6 +44,7 @@ def evaluate(args: argparse.Namespace) -> int:
         return layers(args)
     if args.protocol == "finetune":
         return finetune(args)
+    from ..engine.lock import writing_into
     from ..recipes.evaluate import checkpoint_evaluator, pixel_evaluator
 
     protocols = ["knn", "linear"] if args.protocol == "all" else [args.protocol]
@@ -56,7 +59,8 @@ def evaluate(args: argparse.Namespace) -> int:
         evaluators = [checkpoint_evaluator(path, eval_overrides(args), Path(args.out) if args.out else None, args.quiet)
                       for path in args.checkpoint]
     for evaluator, config in evaluators:
-        results = evaluator.run(protocols, config.eval, config.train.seed)
+        with writing_into(evaluator.out_dir):  # one writer per run directory, training included
+            results = evaluator.run(protocols, config.eval, config.train.seed)
         for protocol in protocols:
             print_result(evaluator.name, protocol, results[evaluator.name], config.eval)
         print(f"results: {evaluator.out_dir / 'results.json'}")
@@ -81,15 +85,17 @@ def print_result(name: str, protocol: str, results: dict, settings) -> None:  # 
 
 
 def layers(args: argparse.Namespace) -> int:
+    from ..engine.lock import writing_into
     from ..eval.layers import layers_table
     from ..recipes.evaluate import layers_for_checkpoints
 
     if args.pixels or not args.checkpoint:
         raise SelfsupError("eval layers probes the stages of trained checkpoints: give one or more checkpoints "
                            "(or run directories)")
-    everything, out_dir = layers_for_checkpoints(args.checkpoint, eval_overrides(args),
-                                                 Path(args.out) if args.out else None, args.dim, args.train_size,
-                                                 args.quiet)
+    with writing_into(args.out or args.checkpoint[0]):  # the output's run directory (default: the first's)
+        everything, out_dir = layers_for_checkpoints(args.checkpoint, eval_overrides(args),
+                                                     Path(args.out) if args.out else None, args.dim, args.train_size,
+                                                     args.quiet)
     print(layers_table(everything))
     print(f"results: {out_dir / 'layers.json'}, chart: {out_dir / 'layers.png'}")
     return 0
@@ -140,11 +146,11 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoint", nargs="*", help="checkpoint files or run directories (their checkpoints/last.pt)")
     add_config_args(p)
     p.add_argument("--pixels", action="store_true", help="evaluate raw pixels instead (the baseline)")
-    p.add_argument("-k", "--k", type=numbers(int), action="extend",
+    p.add_argument("-k", "--k", type=numbers(int, Range(1)), action="extend",
                    help="neighbours for the weighted kNN, several as -k 10,20 or -k 10 -k 20: a row each from one "
                         "neighbour search, the first kept as the 'knn' result (default: 200, NPID's, kept, and "
                         "10, 20, 100, 200, the values DINO reports, solo-learn's 20 among them, side by side)")
-    p.add_argument("-T", "--temperature", type=numbers(float), action="extend",
+    p.add_argument("-T", "--temperature", type=numbers(float, Range(0, open_low=True)), action="extend",
                    help="kNN vote temperature(s), several as -T 0.05,0.1 (default 0.07: DINO, solo-learn, NPID)")
     p.add_argument("--features", choices=["backbone", "embedding"],
                    help="eval.features: pooled backbone features (default), or the method's own embedding "
@@ -153,31 +159,31 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
                    help="eval.bn_recalibration: re-estimate BatchNorm statistics on training images first "
                         "(auto: for tile-trained methods)")
     p.add_argument("--out", help="output folder (default: RUN/eval of the first checkpoint)")
-    p.add_argument("--dim", type=int, nargs="+", default=[2048],
+    p.add_argument("--dim", type=POSITIVE_INT, nargs="+", default=[2048],
                    help="layers: pool every stage to about this many features (default 2048); several sizes "
                         "(e.g. --dim 1024 2048 4096) give a table and a chart per size, from one forward pass")
-    p.add_argument("--train-size", type=int,
+    p.add_argument("--train-size", type=POSITIVE_INT,
                    help="layers: probe on a class-balanced subset of this many training images (faster)")
     group = p.add_argument_group("fewshot")
-    group.add_argument("--ways", type=int, help="classes per episode (eval.fewshot_ways, default 5)")
-    group.add_argument("--shots", type=int, nargs="+", help="labelled images per class, one result each "
+    group.add_argument("--ways", type=ranged(int, Range(2)), help="classes per episode (eval.fewshot_ways, default 5)")
+    group.add_argument("--shots", type=POSITIVE_INT, nargs="+", help="labelled images per class, one result each "
                                                             "(eval.fewshot_shots, default 1 5)")
-    group.add_argument("--queries", type=int, help="query images per class (default 15)")
-    group.add_argument("--episodes", type=int, help="episodes (default 600)")
-    group.add_argument("--classes", type=int, nargs="+",
+    group.add_argument("--queries", type=POSITIVE_INT, help="query images per class (default 15)")
+    group.add_argument("--episodes", type=POSITIVE_INT, help="episodes (default 600)")
+    group.add_argument("--classes", type=COUNT, nargs="+",
                        help="draw episodes from these class indices only (held-out classes); default all")
     group = p.add_argument_group("finetune")
-    group.add_argument("--labels", type=float, nargs="+", default=[1.0],
+    group.add_argument("--labels", type=LABEL_FRACTION, nargs="+", default=[1.0],
                        help="fraction(s) of the training labels, class-balanced by the seed (default 1.0; e.g. "
                             "--labels 0.01 0.05 0.1 0.2 1)")
-    group.add_argument("--seeds", type=int, nargs="+",
+    group.add_argument("--seeds", type=COUNT, nargs="+",
                        help="repeat every fraction over these seeds (labels and training), mean +- std in "
                             "RUN_DIR/finetune.md; a killed sweep continues where it was")
-    group.add_argument("--head-layers", type=int, default=0,
+    group.add_argument("--head-layers", type=COUNT, default=0,
                        help="keep this many hidden layers of the projection head on the trunk (SimCLR v2: 1, "
                             "the middle of its 3-layer head); default 0, the backbone's output")
     add_training_args(group, "finetune")
-    group.add_argument("--backbone-lr-scale", type=float,
+    group.add_argument("--backbone-lr-scale", type=NON_NEGATIVE,
                        help="trunk learning rate as a fraction of the head's (default "
                             f"{TRAINING_DEFAULTS['finetune'].backbone_lr_scale:g})")
     group.add_argument("--layer-modes", nargs="+", default=[], metavar="STAGE=MODE",
@@ -190,7 +196,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("tokens", help="ViT checkpoints: [CLS] attention maps and token-norm histograms "
                                            "(with and without registers)")
     p.add_argument("checkpoint", nargs="+", help="checkpoint files or run directories of ViT runs")
-    p.add_argument("--images", type=int, default=8, help="test images to draw (default 8)")
+    p.add_argument("--images", type=POSITIVE_INT, default=8, help="test images to draw (default 8)")
     p.add_argument("--out", help="output folder (default: RUN/eval/tokens of the first checkpoint)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, e.g. data.root=...")
     p.add_argument("--quiet", action="store_true")

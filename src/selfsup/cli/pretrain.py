@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import SelfsupError
-from .common import add_config_args, config_from_args, default_run_dir
+from .common import NON_NEGATIVE, POSITIVE, POSITIVE_INT, add_config_args, config_from_args, default_run_dir
 
 EPILOG = """\
 examples:
@@ -81,10 +81,10 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
                             epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(p)
     p.add_argument("--method", help="method name (see --list-methods)")
-    p.add_argument("--epochs", type=int, help="train.epochs")
-    p.add_argument("--minutes", type=float,
+    p.add_argument("--epochs", type=POSITIVE_INT, help="train.epochs")
+    p.add_argument("--minutes", type=POSITIVE,
                    help="train.minutes: time the first steps and size the run to train for about this long")
-    p.add_argument("--batch-size", type=int, help="train.batch_size (global, over all processes)")
+    p.add_argument("--batch-size", type=POSITIVE_INT, help="train.batch_size (global, over all processes)")
     p.add_argument("--run-dir", help="where config, metrics, checkpoints and report go (default runs/<method>-<data>-<time>)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --run-dir from checkpoints/last.pt (start it if none exists); without "
@@ -111,7 +111,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
 
     p = commands.add_parser("demo", help="pretrain SimCLR on Fashion-MNIST for a few minutes, evaluate, compare")
     p.add_argument("--run-dir", default="runs/demo")
-    p.add_argument("--minutes", type=float, default=5.0,
+    p.add_argument("--minutes", type=NON_NEGATIVE, default=5.0,
                    help="time budget of the whole demo (default 5): the evaluation's cost is estimated and "
                         "pretraining gets the rest, sized by timing its first steps; 0 trains the preset's epochs")
     p.add_argument("-c", "--config", default="demo", help="preset to run (default: the shipped demo preset)")

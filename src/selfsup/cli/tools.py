@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from ..errors import SelfsupError
+from .common import COUNT, POSITIVE_INT
 
 
 def data(args: argparse.Namespace) -> int:
@@ -56,10 +57,12 @@ def data(args: argparse.Namespace) -> int:
 
 
 def export(args: argparse.Namespace) -> int:
+    from ..engine.lock import writing_into
     from ..export import export_backbone
 
-    card = export_backbone(args.checkpoint, args.out, library=args.format, onnx=args.onnx, network=args.network,
-                           quiet=args.quiet)
+    with writing_into(args.out):
+        card = export_backbone(args.checkpoint, args.out, library=args.format, onnx=args.onnx, network=args.network,
+                               quiet=args.quiet)
     out = Path(args.out)
     check = card["recipe_check"]
     checked = (f"checked: the {args.format} model equals the encoder to {check['max_abs_diff']:.1e}"
@@ -78,6 +81,7 @@ def export(args: argparse.Namespace) -> int:
 
 
 def report(args: argparse.Namespace) -> int:
+    from ..engine.lock import writing_into
     from ..explore import inspect_run
     from ..report import check_reportable, read_run, write_comparison, write_report
 
@@ -86,13 +90,14 @@ def report(args: argparse.Namespace) -> int:
         check_reportable(run)
     for run in runs:
         inspection, notes = None, []
-        if args.inspect:
-            inspection, notes = inspect_run(run.path, args.checkpoint, points=args.points, queries=args.queries,
-                                            neighbours=args.neighbours, probe=args.probe, map_method=args.map,
-                                            seed=args.seed, quiet=args.quiet)
-        for note in notes:
-            print(f"{run.path}: {note}", file=sys.stderr)
-        summary = write_report(run, inspection, notes)
+        with writing_into(run.path):
+            if args.inspect:
+                inspection, notes = inspect_run(run.path, args.checkpoint, points=args.points, queries=args.queries,
+                                                neighbours=args.neighbours, probe=args.probe, map_method=args.map,
+                                                seed=args.seed, quiet=args.quiet)
+            for note in notes:
+                print(f"{run.path}: {note}", file=sys.stderr)
+            summary = write_report(run, inspection, notes)
         print(f"wrote {summary.parent / 'report.html'} and {summary}")
     if len(runs) > 1:
         out = Path(args.out) if args.out else runs[0].path.parent / "comparison"
@@ -122,11 +127,13 @@ def runs(args: argparse.Namespace) -> int:
 
 
 def embed(args: argparse.Namespace) -> int:
+    from ..engine.lock import writing_into
     from ..explore import default_index_dir, embed as embed_images
 
     out = Path(args.out) if args.out else default_index_dir(args.checkpoint, args.images)
-    meta = embed_images(args.checkpoint, args.images, out, split=args.split, root=args.root,
-                        batch_size=args.batch_size, strict=args.strict, device=args.device, quiet=args.quiet)
+    with writing_into(out):
+        meta = embed_images(args.checkpoint, args.images, out, split=args.split, root=args.root,
+                            batch_size=args.batch_size, strict=args.strict, device=args.device, quiet=args.quiet)
     print(f"wrote {out / 'embeddings.npy'} ({meta['count']} x {meta['dim']}) and {out / 'index.json'}")
     if meta["skipped"]:
         print(f"skipped {len(meta['skipped'])} file(s) that could not be decoded (listed in index.json):",
@@ -139,11 +146,12 @@ def embed(args: argparse.Namespace) -> int:
 
 def search(args: argparse.Namespace) -> int:
     from ..explore import search as search_index
+    from ..figures import printable
 
     result = search_index(args.index, args.query, args.k, backend=args.backend, checkpoint_path=args.checkpoint,
                           sheet=args.sheet, device=args.device)
     for rank, (path, similarity) in enumerate(zip(result.paths, result.similarities), 1):
-        print(f"{rank:3d}  {similarity:.4f}  {path}")
+        print(f"{rank:3d}  {similarity:.4f}  {printable(path)}")
     if result.sheet is not None:
         print(f"contact sheet: {result.sheet}  (cosine similarity, exact search with {result.backend})")
     return 0
@@ -162,10 +170,10 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     p.add_argument("target", nargs="?", help="shard: the folder the shards go to; cache: where caches live (data.cache_dir)")
     p.add_argument("--root", help="folder holding the dataset (or to download into)")
     p.add_argument("--split", default="train")
-    p.add_argument("--image-size", type=int, help="resize (imagefolder and webdataset default: 64)")
+    p.add_argument("--image-size", type=POSITIVE_INT, help="resize (imagefolder and webdataset default: 64)")
     p.add_argument("--download", action="store_true", help="fetch from the official URL when not found")
     p.add_argument("--grid", help="write a PNG grid of sample images per class (inspect)")
-    p.add_argument("--shard-size", type=int, default=1000, help="shard: images per shard (default 1000)")
+    p.add_argument("--shard-size", type=POSITIVE_INT, default=1000, help="shard: images per shard (default 1000)")
     p.add_argument("--skip-bad", action="store_true", help="cache: leave out images that do not decode (listed)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=data)
@@ -200,10 +208,10 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
                    help="do not fit the linear probe for the confusion matrix when eval/results.json has none")
     p.add_argument("--map", default="auto", choices=["auto", "umap", "tsne"],
                    help="2-D map: UMAP when umap-learn is installed (auto), else t-SNE (scikit-learn)")
-    p.add_argument("--points", type=int, default=1000, help="test images on the map (default 1000)")
-    p.add_argument("--queries", type=int, default=10, help="retrieval queries, one class after another (default 10)")
-    p.add_argument("--neighbours", type=int, default=8, help="neighbours shown per query (default 8)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--points", type=POSITIVE_INT, default=1000, help="test images on the map (default 1000)")
+    p.add_argument("--queries", type=POSITIVE_INT, default=10, help="retrieval queries, one class after another (default 10)")
+    p.add_argument("--neighbours", type=POSITIVE_INT, default=8, help="neighbours shown per query (default 8)")
+    p.add_argument("--seed", type=COUNT, default=0)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=report)
 
@@ -221,7 +229,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="index folder (default: RUN/embeddings/<images>)")
     p.add_argument("--split", default="test", help="split of a dataset name (default test)")
     p.add_argument("--root", help="folder holding the dataset")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=256)
     p.add_argument("--strict", action="store_true", help="stop at the first image that cannot be decoded "
                                                          "(default: skip it and list it)")
     p.add_argument("--device", default="auto")
@@ -231,7 +239,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("search", help="nearest neighbours of an image in an index from selfsup embed")
     p.add_argument("index", help="index folder written by selfsup embed")
     p.add_argument("query", help="query image (any size: preprocessed like the index), or a .npy feature vector")
-    p.add_argument("-k", type=int, default=10, help="neighbours (default 10)")
+    p.add_argument("-k", type=POSITIVE_INT, default=10, help="neighbours (default 10)")
     p.add_argument("--backend", default="auto", choices=["auto", "faiss", "torch"],
                    help="exact cosine search: faiss when installed (auto), else torch")
     p.add_argument("--checkpoint", help="the index's checkpoint at another path (must hold the same weights)")

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from ..engine.runtime import available_memory
 from ..errors import SelfsupError
+from ..files import read_weights_only
 from ..tables import human_bytes
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
@@ -318,7 +319,8 @@ def read_tensor_file(path: Path) -> tuple[np.ndarray, np.ndarray | None, list[st
             with np.load(path, allow_pickle=False) as archive:
                 content = {key: archive[key] for key in archive.files}
         elif path.suffix in (".pt", ".pth"):
-            loaded = torch.load(path, map_location="cpu", weights_only=True)
+            loaded = read_weights_only(path, "tensor file", "Save a dict of tensors: torch.save({'images': uint8 "
+                                       "images, 'targets': labels, 'classes': names}, path), or numpy's savez.")
             if not isinstance(loaded, dict):
                 raise SelfsupError(f"{path}: expected a dict with 'images' (and 'targets'), got {type(loaded).__name__}")
             content = {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in loaded.items()}

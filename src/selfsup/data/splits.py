@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 import torch
 
+from ..arguments import Count, Fraction, PositiveInt
 from ..errors import SelfsupError
 from .catalog import USER_FORMATS, load_dataset
 from .dataset import ImageDataset
@@ -23,11 +24,11 @@ class DataConfig:
     train_split: str = "train"
     """Split used for pretraining (stl10: ``train+unlabeled`` uses the 100k unlabeled images)."""
     test_split: str = "test"
-    image_size: int | None = None
+    image_size: PositiveInt | None = None
     """Stored image size; None keeps the native size (image folders and shards need one: 64 by default)."""
-    subset: int | None = None
+    subset: PositiveInt | None = None
     """Use a class-balanced subset of this many training images (seeded), e.g. for quick runs."""
-    label_noise: float = 0.0
+    label_noise: Fraction = 0.0
     """Fraction of the training labels replaced by another class, drawn uniformly (seeded; the
     test split keeps its labels): ClusterFit's label-noise study."""
     download: bool = False
@@ -41,7 +42,7 @@ class DataConfig:
     decoded by worker processes, each view's crop from the full-resolution image), ``cache``
     (decoded once into a memory-mapped file, see ``selfsup data cache``); ``auto``: stream image
     files whose decoded pixels would take over a quarter of the available memory, else memory."""
-    workers: int | None = None
+    workers: Count | None = None
     """Worker processes decoding a stream (None: all cores but one, shared among the processes of a machine)."""
     cache_dir: str | None = None
     """Where caches live (None: ``$SELFSUP_CACHE`` or ``~/.cache/selfsup/caches``)."""

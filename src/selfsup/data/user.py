@@ -26,6 +26,9 @@ FILE_FORMATS = ("imagefolder", "webdataset", "filelist")
 DEFAULT_FILE_SIZE = 64
 
 
+MAX_NUMBERED_CLASSES = 100_000
+"""The most classes a tensor file without class names may number (ImageNet-21k has 21,841)."""
+
 def join(parts: list[ImageDataset], name: str, split: str) -> ImageDataset:
     """The splits of ``a+b`` as one dataset (file stores: their files joined, nothing decoded)."""
     if len(parts) == 1:
@@ -113,7 +116,12 @@ def read_user_data(name: str, root: Path, split: str, image_size: int | None, sk
     if targets is None:
         targets = np.full(len(images), -1, dtype=np.int64)
     if classes is None:
-        classes = [str(c) for c in range(int(targets.max()) + 1)] if (targets >= 0).any() else []
+        largest = int(targets.max()) if (targets >= 0).any() else -1
+        if largest >= MAX_NUMBERED_CLASSES:  # the classes would be 0..largest: refused before they fill memory
+            raise SelfsupError(f"{path}: label {largest} would make {largest + 1:,} classes (without a 'classes' "
+                               f"list, the classes are 0 to the largest label); number the labels from 0, or "
+                               f"save the class names as 'classes'")
+        classes = [str(c) for c in range(largest + 1)]
     formats.check_labels(targets, len(classes), path)
     return ImageDataset(torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(targets), classes, name,
                         split)

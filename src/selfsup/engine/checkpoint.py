@@ -8,7 +8,6 @@ need unpickling of arbitrary objects is refused.
 """
 from __future__ import annotations
 
-import pickle
 import shutil
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import torch
 from torch import nn
 
 from ..errors import SelfsupError
+from .. import files
 from ..files import save_tensors
 from .lock import lock_run_dir, unlock_run_dir
 
@@ -30,26 +30,9 @@ def save_atomic(state: dict[str, Any], path: str | Path) -> None:
 
 def read_weights_only(path: Path) -> Any:
     """``torch.load(path, weights_only=True)`` with errors a user can act on (and no advice to unpickle)."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        if "weights only" in str(err).lower() or "weights_only" in str(err):
-            raise SelfsupError(
-                f"{path} is not a weights-only checkpoint: it holds pickled Python objects, which can run code "
-                "when they are unpickled, so it may be unsafe to load and selfsup refuses it. It was left "
-                "untouched. Use a checkpoint written by selfsup (or tensors saved with safetensors).") from None
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise _unreadable(path, reason) from None
-    except Exception as err:  # noqa: BLE001 - truncation, bad zip, ...
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise _unreadable(path, reason) from None
-
-
-def _unreadable(path: Path, reason: str) -> SelfsupError:
-    return SelfsupError(
-        f"{path} is not a readable checkpoint ({reason[:200]}). It is corrupt, truncated, or not a "
-        f"selfsup/PyTorch weights file; it was left untouched. Resume from another checkpoint "
-        f"(best.pt, or an earlier copy) or start a new run directory.")
+    return files.read_weights_only(path, "checkpoint", "Resume from another checkpoint (best.pt, or an earlier "
+                                   "copy) or start a new run directory; use checkpoints written by selfsup (or "
+                                   "tensors saved with safetensors).")
 
 
 def load(path: str | Path) -> dict[str, Any]:

@@ -13,9 +13,12 @@ from __future__ import annotations
 import fcntl
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from ..errors import SelfsupError
+from . import dist
 
 LOCK_FILE = ".selfsup.lock"
 _held: dict[Path, tuple[int, int]] = {}  # run directory -> (file descriptor, times taken in this process)
@@ -39,8 +42,8 @@ def lock_run_dir(run_dir: str | Path) -> None:
     except OSError:  # EACCES or EAGAIN: another process holds it
         holder = os.pread(descriptor, 4096, 0).decode(errors="replace").strip() or "another process"
         os.close(descriptor)
-        raise RunDirInUse(f"{run_dir} is in use by {holder}; wait for it to finish, or choose another "
-                          "--run-dir (nothing was changed)") from None
+        raise RunDirInUse(f"{run_dir} is in use by {holder}; wait for it to finish, or write elsewhere "
+                          "(another --run-dir or --out); nothing was changed") from None
     os.ftruncate(descriptor, 0)
     os.pwrite(descriptor, f"process {os.getpid()} ({' '.join(sys.argv)[:300]})\n".encode(), 0)
     _held[path] = (descriptor, 1)
@@ -59,3 +62,29 @@ def unlock_run_dir(run_dir: str | Path) -> None:
     os.ftruncate(descriptor, 0)
     fcntl.lockf(descriptor, fcntl.LOCK_UN)
     os.close(descriptor)
+
+
+def run_dir_around(path: str | Path) -> Path | None:
+    """The run directory ``path`` is in: itself or the nearest of its three closest ancestors that
+    holds ``checkpoints/`` (a checkpoint file, ``RUN/eval``, ``RUN/embeddings/x``), or None."""
+    path = Path(path).resolve()
+    for candidate in [path, *path.parents][:4]:
+        if (candidate / "checkpoints").is_dir():
+            return candidate
+    return None
+
+
+@contextmanager
+def writing_into(*paths: str | Path, own: str | Path | None = None) -> Iterator[None]:
+    """Hold the lock of every run directory that one of ``paths`` lies in (and of ``own``, a run
+    directory this command creates) while the block writes there; the main process only."""
+    found = {run_dir_around(path) for path in paths} - {None}
+    if own is not None:
+        Path(own).mkdir(parents=True, exist_ok=True)
+        found.add(Path(own).resolve())
+    with ExitStack() as stack:
+        if dist.is_main():
+            for run_dir in sorted(found):
+                lock_run_dir(run_dir)
+                stack.callback(unlock_run_dir, run_dir)
+        yield

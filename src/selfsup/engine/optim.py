@@ -5,11 +5,12 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 from torch import nn
 
+from ..arguments import Fraction, NonNegative, Positive, Range
 from ..errors import SelfsupError, closest
 
 
@@ -18,35 +19,35 @@ class OptimConfig:
     """The optimiser and its schedules (the ``optim`` section of a run config)."""
 
     name: Literal["sgd", "lars", "adamw"] = "sgd"
-    lr: float = 0.3
+    lr: Positive = 0.3
     """Peak learning rate for a batch of 256; scaled by ``lr_scaling`` to the global batch size."""
     lr_scaling: Literal["linear", "sqrt", "none"] = "linear"
     """SimCLR's rules: lr * B / 256 (linear) or lr * sqrt(B / 256); none keeps lr as given."""
-    min_lr: float = 0.0
+    min_lr: Fraction = 0.0
     """Learning rate at the end of the cosine schedule, as a fraction of the peak."""
-    warmup_epochs: float = 1.0
-    momentum: float = 0.9
+    warmup_epochs: NonNegative = 1.0
+    momentum: Annotated[float, Range(0, 1, open_high=True)] = 0.9
     nesterov: bool = False
-    weight_decay: float = 1e-6
-    weight_decay_end: float | None = None
+    weight_decay: NonNegative = 1e-6
+    weight_decay_end: NonNegative | None = None
     """Cosine schedule of the weight decay from ``weight_decay`` to this value (DINO: 0.04 -> 0.4);
     None keeps it constant."""
     exclude_norm_bias: bool = True
     """No weight decay (and no LARS adaptation) for norm weights and biases."""
-    lr_scales: dict[str, float] = field(default_factory=dict)
+    lr_scales: dict[str, NonNegative] = field(default_factory=dict)
     """Learning-rate multipliers by parameter group (``backbone``, ``heads``, or a method's own
     groups), e.g. ``{backbone: 0.1}`` trains the trunk at a tenth of the heads' rate."""
-    clip_grad: float | None = None
+    clip_grad: Positive | None = None
     """Clip gradients to this norm (None: no clipping), as ``clip_mode`` says."""
     clip_mode: Literal["global", "per_parameter"] = "global"
     """global: the norm of all gradients together (``clip_grad_norm_``); per_parameter: each
     parameter's gradient on its own, as DINO's ``clip_gradients`` does."""
-    freeze: dict[str, float] = field(default_factory=dict)
+    freeze: dict[str, NonNegative] = field(default_factory=dict)
     """Parameter-name prefixes that do not train for the first N epochs, e.g. ``{backbone: 1}``
     (warm up the heads on a frozen trunk, then train jointly)."""
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[Annotated[float, Range(0, 1, open_high=True)], Annotated[float, Range(0, 1, open_high=True)]] = (0.9, 0.999)
     """AdamW only."""
-    trust_coefficient: float = 0.001
+    trust_coefficient: Positive = 0.001
     """LARS only (You et al. 2017)."""
 
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 from torch import nn
 
+from ..arguments import Count, NonEmpty, NonNegative, Positive, PositiveInt, Range
 from ..data import ImageDataset
 from ..engine import checkpoint
 from ..engine.runtime import pick_device, resolve_precision
@@ -35,14 +36,14 @@ PROTOCOLS = ("knn", "knn-grid", "linear", "fewshot")
 class EvalConfig:
     """Evaluation protocols on frozen features (the ``eval`` section of a run config)."""
 
-    train_images: int | None = None
+    train_images: PositiveInt | None = None
     """Evaluate with a class-balanced, seeded subset of this many labelled training images as the kNN
     bank and the linear probe's training set (None: all); the test split is always used whole."""
-    knn_k: int = 200
-    knn_temperature: float = 0.07
+    knn_k: PositiveInt = 200
+    knn_temperature: Positive = 0.07
     """NPID's weighted kNN: votes exp(cosine / T) of the k nearest training images."""
-    knn_grid_k: list[int] = field(default_factory=lambda: [10, 20, 100, 200])
-    knn_grid_temperatures: list[float] = field(default_factory=lambda: [0.07])
+    knn_grid_k: Annotated[list[PositiveInt], NonEmpty()] = field(default_factory=lambda: [10, 20, 100, 200])
+    knn_grid_temperatures: Annotated[list[Positive], NonEmpty()] = field(default_factory=lambda: [0.07])
     """The ``knn-grid`` protocol: every (k, T) from one neighbour search; the defaults are the
     conventions of DINO (k 10, 20, 100, 200) and solo-learn (k 20), at T = 0.07."""
     network: Literal["auto", "student", "teacher"] = "auto"
@@ -56,22 +57,22 @@ class EvalConfig:
     """Re-estimate BatchNorm statistics on full training images before extracting features
     (auto: for methods whose trunk trained on tiles, patches or half-size images: jigsaw, context
     prediction, counting, PIRL, multi-task, Selfie). Uses no labels."""
-    bn_recalibration_images: int = 10000
+    bn_recalibration_images: PositiveInt = 10000
     linear_solver: Literal["lbfgs", "sgd"] = "lbfgs"
     """lbfgs: full-batch on the cached features; sgd: mini-batches, for feature sets too large for that."""
-    linear_max_iter: int = 300
+    linear_max_iter: PositiveInt = 300
     """L-BFGS iterations."""
-    linear_epochs: int = 100
+    linear_epochs: PositiveInt = 100
     """SGD passes over the cached features."""
-    linear_weight_decays: list[float] = field(default_factory=lambda: [0.0, 1e-5, 1e-4, 1e-3])
+    linear_weight_decays: Annotated[list[NonNegative], NonEmpty()] = field(default_factory=lambda: [0.0, 1e-5, 1e-4, 1e-3])
     """Chosen on a held-out 10% of the training set, then refit on all of it."""
-    batch_size: int = 512
-    fewshot_ways: int = 5
-    fewshot_shots: list[int] = field(default_factory=lambda: [1, 5])
-    fewshot_queries: int = 15
+    batch_size: PositiveInt = 512
+    fewshot_ways: Annotated[int, Range(2)] = 5
+    fewshot_shots: Annotated[list[PositiveInt], NonEmpty()] = field(default_factory=lambda: [1, 5])
+    fewshot_queries: PositiveInt = 15
     """Query images per class in every episode."""
-    fewshot_episodes: int = 600
-    fewshot_classes: list[int] | None = None
+    fewshot_episodes: PositiveInt = 600
+    fewshot_classes: list[Count] | None = None
     """Classes the episodes are drawn from, on the test split (the held-out classes of an
     encoder trained with labels); None: all of them."""
 

@@ -30,6 +30,7 @@ from ..data.formats import IMAGE_SUFFIXES, decode_image, decode_images
 from ..engine.checkpoint import run_dir_of
 from ..engine.runtime import pick_device
 from ..errors import SelfsupError
+from ..files import write_atomic, write_text_atomic
 from ..recipes.loading import load_features
 from ..recipes.meta import RunMeta
 from ..views import EvalView
@@ -167,16 +168,21 @@ def embed(checkpoint_path: str | Path, source: str, out_dir: str | Path, *, spli
         features = torch.cat([encoder(b) for b in tqdm(batches, desc="embedding", unit="batch", disable=quiet)])
         paths = [f"{source}:{split}:{row}" for row in range(len(dataset))]
         origin = {"dataset": source, "split": split, "root": root}
+    bad = (~torch.isfinite(features).all(1)).nonzero().flatten().tolist()
+    if bad:  # an index of NaN rows would answer every query with them
+        raise SelfsupError(f"the encoder of {checkpoint_path} gives non-finite features for {len(bad)} of "
+                           f"{len(paths)} images (the first: {paths[bad[0]]}); nothing was written. Its weights "
+                           "or these images are broken")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    np.save(out / EMBEDDINGS_FILE, features.numpy().astype(np.float32))
+    write_atomic(out / EMBEDDINGS_FILE, lambda handle: np.save(handle, features.numpy().astype(np.float32)))
     meta = {"format": "selfsup-index", "version": 1, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "checkpoint": encoder.meta.source, "step": encoder.meta.step, "method": encoder.meta.method,
             "features": "embedding" if encoder.encode is not encoder.module else "encoder",
             "fingerprint": encoder.fingerprint, "dim": int(features.shape[1]), "count": len(paths),
             "image_size": encoder.image_size, "channels": encoder.channels, "source": origin,
             "similarity": "cosine", "paths": paths, "skipped": skipped}
-    (out / INDEX_FILE).write_text(json.dumps(meta, indent=1) + "\n")
+    write_text_atomic(out / INDEX_FILE, json.dumps(meta, indent=1) + "\n")
     return meta
 
 
@@ -253,6 +259,9 @@ class Index:
         if missing or not isinstance(meta["paths"], list) or not isinstance(meta["source"], dict):
             raise SelfsupError(f"{meta_path} is damaged (missing or malformed: {', '.join(missing) or 'paths/source'}); "
                                "write the index again with selfsup embed")
+        if embeddings.dtype.kind != "f" or not np.isfinite(embeddings).all():
+            raise SelfsupError(f"the index in {directory} is damaged ({EMBEDDINGS_FILE} holds non-finite or "
+                               "non-numeric values); write it again with selfsup embed")
         if embeddings.ndim != 2 or len(embeddings) != len(meta["paths"]) or embeddings.shape[1] != meta["dim"]:
             raise SelfsupError(f"the index in {directory} is inconsistent: {EMBEDDINGS_FILE} has shape "
                                f"{tuple(embeddings.shape)}, {INDEX_FILE} lists {len(meta['paths'])} paths of dim "
@@ -285,6 +294,8 @@ class Index:
                                "query with that encoder (give an image, not a vector of another model)")
         if k < 1:
             raise SelfsupError(f"-k must be >= 1, got {k}")
+        if not np.isfinite(queries).all():  # NaN has no neighbours: faiss and torch would each rank it their way
+            raise SelfsupError("the query holds non-finite values (NaN or inf); a query is a finite feature vector")
         k = min(k, len(self.embeddings))
         asked = F.normalize(torch.from_numpy(queries), dim=1).numpy()
         flat = None
@@ -347,6 +358,9 @@ def search(index_path: str | Path, query: str | Path, k: int = 10, *, backend: s
     contact sheet PNG (``sheet``; default ``INDEX/search-<query>.png``; none for a vector query)."""
     index = Index.load(index_path)
     query = Path(query)
+    if query.suffix == ".npz":
+        raise SelfsupError(f"{query} is a numpy archive; a query is an image file or one feature vector saved "
+                           "with numpy.save (.npy)")
     if query.suffix == ".npy":
         if not query.is_file():
             raise SelfsupError(f"query vector {query} does not exist")

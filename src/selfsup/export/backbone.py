@@ -11,6 +11,7 @@ import torch
 from tqdm import tqdm
 
 from ..errors import SelfsupError
+from ..files import user_file_mode
 from ..models.backbones import ResNet
 from ..models.vit import VisionTransformer
 from ..recipes.loading import load_encoder
@@ -43,6 +44,7 @@ def write_weights(weights: dict[str, torch.Tensor], out: Path) -> None:
             from safetensors.torch import save_file
 
             save_file(weights, str(partial))
+            os.chmod(partial, user_file_mode())  # safetensors writes 0600; a shared model should read like any file
         else:
             torch.save(weights, partial)
         os.replace(partial, out)

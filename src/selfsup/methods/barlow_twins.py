@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..arguments import NonNegative, PositiveInt
 from ..engine import Batch
 from ..losses import barlow_twins
 from ..models.heads import mlp
@@ -31,9 +32,9 @@ class BarlowTwins(Method):
         backbone: nn.Module,
         views: nn.Module,
         *,
-        proj_dim: int = 8192,
-        proj_layers: int = 3,
-        off_diagonal_weight: float = 5e-3,
+        proj_dim: PositiveInt = 8192,
+        proj_layers: PositiveInt = 3,
+        off_diagonal_weight: NonNegative = 5e-3,
     ) -> None:
         super().__init__(backbone, views)
         self.projector = mlp(backbone.num_features, proj_dim, proj_dim, proj_layers)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..arguments import Fraction, PositiveInt
 from ..blocks import Teacher, momentum_schedule
 from ..engine import Batch
 from ..losses import negative_cosine
@@ -38,11 +39,11 @@ class BYOL(Method):
         backbone: nn.Module,
         views: nn.Module,
         *,
-        proj_hidden_dim: int = 4096,
-        proj_dim: int = 256,
-        pred_hidden_dim: int = 4096,
-        base_momentum: float = 0.996,
-        final_momentum: float = 1.0,
+        proj_hidden_dim: PositiveInt = 4096,
+        proj_dim: PositiveInt = 256,
+        pred_hidden_dim: PositiveInt = 4096,
+        base_momentum: Fraction = 0.996,
+        final_momentum: Fraction = 1.0,
     ) -> None:
         super().__init__(backbone, views)
         if not 0.0 <= base_momentum <= final_momentum <= 1.0:

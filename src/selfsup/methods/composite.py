@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..arguments import NonNegative, Positive, PositiveInt
 from ..engine import Batch
 from ..errors import SelfsupError
 from ..losses import negative_cosine, nt_xent
@@ -102,14 +103,14 @@ class Composite(Method):
         backbone: nn.Module,
         views: nn.Module,
         *,
-        contrastive_weight: float = 1.0,
-        forward_weight: float = 0.001,
-        inverse_weight: float = 0.001,
-        transform_weight: float = 0.0,
+        contrastive_weight: NonNegative = 1.0,
+        forward_weight: NonNegative = 0.001,
+        inverse_weight: NonNegative = 0.001,
+        transform_weight: NonNegative = 0.0,
         forward_target: str = "pixels",
-        proj_hidden_dim: int = 2048,
-        proj_dim: int = 128,
-        temperature: float = 0.5,
+        proj_hidden_dim: PositiveInt = 2048,
+        proj_dim: PositiveInt = 128,
+        temperature: Positive = 0.5,
     ) -> None:
         super().__init__(backbone, views)
         weights = {"contrastive": contrastive_weight, "forward": forward_weight, "inverse": inverse_weight,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..arguments import PositiveInt
 from ..models.heads import mlp
 from ..engine import Batch
 from ..views import PatchPairViews
@@ -30,7 +31,7 @@ class ContextPrediction(Method):
     views_class = PatchPairViews
     trains_on_tiles = True
 
-    def __init__(self, backbone: nn.Module, views: nn.Module, *, head_hidden_dim: int = 1024) -> None:
+    def __init__(self, backbone: nn.Module, views: nn.Module, *, head_hidden_dim: PositiveInt = 1024) -> None:
         super().__init__(backbone, views)
         self.classifier = mlp(2 * backbone.num_features, head_hidden_dim, 8, 2)
 

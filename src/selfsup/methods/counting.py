@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..arguments import Positive, PositiveInt
 from ..engine import Batch
 from ..views import CountingViews
 from .base import Method, tile_features
@@ -29,7 +30,7 @@ class Counting(Method):
     views_class = CountingViews
     trains_on_tiles = True
 
-    def __init__(self, backbone: nn.Module, views: nn.Module, *, count_dim: int = 1000, margin: float = 10.0) -> None:
+    def __init__(self, backbone: nn.Module, views: nn.Module, *, count_dim: PositiveInt = 1000, margin: Positive = 10.0) -> None:
         super().__init__(backbone, views)
         self.counter = nn.Sequential(nn.Linear(backbone.num_features, count_dim), nn.ReLU())
         self.margin = margin

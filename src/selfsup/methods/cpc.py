@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..arguments import Count, Positive, PositiveInt
 from ..engine import Batch
 from ..errors import SelfsupError
 from ..losses import candidate_nce
@@ -64,10 +65,10 @@ class CPC(Method):
 
     views_class = OneView
 
-    def __init__(self, backbone: nn.Module, views: nn.Module, *, patch_size: int | None = None,
-                 patch_stride: int | None = None, skip_steps: int = 2, prediction_steps: int = 3,
-                 context_blocks: int = 2, target_dim: int = 64, logit_scale: float = 0.1,
-                 negative_images: int = 32) -> None:
+    def __init__(self, backbone: nn.Module, views: nn.Module, *, patch_size: PositiveInt | None = None,
+                 patch_stride: PositiveInt | None = None, skip_steps: Count = 2, prediction_steps: PositiveInt = 3,
+                 context_blocks: PositiveInt = 2, target_dim: PositiveInt = 64, logit_scale: Positive = 0.1,
+                 negative_images: PositiveInt = 32) -> None:
         super().__init__(backbone, views)
         if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in backbone.modules()):
             raise SelfsupError("CPC v2 encodes every patch on its own: set backbone.norm=layer (batch norm would "

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..arguments import Fraction, NonNegative, Positive, PositiveInt
 from ..blocks import MemoryBank
 from ..engine import Batch
 from ..models.heads import mlp
@@ -49,10 +50,10 @@ class DecoupledRotNet(Method):
     views_class = RotationViews
 
     def __init__(self, backbone: nn.Module, views: nn.Module, *, num_images: int, seed: int = 0,
-                 variant: Literal["paper", "online"] = "paper", head_hidden_dim: int = 512, feature_dim: int = 128,
-                 gamma: float = 2.0, weighting_start: float = 210 / 245, ambiguity_power: float = 1.0,
-                 distance_weight: float = 1.0, instance_weight: float = 1.0, num_negatives: int = 4096,
-                 temperature: float = 0.07, bank_momentum: float = 0.5) -> None:
+                 variant: Literal["paper", "online"] = "paper", head_hidden_dim: PositiveInt = 512, feature_dim: PositiveInt = 128,
+                 gamma: NonNegative = 2.0, weighting_start: Fraction = 210 / 245, ambiguity_power: NonNegative = 1.0,
+                 distance_weight: NonNegative = 1.0, instance_weight: NonNegative = 1.0, num_negatives: PositiveInt = 4096,
+                 temperature: Positive = 0.07, bank_momentum: Fraction = 0.5) -> None:
         super().__init__(backbone, views)
         features = backbone.num_features
         self.variant = variant

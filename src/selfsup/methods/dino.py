@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..arguments import Fraction, NonNegative, Positive, PositiveInt
 from ..blocks import Teacher, forward_by_resolution, momentum_schedule
 from ..engine import Batch, dist
 from ..losses import dino_loss
@@ -50,18 +51,18 @@ class DINO(Method):
         backbone: nn.Module,
         views: nn.Module,
         *,
-        out_dim: int = 65536,
-        hidden_dim: int = 2048,
-        bottleneck_dim: int = 256,
+        out_dim: PositiveInt = 65536,
+        hidden_dim: PositiveInt = 2048,
+        bottleneck_dim: PositiveInt = 256,
         norm_last_layer: bool = True,
-        student_temperature: float = 0.1,
-        teacher_temperature: float = 0.04,
-        teacher_temperature_start: float | None = None,
-        teacher_warmup: float = 0.0,
-        center_momentum: float = 0.9,
-        base_momentum: float = 0.996,
-        final_momentum: float = 1.0,
-        freeze_last_layer: float = 1.0,
+        student_temperature: Positive = 0.1,
+        teacher_temperature: Positive = 0.04,
+        teacher_temperature_start: Positive | None = None,
+        teacher_warmup: NonNegative = 0.0,
+        center_momentum: Fraction = 0.9,
+        base_momentum: Fraction = 0.996,
+        final_momentum: Fraction = 1.0,
+        freeze_last_layer: NonNegative = 1.0,
     ) -> None:
         super().__init__(backbone, views)
         if not 0.0 <= teacher_warmup < 1.0:

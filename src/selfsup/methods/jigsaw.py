@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..arguments import PositiveInt
 from ..models.heads import mlp
 from ..engine import Batch
 from ..views import JigsawViews
@@ -30,8 +31,8 @@ class Jigsaw(Method):
     views_class = JigsawViews
     trains_on_tiles = True
 
-    def __init__(self, backbone: nn.Module, views: nn.Module, *, tile_dim: int = 512,
-                 head_hidden_dim: int = 1024) -> None:
+    def __init__(self, backbone: nn.Module, views: nn.Module, *, tile_dim: PositiveInt = 512,
+                 head_hidden_dim: PositiveInt = 1024) -> None:
         super().__init__(backbone, views)
         tiles = views.tiler.grid ** 2
         self.tile_projector = nn.Sequential(nn.Linear(backbone.num_features, tile_dim), nn.ReLU(inplace=True))

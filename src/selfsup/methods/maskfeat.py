@@ -5,10 +5,13 @@ Visual Pre-Training", CVPR 2022 (arXiv:2112.09133).
 """
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..arguments import PositiveInt, Range
 from ..blocks import patch_targets
 from ..engine import Batch
 from ..errors import SelfsupError
@@ -31,8 +34,8 @@ class MaskFeat(Method):
 
     views_class = OneView
 
-    def __init__(self, backbone: nn.Module, views: nn.Module, *, mask_ratio: float = 0.4, hog_bins: int = 9,
-                 hog_cell: int | None = None) -> None:
+    def __init__(self, backbone: nn.Module, views: nn.Module, *, mask_ratio: Annotated[float, Range(0, 1, open_low=True, open_high=True)] = 0.4, hog_bins: PositiveInt = 9,
+                 hog_cell: PositiveInt | None = None) -> None:
         super().__init__(backbone, views)
         if not isinstance(backbone, VisionTransformer):
             raise SelfsupError(f"MaskFeat masks ViT patches: set backbone.name to vit_tiny or vit_small "

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..arguments import Fraction, Positive, PositiveInt
 from ..blocks import FeatureQueue, Teacher, shuffled_forward, split_batch_norm
 from ..engine import Batch
 from ..losses import info_nce
@@ -50,13 +51,13 @@ class MoCo(Method):
         views: nn.Module,
         *,
         version: int = 2,
-        proj_hidden_dim: int = 2048,
-        proj_dim: int = 128,
-        temperature: float | None = None,
-        queue_size: int = 65536,
-        momentum: float = 0.999,
+        proj_hidden_dim: PositiveInt = 2048,
+        proj_dim: PositiveInt = 128,
+        temperature: Positive | None = None,
+        queue_size: PositiveInt = 65536,
+        momentum: Fraction = 0.999,
         symmetric: bool = False,
-        bn_splits: int = 8,
+        bn_splits: PositiveInt = 8,
         seed: int = 0,
     ) -> None:
         super().__init__(backbone, views)

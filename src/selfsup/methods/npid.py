@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..arguments import Fraction, NonNegative, Positive, PositiveInt
 from ..blocks import MemoryBank
 from ..engine import Batch
 from ..views import OneView
@@ -37,8 +38,8 @@ class NPID(Method):
     views_class = OneView
 
     def __init__(self, backbone: nn.Module, views: nn.Module, *, num_images: int, seed: int = 0,
-                 feature_dim: int = 128, num_negatives: int = 4096, temperature: float = 0.07,
-                 bank_momentum: float = 0.5, normalizer: Literal["fixed", "batch"] = "batch", proximal: float = 0.0) -> None:
+                 feature_dim: PositiveInt = 128, num_negatives: PositiveInt = 4096, temperature: Positive = 0.07,
+                 bank_momentum: Fraction = 0.5, normalizer: Literal["fixed", "batch"] = "batch", proximal: NonNegative = 0.0) -> None:
         super().__init__(backbone, views)
         self.projector = nn.Linear(backbone.num_features, feature_dim)
         self.memory = MemoryBank(num_images, feature_dim, momentum=bank_momentum, num_negatives=num_negatives,

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..arguments import Fraction, Positive, PositiveInt
 from ..blocks import MemoryBank
 from ..engine import Batch
 from ..views import PirlViews
@@ -39,8 +40,8 @@ class PIRL(Method):
     trains_on_tiles = True
 
     def __init__(self, backbone: nn.Module, views: nn.Module, *, num_images: int, seed: int = 0,
-                 feature_dim: int = 128, loss_lambda: float = 0.5, num_negatives: int = 32000,
-                 temperature: float = 0.07, bank_momentum: float = 0.5, normalizer: Literal["fixed", "batch"] = "batch") -> None:
+                 feature_dim: PositiveInt = 128, loss_lambda: Fraction = 0.5, num_negatives: PositiveInt = 32000,
+                 temperature: Positive = 0.07, bank_momentum: Fraction = 0.5, normalizer: Literal["fixed", "batch"] = "batch") -> None:
         super().__init__(backbone, views)
         tiles = views.tiler.grid ** 2 if views.tiler is not None else 0
         self.f = nn.Linear(backbone.num_features, feature_dim)

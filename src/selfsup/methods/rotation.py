@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..arguments import PositiveInt
 from ..models.heads import mlp
 from ..engine import Batch
 from ..views import RotationViews
@@ -26,8 +27,8 @@ class Rotation(Method):
 
     views_class = RotationViews
 
-    def __init__(self, backbone: nn.Module, views: nn.Module, *, head_hidden_dim: int = 512,
-                 head_layers: int = 2) -> None:
+    def __init__(self, backbone: nn.Module, views: nn.Module, *, head_hidden_dim: PositiveInt = 512,
+                 head_layers: PositiveInt = 2) -> None:
         super().__init__(backbone, views)
         self.classifier = mlp(backbone.num_features, head_hidden_dim, 4, head_layers)
 

@@ -5,10 +5,13 @@ Trinh, Luong, Le. "Selfie: Self-supervised Pretraining for Image Embedding", 201
 """
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..arguments import Positive, PositiveInt, Range
 from ..engine import Batch
 from ..errors import SelfsupError
 from ..losses import candidate_nce
@@ -69,9 +72,9 @@ class Selfie(Method):
     """P sees only patches (7 px on 28 px images): its BatchNorm statistics are patch statistics, so
     evaluation on whole images re-estimates them first, as for Jigsaw (``eval.bn_recalibration``)."""
 
-    def __init__(self, backbone: nn.Module, views: nn.Module, *, patch_size: int | None = None,
-                 visible: float = 0.75, patch_stage: str = "res4", attention_blocks: int = 3, head_dim: int = 32,
-                 ffn_ratio: float = 0.625, dropout: float = 0.1, position_embedding: str = "auto",
+    def __init__(self, backbone: nn.Module, views: nn.Module, *, patch_size: PositiveInt | None = None,
+                 visible: Annotated[float, Range(0, 1, open_low=True, open_high=True)] = 0.75, patch_stage: str = "res4", attention_blocks: PositiveInt = 3, head_dim: PositiveInt = 32,
+                 ffn_ratio: Positive = 0.625, dropout: Annotated[float, Range(0, 1, open_high=True)] = 0.1, position_embedding: str = "auto",
                  query: str = "add", scaled_logits: bool = True) -> None:
         super().__init__(backbone, views)
         if not isinstance(backbone, StagedBackbone):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..arguments import Positive, PositiveInt
 from ..engine import Batch
 from ..losses import nt_xent
 from ..models.heads import mlp
@@ -37,10 +38,10 @@ class SimCLR(Method):
         backbone: nn.Module,
         views: nn.Module,
         *,
-        proj_hidden_dim: int = 2048,
-        proj_dim: int = 128,
-        proj_layers: int = 2,
-        temperature: float = 0.5,
+        proj_hidden_dim: PositiveInt = 2048,
+        proj_dim: PositiveInt = 128,
+        proj_layers: PositiveInt = 2,
+        temperature: Positive = 0.5,
     ) -> None:
         super().__init__(backbone, views)
         self.projector = mlp(backbone.num_features, proj_hidden_dim, proj_dim, proj_layers)

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..arguments import PositiveInt
 from ..engine import Batch
 from ..losses import negative_cosine
 from ..models.heads import mlp
@@ -37,9 +38,9 @@ class SimSiam(Method):
         backbone: nn.Module,
         views: nn.Module,
         *,
-        proj_dim: int = 2048,
-        proj_layers: int = 3,
-        pred_hidden_dim: int = 512,
+        proj_dim: PositiveInt = 2048,
+        proj_layers: PositiveInt = 3,
+        pred_hidden_dim: PositiveInt = 512,
         fix_predictor_lr: bool = True,
     ) -> None:
         super().__init__(backbone, views)

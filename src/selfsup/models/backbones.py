@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Annotated, Any, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +18,7 @@ import torchvision
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
+from ..arguments import Count, PositiveInt, Range
 from ..errors import SelfsupError, closest
 from .vit import VisionTransformer, default_patch_size
 
@@ -80,14 +81,14 @@ class BackboneConfig:
     """resnet18, resnet34, resnet50, or toy (tests)."""
     small_stem: bool | None = None
     """3x3 stride-1 first conv and no max-pool, for 28-64 px images; None: when image_size <= 64."""
-    width: int = 64
+    width: PositiveInt = 64
     """ResNet: channels of the first stage (64 in torchvision); 32 or 16 for CPU-sized experiments.
     A ViT's size is in its name (vit_tiny, vit_small)."""
-    patch_size: int | None = None
+    patch_size: PositiveInt | None = None
     """ViT: patch side in pixels; None: 4 up to 32 px images, 8 up to 96 px, 16 above."""
-    registers: int = 0
+    registers: Count = 0
     """ViT: register tokens (Darcet et al. 2024); 0 = none."""
-    drop_path: float = 0.0
+    drop_path: Annotated[float, Range(0, 1, open_high=True)] = 0.0
     """ViT: stochastic depth (Huang et al. 2016): each block's residual branches are dropped per
     sample in training, at a rate rising linearly over the blocks to this value (DINO's students:
     0.1; a momentum teacher never drops)."""

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from ..config import RunConfig
 from ..data import load_splits
+from ..engine.lock import writing_into
 from ..errors import SelfsupError
 from ..eval import extract_features, kmeans
 from ..eval.layers import stage_features
@@ -82,9 +83,14 @@ def encoder_features(encoder: torch.nn.Module, config: RunConfig, meta: RunMeta,
 
 def clusterfit(path: str | Path, run_dir: str | Path, settings: ClusterFitSettings, *, student: list[str] = (),
                overrides: list[str] = (), quiet: bool = False) -> dict[str, Any]:
-    """Run (or continue) every stage of ClusterFit from the checkpoint ``path`` into ``run_dir``."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    """Run (or continue) every stage of ClusterFit from the checkpoint ``path`` into ``run_dir``
+    (locked against other writers while it runs)."""
+    with writing_into(own=run_dir):
+        return _clusterfit(path, Path(run_dir), settings, student, overrides, quiet)
+
+
+def _clusterfit(path: str | Path, run_dir: Path, settings: ClusterFitSettings, student: list[str],
+                overrides: list[str], quiet: bool) -> dict[str, Any]:
     student = backbone_changes(student)
     encoder, config, meta = load_encoder(path, overrides)  # once, for every stage
     source = meta.source

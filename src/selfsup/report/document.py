@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from ..figures import printable
+
 STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto; max-width: 1100px;
        padding: 0 1rem; color: #1d2433; line-height: 1.45; }
@@ -128,8 +130,8 @@ class Document:
 
     def write(self, html_path: Path, markdown_path: Path) -> None:
         html_path.parent.mkdir(parents=True, exist_ok=True)
-        html_path.write_text(self.to_html(html_path.parent), encoding="utf-8")
-        markdown_path.write_text(self.to_markdown(markdown_path.parent), encoding="utf-8")
+        html_path.write_text(printable(self.to_html(html_path.parent)), encoding="utf-8")  # names from disk
+        markdown_path.write_text(printable(self.to_markdown(markdown_path.parent)), encoding="utf-8")
 
 
 def _cell(value: Any) -> str:

@@ -9,11 +9,13 @@ seeds per rank and checkpoints, so a resumed run draws the same views.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 import kornia.augmentation as K
 import torch
 from torch import nn
 
+from ..arguments import Ascending, Fraction, NonNegative, Positive, Range
 from ..data import CropSpec, DataFacts
 from .color import ColorJitter
 
@@ -44,17 +46,17 @@ class AugmentSpec:
     saturation, hue and grayscale do not exist and are left out.
     """
 
-    crop_scale: tuple[float, float] = (0.08, 1.0)
-    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    flip_p: float = 0.5
-    jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1)
+    crop_scale: Annotated[tuple[Fraction, Fraction], Ascending()] = (0.08, 1.0)
+    crop_ratio: Annotated[tuple[Positive, Positive], Ascending()] = (3 / 4, 4 / 3)
+    flip_p: Fraction = 0.5
+    jitter: tuple[NonNegative, NonNegative, NonNegative, Annotated[float, Range(0, 0.5)]] = (0.4, 0.4, 0.4, 0.1)
     """Brightness, contrast, saturation, hue."""
-    jitter_p: float = 0.8
-    grayscale_p: float = 0.2
-    blur_p: float = 0.0
-    blur_sigma: tuple[float, float] = (0.1, 2.0)
-    solarize_p: float = 0.0
-    rotation_degrees: float = 0.0
+    jitter_p: Fraction = 0.8
+    grayscale_p: Fraction = 0.2
+    blur_p: Fraction = 0.0
+    blur_sigma: Annotated[tuple[Positive, Positive], Ascending()] = (0.1, 2.0)
+    solarize_p: Fraction = 0.0
+    rotation_degrees: Annotated[float, Range(0, 180)] = 0.0
     """Random rotation in +-degrees (Exemplar-CNN: 20)."""
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..arguments import Count, PositiveInt
 from ..data import CropSpec
 from ..engine import Images, Precropped
 from .augment import Augment, AugmentSpec, ImageInfo
@@ -118,8 +119,8 @@ class MultiCropViews(nn.Module):
     :func:`selfsup.blocks.forward_by_resolution` (one pass per resolution).
     """
 
-    def __init__(self, image: ImageInfo, *, num_local: int = 6, global_size: int | None = None,
-                 local_size: int | None = None,
+    def __init__(self, image: ImageInfo, *, num_local: Count = 6, global_size: PositiveInt | None = None,
+                 local_size: PositiveInt | None = None,
                  global_augment: AugmentSpec = AugmentSpec(crop_scale=(0.4, 1.0)),
                  global_augment_b: AugmentSpec | None = None,
                  local_augment: AugmentSpec = AugmentSpec(crop_scale=(0.05, 0.4))) -> None:

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..arguments import Count, PositiveInt
 from ..errors import SelfsupError
 from .augment import Augment, AugmentSpec, ImageInfo
 from .tiles import Tiler, TileSpec, cut_tiles, permutation_set, shuffle_tiles
@@ -73,7 +74,7 @@ class JigsawViews(nn.Module):
     num_outputs = 2
 
     def __init__(self, image: ImageInfo, *, augment: AugmentSpec = TILE_SOURCE, tiles: TileSpec = TileSpec(),
-                 num_permutations: int = 100, permutation_seed: int = 0) -> None:
+                 num_permutations: PositiveInt = 100, permutation_seed: Count = 0) -> None:
         super().__init__()
         self.augment, self.tiler = Augment(image, augment), Tiler(image.size, tiles)
         self.register_buffer("permutations", permutation_set(num_permutations, permutation_seed, tiles.grid ** 2))
