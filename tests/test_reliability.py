@@ -216,3 +216,79 @@ def test_names_that_are_not_utf8_show_in_the_contact_sheet_and_the_report(tmp_pa
     assert main(["embed", str(run), str(data / "train"), "--out", str(tmp_path / "index"), "--quiet"]) == 0
     assert main(["search", str(tmp_path / "index"), str(data / "test" / "cat" / "0.png"), "-k", "3"]) == 0
     assert list((tmp_path / "index").glob("search-*.png"))
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 4 MiB tmpfs: a disk that really fills (skipped where this process may not mount one)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], capture_output=True,
+                             text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip() or 'mount failed'})")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+def test_a_full_disk_during_a_checkpoint_write_keeps_the_previous_one(small_disk, mnist_root, monkeypatch):
+    from selfsup.engine import Engine, checkpoint
+    from selfsup.errors import SelfsupError
+
+    run = small_disk / "run"
+    original = Engine.train_step
+    filler = small_disk / "filler"
+
+    def fill_the_disk_at_step_6(self, *batch):
+        if self.step == 6 and not filler.exists():  # after epoch 1's checkpoint (4 steps an epoch)
+            with open(filler, "wb") as handle:
+                try:
+                    while True:
+                        handle.write(b"\0" * 65536)
+                except OSError:
+                    pass
+        return original(self, *batch)
+
+    monkeypatch.setattr(Engine, "train_step", fill_the_disk_at_step_6)
+    with pytest.raises(SelfsupError, match="No space left on device"):
+        pretrain(tiny_config(mnist_root, train__epochs=3, train__knn_every=0), run, quiet=True)
+    assert checkpoint.load(run)["step"] == 4  # epoch 1's checkpoint, intact and readable
+    assert not list((run / "checkpoints").glob(".*.tmp"))  # the cut write left nothing behind
+    filler.unlink()
+    monkeypatch.setattr(Engine, "train_step", original)
+    pretrain(tiny_config(mnist_root, train__epochs=3, train__knn_every=0), run, resume=True, quiet=True)
+    assert checkpoint.load(run)["step"] == 12
+
+
+def test_two_real_writers_on_one_run_directory_and_a_signal_end_to_end(mnist_root, tmp_path):
+    """Real processes: a training holds its run; a second training and an evaluation of it are refused with
+    the holder's PID; SIGINT (Ctrl-C) stops the holder with last.pt written; the run then resumes."""
+    from test_preemption import WAITS_FOR_A_SIGNAL
+
+    from selfsup.engine import checkpoint
+
+    run = tmp_path / "run"
+    arguments = ["pretrain", "--quiet", "--run-dir", str(run)] + _flags(tiny_overrides(
+        mnist_root, train__epochs=3, train__checkpoint_every_steps=2))  # last.pt at step 2: something to evaluate
+    ready, log = tmp_path / "ready", open(tmp_path / "stderr.txt", "w+")
+    holder = subprocess.Popen([sys.executable, "-c", WAITS_FOR_A_SIGNAL] + arguments, stderr=log, text=True,
+                              env={**os.environ, "SELFSUP_READY": str(ready)})
+    try:
+        wait_until_ready(holder, ready)
+        for second in (arguments, ["eval", "knn", str(run), "--quiet"]):
+            refused = subprocess.run([sys.executable, "-m", "selfsup"] + second, capture_output=True, text=True,
+                                     timeout=300)
+            lines = refused.stderr.strip().splitlines()
+            assert refused.returncode == 2 and len(lines) == 1, refused.stderr
+            assert f"is in use by process {holder.pid}" in lines[0]
+        holder.send_signal(signal.SIGINT)
+        holder.wait(timeout=300)
+    finally:
+        holder.kill()
+        log.close()
+    assert holder.returncode == 130, (tmp_path / "stderr.txt").read_text()
+    assert checkpoint.load(run)["step"] == 4 and not (run / "eval").exists()  # the refused eval wrote nothing
+    resumed = subprocess.run([sys.executable, "-m", "selfsup"] + arguments + ["--resume"], capture_output=True,
+                             text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert checkpoint.load(run)["step"] == 12
