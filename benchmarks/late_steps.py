@@ -77,7 +77,7 @@ def paired(run_dir: Path, steps: int, data_root: str | None, rounds: int) -> dic
     """Seconds per step with and without flushing denormals, alternately, at the trained state of
     ``run_dir`` and at a fresh start; the paired ratio (without / with) per state."""
     states = {"trained (resumed at the end)": Pretraining(demo_config(steps + 50, data_root), run_dir, resume=True,
-                                                          quiet=True),
+                                                          quiet=True, allow_change=("train.max_steps",)),
               "fresh (step 0)": Pretraining(demo_config(steps + 50, data_root),
                                             Path(tempfile.mkdtemp(prefix="selfsup-late-")), quiet=True)}
     found = {}

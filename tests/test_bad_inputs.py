@@ -6,7 +6,6 @@ process against one trained tiny run, so the table costs seconds.
 """
 from __future__ import annotations
 
-import os
 import zipfile
 from pathlib import Path
 
@@ -40,8 +39,8 @@ def world(tmp_path_factory) -> dict[str, Path]:
         archive.writestr("archive/version", "3\n")
 
     class RunsCode:
-        def __reduce__(self):  # noqa: ANN204
-            return (os.system, ("echo this must never run",))
+        def __reduce__(self):  # noqa: ANN204 - unpickling it would create the file
+            return (open, (str(root / "PWNED"), "w"))
 
     torch.save({"model": RunsCode()}, files / "evil.pt")
     state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
@@ -87,7 +86,8 @@ CONFIG_VALUES = [  # (--set values for pretrain, what the one line must say)
     (["train.batch_size=1.5"], "'train.batch_size': expected int"),
     (["train.epochs=0"], "'train.epochs': must be >= 1"),
     (["train.epochs=-1"], "'train.epochs': must be >= 1"),
-    (["train.minutes=0"], "'train.minutes': expected float > 0 or null"),
+    (["train.minutes=0"], "'train.minutes': must be > 0, got 0.0"),
+    (["train.minutes=.inf"], "'train.minutes': must be a finite number > 0, got inf"),
     (["train.log_every=0"], "'train.log_every': must be >= 1"),
     (["train.knn_every=-1"], "'train.knn_every': must be >= 0"),
     (["train.knn_bank_size=0"], "'train.knn_bank_size': must be >= 1"),
@@ -96,7 +96,7 @@ CONFIG_VALUES = [  # (--set values for pretrain, what the one line must say)
     (["train.probe_fraction=1.5"], "'train.probe_fraction': must be in (0, 1]"),
     (["train.checkpoint_every_steps=-1"], "'train.checkpoint_every_steps': must be >= 0"),
     (["train.checkpoint_every_minutes=-5"], "'train.checkpoint_every_minutes': must be >= 0"),
-    (["train.max_steps=0"], "'train.max_steps': expected int >= 1 or null"),
+    (["train.max_steps=0"], "'train.max_steps': must be >= 1"),
     (["train.precision=fp64"], "'train.precision': expected 'auto' | 'bf16' | 'fp16' | 'fp32'"),
     (["train.seed=-1"], "'train.seed': must be >= 0"),
     (["train.monitor_split=val"], "'train.monitor_split'"),
@@ -104,6 +104,7 @@ CONFIG_VALUES = [  # (--set values for pretrain, what the one line must say)
     (["optim.lr=-0.1"], "'optim.lr': must be > 0, got -0.1"),
     (["optim.lr=0"], "'optim.lr': must be > 0"),
     (["optim.lr=fast"], "'optim.lr': expected float"),
+    (["optim.lr=.nan"], "'optim.lr': must be a finite number > 0, got nan"),
     (["optim.min_lr=2"], "'optim.min_lr': must be in [0, 1]"),
     (["optim.warmup_epochs=-1"], "'optim.warmup_epochs': must be >= 0"),
     (["optim.momentum=1.0"], "'optim.momentum': must be in [0, 1)"),
@@ -111,19 +112,19 @@ CONFIG_VALUES = [  # (--set values for pretrain, what the one line must say)
     (["optim.weight_decay_end=-1"], "'optim.weight_decay_end'"),
     (["optim.name=adam"], "'optim.name': expected 'sgd' | 'lars' | 'adamw'"),
     (["optim.clip_grad=0"], "'optim.clip_grad'"),
-    (["optim.betas=[0.9]"], "'optim.betas'"),
+    (["optim.betas=[0.9]"], "'optim.betas': expected a list of 2 (float in [0, 1), float in [0, 1))"),
     (["optim.betas=[0.9, 1.5]"], "'optim.betas[1]': must be in [0, 1)"),
     (["optim.trust_coefficient=0"], "'optim.trust_coefficient': must be > 0"),
     (["optim.lr_scales={{backbone: -1}}"], "'optim.lr_scales.backbone': must be >= 0"),
     (["optim.freeze={{backbone: -2}}"], "'optim.freeze.backbone': must be >= 0"),
-    (["data.image_size=0"], "'data.image_size': expected int >= 1 or null"),
+    (["data.image_size=0"], "'data.image_size': must be >= 1, got 0"),
     (["data.image_size=-32"], "'data.image_size'"),
     (["data.subset=0"], "'data.subset'"),
     (["data.label_noise=1.5"], "'data.label_noise': must be in [0, 1]"),
     (["data.workers=-2"], "'data.workers'"),
     (["data.source=disk"], "'data.source'"),
-    (["data.name=imagenet42"], "imagenet42"),
-    (["data.root={root}/missing"], "missing"),
+    (["data.name=imagenet42"], "unknown dataset 'imagenet42' (did you mean 'imagefolder'?)"),
+    (["data.root={root}/missing"], "fashion_mnist not found in {root}/missing"),
     (["backbone.name=resnet19"], "unknown backbone 'resnet19' (did you mean"),
     (["backbone.width=0"], "'backbone.width': must be >= 1"),
     (["backbone.name=vit_tiny", "backbone.width=64", "backbone.drop_path=1.0"], "'backbone.drop_path': must be in [0, 1)"),
@@ -138,14 +139,14 @@ CONFIG_VALUES = [  # (--set values for pretrain, what the one line must say)
     (["views.augment.blur_sigma=[2.0, 0.1]"], "'views.augment.blur_sigma': must be in ascending order"),
     (["views.augment.rotation_degrees=-5"], "'views.augment.rotation_degrees': must be in [0, 180]"),
     (["views.augment.colour=1"], "unknown config key 'views.augment.colour'"),
-    (["method.name=simclr2"], "simclr2"),
+    (["method.name=simclr2"], "unknown method 'simclr2' (did you mean 'simclr'?)"),
     (["method.temperature=0"], "'method.temperature': must be > 0"),
     (["method.temperature=-0.5"], "'method.temperature': must be > 0"),
     (["method.proj_dim=0"], "'method.proj_dim': must be >= 1"),
     (["method.proj_layers=0"], "'method.proj_layers': must be >= 1"),
     (["method.name=moco", "method.queue_size=0"], "'method.queue_size': must be >= 1"),
     (["method.name=moco", "method.momentum=1.5"], "'method.momentum': must be in [0, 1]"),
-    (["method.name=moco", "method.temperature=0"], "'method.temperature': expected float > 0 or null"),
+    (["method.name=moco", "method.temperature=0"], "'method.temperature': must be > 0"),
     (["method.name=dino", "views.num_local=-1"], "'views.num_local': must be >= 0"),
     (["method.name=dino", "method.teacher_temperature=0"], "'method.teacher_temperature': must be > 0"),
     (["method.name=dino", "method.out_dim=0"], "'method.out_dim': must be >= 1"),
@@ -188,7 +189,8 @@ COMMANDS = [  # (argv with {placeholders}, what the one line must say)
     (["pretrain", "--run-dir", "{run}", "--resume", "--set", "train.batch_size=8"],
      "train.batch_size: then 16, now 8"),
     (["pretrain", "--run-dir", "{run}", "--resume", "--allow-change", "train.epoch"], "no such setting"),
-    (["pretrain", "--run-dir", "{files}/a-file", "--set", "data.root={fm}"], "a-file"),
+    (["pretrain", "--run-dir", "{files}/a-file", "--set", "data.root={fm}"],
+     "cannot write to run directory {files}/a-file: Not a directory"),
     (["eval", "knn", "{run}", "-k", "0"], "argument -k/--k: must be >= 1, got 0"),
     (["eval", "knn", "{run}", "-k", "5,0"], "must be >= 1, got 0 (in '5,0')"),
     (["eval", "knn", "{run}", "-T", "0"], "argument -T/--temperature: must be > 0"),
@@ -197,9 +199,9 @@ COMMANDS = [  # (argv with {placeholders}, what the one line must say)
     (["eval", "knn", "{files}/randzip.pt"], "randzip.pt is not a readable checkpoint"),
     (["eval", "knn", "{files}/evil.pt"], "evil.pt is not a weights-only checkpoint"),
     (["eval", "knn", "{files}/truncated.pt"], "truncated.pt is not a readable checkpoint"),
-    (["eval", "knn", "{files}/nonfinite.pt"], "nonfinite.pt"),
-    (["eval", "knn", "{root}/missing.pt"], "missing.pt"),
-    (["eval", "knn", "{files}/empty"], "empty"),
+    (["eval", "knn", "{files}/nonfinite.pt"], "nonfinite.pt holds non-finite values (first: stages.conv1.0.weight)"),
+    (["eval", "knn", "{root}/missing.pt"], "checkpoint {root}/missing.pt does not exist"),
+    (["eval", "knn", "{files}/empty"], "checkpoint {files}/empty/checkpoints/last.pt does not exist"),
     (["eval", "fewshot", "{run}", "--ways", "1"], "argument --ways: must be >= 2"),
     (["eval", "fewshot", "{run}", "--shots", "0"], "argument --shots: must be >= 1"),
     (["eval", "fewshot", "{run}", "--episodes", "0"], "argument --episodes: must be >= 1"),
@@ -210,7 +212,7 @@ COMMANDS = [  # (argv with {placeholders}, what the one line must say)
      "random.pt is not a readable checkpoint"),
     (["export", "{files}/nonfinite.pt", "--out", "{root}/x.safetensors", "--quiet"],
      "nonfinite.pt holds non-finite values (first: stages.conv1.0.weight)"),
-    (["embed", "{run}", "{root}/no-such-folder"], "no-such-folder"),
+    (["embed", "{run}", "{root}/no-such-folder"], "no-such-folder is neither a folder of images nor a dataset name"),
     (["embed", "{run}", "{img}", "--batch-size", "0"], "argument --batch-size: must be >= 1"),
     (["embed", "{files}/evil.pt", "{img}"], "evil.pt is not a weights-only checkpoint"),
     (["search", "{index}", "{files}/nan.npy"], "the query holds non-finite values"),
@@ -218,8 +220,8 @@ COMMANDS = [  # (argv with {placeholders}, what the one line must say)
     (["search", "{index}", "{files}/matrix.npy"], "matrix.npy holds an array of shape (2, 3)"),
     (["search", "{files}/vector.npz", "{files}/nan.npy"], "vector.npz is not an index"),
     (["search", "{index}", "{img}/cat/0.png", "-k", "0"], "argument -k: must be >= 1"),
-    (["search", "{index}", "{files}/notes.txt"], "notes.txt"),
-    (["search", "{index}", "{root}/missing.png"], "missing.png"),
+    (["search", "{index}", "{files}/notes.txt"], "cannot decode image {files}/notes.txt (cannot identify image file);"),
+    (["search", "{index}", "{root}/missing.png"], "image {root}/missing.png does not exist"),
     (["data", "cache", "fashion_mnist", "--root", "{fm}", "--image-size", "0"], "argument --image-size: must be >= 1"),
     (["supervised", "--lr", "-1"], "argument --lr: must be > 0"),
     (["supervised", "--labels", "0"], "argument --labels: must be in (0, 1]"),
@@ -240,10 +242,13 @@ DATA_FILES = [  # (--set values for pretrain on a file of the user's, what the o
     (["data.name=tensors", "data.root={files}/no_images.pt"], "has no 'images' entry"),
     (["data.name=tensors", "data.root={files}/random.pt"], "random.pt is not a readable tensor file"),
     (["data.name=tensors", "data.root={files}/evil.pt"], "evil.pt is not a weights-only tensor file"),
-    (["data.name=imagefolder", "data.root={files}/empty"], "empty"),
-    (["data.name=webdataset", "data.root={files}/not-a-tar"], "train-000000.tar"),
-    (["data.name=filelist", "data.root={files}/badlist"], "missing.png"),
-    (["data.name=fashion_mnist", "data.root={files}/badidx"], "badidx"),
+    (["data.name=imagefolder", "data.root={files}/empty"], "{files}/empty holds no images and no class folders"),
+    (["data.name=webdataset", "data.root={files}/not-a-tar"],
+     "cannot read shard {files}/not-a-tar/train-000000.tar (truncated header); it is damaged or not a tar file"),
+    (["data.name=filelist", "data.root={files}/badlist"],
+     "{files}/badlist/train.txt lists {files}/badlist/missing.png, which does not exist"),
+    (["data.name=fashion_mnist", "data.root={files}/badidx"],
+     "cannot read {files}/badidx/train-images-idx3-ubyte.gz: the file is corrupt or truncated"),
 ]
 
 ROWS = ([pytest.param(pretrain(*sets), said, id="set:" + " ".join(sets)) for sets, said in CONFIG_VALUES]
@@ -255,10 +260,6 @@ def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
     """Every file's size and time, but the lock's (taken and given back by a refused writer: not the run's content)."""
     return {str(path.relative_to(folder)): (path.stat().st_size, path.stat().st_mtime_ns)
             for path in sorted(folder.rglob("*")) if path.is_file() and path.name != ".selfsup.lock"}
-
-
-def test_the_table_holds_at_least_a_hundred_rows():
-    assert len(ROWS) >= 100
 
 
 @pytest.mark.parametrize("argv, said", ROWS)
@@ -274,5 +275,6 @@ def test_a_bad_input_is_one_line_exit_2_and_changes_nothing(world, argv, said, c
     assert len(lines) == 1, err
     assert said in lines[0], err
     assert "Traceback" not in err and "weights_only=False" not in err
+    assert not (world["root"] / "PWNED").exists()  # nothing pickled ran
     assert snapshot(world["run"]) == before  # the run directory it named is as it was
     assert not (world["root"] / "new" / "checkpoints" / "last.pt").exists()

@@ -292,3 +292,119 @@ def test_two_real_writers_on_one_run_directory_and_a_signal_end_to_end(mnist_roo
                              text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert checkpoint.load(run)["step"] == 12
+
+
+KILLED_INSIDE_A_WRITE = """
+import os, signal, sys
+from pathlib import Path
+from selfsup import files
+from selfsup.cli import main
+
+name, nth = os.environ["SELFSUP_KILL_IN"].split("#")
+seen, original = [0], files.write_atomic
+
+def write_atomic(path, write, what="file"):
+    if Path(path).name == name:
+        seen[0] += 1
+        if seen[0] == int(nth):
+            def half(handle):  # half of the file on disk, then gone: no handler runs, as kill -9
+                write(handle)
+                handle.flush()
+                handle.truncate(handle.tell() // 2)
+                os.kill(os.getpid(), signal.SIGKILL)
+            return original(path, half, what)
+    return original(path, write, what)
+
+files.write_atomic = write_atomic
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("inside", ["last.pt#2", "best.pt#1"])
+def test_killed_inside_a_checkpoint_write_then_resumed_ends_identical(inside, mnist_root, tmp_path):
+    """MoCo (a queue and a momentum encoder), killed in the middle of writing a checkpoint: the previous one is
+    intact, the half-written file is cleaned up, and the resumed run ends bit-identical to an unkilled one."""
+    from selfsup.engine import checkpoint
+
+    def arguments(run):
+        return ["pretrain", "--quiet", "--run-dir", str(run)] + _flags(tiny_overrides(
+            mnist_root, method__name="moco", method__queue_size=64, method__proj_hidden_dim=32, method__proj_dim=16,
+            train__epochs=2, train__checkpoint_every_steps=3))
+
+    killed = subprocess.run([sys.executable, "-c", KILLED_INSIDE_A_WRITE] + arguments(tmp_path / "killed"),
+                            capture_output=True, text=True, env={**os.environ, "SELFSUP_KILL_IN": inside})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert list((tmp_path / "killed" / "checkpoints").glob(".*.tmp"))  # the cut write is there ...
+    resumed = subprocess.run([sys.executable, "-m", "selfsup"] + arguments(tmp_path / "killed") + ["--resume"],
+                             capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert not list((tmp_path / "killed" / "checkpoints").glob(".*.tmp"))  # ... and gone once the run reopens
+    straight = subprocess.run([sys.executable, "-m", "selfsup"] + arguments(tmp_path / "straight"),
+                              capture_output=True, text=True)
+    assert straight.returncode == 0, straight.stderr
+    for name in ("last.pt", "best.pt"):
+        a, b = (checkpoint.load(tmp_path / run / "checkpoints" / name) for run in ("straight", "killed"))
+        assert a["step"] == b["step"]
+        for part in ("model", "optimizer"):
+            assert all(torch.equal(x, y) for x, y in zip(_tensors(a[part]), _tensors(b[part]))), (name, part)
+
+
+def _tensors(tree):
+    if isinstance(tree, torch.Tensor):
+        return [tree]
+    if isinstance(tree, dict):
+        return [t for key in sorted(tree, key=str) for t in _tensors(tree[key])]
+    if isinstance(tree, (list, tuple)):
+        return [t for item in tree for t in _tensors(item)]
+    return []
+
+
+def test_a_mapping_valued_setting_is_compared_whole_and_a_new_setting_is_no_change():
+    from selfsup.config import resolve
+    from selfsup.recipes.run import check_settings
+
+    schema = resolve({"method": {"name": "simclr"}}).to_dict()
+    saved = resolve({"method": {"name": "simclr"}}).to_dict()
+    state = {"config": saved, "path": "last.pt", "step": 7}
+
+    def now(**sections):
+        return resolve({"method": {"name": "simclr"}, **sections}).to_dict()
+
+    for changed, key in ((now(optim={"lr_scales": {"backbone": 0.1}}), "optim.lr_scales"),
+                         (now(optim={"freeze": {"backbone": 1}}), "optim.freeze"),
+                         (now(views={"augment_b": {"blur_p": 0.5}}), "views.augment_b")):
+        with pytest.raises(SelfsupError, match=rf"\({key}: then .*--allow-change {key};"):
+            check_settings(state, "config", changed, schema=schema)
+        assert [c["key"] for c in check_settings(state, "config", changed, (key,), schema=schema)] == [key]
+    renamed = {"config": now(optim={"lr_scales": {"backbone": 0.1}}), "path": "last.pt", "step": 7}
+    with pytest.raises(SelfsupError, match="optim.lr_scales: then {'backbone': 0.1}, now {'heads': 0.1}"):
+        check_settings(renamed, "config", now(optim={"lr_scales": {"heads": 0.1}}), schema=schema)
+    older = {"config": {**saved, "train": {k: v for k, v in saved["train"].items() if k != "compile"}},
+             "path": "last.pt", "step": 7}  # written before train.compile existed
+    assert check_settings(older, "config", now(train={"compile": True}), schema=schema) == []
+    budget = check_settings(state, "config", now(train={"minutes": 3.7}), schema=schema)  # the demo's re-run
+    assert budget == [{"key": "train.minutes", "from": None, "to": 3.7, "step": 7}]  # accepted, and recorded
+
+
+def test_a_fine_tuning_and_a_continual_sequence_do_not_depend_on_the_process_seed(pretrained_run, tmp_path):
+    """A new process's own torch seed is random: a head initialised without a seed made fine-tuning, ClusterFit's
+    N_cf and continual runs differ run to run (and a killed-and-resumed sweep differ from an unkilled one)."""
+    from selfsup.engine import checkpoint
+    from selfsup.recipes.classifier import ClassifierTraining
+    from selfsup.recipes.continual import ContinualSettings, run_sequence
+    from selfsup.recipes.finetune import finetune
+    from selfsup.recipes.loading import StartingPoint
+
+    settings = ClassifierTraining(epochs=1, batch_size=16, device="cpu", precision="fp32")
+    finals = []
+    for process_seed in (1, 2):  # what two processes would start from
+        torch.manual_seed(process_seed)
+        run = tmp_path / f"finetune-{process_seed}"
+        finetune(pretrained_run, run, settings, quiet=True)
+        torch.manual_seed(process_seed)
+        sequence = tmp_path / f"continual-{process_seed}"
+        run_sequence(StartingPoint.load(pretrained_run, None), sequence, settings, ContinualSettings(), resume=False,
+                     quiet=True)
+        finals.append([checkpoint.load(run)["model"], checkpoint.load(sequence / "task-1")["model"]])
+    for a, b in zip(*finals):
+        assert all(torch.equal(a[key], b[key]) for key in a)

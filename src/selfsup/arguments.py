@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 import types
 import typing
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ class Range:
     open_high: bool = False
 
     def holds(self, value: Any) -> bool:
+        if not math.isfinite(value):  # NaN compares false with every bound, and no setting means infinity
+            return False
         if self.low is not None and (value <= self.low if self.open_low else value < self.low):
             return False
         return self.high is None or (value < self.high if self.open_high else value <= self.high)
@@ -64,6 +67,12 @@ class Ascending:
         return "in ascending order"
 
 
+def rule_text(rule: Any, value: Any) -> str:
+    """What ``value`` must be, as a phrase: ``>= 1``, ``a finite number > 0``, ``in ascending order``."""
+    infinite = isinstance(value, float) and not math.isfinite(value)
+    return f"a finite number {rule}" if infinite else str(rule)
+
+
 # The ranges settings take, by what they count or measure.
 PositiveInt = Annotated[int, Range(1)]
 """A count of at least one (batch size, epochs, image size, k of kNN)."""
@@ -88,6 +97,14 @@ def type_name(annotation: Any) -> str:
         return " | ".join(repr(a) for a in typing.get_args(annotation))
     if origin in (Union, types.UnionType):
         return " or ".join(type_name(a) for a in typing.get_args(annotation))
+    if origin in (list, tuple) and typing.get_args(annotation):
+        args = typing.get_args(annotation)
+        if origin is list or args[-1] is Ellipsis:
+            return f"a list of ({type_name(args[0])})"
+        return f"a list of {len(args)} ({', '.join(type_name(a) for a in args)})"
+    if origin is dict and typing.get_args(annotation):
+        key, value = typing.get_args(annotation)
+        return f"a mapping of {type_name(key)} to ({type_name(value)})"
     if origin is not None:
         return str(annotation).replace("typing.", "")
     return getattr(annotation, "__name__", str(annotation))
@@ -109,9 +126,12 @@ def check_value(path: str, value: Any, annotation: Any, default: Any = None) -> 
         value = check_value(path, value, args[0], default)
         for rule in args[1:]:
             if hasattr(rule, "holds") and not rule.holds(value):
-                raise SelfsupError(f"config key '{path}': must be {rule}, got {value!r}")
+                raise SelfsupError(f"config key '{path}': must be {rule_text(rule, value)}, got {value!r}")
         return value
     if origin in (Union, types.UnionType):
+        given = [option for option in args if option is not type(None)]
+        if value is not None and len(given) == 1:  # "X or null" given an X: X's own message is the useful one
+            return check_value(path, value, given[0], default)
         for option in args:
             try:
                 return check_value(path, value, option, default)

@@ -147,7 +147,10 @@ def contact_sheet(path: Path, query: np.ndarray, images: list[np.ndarray], capti
 def printable(text: str) -> str:
     """``text`` with the bytes of a file or folder name that are not UTF-8 (which Python keeps as
     surrogate escapes, and fonts and UTF-8 files cannot hold) shown as U+FFFD."""
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:  # a lone surrogate that is no escaped byte (from JSON, say)
+        return text.encode("utf-8", "replace").decode("utf-8")
 
 
 def _save(figure, path: Path) -> Path:  # noqa: ANN001

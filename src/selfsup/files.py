@@ -9,6 +9,7 @@ tool, cut by a copy) is recomputed, and the run says so.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
@@ -39,15 +40,18 @@ def write_atomic(path: str | Path, write: Callable[[IO[bytes]], None], what: str
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)
-    except OSError as err:
+    except BaseException as err:  # a full disk, a failing writer, Ctrl-C: never a half file left behind
         temporary.unlink(missing_ok=True)
-        raise SelfsupError(f"could not write {what} {path}: {err.strerror or err}. Free disk space or choose "
-                           f"another destination; the previous {what} is intact (if there was one).") from None
-    directory = os.open(path.parent, os.O_RDONLY)  # the rename itself made durable
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+        if isinstance(err, OSError):
+            raise SelfsupError(f"could not write {what} {path}: {err.strerror or err}. Free disk space or choose "
+                               f"another destination; the previous {what} is intact (if there was one).") from None
+        raise
+    with contextlib.suppress(OSError):  # the rename made durable, where the file system lets a folder be synced
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
@@ -77,7 +81,7 @@ def load_cached_tensors(path: Path) -> dict[str, Any] | None:
         return None
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - a cut zip, random bytes, a pickle: all a damaged cache
+    except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError) as err:  # cut, random bytes, a pickle
         set_aside(path, str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__,
                   "computing it again")
         return None
@@ -133,6 +137,10 @@ def unpickling_reason(message: str) -> str:
 
 def user_file_mode() -> int:
     """The permissions a plain ``open`` gives a new file under the user's umask (0o644 under 022)."""
-    mask = os.umask(0)
-    os.umask(mask)
+    try:  # read, not set and reset: setting it would race with other threads creating files
+        status = Path("/proc/self/status").read_text()
+        mask = int(next(line.split()[1] for line in status.splitlines() if line.startswith("Umask:")), 8)
+    except (OSError, StopIteration, ValueError, IndexError):
+        mask = os.umask(0)
+        os.umask(mask)
     return 0o666 & ~mask

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import (COUNT, FRACTION, LABEL_FRACTION, NON_NEGATIVE, POSITIVE, POSITIVE_INT, add_config_args,
+from .common import (COUNT, FRACTION, LABEL_FRACTION, POSITIVE, POSITIVE_INT, add_config_args,
                      add_training_args, classifier_training, config_from_args, default_run_dir, one_run_or_sweep)
 
 EPILOG_SUPERVISED = """\
@@ -111,7 +111,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
                    help="the student's backbone, as changes to the teacher's (e.g. backbone.width=16); "
                         "default: the teacher's backbone, fresh")
     p.add_argument("--temperature", type=POSITIVE, default=1.0, help="softmax temperature of both (default 1)")
-    p.add_argument("--teacher-weight", type=NON_NEGATIVE, default=1.0,
+    p.add_argument("--teacher-weight", type=FRACTION, default=1.0,
                    help="lambda: weight of the teacher term; 1 - lambda weighs cross-entropy on labels (default 1: "
                         "no labels used)")
     p.add_argument("--labels", type=FRACTION, default=0.0,

@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from ..arguments import Range
+from ..arguments import Range, rule_text
 from ..defaults import TRAINING_DEFAULTS
 from ..errors import SelfsupError
 
@@ -67,7 +67,7 @@ def ranged(kind: type, rule: Range) -> Callable[[str], Any]:
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {kind.__name__}, got '{text}'") from None
         if not rule.holds(value):
-            raise argparse.ArgumentTypeError(f"must be {rule}, got {text}")
+            raise argparse.ArgumentTypeError(f"must be {rule_text(rule, value)}, got {text}")
         return value
     parse.__name__ = kind.__name__  # what argparse names in its messages
     return parse

@@ -161,7 +161,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--no-label-scaling", action="store_true",
                    help="Pi-model, temporal ensembling: do not scale the weight by the labelled share M/N (their "
                         "reference code does)")
-    p.add_argument("--ratio", type=POSITIVE, help="mu: unlabelled images per labelled one in a batch (default: the "
+    p.add_argument("--ratio", type=NON_NEGATIVE, help="mu: unlabelled images per labelled one in a batch (default: the "
                                                "method's, 7 for FixMatch)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="a setting of the method, e.g. threshold=0.9 (FixMatch, UDA, pseudo-label), ema=0.999 "

@@ -11,6 +11,7 @@ import functools
 import gzip
 import io
 import pickle
+import re
 import warnings
 import zlib
 from collections.abc import Iterator
@@ -160,6 +161,12 @@ def read_stl10(images_path: Path, labels_path: Path | None, size: int = 96) -> t
 
 # ---------------------------------------------------------------- image folders (Pillow)
 
+def undecodable(err: Exception) -> str:
+    """Why an image did not decode, in one line a user can read (Pillow names its in-memory buffer)."""
+    lines = str(err).strip().splitlines() or [type(err).__name__]
+    return re.sub(r" ?<_io\.\w+ object at 0x[0-9a-f]+>", "", lines[-1]).strip() or type(err).__name__
+
+
 def decode_image(path: Path | BinaryIO, size: int, channels: int = 3) -> np.ndarray:
     """uint8 (channels, size, size), RGB or gray (``channels`` 1): shorter side resized to ``size``,
     then centre-cropped. ``path`` is a file, or the file's bytes in a stream (a shard's member)."""
@@ -297,7 +304,7 @@ def read_image_folder(root: Path, size: int, skip_bad: bool = False, quiet: bool
                                     desc=f"decoding {root.name}", unit="img"):
         if isinstance(result, Exception):
             if not skip_bad:
-                raise SelfsupError(f"cannot decode image {path}: {result}. Fix or remove the file, or set "
+                raise SelfsupError(f"cannot decode image {path}: {undecodable(result)}. Fix or remove the file, or set "
                                    "data.skip_bad=true to skip undecodable images")
             skipped.append(str(path))
             continue

@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from ..engine.contracts import BadData, Precropped
 from ..errors import SelfsupError
 from .dataset import ImageDataset
-from .formats import IMAGE_SUFFIXES, check_fits_in_memory, decode_images, fit_square, open_image
+from .formats import IMAGE_SUFFIXES, check_fits_in_memory, decode_images, fit_square, open_image, undecodable
 
 
 
@@ -151,8 +151,7 @@ class FileStore:
 
 
 def bad_file(name: str, err: Exception) -> BadData:
-    reason = (str(err).strip().splitlines() or [type(err).__name__])[-1]
-    return BadData(f"cannot decode image {name} ({reason}). Fix or remove the file, or set data.skip_bad=true "
+    return BadData(f"cannot decode image {name} ({undecodable(err)}). Fix or remove the file, or set data.skip_bad=true "
                    "to skip undecodable images (they are counted and listed in the run log)")
 
 

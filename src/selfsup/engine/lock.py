@@ -18,7 +18,6 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from ..errors import SelfsupError
-from . import dist
 
 LOCK_FILE = ".selfsup.lock"
 _held: dict[Path, tuple[int, int]] = {}  # run directory -> (file descriptor, times taken in this process)
@@ -66,10 +65,12 @@ def unlock_run_dir(run_dir: str | Path) -> None:
 
 def run_dir_around(path: str | Path) -> Path | None:
     """The run directory ``path`` is in: itself or the nearest of its three closest ancestors that
-    holds ``checkpoints/`` (a checkpoint file, ``RUN/eval``, ``RUN/embeddings/x``), or None."""
+    holds ``checkpoints/`` and a run's record (a checkpoint file, ``RUN/eval``, ``RUN/embeddings/x``),
+    or None."""
     path = Path(path).resolve()
     for candidate in [path, *path.parents][:4]:
-        if (candidate / "checkpoints").is_dir():
+        if (candidate / "checkpoints").is_dir() and ((candidate / "config.yaml").is_file()
+                                                     or (candidate / "meta.json").is_file()):
             return candidate
     return None
 
@@ -83,7 +84,7 @@ def writing_into(*paths: str | Path, own: str | Path | None = None) -> Iterator[
         Path(own).mkdir(parents=True, exist_ok=True)
         found.add(Path(own).resolve())
     with ExitStack() as stack:
-        if dist.is_main():
+        if int(os.environ.get("RANK", "0")) == 0:  # torchrun's rank, known before any process group exists
             for run_dir in sorted(found):
                 lock_run_dir(run_dir)
                 stack.callback(unlock_run_dir, run_dir)

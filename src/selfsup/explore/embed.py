@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from .. import figures
 from ..data import DATASETS, USER_FORMATS, load_dataset
-from ..data.formats import IMAGE_SUFFIXES, decode_image, decode_images
+from ..data.formats import IMAGE_SUFFIXES, decode_image, decode_images, undecodable
 from ..engine.checkpoint import run_dir_of
 from ..engine.runtime import pick_device
 from ..errors import SelfsupError
@@ -70,7 +70,7 @@ def read_image(path: Path, size: int, channels: int) -> np.ndarray:
     except FileNotFoundError:
         raise SelfsupError(f"image {path} does not exist") from None
     except Exception as err:  # noqa: BLE001 - Pillow raises many types for bad files
-        raise SelfsupError(f"cannot decode image {path} ({err}); give a PNG/JPEG/... image file") from None
+        raise SelfsupError(f"cannot decode image {path} ({undecodable(err)}); give a PNG/JPEG/... image file") from None
 
 
 @dataclass
@@ -117,9 +117,9 @@ def _embed_files(encoder: Encoder, files: list[Path], batch_size: int, strict: b
             for path, result in zip(chunk, decode_images(chunk, encoder.image_size, encoder.channels)):
                 if isinstance(result, Exception):
                     if strict:
-                        raise SelfsupError(f"cannot decode image {path} ({result}). Fix or remove the file, or "
+                        raise SelfsupError(f"cannot decode image {path} ({undecodable(result)}). Fix or remove the file, or "
                                            "leave out --strict to skip undecodable images")
-                    skipped.append({"path": str(path), "reason": str(result)[:200]})
+                    skipped.append({"path": str(path), "reason": undecodable(result)[:200]})
                     continue
                 images.append(torch.from_numpy(result))
                 kept.append(str(path))

@@ -5,10 +5,12 @@ Self-Supervised Vision Transformers", ICCV 2021 (arXiv:2104.14294).
 """
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 from torch import nn
 
-from ..arguments import Fraction, NonNegative, Positive, PositiveInt
+from ..arguments import Fraction, NonNegative, Positive, PositiveInt, Range
 from ..blocks import Teacher, forward_by_resolution, momentum_schedule
 from ..engine import Batch, dist
 from ..losses import dino_loss
@@ -58,7 +60,7 @@ class DINO(Method):
         student_temperature: Positive = 0.1,
         teacher_temperature: Positive = 0.04,
         teacher_temperature_start: Positive | None = None,
-        teacher_warmup: NonNegative = 0.0,
+        teacher_warmup: Annotated[float, Range(0, 1, open_high=True)] = 0.0,
         center_momentum: Fraction = 0.9,
         base_momentum: Fraction = 0.996,
         final_momentum: Fraction = 1.0,

@@ -164,7 +164,7 @@ def _fit_classifier(model: nn.Module, train: ImageDataset, test: ImageDataset | 
                     seed=settings.seed, log_every=settings.log_every, quiet=quiet)
     if run.resume_from is not None:
         state = checkpoint.load(run.resume_from)
-        check_settings(state, "training", recorded)
+        check_settings(state, "training", recorded, schema=dataclasses.asdict(type(settings)()))
         engine.restore(state)
     else:
         engine.seed_streams()

@@ -153,6 +153,7 @@ def train_ncf(config: RunConfig, n_pre: RunMeta, run_dir: Path, assignments: tor
                            "dataset changed since the clustering; delete features.pt and clusters.pt")
     pseudo = dataclasses.replace(train, targets=assignments.long(),
                                  classes=[f"cluster {i}" for i in range(settings.clusters)])
+    torch.manual_seed(settings.training.seed)  # the head's initialisation: a process's own seed is random
     model = Classifier(encoder, settings.clusters, classifier_views(ImageInfo.of(data)), settings.training.label_smoothing)
     meta = classifier_meta(config, data, origin=f"ClusterFit N_cf ({settings.clusters} clusters)",
                            classes=settings.clusters, stage="clusterfit", source=n_pre.source)

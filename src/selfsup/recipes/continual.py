@@ -145,6 +145,7 @@ def run_sequence(start: StartingPoint, out_dir: str | Path, training: Classifier
     train, test = start.splits.train, start.splits.test
     classes = len(start.data.classes)
     tasks = task_sequence(train, settings)
+    torch.manual_seed(training.seed)  # the heads' initialisation: a process's own seed is random
     learner = ContinualLearner(start.fresh_encoder(), classifier_views(ImageInfo.of(start.data)), tasks, classes,
                                settings.scenario, settings.lwf_weight, settings.lwf_temperature)
     view = start.eval_view()

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+
+import torch
 from typing import Any
 
 
@@ -35,6 +37,7 @@ def finetune(path: str | Path, run_dir: str | Path, settings: ClassifierTraining
     data = source.data
     splits = load_splits(config.data, seed=config.train.seed, labeled=True, quiet=quiet)
     train = splits.train.select(label_index(splits.train, labels, settings.seed))
+    torch.manual_seed(settings.seed)  # the head's initialisation: a process's own seed is random
     model = Classifier(encoder, len(data.classes), classifier_views(ImageInfo.of(data)), settings.label_smoothing)
     meta = classifier_meta(config, data, head_layers or source.encoder.head_layers, classes=len(data.classes),
                            labels=labels, labelled_images=len(train), source=source.source, stage="fine-tuned")

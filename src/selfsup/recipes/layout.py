@@ -24,6 +24,7 @@ from ..engine import Images, Precision, dist, preserved
 from ..files import write_text_atomic
 from ..engine.runtime import describe_device
 from ..engine.steps import forward_views, synchronize
+from ..errors import SelfsupError
 from ..models import prefers_channels_last, trunk_of
 
 MEMO = "layouts.json"
@@ -77,7 +78,7 @@ def remember(path: Path, key: str, choice: bool) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(path, json.dumps({**read_memo(path), key: choice}, indent=1) + "\n")
-    except OSError:  # a read-only home: the run goes on, the next one measures again
+    except (OSError, SelfsupError):  # a read-only home or a full disk: the run goes on, the next one measures again
         pass
 
 

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ..config import RunConfig
+from ..config import RunConfig, resolve
 from ..data import BatchLoader, DataFacts, ImageDataset, Splits, StreamLoader, default_workers, labeled_part, load_splits
 from ..engine import Engine, Freeze, Images, Precision, Schedule, build_optimizer, checkpoint, dist
 from ..engine.lock import unlock_run_dir
@@ -251,7 +251,8 @@ class Pretraining:
 
     def _check_resumable(self, state: dict[str, Any], allow_change: tuple[str, ...]) -> list[dict[str, Any]]:
         checkpoint.check_compatible(state, self.config.to_dict())  # another architecture: never resumable
-        changes = check_settings(state, "config", self.config.to_dict(), allow_change)
+        changes = check_settings(state, "config", self.config.to_dict(), allow_change,
+                                 schema=resolve({"method": {"name": self.config.method_name}}).to_dict())
         saved, now = DataFacts.of(state["data"]), self.data_info
         if (saved.channels, saved.image_size) != (now.channels, now.image_size):
             raise SelfsupError(f"checkpoint {state['path']} was trained on {saved.channels}-channel "
@@ -260,9 +261,13 @@ class Pretraining:
         return changes
 
     def _earlier_changes(self) -> list[dict[str, Any]]:
-        """The config changes earlier resumptions of this run accepted (kept in meta.json)."""
-        changes = read_json_record(self.run_dir / "meta.json").get("config_changes") if self.resume_from else None
-        return changes if isinstance(changes, list) else []
+        """The config changes earlier resumptions of this run accepted (kept in meta.json), but those
+        made at or after the step resumed from: that resumption is being redone."""
+        if not self.main or self.resume_from is None:
+            return []
+        changes = read_json_record(self.run_dir / "meta.json").get("config_changes")
+        return [change for change in changes if isinstance(change, dict) and (change.get("step") or 0) <
+                self.engine.step] if isinstance(changes, list) else []
 
     def _fit_budget(self, minutes: float) -> None:
         """Time the first steps and size the run so that it ends about ``minutes`` after it started

@@ -74,28 +74,46 @@ def open_run(run_dir: str | Path, *, device: str = "auto", precision: str = "aut
                speed_settings(chosen))
 
 
-RESUMABLE_CHANGES = ("device", "precision", "log_every", "test_every")
-"""Settings a run may resume (or be read back) with changed, in whatever section they stand: where
-it runs and how often it reports."""
+RESUMABLE_CHANGES = ("device", "precision", "log_every", "test_every", "minutes", "workers", "cache_dir",
+                     "checkpoint_every_steps", "checkpoint_every_minutes", "compile", "eval.train_images",
+                     "eval.knn_grid_k", "eval.knn_grid_temperatures", "eval.linear_solver", "eval.linear_max_iter",
+                     "eval.linear_epochs", "eval.linear_weight_decays", "eval.batch_size", "eval.fewshot_ways",
+                     "eval.fewshot_shots", "eval.fewshot_queries", "eval.fewshot_episodes", "eval.fewshot_classes")
+"""Settings a run may resume (or be read back) with changed: where it runs, how often it reports and
+saves, how its data is read, a time budget (a resumed run keeps the length its budget gave it), and
+the final evaluation's protocols, which training never reads. A name without a dot counts in
+whatever section it stands."""
+
+MISSING = object()
 
 
-def check_settings(state: dict[str, Any], key: str, now: dict[str, Any], allow: Iterable[str] = ()
-                   ) -> list[dict[str, Any]]:
+def resumable(name: str) -> bool:
+    return name in RESUMABLE_CHANGES or name.rsplit(".", 1)[-1] in RESUMABLE_CHANGES
+
+
+def check_settings(state: dict[str, Any], key: str, now: dict[str, Any], allow: Iterable[str] = (),
+                   schema: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Refuse to resume a checkpoint whose ``state[key]`` settings differ from ``now``, naming each
-    difference, unless it is one of :data:`RESUMABLE_CHANGES` or its dotted key is in ``allow``
-    (``--allow-change``); return the changes accepted, each with the step it takes effect at. A
-    setting only one side has (added to or removed from selfsup since) is no difference; a checkpoint
-    written before its recipe recorded settings is taken as it is."""
+    difference, unless it is :func:`resumable` or its dotted key is in ``allow`` (``--allow-change``);
+    return every change, each with the step it takes effect at. ``schema`` (these settings' defaults)
+    says what a setting is: a mapping-valued one (``optim.lr_scales``) compares whole, and one that
+    only one side has (added to or removed from selfsup since) is no difference. A checkpoint written
+    before its recipe recorded settings is taken as it is."""
     if not isinstance(state.get(key), dict):
         return []
-    saved, wanted, allow = _flat(plain(state[key])), _flat(plain(now)), list(allow)
-    unknown = [name for name in allow if name not in wanted]
+    saved, wanted = plain(state[key]), plain(now)
+    known = _flat(plain(schema)) if schema is not None else _flat(wanted)
+    allow = list(allow)
+    unknown = [name for name in allow if name not in known]
     if unknown:
-        raise SelfsupError(f"--allow-change {unknown[0]}: no such setting{closest(unknown[0], list(wanted))}")
-    changes = [{"key": name, "from": saved[name], "to": wanted[name], "step": state.get("step")}
-               for name in sorted(set(saved) & set(wanted)) if saved[name] != wanted[name]]
-    refused = [change for change in changes if change["key"] not in allow
-               and change["key"].rsplit(".", 1)[-1] not in RESUMABLE_CHANGES]
+        raise SelfsupError(f"--allow-change {unknown[0]}: no such setting{closest(unknown[0], list(known))}")
+    names = {_setting(name, known) for name in {*_flat(saved), *_flat(wanted)}} - {None}
+    changes = []
+    for name in sorted(names):
+        then, now_value = _at(saved, name), _at(wanted, name)
+        if then is not MISSING and now_value is not MISSING and then != now_value:
+            changes.append({"key": name, "from": then, "to": now_value, "step": state.get("step")})
+    refused = [change for change in changes if change["key"] not in allow and not resumable(change["key"])]
     if refused:
         listed = "; ".join(f"{c['key']}: then {c['from']!r}, now {c['to']!r}" for c in refused)
         raise SelfsupError(f"cannot resume {state['path']}: it was trained with other settings ({listed}). Resume "
@@ -104,12 +122,29 @@ def check_settings(state: dict[str, Any], key: str, now: dict[str, Any], allow: 
     return changes
 
 
+def _setting(name: str, known: dict[str, Any]) -> str | None:
+    """The setting a flattened name belongs to: itself, or the mapping-valued setting holding it."""
+    parts = name.split(".")
+    for end in range(len(parts), 0, -1):
+        if ".".join(parts[:end]) in known:
+            return ".".join(parts[:end])
+    return None
+
+
+def _at(settings: Any, name: str) -> Any:
+    for part in name.split("."):
+        if not isinstance(settings, dict) or part not in settings:
+            return MISSING
+        settings = settings[part]
+    return settings
+
+
 def differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
     """``"key: then A, now B"`` for each setting (nested sections as dotted keys, ``optim.lr``) that
     differs, :data:`RESUMABLE_CHANGES` aside."""
     saved, now = _flat(plain(saved)), _flat(plain(now))
     return [f"{name}: then {saved.get(name)!r}, now {now.get(name)!r}" for name in sorted(set(saved) | set(now))
-            if name.rsplit(".", 1)[-1] not in RESUMABLE_CHANGES and saved.get(name) != now.get(name)]
+            if not resumable(name) and saved.get(name) != now.get(name)]
 
 
 def _flat(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
