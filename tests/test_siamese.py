@@ -210,7 +210,7 @@ def test_dino_teacher_temperature_warms_up_linearly_then_stays():
     method = _dino(teacher_temperature=0.07, teacher_temperature_start=0.04, teacher_warmup=0.2)
     assert [round(method.teacher_temperature_at(p), 6) for p in (0.0, 0.1, 0.2, 0.9)] == [0.04, 0.055, 0.07, 0.07]
     assert _dino().teacher_temperature_at(0.0) == 0.04
-    with pytest.raises(ValueError, match="teacher_warmup"):
+    with pytest.raises(SelfsupError, match=r"'method.teacher_warmup': must be in \[0, 1\), got 1.5"):
         _dino(teacher_warmup=1.5)
 
 

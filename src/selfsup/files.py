@@ -81,7 +81,9 @@ def load_cached_tensors(path: Path) -> dict[str, Any] | None:
         return None
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError) as err:  # cut, random bytes, a pickle
+    except PermissionError:  # not damage: the user's to fix
+        raise
+    except (OSError, RuntimeError, pickle.UnpicklingError, EOFError, ValueError) as err:  # cut, random bytes, a pickle
         set_aside(path, str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__,
                   "computing it again")
         return None
