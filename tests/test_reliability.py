@@ -123,7 +123,9 @@ def test_a_divergence_with_a_finite_loss_stops_before_it_is_saved_and_is_refused
 
     monkeypatch.setattr(Engine, "train_step", overflowing)
     config = tiny_config(mnist_root, train__epochs=3)
-    with pytest.raises(NonFiniteLoss, match=r"running_var became non-finite by step 12 .*last good checkpoint"):
+    # Caught at the first metric row after it happened (log_every=1), not only when a checkpoint is due.
+    with pytest.raises(NonFiniteLoss, match=r"running_var became non-finite by step 9 .*while the loss stayed "
+                                            r"finite; the run stops without saving them, and the last good checkpoint"):
         pretrain(config, tmp_path / "run", resume=True, quiet=True, allow_change=("train.epochs",))
     assert checkpoint.load(tmp_path / "run")["step"] == good  # the good checkpoint was not overwritten
     state = checkpoint.load(tmp_path / "run")

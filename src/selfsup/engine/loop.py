@@ -30,8 +30,8 @@ from .metrics import MetricsLog
 from .optim import Schedule, apply_schedule
 from .preemption import Preempted, StopRequests
 from .runtime import Precision
-from .steps import (clip_each_parameter, divergence_message, endless, format_seconds, forward_views, preserved,
-                    synchronize)
+from .steps import (clip_each_parameter, divergence_message, endless, format_seconds, forward_views, non_finite_state,
+                    preserved, synchronize)
 
 
 class Engine:
@@ -152,8 +152,8 @@ class Engine:
         self.step = step
         return float(dist.all_reduce_mean(torch.tensor(seconds)).item())
 
-    def _divergence_message(self, what: str, when: str = "at") -> str:
-        return divergence_message(what, self.step, self.step // self.steps_per_epoch, self.run_dir, when)
+    def _divergence_message(self, what: str, when: str = "at", updated: bool = False) -> str:
+        return divergence_message(what, self.step, self.step // self.steps_per_epoch, self.run_dir, when, updated)
 
     # ------------------------------------------------------------ checkpoints
 
@@ -170,14 +170,17 @@ class Engine:
             **({"online_probe": self.probe.state_dict()} if self.probe is not None else {}),
         }
 
+    def stop_if_diverged(self) -> None:
+        """A divergence that keeps the loss finite (a collapse whose BatchNorm variances overflow)
+        stops the run: checked at every metric row and before every checkpoint write, so that it is
+        never written over the last good one; every rank decides alike."""
+        bad = non_finite_state(self.module)
+        if dist.all_reduce_mean(torch.tensor(float(bad is not None), device=self.device)).item() > 0:
+            raise NonFiniteLoss(self._divergence_message(f"the model's {bad} became non-finite", "by", updated=True))
+
     def save(self, best: bool = False) -> None:
         self.saved_at = time.monotonic()
-        # A divergence that keeps the loss finite (a collapse whose BatchNorm variances overflow) is
-        # caught before it is written over the last good checkpoint; every rank decides alike.
-        bad = checkpoint.first_non_finite(self.module.state_dict())
-        if dist.all_reduce_mean(torch.tensor(float(bad is not None), device=self.device)).item() > 0:
-            raise NonFiniteLoss(self._divergence_message(f"the model's {bad or 'weights'} became non-finite", "by")
-                                + " The loss stayed finite; nothing was saved over the last good checkpoint.")
+        self.stop_if_diverged()
         state = self.state()  # collective: every rank takes part
         if self.main:
             # best.pt first: last.pt records the best so far, and that record must never be ahead of the
@@ -252,6 +255,7 @@ class Engine:
                                         refresh=False)
                         bar.update()
                         if self.step % self.log_every == 0 or self.step == total:
+                            self.stop_if_diverged()
                             self.log.log("step", {"step": self.step, "epoch": epoch, **row,
                                                   "img_per_s": round(throughput, 1)})
                         if self.stopping and self.main and self.step < total:

@@ -89,9 +89,25 @@ def endless(loader: Any) -> Iterator[Any]:
             yield from epoch
 
 
-def divergence_message(what: str, step: int, epoch: int, run_dir: Path, when: str = "at") -> str:
-    """What a run that diverged says: what happened, when, the last good checkpoint, what to try."""
+def divergence_message(what: str, step: int, epoch: int, run_dir: Path, when: str = "at",
+                       updated: bool = False) -> str:
+    """What a run that diverged says: what happened, when, the last good checkpoint, what to try
+    (``updated``: the weights already hold it, as when the loss stayed finite)."""
     last = run_dir / "checkpoints" / "last.pt"
     where = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
-    return (f"{what} {when} step {step} (epoch {epoch}); the weights and the optimiser were not updated with it and "
-            f"{where}. Lower optim.lr, check the data, or try train.precision=fp32; continue with --resume.")
+    kept = (" while the loss stayed finite; the run stops without saving them, and" if updated
+            else "; the weights and the optimiser were not updated with it and")
+    return (f"{what} {when} step {step} (epoch {epoch}){kept} {where}. Lower optim.lr, check the data, or try "
+            "train.precision=fp32; continue with --resume.")
+
+
+def non_finite_state(module: nn.Module) -> str | None:
+    """The name of the first weight or statistic of ``module`` holding a NaN or an infinity (None: all
+    finite), with one device synchronisation when all are finite (one fused norm per tensor)."""
+    state = {name: t for name, t in module.state_dict().items() if t.is_floating_point() and t.numel()}
+    if not state:
+        return None
+    norms = torch._foreach_norm([t.float() for t in state.values()])
+    if bool(torch.stack(norms).isfinite().all()):
+        return None
+    return next((name for name, t in state.items() if not bool(torch.isfinite(t).all())), "weights")
