@@ -1,0 +1,186 @@
+"""The accuracy ladder (issue 22): every method trained for the same number of epochs, one protocol.
+
+Each method keeps its preset's recipe (``configs/<method>_fashion_mnist.yaml``: optimiser, batch,
+views, heads) on one backbone, a ResNet-18 of ``--width`` with the small stem (ViT-tiny with 4 px
+patches for MaskFeat, and a DINO-ViT row), for ``--epochs`` epochs: epochs, not minutes, so that
+machines of different speed give comparable rows. Every encoder is then scored by the same code:
+weighted kNN at k = 20 and k = 200 (T = 0.07), the linear probe on the full training set, and the
+online probe's last top-1 (trained beside the run). Floors and ceiling in the same table: raw
+pixels, the backbone at random initialisation, and the backbone trained with labels
+(``selfsup supervised``) for the same epochs. ``--seeds`` repeats the methods of ``--seeded`` so the
+table states its noise. Rows carry img/s, wall minutes and the pretraining's peak RSS.
+
+Resumable: every finished row is written to ``OUT/ladder.json`` at once, each pretraining runs in its
+own process with ``--resume`` (a killed ladder continues inside the run it was in), and a rerun
+skips the rows it has.
+
+    python benchmarks/ladder.py --epochs 10                       # every method, width 16, CPU
+    python benchmarks/ladder.py --device cuda --width 64 --epochs 100
+    python benchmarks/ladder.py --methods simclr rotation --epochs 1 --subset 2000   # a smoke run
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from selfsup.config import apply_overrides, find_config, read_yaml, resolve
+from selfsup.engine.metrics import read_rows
+from selfsup.engine.runtime import describe_device, library_versions
+from selfsup.eval import Evaluator
+from selfsup.figures import grouped_bars
+from selfsup.files import write_json
+from selfsup.methods import METHODS
+from selfsup.recipes.evaluate import checkpoint_evaluator, evaluation_splits, pixel_evaluator
+from selfsup.tables import markdown_table
+from selfsup.views import EvalView
+
+ROOT = Path(__file__).resolve().parents[1]
+VIT_ONLY = ("maskfeat",)
+VIT = ["backbone.name=vit_tiny", "backbone.width=64", "backbone.patch_size=4"]  # width: unused by a ViT
+PROTOCOLS = ["knn-grid", "linear"]
+EVAL = ["eval.knn_grid_k=[20, 200]", "eval.knn_grid_temperatures=[0.07]"]
+
+
+def child(command: list[str]) -> tuple[float, int]:
+    """Run ``selfsup COMMAND`` in its own process; (wall minutes, its peak RSS in MiB)."""
+    started = time.perf_counter()
+    process = subprocess.Popen([sys.executable, "-m", "selfsup", *command])
+    _, status, usage = os.wait4(process.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"failed: selfsup {' '.join(command)}")
+    return round((time.perf_counter() - started) / 60, 2), round(usage.ru_maxrss / 1024)  # Linux: KiB
+
+
+def scores(results: dict) -> dict:
+    return {"knn20": results["knn k=20, T=0.07"]["top1"], "knn200": results["knn k=200, T=0.07"]["top1"],
+            "linear": results["linear"]["top1"]}
+
+
+def method_row(method: str, overrides: list[str], run_dir: Path) -> dict:
+    sets = [arg for value in overrides for arg in ("--set", value)]
+    minutes, rss = child(["pretrain", "-c", f"{method}_fashion_mnist", "--run-dir", str(run_dir), "--resume",
+                          "--quiet", *sets])
+    summary = json.loads((run_dir / "summary.json").read_text())
+    evaluator, config = checkpoint_evaluator(run_dir, EVAL, quiet=True)
+    probe = [row["probe_top1"] for row in read_rows(run_dir, "epoch") if row.get("probe_top1") is not None]
+    return {**scores(evaluator.run(PROTOCOLS, config.eval, config.train.seed)[evaluator.name]),
+            "online_probe": probe[-1] if probe else None, "epochs": config.train.epochs, "steps": summary["steps"],
+            "batch_size": config.train.batch_size, "img_per_s": summary["img_per_s"], "wall_minutes": minutes,
+            "peak_rss_mib": rss, "seed": config.train.seed}
+
+
+def supervised_row(overrides: list[str], epochs: int, run_dir: Path, data_root: str | None,
+                   batch_size: int | None) -> dict:
+    """The backbone trained with every label for the same epochs: the ceiling."""
+    root = (["--data-root", data_root] if data_root else []) + (["--batch-size", str(batch_size)] if batch_size else [])
+    minutes, rss = child(["supervised", "-c", "simclr_fashion_mnist", "--epochs", str(epochs), "--run-dir", str(run_dir),
+                          "--resume", "--quiet", *root, *[arg for value in overrides for arg in ("--set", value)]])
+    evaluator, config = checkpoint_evaluator(run_dir, EVAL, quiet=True)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    return {**scores(evaluator.run(PROTOCOLS, config.eval, config.train.seed)[evaluator.name]),
+            "test_top1": summary.get("test_top1"), "epochs": epochs, "wall_minutes": minutes, "peak_rss_mib": rss}
+
+
+def floor_rows(shared: list[str], vit: bool, out: Path, device: str) -> dict[str, dict]:
+    config = resolve(apply_overrides(read_yaml(find_config("simclr_fashion_mnist")), shared + EVAL))
+    rows = {"raw pixels": scores(pixel_evaluator(config, out / "pixels", quiet=True).run(
+        PROTOCOLS, config.eval, 0)["raw pixels"])}
+    splits = evaluation_splits(config, quiet=True)
+    mean, std = splits.train.stats()
+    backbones = [("random init", config)] + ([("random init (vit_tiny)", resolve(apply_overrides(
+        config.to_dict(), VIT)))] if vit else [])
+    for name, backbone in backbones:
+        torch.manual_seed(0)
+        network = backbone.backbone.build(splits.train.channels, splits.train.image_size)
+        evaluator = Evaluator(name, splits.train, splits.test, EvalView(splits.train.image_size, mean, std),
+                              out / name.replace(" ", "-").replace("(", "").replace(")", ""), network, device=device,
+                              quiet=True)
+        rows[name] = scores(evaluator.run(PROTOCOLS, backbone.eval, 0)[name])
+    return rows
+
+
+def table(rows: dict[str, dict]) -> str:
+    columns = ["row", "kNN k=20", "kNN k=200", "linear", "online probe", "epochs", "img/s", "wall (min)",
+               "peak RSS (MiB)"]
+    lines = [{"row": name, "kNN k=20": row["knn20"], "kNN k=200": row["knn200"], "linear": row["linear"],
+              "online probe": row.get("online_probe"), "epochs": row.get("epochs"), "img/s": row.get("img_per_s"),
+              "wall (min)": row.get("wall_minutes"), "peak RSS (MiB)": row.get("peak_rss_mib")}
+             for name, row in rows.items()]
+    return markdown_table([{key: value for key, value in line.items() if value is not None} for line in lines],
+                          columns)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--methods", nargs="*", default=[m for m in METHODS if m not in VIT_ONLY and m != "multitask"],
+                        help="methods on the ResNet-18 (default: every single method)")
+    parser.add_argument("--vit-methods", nargs="*", default=["maskfeat", "dino"])
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--width", type=int, default=16, help="ResNet-18 width (64 = standard)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--seeded", nargs="*", default=["simclr", "byol", "rotation"],
+                        help="methods trained once per --seeds (the others with the first seed)")
+    parser.add_argument("--subset", type=int, help="train on this many images (smoke runs; default: all 60k)")
+    parser.add_argument("--data-root", help="the Fashion-MNIST folder (default: where selfsup looks)")
+    parser.add_argument("--backbone", default="resnet18", help="(tests: toy)")
+    parser.add_argument("--batch-size", type=int, help="every row's batch (default: each preset's, 256 with labels)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "out" / "ladder"))
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    report_file = out / "ladder.json"
+    report = json.loads(report_file.read_text()) if report_file.is_file() else {"rows": {}}
+    shared = [f"train.epochs={args.epochs}", "train.minutes=null", "train.knn_every=0", "train.online_probe=true",
+              f"backbone.name={args.backbone}", f"backbone.width={args.width}", "backbone.patch_size=null",
+              "backbone.registers=0", "backbone.drop_path=0.0", f"train.device={args.device}"]
+    shared += [f"data.root={args.data_root}"] if args.data_root else []
+    shared += [f"data.subset={args.subset}"] if args.subset else []
+    shared += [f"train.batch_size={args.batch_size}", f"train.knn_test_size={args.batch_size}"] if args.batch_size \
+        else []
+    report.update({"date": datetime.date.today().isoformat(),
+                   "command": " ".join(["python benchmarks/ladder.py", *sys.argv[1:]]),
+                   "machine": describe_device(torch.device("cuda") if torch.cuda.is_available()
+                                              and args.device != "cpu" else torch.device("cpu")),
+                   "versions": library_versions(), "shared_overrides": shared})
+    rows = report["rows"]
+
+    def done(name: str, row: dict) -> None:
+        rows[name] = row
+        write_json(report_file, report)
+        print(json.dumps({name: row}), flush=True)
+
+    if "raw pixels" not in rows:
+        for name, row in floor_rows(shared, bool(args.vit_methods), out, args.device).items():
+            done(name, row)
+    name = f"supervised ({args.epochs} epochs, all labels)"
+    if name not in rows:
+        done(name, supervised_row(shared, args.epochs, out / "supervised", args.data_root, args.batch_size))
+    runs = [(method, method, shared, seed) for method in args.methods
+            for seed in (args.seeds if method in args.seeded else args.seeds[:1])]
+    runs += [(f"{method} (vit_tiny)", method, shared + VIT, args.seeds[0]) for method in args.vit_methods]
+    for label, method, overrides, seed in runs:
+        name = label if seed == args.seeds[0] else f"{label} seed {seed}"
+        if name not in rows:
+            run_dir = out / name.replace(" (vit_tiny)", "-vit").replace(" ", "-")
+            done(name, method_row(method, overrides + [f"train.seed={seed}"], run_dir))
+
+    print(f"\n{report['machine']}; {args.epochs} epochs each, ResNet-18 width {args.width} (ViT-tiny where marked)\n")
+    print(table(rows))
+    (out / "ladder.md").write_text(table(rows) + "\n")
+    names = list(rows)
+    grouped_bars(out / "ladder.png", names, {"kNN k=20": [rows[n]["knn20"] for n in names],
+                                             "linear": [rows[n]["linear"] for n in names]},
+                 "top-1 (%)", f"Fashion-MNIST, {args.epochs} epochs each")
+
+
+if __name__ == "__main__":
+    main()
