@@ -123,10 +123,12 @@ def finetune(args: argparse.Namespace) -> int:
 
 
 def tokens(args: argparse.Namespace) -> int:
+    from ..engine.lock import writing_into
     from ..explore.tokens import tokens_for_checkpoints
 
-    paths, results = tokens_for_checkpoints(args.checkpoint, list(args.set), Path(args.out) if args.out else None,
-                                            args.images, args.quiet)
+    with writing_into(args.out or args.checkpoint[0]):  # the output's run directory (default: the first's)
+        paths, results = tokens_for_checkpoints(args.checkpoint, list(args.set), Path(args.out) if args.out else None,
+                                                args.images, args.quiet)
     for name, entry in results.items():
         print(f"{name}: median patch-token norm {entry['median_patch_norm']:.2f}, "
               f"outliers (> 2 x median) {100 * entry['outlier_share']:.2f}% of patches")
