@@ -37,6 +37,7 @@ LAYERS = [
     {"recipes"},
     {"explore"},
     {"export", "demo"},
+    {"reproduce"},
     {"cli"},
     {"__main__"},
 ]

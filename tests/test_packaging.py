@@ -58,7 +58,8 @@ def test_presets_ship_in_the_wheel(tmp_path: Path):
     built = sorted(wheels.glob("selfsup-*.whl"))
     assert len(built) == 1, built
     names = set(zipfile.ZipFile(built[0]).namelist())
-    assert {"selfsup/configs/simclr_cifar10.yaml", "selfsup/configs/demo.yaml"} <= names, sorted(names)
+    assert {"selfsup/configs/simclr_cifar10.yaml", "selfsup/configs/demo.yaml",
+            "selfsup/reproduce/measured.json"} <= names, sorted(names)  # the claims' last measured verdicts
 
     # A fresh venv (pip comes from ensurepip, offline), the wheel installed into it, not editable.
     venv = tmp_path / "venv"
@@ -81,6 +82,8 @@ def test_presets_ship_in_the_wheel(tmp_path: Path):
     assert not (tmp_path / "configs").exists()
     listed = _run([selfsup, "pretrain", "--list-methods"], tmp_path, env).stdout
     assert "simclr_cifar10" in listed, listed
+    claims = _run([selfsup, "reproduce", "--list", "--out", tmp_path / "none"], tmp_path, env).stdout
+    assert "lwf-vs-finetune" in claims, claims
     shown = _run([selfsup, "pretrain", "-c", "simclr_cifar10", "--print-config", "--set", "optim.lr=0.7"],
                  tmp_path, env).stdout
     for expected in ("name: simclr", "lr: 0.7", "cifar10"):

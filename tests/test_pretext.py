@@ -51,6 +51,16 @@ def test_permutation_set_is_deterministic_distinct_and_far_apart():
         permutation_set(1)
 
 
+def test_the_minimal_distance_set_differs_by_two_tiles_and_the_views_use_it():
+    close = permutation_set(100, seed=0, distance="minimal")
+    assert close.shape == (100, 9) and len({tuple(p) for p in close.tolist()}) == 100
+    assert min_hamming_distance(close) == 2 < min_hamming_distance(permutation_set(100, seed=0))
+    views = JigsawViews(gray(30), num_permutations=100, permutation_distance="minimal")
+    assert torch.equal(views.permutations, close)
+    with pytest.raises(SelfsupError, match="maximal or minimal"):
+        permutation_set(10, distance="average")
+
+
 def test_tiles_reassemble_to_the_image_for_the_identity_permutation():
     x = torch.randn(2, 3, 12, 12)
     tiles = cut_tiles(x, grid=3, tile=4, jitter=False)

@@ -33,16 +33,20 @@ def curves(path: Path, series: list[Series], xlabel: str, ylabel: str, title: st
     return _save(figure, path)
 
 
-def grouped_bars(path: Path, names: list[str], groups: dict[str, list[float | None]], ylabel: str, title: str) -> Path:
-    """One group of bars per name, one bar per series (a missing value leaves a gap), values written on top."""
+def grouped_bars(path: Path, names: list[str], groups: dict[str, list[float | None]], ylabel: str, title: str,
+                 errors: dict[str, list[float | None]] | None = None) -> Path:
+    """One group of bars per name, one bar per series (a missing value leaves a gap), values written on
+    top; ``errors`` (same shape, e.g. standard deviations over seeds) draws error bars."""
     figure, axis = plt.subplots(figsize=(min(14.0, max(5.0, 0.9 * len(names) * max(len(groups), 1) + 1.5)), 3.8),
                                 dpi=110)
     width = 0.8 / max(len(groups), 1)
     for offset, (label, values) in enumerate(groups.items()):
         xs = [i + (offset - (len(groups) - 1) / 2) * width for i in range(len(names))]
-        shown = [(x, v) for x, v in zip(xs, values) if v is not None]
+        spread = (errors or {}).get(label) or [None] * len(values)
+        shown = [(x, v, e) for x, v, e in zip(xs, values, spread) if v is not None]
         if shown:
-            bars = axis.bar([x for x, _ in shown], [v for _, v in shown], width, label=label)
+            bars = axis.bar([x for x, _, _ in shown], [v for _, v, _ in shown], width, label=label,
+                            yerr=[e or 0.0 for _, _, e in shown] if errors else None, capsize=3 if errors else 0)
             axis.bar_label(bars, fmt="%.1f", fontsize=7)
     axis.set_xticks(range(len(names)), names, rotation=30 if len(names) > 4 else 0, ha="right" if len(names) > 4
                     else "center", fontsize=8)

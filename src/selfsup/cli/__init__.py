@@ -2,9 +2,9 @@
 
 Each command's parser sits beside its handler, one module per family: :mod:`.pretrain` (pretrain,
 import, demo), :mod:`.eval` (eval, tokens), :mod:`.classifiers` (supervised, distill, cluster),
-:mod:`.downstream` (continual, semisup, multitask) and :mod:`.tools` (data, export, report, runs,
-embed, search); :mod:`.common` holds what they share. Handlers parse, call one recipe and print;
-the parser is built without importing torch.
+:mod:`.downstream` (continual, semisup, multitask), :mod:`.tools` (data, export, report, runs,
+embed, search) and :mod:`.reproduce`; :mod:`.common` holds what they share. Handlers parse, call
+one recipe and print; the parser is built without importing torch.
 """
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import sys
 
 from .. import __version__
 from ..errors import SelfsupError
-from . import classifiers, downstream, eval, pretrain, tools
+from . import classifiers, downstream, eval, pretrain, reproduce, tools
 
-FAMILIES = (pretrain, eval, classifiers, downstream, tools)
+FAMILIES = (pretrain, eval, classifiers, downstream, tools, reproduce)
 """The modules whose ``add_parsers`` register the commands, in the order ``selfsup --help`` lists them."""
 
 

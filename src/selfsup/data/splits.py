@@ -8,7 +8,7 @@ from typing import Any, Literal
 import torch
 
 from ..arguments import Count, Fraction, PositiveInt
-from ..errors import SelfsupError
+from ..errors import SelfsupError, closest
 from .catalog import USER_FORMATS, load_dataset
 from .dataset import ImageDataset
 
@@ -28,6 +28,10 @@ class DataConfig:
     """Stored image size; None keeps the native size (image folders and shards need one: 64 by default)."""
     subset: PositiveInt | None = None
     """Use a class-balanced subset of this many training images (seeded), e.g. for quick runs."""
+    classes: list[str | int] | None = None
+    """Keep only these classes (names or indices) in both splits, numbered in the order given: a
+    transfer task on classes a network never saw, e.g. ClusterFit's (pretrain on classes 0-4,
+    evaluate on 5-9). None keeps every class."""
     label_noise: Fraction = 0.0
     """Fraction of the training labels replaced by another class, drawn uniformly (seeded; the
     test split keeps its labels): ClusterFit's label-noise study."""
@@ -118,6 +122,8 @@ def load_splits(cfg: DataConfig, *, seed: int = 0, labeled: bool = False, hold_o
         split = "+".join(part for part in split.split("+") if part != "unlabeled") or "train"
     train = load_dataset(split=split, source=cfg.source if stream else memory_or_cache(cfg.source), **common)
     held_out = None
+    if cfg.classes is not None:
+        train = only_classes(train, cfg.classes)
     if labeled:
         train = train.select((train.targets >= 0).nonzero().squeeze(1)) if train.labeled else train
     elif hold_out > 0 and train.labeled:
@@ -136,6 +142,8 @@ def load_splits(cfg: DataConfig, *, seed: int = 0, labeled: bool = False, hold_o
         test = None
         if not quiet:
             print(f"note: no test split ({err})")
+    if test is not None and cfg.classes is not None and test.labeled:
+        test = only_classes(test, cfg.classes)
     if test is not None and test.labeled and train.labeled and test.classes != train.classes:
         test = same_classes(test, train)
     if labeled:
@@ -155,6 +163,31 @@ def same_classes(test: ImageDataset, train: ImageDataset) -> ImageDataset:
     renumber = torch.tensor([train.classes.index(name) for name in test.classes], dtype=torch.long)
     targets = torch.where(test.targets >= 0, renumber[test.targets.clamp_min(0)], test.targets)
     return dataclasses.replace(test, targets=targets, classes=list(train.classes))
+
+
+def only_classes(dataset: ImageDataset, chosen: list[str | int]) -> ImageDataset:
+    """The images of ``dataset`` whose class is in ``chosen`` (names, or indices into its classes),
+    relabelled 0..len(chosen)-1 in the order given; unlabelled images are dropped."""
+    if not dataset.labeled:
+        raise SelfsupError(f"{dataset.name} ({dataset.split}) has no labels, so data.classes cannot choose among them")
+    picked, names = [], dataset.classes
+    for item in chosen:
+        if isinstance(item, int) and not isinstance(item, bool):
+            if not 0 <= item < len(names):
+                raise SelfsupError(f"data.classes: {dataset.name} has classes 0..{len(names) - 1}, got {item}")
+            picked.append(item)
+        elif item in names:
+            picked.append(names.index(item))
+        else:
+            raise SelfsupError(f"data.classes: {dataset.name} has no class {item!r}{closest(str(item), names)}")
+    if len(set(picked)) != len(picked) or not picked:
+        raise SelfsupError(f"data.classes must name each class once and at least one, got {list(chosen)}")
+    renumber = torch.full((len(dataset.classes),), -1, dtype=torch.long)
+    renumber[torch.tensor(picked)] = torch.arange(len(picked))
+    targets = torch.where(dataset.targets >= 0, renumber[dataset.targets.clamp_min(0)], dataset.targets)
+    kept = (targets >= 0).nonzero().squeeze(1)
+    return dataclasses.replace(dataset.select(kept), targets=targets[kept],
+                               classes=[dataset.classes[i] for i in picked])
 
 
 def memory_or_cache(source: str) -> str:

@@ -79,16 +79,23 @@ def resolve_precision(name: str, device: torch.device) -> Precision:
     return Precision(name, dtypes[name])
 
 
+VECTOR_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
+"""The CPU features that decide how fast (and in which precision) a CPU trains: every measurement states them."""
+
+
 def describe_device(device: torch.device) -> str:
+    """The GPU's name, or the CPU's model, threads and vector features (e.g. ``avx2 avx512f avx512_bf16``)."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    name = platform.processor() or platform.machine()
+    name, flags = platform.processor() or platform.machine(), set()
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith("model name") and name in (platform.processor(), platform.machine()):
                 name = line.split(":", 1)[1].strip()
-                break
-    return f"{name} ({torch.get_num_threads()} threads)"
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
+    features = " ".join(flag for flag in VECTOR_FLAGS if flag in flags)
+    return f"{name} ({torch.get_num_threads()} threads{'; ' + features if features else ''})"
 
 
 def git_revision() -> str:

@@ -6,6 +6,7 @@ in ``results.json`` and ``results.md`` of the output folder.
 """
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,6 +78,16 @@ class EvalConfig:
     encoder trained with labels); None: all of them."""
 
 
+def fingerprint(dataset: ImageDataset) -> str:
+    """A short digest of which images a set holds (its labels, classes and 64 of its images, spread
+    over it): two sets of one size, e.g. other classes of one dataset, never share cached features."""
+    step = max(1, len(dataset) // 64)
+    digest = hashlib.sha1(dataset.targets.cpu().numpy().tobytes())
+    digest.update("\n".join(dataset.classes).encode("utf-8", "surrogateescape"))
+    digest.update(dataset.images[::step].cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 class Evaluator:
     """Features of one encoder for the train and test sets, and the protocols on them.
 
@@ -109,7 +120,8 @@ class Evaluator:
 
     def _cached(self, split: str, dataset: ImageDataset) -> torch.Tensor:
         key = {**(self.cache_key or {}), "split": split, "images": len(dataset),
-               "image_shape": list(dataset.images.shape[1:]), "recalibrate": self.recalibrate,
+               "image_shape": list(dataset.images.shape[1:]), "data": fingerprint(dataset),
+               "recalibrate": self.recalibrate,
                "features": "embedding" if self.encode is not None else "encoder"}
         path = self.out_dir / "features" / f"{(self.cache_key or {}).get('stem', 'encoder')}-{split}.pt"
         if path.is_file():

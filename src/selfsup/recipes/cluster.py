@@ -82,15 +82,19 @@ def encoder_features(encoder: torch.nn.Module, config: RunConfig, meta: RunMeta,
 
 
 def clusterfit(path: str | Path, run_dir: str | Path, settings: ClusterFitSettings, *, student: list[str] = (),
-               overrides: list[str] = (), quiet: bool = False) -> dict[str, Any]:
+               overrides: list[str] = (), evaluation: list[str] | None = None, quiet: bool = False) -> dict[str, Any]:
     """Run (or continue) every stage of ClusterFit from the checkpoint ``path`` into ``run_dir``
-    (locked against other writers while it runs)."""
+    (locked against other writers while it runs). ``overrides`` change the config of N_pre's run
+    (D_cf: the images clustered and N_cf learns from); ``evaluation`` the config both networks are
+    scored on (default: the same), e.g. ``["data.classes=[5, 6, 7, 8, 9]"]`` for the paper's
+    measure, transfer to classes N_pre never saw."""
     with writing_into(own=run_dir):
-        return _clusterfit(path, Path(run_dir), settings, student, overrides, quiet)
+        return _clusterfit(path, Path(run_dir), settings, student, overrides,
+                           list(overrides) if evaluation is None else list(evaluation), quiet)
 
 
 def _clusterfit(path: str | Path, run_dir: Path, settings: ClusterFitSettings, student: list[str],
-                overrides: list[str], quiet: bool) -> dict[str, Any]:
+                overrides: list[str], evaluation: list[str], quiet: bool) -> dict[str, Any]:
     student = backbone_changes(student)
     encoder, config, meta = load_encoder(path, overrides)  # once, for every stage
     source = meta.source
@@ -130,11 +134,12 @@ def _clusterfit(path: str | Path, run_dir: Path, settings: ClusterFitSettings, s
 
     results = {}
     for name, checkpoint_path in (("N_pre", path), ("N_cf", ncf_dir)):
-        evaluator, config = checkpoint_evaluator(checkpoint_path, list(overrides), run_dir / "eval", quiet)
+        evaluator, config = checkpoint_evaluator(checkpoint_path, evaluation, run_dir / "eval", quiet)
         evaluator.name = name
         measured = evaluator.run(["knn", "linear"], config.eval, config.train.seed)[name]
         results[name] = {protocol: round(measured[protocol]["top1"], 2) for protocol in ("knn", "linear")}
     report = {"source": source, "settings": dataclasses.asdict(settings), "results": results,
+              "evaluated_with": evaluation,
               "clusters": json.loads((run_dir / "clusters.json").read_text())["clusters"]}
     write_json(run_dir / "clusterfit.json", report)
     return report

@@ -68,16 +68,20 @@ class JigsawViews(nn.Module):
 
     The permutation set (``num_permutations``, maximal minimal Hamming distance, fixed by
     ``permutation_seed``) is a buffer, saved with the model: the classes never change.
-    Noroozi & Favaro 2016 defaults: 1000 permutations (100 here: small images and budgets).
+    Noroozi & Favaro 2016 defaults: 1000 permutations (100 here: small images and budgets), as far
+    apart as possible (``permutation_distance="minimal"``: as close as possible, their Table 3's
+    ablation).
     """
 
     num_outputs = 2
 
     def __init__(self, image: ImageInfo, *, augment: AugmentSpec = TILE_SOURCE, tiles: TileSpec = TileSpec(),
-                 num_permutations: PositiveInt = 100, permutation_seed: Count = 0) -> None:
+                 num_permutations: PositiveInt = 100, permutation_seed: Count = 0,
+                 permutation_distance: Literal["maximal", "minimal"] = "maximal") -> None:
         super().__init__()
         self.augment, self.tiler = Augment(image, augment), Tiler(image.size, tiles)
-        self.register_buffer("permutations", permutation_set(num_permutations, permutation_seed, tiles.grid ** 2))
+        self.register_buffer("permutations", permutation_set(num_permutations, permutation_seed, tiles.grid ** 2,
+                                                             permutation_distance))
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         tiles = self.tiler(self.augment(images))

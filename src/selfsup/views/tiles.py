@@ -22,18 +22,23 @@ MIN_TILE = 6
 
 # ---------------------------------------------------------------- jigsaw permutations
 
-def permutation_set(count: int, seed: int = 0, tiles: int = 9) -> torch.Tensor:
+def permutation_set(count: int, seed: int = 0, tiles: int = 9, distance: str = "maximal") -> torch.Tensor:
     """``count`` permutations of ``tiles`` chosen greedily for maximal minimal Hamming distance.
 
     Noroozi & Favaro 2016 (arXiv:1603.09246), Sec. 3.2 / Alg. 1, with the minimum instead of
     the average distance as the criterion: start from a random permutation, then repeatedly
     add the permutation whose smallest Hamming distance to those already chosen is largest
     (ties broken at random by ``seed``). The same (count, seed) always gives the same set.
+    ``distance="minimal"`` adds the closest permutation not yet chosen instead: the set of their
+    Table 3's "minimal" row, whose classes differ by as few tiles as possible (2), for the study of
+    how the distance between permutations changes what the network learns.
     """
     total = math.factorial(tiles)
     if not 2 <= count <= total:
         raise SelfsupError(f"jigsaw needs between 2 and {total} permutations, got {count}")
-    return _permutation_set(count, seed, tiles).clone()
+    if distance not in ("maximal", "minimal"):
+        raise SelfsupError(f"the permutation distance is maximal or minimal, got {distance!r}")
+    return _permutation_set(count, seed, tiles, distance == "maximal").clone()
 
 
 @functools.lru_cache(maxsize=8)
@@ -42,17 +47,27 @@ def _all_permutations(tiles: int) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=8)
-def _permutation_set(count: int, seed: int, tiles: int) -> torch.Tensor:
+def _permutation_set(count: int, seed: int, tiles: int, farthest: bool = True) -> torch.Tensor:
     every = _all_permutations(tiles)
+    columns = np.ascontiguousarray(every.T)  # one row per tile position: distances add up in contiguous passes
     total = len(every)
     rng = np.random.default_rng(seed)
+
+    def distance_to(index: int) -> np.ndarray:
+        distance = np.zeros(total, dtype=np.int8)
+        for position in columns:
+            distance += position != position[index]
+        return distance
+
     chosen = [int(rng.integers(total))]
-    distance = (every != every[chosen[0]]).sum(1).astype(np.int8)
+    distance = distance_to(chosen[0])
     for _ in range(count - 1):
-        candidates = np.flatnonzero(distance == distance.max())
+        # chosen permutations are at distance 0: the closest new one is the smallest positive distance
+        target = distance.max() if farthest else distance[distance > 0].min()
+        candidates = np.flatnonzero(distance == target)
         pick = int(candidates[rng.integers(len(candidates))])
         chosen.append(pick)
-        np.minimum(distance, (every != every[pick]).sum(1).astype(np.int8), out=distance)
+        np.minimum(distance, distance_to(pick), out=distance)
     return torch.from_numpy(every[chosen].astype(np.int64))
 
 
