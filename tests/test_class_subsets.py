@@ -19,6 +19,8 @@ def test_only_the_chosen_classes_stay_numbered_in_the_order_given():
     assert kept.images[:, 0, 0, 0].tolist() == [1, 2, 5, 6]  # the images of those classes, in their order
     with pytest.raises(SelfsupError, match="no class 'e'"):
         only_classes(data, ["e"])
+    pretraining = only_classes(data, ["c", 1], keep_unlabelled=True)  # STL-10's unlabeled part stays
+    assert pretraining.targets.tolist() == [1, 0, -1, 0, 1]
 
 
 def test_both_splits_and_the_monitor_hold_out_keep_only_those_classes(mnist_root):

@@ -31,9 +31,13 @@ def test_every_claim_runs_end_to_end_and_a_second_run_trains_nothing(name, bench
     assert text.startswith(f"## {name}: INCONCLUSIVE") and verdict.finding in text and "| " in text
     record = json.loads((out / name / "verdict.json").read_text())
     assert record["outcome"] == "inconclusive" and record["budget"].startswith("smoke")
+    assert record["runs_trained"] >= 1 and record["minutes"] >= 0
+    first = json.loads((out / "verdicts.json").read_text())[name]
     runs = {path: path.stat().st_mtime_ns for path in (out / "runs").rglob("summary.json")}
     again = reproduce(name, out, budget, quiet=True)  # every run read back: nothing trained or rewritten
     assert again.finding == verdict.finding
+    assert json.loads((out / name / "verdict.json").read_text())["runs_trained"] == 0
+    assert json.loads((out / "verdicts.json").read_text())[name]["minutes"] == first["minutes"]  # the training's
     assert {path: path.stat().st_mtime_ns for path in (out / "runs").rglob("summary.json")} == runs
     assert (out / name / "verdicts.md").read_text().count(f"## {name}:") == 2  # appended, not replaced
 
@@ -67,3 +71,6 @@ def test_the_verdict_rule_counts_a_gap_beyond_margin_and_noise():
     noisy = judge([82.0, 78.0, 80.0], [79.0, 79.5, 78.5], margin=0.5)  # +1 point, standard error ~1.2
     assert noisy.outcome == "inconclusive" and noisy.threshold > 2.0
     assert judge([80.4], [80.0], margin=0.5).outcome == "inconclusive" and judge([81.0], [80.0], 0.5).error is None
+    # what would change it: seeds enough for twice the standard error to fall under the gap, or nothing
+    assert "about 18 seeds" in noisy.changes(3, 0.5)  # 3 x (2 x 1.19 / 1.0)^2 = 17.0, rounded up, plus one
+    assert "more seeds cannot make it count" in judge([80.3, 80.4], [80.0, 80.1], margin=0.5).changes(2, 0.5)

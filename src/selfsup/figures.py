@@ -34,9 +34,10 @@ def curves(path: Path, series: list[Series], xlabel: str, ylabel: str, title: st
 
 
 def grouped_bars(path: Path, names: list[str], groups: dict[str, list[float | None]], ylabel: str, title: str,
-                 errors: dict[str, list[float | None]] | None = None) -> Path:
+                 errors: dict[str, list[float | None]] | None = None, zoom: bool = False) -> Path:
     """One group of bars per name, one bar per series (a missing value leaves a gap), values written on
-    top; ``errors`` (same shape, e.g. standard deviations over seeds) draws error bars."""
+    top; ``errors`` (same shape, e.g. standard deviations over seeds) draws error bars; ``zoom`` starts
+    the axis a few points below the lowest bar, for differences of a point or two between high values."""
     figure, axis = plt.subplots(figsize=(min(14.0, max(5.0, 0.9 * len(names) * max(len(groups), 1) + 1.5)), 3.8),
                                 dpi=110)
     width = 0.8 / max(len(groups), 1)
@@ -50,8 +51,12 @@ def grouped_bars(path: Path, names: list[str], groups: dict[str, list[float | No
             axis.bar_label(bars, fmt="%.1f", fontsize=7)
     axis.set_xticks(range(len(names)), names, rotation=30 if len(names) > 4 else 0, ha="right" if len(names) > 4
                     else "center", fontsize=8)
+    if zoom:
+        shown_values = [v for values in groups.values() for v in values if v is not None]
+        if shown_values:
+            axis.set_ylim(bottom=max(0.0, 5 * (min(shown_values) // 5) - 5))
     axis.set_ylabel(ylabel)
-    axis.set_title(title)
+    axis.set_title(title, fontsize=10)
     axis.grid(alpha=0.3, axis="y")
     axis.legend(fontsize=8)
     return _save(figure, path)

@@ -123,7 +123,7 @@ def load_splits(cfg: DataConfig, *, seed: int = 0, labeled: bool = False, hold_o
     train = load_dataset(split=split, source=cfg.source if stream else memory_or_cache(cfg.source), **common)
     held_out = None
     if cfg.classes is not None:
-        train = only_classes(train, cfg.classes)
+        train = only_classes(train, cfg.classes, keep_unlabelled=not labeled)
     if labeled:
         train = train.select((train.targets >= 0).nonzero().squeeze(1)) if train.labeled else train
     elif hold_out > 0 and train.labeled:
@@ -142,7 +142,9 @@ def load_splits(cfg: DataConfig, *, seed: int = 0, labeled: bool = False, hold_o
         test = None
         if not quiet:
             print(f"note: no test split ({err})")
-    if test is not None and cfg.classes is not None and test.labeled:
+    if test is not None and cfg.classes is not None:
+        if not test.labeled:
+            raise SelfsupError(f"{test.name} ({test.split}) has no labels, so data.classes cannot choose among them")
         test = only_classes(test, cfg.classes)
     if test is not None and test.labeled and train.labeled and test.classes != train.classes:
         test = same_classes(test, train)
@@ -165,9 +167,10 @@ def same_classes(test: ImageDataset, train: ImageDataset) -> ImageDataset:
     return dataclasses.replace(test, targets=targets, classes=list(train.classes))
 
 
-def only_classes(dataset: ImageDataset, chosen: list[str | int]) -> ImageDataset:
+def only_classes(dataset: ImageDataset, chosen: list[str | int], keep_unlabelled: bool = False) -> ImageDataset:
     """The images of ``dataset`` whose class is in ``chosen`` (names, or indices into its classes),
-    relabelled 0..len(chosen)-1 in the order given; unlabelled images are dropped."""
+    relabelled 0..len(chosen)-1 in the order given; unlabelled images (STL-10's unlabeled part) are
+    kept for pretraining (``keep_unlabelled``: they belong to no class) and dropped otherwise."""
     if not dataset.labeled:
         raise SelfsupError(f"{dataset.name} ({dataset.split}) has no labels, so data.classes cannot choose among them")
     picked, names = [], dataset.classes
@@ -185,7 +188,7 @@ def only_classes(dataset: ImageDataset, chosen: list[str | int]) -> ImageDataset
     renumber = torch.full((len(dataset.classes),), -1, dtype=torch.long)
     renumber[torch.tensor(picked)] = torch.arange(len(picked))
     targets = torch.where(dataset.targets >= 0, renumber[dataset.targets.clamp_min(0)], dataset.targets)
-    kept = (targets >= 0).nonzero().squeeze(1)
+    kept = ((targets >= 0) | ((dataset.targets < 0) & keep_unlabelled)).nonzero().squeeze(1)
     return dataclasses.replace(dataset.select(kept), targets=targets[kept],
                                classes=[dataset.classes[i] for i in picked])
 

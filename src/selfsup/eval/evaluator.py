@@ -79,12 +79,15 @@ class EvalConfig:
 
 
 def fingerprint(dataset: ImageDataset) -> str:
-    """A short digest of which images a set holds (its labels, classes and 64 of its images, spread
-    over it): two sets of one size, e.g. other classes of one dataset, never share cached features."""
+    """A short digest of which images a set holds (its labels, classes, the store rows it is made of and
+    64 of its images, spread over it, read alone): two sets of one size, e.g. other classes of one
+    dataset, never share cached features."""
     step = max(1, len(dataset) // 64)
     digest = hashlib.sha1(dataset.targets.cpu().numpy().tobytes())
     digest.update("\n".join(dataset.classes).encode("utf-8", "surrogateescape"))
-    digest.update(dataset.images[::step].cpu().contiguous().numpy().tobytes())
+    if dataset.rows is not None:
+        digest.update(dataset.rows.cpu().numpy().tobytes())
+    digest.update(dataset.pixels(torch.arange(0, len(dataset), step)).cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()[:16]
 
 
@@ -120,8 +123,9 @@ class Evaluator:
 
     def _cached(self, split: str, dataset: ImageDataset) -> torch.Tensor:
         key = {**(self.cache_key or {}), "split": split, "images": len(dataset),
-               "image_shape": list(dataset.images.shape[1:]), "data": fingerprint(dataset),
-               "recalibrate": self.recalibrate,
+               "image_shape": [dataset.channels, dataset.image_size, dataset.image_size],
+               "data": fingerprint(dataset), "recalibrate": self.recalibrate,
+               "recalibrated_on": fingerprint(self.train) if self.recalibrate else None,
                "features": "embedding" if self.encode is not None else "encoder"}
         path = self.out_dir / "features" / f"{(self.cache_key or {}).get('stem', 'encoder')}-{split}.pt"
         if path.is_file():

@@ -49,15 +49,14 @@ def experiment(lab: Lab) -> Verdict:
     rows.append({"student (ResNet-18 w4)": "(the teacher, w16, all labels)", "mean top-1": summary["test_top1"]})
     figure = grouped_bars(lab.folder / "distillation-temperature.png", list(ARMS), {
         "student top-1": [mean(v) for v in top1.values()]}, "test top-1 (%)",
-        f"A w{STUDENT_WIDTH} student on {images} labelled images", errors={
+        f"A w{STUDENT_WIDTH} student on {images} labelled images", zoom=True, errors={
             "student top-1": [spread(v) for v in top1.values()]})
     cold = mean(top1["teacher at T=1, lambda 0.5"]) - mean(labels_only)
     return Verdict(
         gap.outcome, f"The teacher at T = 4 minus the labels alone: {gap.text()} points "
         f"({mean(hot):.2f} vs {mean(labels_only):.2f}); at T = 1: {cold:+.2f}. Teacher: {summary['test_top1']:.2f}.",
         rows, ["student (ResNet-18 w4)", "mean top-1", "std", "runs"], seeds,
-        f"a difference beyond {gap.threshold:.2f} points the other way would make it not held; a student that "
-        "already matches the teacher leaves distillation nothing to add (a stronger teacher, --scale, would)",
+        gap.changes(len(seeds), 0.3),
         figure, {"gap_T4": gap.gap, "error_T4": gap.error, "gap_T1": round(cold, 2),
                  "teacher_top1": summary["test_top1"]})
 

@@ -36,7 +36,7 @@ def experiment(lab: Lab) -> Verdict:
             for name, s in scores.items()]
     figure = grouped_bars(lab.folder / "jigsaw-permutations.png", list(scores), {
         "linear": [s["linear"] for s in scores.values()], "kNN": [s["knn"] for s in scores.values()]},
-        "top-1 (%)", "Jigsaw's permutation set: how many, how far apart")
+        "top-1 (%)", "Jigsaw's permutation set: how many, how far apart", zoom=True)
     return Verdict(
         combine([more.outcome, apart.outcome]),
         f"Linear probe, 1000 minus 10 permutations: {more.text()} ({more.outcome}); at 100, as far apart as possible "

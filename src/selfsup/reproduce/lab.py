@@ -19,6 +19,7 @@ import hashlib
 import json
 import math
 import statistics
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +45,8 @@ SMOKE = ["backbone.name=toy", "backbone.width=8", "train.batch_size=16", "train.
 """What a smoke run trains with: the toy backbone on small batches. It checks that a claim runs
 end to end (the test suite runs every claim so), never the claim itself."""
 WHERE = ("train.device",)
-"""Settings that say where a run computes, not what: left out of a run's digest."""
+"""Settings that say where a run computes, not what: left out of a run's digest (every other setting,
+the data's root included, is in it: the same data under another path trains again)."""
 
 
 @dataclass(frozen=True)
@@ -117,6 +119,19 @@ class Gap:
         noise = f" +- {self.error:.2f} (s.e.)" if self.error is not None else " (one seed)"
         return f"{self.gap:+.2f}{noise}, counted beyond {self.threshold:.2f}"
 
+    def changes(self, seeds: int, margin: float) -> str:
+        """What would change this outcome: the gap crossing its threshold, or, for a gap inside the noise,
+        about how many seeds would make the noise small enough (the standard error falls as 1/sqrt(seeds))."""
+        if self.outcome != "inconclusive":
+            return (f"a gap inside +-{self.threshold:.2f} would make it inconclusive, beyond it the other way "
+                    f"{'not held' if self.outcome == 'held' else 'held'}")
+        if abs(self.gap) <= margin or self.error is None:
+            return (f"the gap ({self.gap:+.2f}) is inside the {margin:g}-point margin: more seeds cannot make it "
+                    "count, a longer budget (--scale) might widen it")
+        needed = math.ceil(seeds * (2 * self.error / abs(self.gap)) ** 2) + 1
+        return (f"at this spread, about {needed} seeds would bring twice the standard error under the gap "
+                f"({self.gap:+.2f}); a longer budget (--scale) might widen it")
+
 
 def mean(values: list[float]) -> float:
     return statistics.fmean(values)
@@ -158,6 +173,7 @@ class Lab:
         self.out = Path(out)
         self.folder = self.out / claim
         self.runs = self.out / "runs"
+        self.started, self.trained = time.perf_counter(), 0  # wall clock; runs trained (not read back)
 
     # ------------------------------------------------------------------ configs and runs
 
@@ -173,6 +189,7 @@ class Lab:
         run_dir = self.runs / f"{label}-{digest(without_where(stamp))}"
 
         def train_and_record(resume: bool) -> dict[str, Any]:
+            self.trained += 1
             summary = train(run_dir, resume)
             if not (run_dir / "summary.json").is_file():  # a stage that writes no summary of its own
                 write_json(run_dir / "summary.json", summary)
@@ -240,6 +257,7 @@ class Lab:
                 "this was a smoke run (toy network, a few steps): it checks that the experiment runs, not the claim; "
                 "run it without --smoke"))
         now = datetime.datetime.now().isoformat(timespec="seconds")
+        minutes = round((time.perf_counter() - self.started) / 60, 1)
         machine = describe_device(pick_device(self.budget.device))
         table = markdown_table([{key: value for key, value in row.items() if value is not None}
                                 for row in verdict.rows], verdict.columns)
@@ -248,7 +266,7 @@ class Lab:
             f"> {claim_text} ({source})", "",
             verdict.finding, "", table, "",
             f"Seeds: {', '.join(map(str, verdict.seeds))}. Budget: {self.budget.describe()}. {now}, {machine}, "
-            f"torch {torch.__version__}.", "",
+            f"torch {torch.__version__}; {minutes:g} minutes, {self.trained} runs trained (the others read back).", "",
             f"What would change the verdict: {verdict.would_change}", ""]
             + ([f"![{self.claim}]({verdict.figure.name})", ""] if verdict.figure else []))
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -256,25 +274,28 @@ class Lab:
         with open(self.folder / "verdicts.md", "a", encoding="utf-8") as history:
             history.write(text + "\n")
         record = {"claim": self.claim, "outcome": verdict.outcome, "finding": verdict.finding, "date": now,
+                  "minutes": minutes, "runs_trained": self.trained,
                   "machine": machine, "budget": self.budget.describe(), "seeds": verdict.seeds,
                   "numbers": verdict.numbers, "versions": library_versions()}
         write_json(self.folder / "verdict.json", record)
         index_file = self.out / "verdicts.json"
         index = json.loads(index_file.read_text()) if index_file.is_file() else {}
-        index[self.claim] = {key: record[key] for key in ("outcome", "date", "machine", "budget")}
+        before = index.get(self.claim, {})
+        if not self.trained and before.get("budget") == record["budget"] and "minutes" in before:
+            minutes = before["minutes"]  # everything read back: the time it took stays the time it took to train
+        index[self.claim] = {**{key: record[key] for key in ("outcome", "finding", "date", "machine", "budget")},
+                             "minutes": minutes}
         write_json(index_file, index)
         return verdict
 
 
 def without_where(stamp: Any) -> Any:
-    """``stamp`` without the settings that only say where a run computes (:data:`WHERE`)."""
+    """``stamp`` without the settings that only say where a run computes: every ``device``, at any
+    depth (``config.train.device``, ``training.device``, a ClusterFit setting's training's)."""
     if isinstance(stamp, dict):
-        config = stamp.get("config")
-        if isinstance(config, dict) and isinstance(config.get("train"), dict):
-            train = {k: v for k, v in config["train"].items() if f"train.{k}" not in WHERE}
-            stamp = {**stamp, "config": {**config, "train": train}}
-        if isinstance(stamp.get("training"), dict):
-            stamp = {**stamp, "training": {k: v for k, v in stamp["training"].items() if k != "device"}}
+        return {key: without_where(value) for key, value in stamp.items() if key != "device"}
+    if isinstance(stamp, list):
+        return [without_where(value) for value in stamp]
     return stamp
 
 
