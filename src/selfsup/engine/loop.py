@@ -30,8 +30,8 @@ from .metrics import MetricsLog
 from .optim import Schedule, apply_schedule
 from .preemption import Preempted, StopRequests
 from .runtime import Precision
-from .steps import (clip_each_parameter, divergence_message, endless, format_seconds, forward_views, non_finite_state,
-                    preserved, synchronize)
+from .steps import (clip_gradients, divergence_message, format_seconds, forward_views, non_finite_state,
+                    seconds_per_step)
 
 
 class Engine:
@@ -117,12 +117,7 @@ class Engine:
         if self.schedule.final_weight_decay is not None:
             row["weight_decay"] = weight_decay
         if self.clip_grad is not None:
-            self.scaler.unscale_(self.optimizer)
-            trained = [p for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
-            if self.clip_per_parameter:
-                row["grad_norm"] = float(clip_each_parameter(trained, self.clip_grad))
-            else:
-                row["grad_norm"] = float(nn.utils.clip_grad_norm_(trained, self.clip_grad))
+            row["grad_norm"] = clip_gradients(self.optimizer, self.scaler, self.clip_grad, self.clip_per_parameter)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.step += 1
@@ -136,21 +131,8 @@ class Engine:
         return row
 
     def time_steps(self, count: int, warmup: int = 1) -> float:
-        """Seconds per training step, measured on real batches, then undone (weights, optimiser,
-        RNG and step are as before): sizes a run to a time budget."""
-        step = self.step
-        with preserved(self.module, self.optimizer, self.scaler, *([self.probe] if self.probe is not None else [])), \
-                closing(endless(self.loader)) as batches:
-            for _ in range(warmup):  # also starts a stream's workers
-                self.train_step(*next(batches))
-            synchronize(self.device)
-            start = time.perf_counter()
-            for _ in range(count):  # fresh batches: a loader slower than the steps is counted
-                self.train_step(*next(batches))
-            synchronize(self.device)
-            seconds = (time.perf_counter() - start) / count
-        self.step = step
-        return float(dist.all_reduce_mean(torch.tensor(seconds)).item())
+        """Seconds per training step on real batches, then undone (:func:`~.steps.seconds_per_step`)."""
+        return seconds_per_step(self, count, warmup)
 
     def _divergence_message(self, what: str, when: str = "at", updated: bool = False) -> str:
         return divergence_message(what, self.step, self.step // self.steps_per_epoch, self.run_dir, when, updated)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import dist
 from .contracts import Batch, Images, Precropped
 from .runtime import Precision
 
@@ -111,3 +113,33 @@ def non_finite_state(module: nn.Module) -> str | None:
     if bool(torch.stack(norms).isfinite().all()):
         return None
     return next((name for name, t in state.items() if not bool(torch.isfinite(t).all())), "weights")
+
+
+def clip_gradients(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, limit: float,
+                   per_parameter: bool) -> float:
+    """Unscale the gradients and clip them to ``limit`` (their global norm, or each parameter's); the
+    norm before clipping."""
+    scaler.unscale_(optimizer)
+    trained = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    if per_parameter:
+        return float(clip_each_parameter(trained, limit))
+    return float(nn.utils.clip_grad_norm_(trained, limit))
+
+
+def seconds_per_step(engine: Any, count: int, warmup: int = 1) -> float:
+    """Seconds per training step of ``engine`` (an :class:`~.loop.Engine`), measured on real batches,
+    then undone (weights, optimiser, RNG and step are as before): sizes a run to a time budget."""
+    step = engine.step
+    with preserved(engine.module, engine.optimizer, engine.scaler, *([engine.probe] if engine.probe is not None
+                                                                      else [])), \
+            contextlib.closing(endless(engine.loader)) as batches:
+        for _ in range(warmup):  # also starts a stream's workers
+            engine.train_step(*next(batches))
+        synchronize(engine.device)
+        start = time.perf_counter()
+        for _ in range(count):  # fresh batches: a loader slower than the steps is counted
+            engine.train_step(*next(batches))
+        synchronize(engine.device)
+        seconds = (time.perf_counter() - start) / count
+    engine.step = step
+    return float(dist.all_reduce_mean(torch.tensor(seconds)).item())

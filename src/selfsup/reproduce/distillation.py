@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from ..figures import grouped_bars
 from ..recipes.distill import distill
-from .lab import Claim, Lab, Verdict, judge, mean, spread
+from .lab import Claim, Lab, Verdict, over_seeds, judge, mean, spread
 
 STUDENT_WIDTH, IMAGES = 4, 10000
 ARMS = {"labels only": (1.0, 0.0), "teacher at T=1, lambda 0.5": (1.0, 0.5), "teacher at T=4, lambda 0.5": (4.0, 0.5)}
@@ -44,8 +44,7 @@ def experiment(lab: Lab) -> Verdict:
             top1[arm].append(student["test_top1"])
     hot, labels_only = top1["teacher at T=4, lambda 0.5"], top1["labels only"]
     gap = judge(hot, labels_only, margin=0.3)
-    rows = [{"student (ResNet-18 w4)": arm, "mean top-1": round(mean(v), 2), "std": round(spread(v), 2),
-             "runs": ", ".join(f"{x:.2f}" for x in v)} for arm, v in top1.items()]
+    rows = [{"student (ResNet-18 w4)": arm, **over_seeds(v)} for arm, v in top1.items()]
     rows.append({"student (ResNet-18 w4)": "(the teacher, w16, all labels)", "mean top-1": summary["test_top1"]})
     figure = grouped_bars(lab.folder / "distillation-temperature.png", list(ARMS), {
         "student top-1": [mean(v) for v in top1.values()]}, "test top-1 (%)",

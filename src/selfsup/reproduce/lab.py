@@ -141,6 +141,12 @@ def spread(values: list[float]) -> float:
     return statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def over_seeds(values: list[float]) -> dict[str, Any]:
+    """A table's cells for one value per seed: mean, standard deviation and the runs themselves."""
+    return {"mean top-1": round(mean(values), 2), "std": round(spread(values), 2),
+            "runs": ", ".join(f"{value:.2f}" for value in values)}
+
+
 def judge(higher: list[float], lower: list[float], margin: float) -> Gap:
     """Whether ``higher`` (one value per seed) beats ``lower``: held when the difference of means
     exceeds both ``margin`` and twice its standard error, not held when it is as far the other way,

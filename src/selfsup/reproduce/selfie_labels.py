@@ -19,7 +19,7 @@ larger spread or a smaller gain at few labels is not held; in between, inconclus
 from __future__ import annotations
 
 from ..figures import grouped_bars
-from .lab import Claim, Lab, Verdict, combine, judge, mean, spread
+from .lab import Claim, Lab, Verdict, over_seeds, combine, judge, mean, spread
 
 FRACTIONS, STEPS = (0.05, 1.0), 150
 
@@ -54,8 +54,7 @@ def experiment(lab: Lab) -> Verdict:
     larger = gain.gap - gain_all
     parts = [gain.outcome, "held" if larger > 0.5 else "not held" if larger < -0.5 else "inconclusive",
              "held" if ratio <= 2 / 3 else "not held" if ratio >= 1 else "inconclusive"]
-    rows = [{"labels": f"{100 * f:g}%", "start": start, "mean top-1": round(mean(v), 2), "std": round(spread(v), 2),
-             "runs": ", ".join(f"{x:.2f}" for x in v)} for (start, f), v in top1.items()]
+    rows = [{"labels": f"{100 * f:g}%", "start": start, **over_seeds(v)} for (start, f), v in top1.items()]
     names = [f"{100 * f:g}% labels" for f in FRACTIONS]
     starts = ("random init", "Selfie", "SimCLR")
     figure = grouped_bars(lab.folder / "selfie-few-labels.png", names, {

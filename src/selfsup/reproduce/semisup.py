@@ -23,7 +23,7 @@ from ..figures import grouped_bars
 from ..recipes.classifier import ClassifierTraining
 from ..recipes.loading import StartingPoint
 from ..recipes.semisup import SemiSupervisedSettings, semisup
-from .lab import Claim, Lab, Verdict, combine, judge, mean, spread
+from .lab import Claim, Lab, Verdict, combine, over_seeds, judge, mean, spread
 
 METHODS = ("pseudo-label", "mean-teacher", "fixmatch")
 LABELS, RATIO, STEPS = 0.01, 7.0, 300
@@ -57,9 +57,8 @@ def experiment(lab: Lab) -> Verdict:
     gaps = {method: judge(top1[method], top1["labels-only"], margin=0.5) for method in METHODS}
     outcome = combine([gap.outcome for gap in gaps.values()])
     rows = [{"method": method + (" (same batches, unlabelled images unused)" if method == "labels-only" else ""),
-             "mean top-1": round(mean(v), 2), "std": round(spread(v), 2),
-             "vs labels only": gaps[method].text() if method in gaps else None, "verdict": gaps[method].outcome
-             if method in gaps else None, "runs": ", ".join(f"{x:.2f}" for x in v)} for method, v in top1.items()]
+             **over_seeds(v), "vs labels only": gaps[method].text() if method in gaps else None,
+             "verdict": gaps[method].outcome if method in gaps else None} for method, v in top1.items()]
     figure = grouped_bars(lab.folder / "semisup-1-percent.png", list(top1), {
         "test top-1": [mean(v) for v in top1.values()]}, "test top-1 (%)",
         f"1% of the labels, {steps} steps, ResNet-18 w16 from random init", zoom=True, errors={

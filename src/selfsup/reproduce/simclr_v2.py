@@ -14,7 +14,7 @@ The verdict is taken at 1% of the labels (head layer 1 > head layer 0); 10% is s
 from __future__ import annotations
 
 from ..figures import grouped_bars
-from .lab import Claim, Lab, Verdict, judge, mean, spread
+from .lab import Claim, Lab, Verdict, over_seeds, judge, mean, spread
 
 FRACTIONS = {0.01: 20, 0.1: 4}  # label fraction: fine-tuning epochs (a similar number of steps)
 
@@ -34,8 +34,7 @@ def experiment(lab: Lab) -> Verdict:
                               fraction, head_layers)[1]["test_top1"] for seed in seeds]
     gap = judge(top1[0.01, 1], top1[0.01, 0], margin=0.5)
     rows = [{"labels": f"{100 * fraction:g}%", "fine-tuned from": "head layer 1 (middle)" if h else
-             "head layer 0 (backbone)", "mean top-1": round(mean(values), 2), "std": round(spread(values), 2),
-             "runs": ", ".join(f"{v:.2f}" for v in values)} for (fraction, h), values in top1.items()]
+             "head layer 0 (backbone)", **over_seeds(values)} for (fraction, h), values in top1.items()]
     names = [f"{100 * fraction:g}% labels" for fraction in FRACTIONS]
     figure = grouped_bars(lab.folder / "simclr-v2-head.png", names, {
         f"head layer {h}": [mean(top1[f, h]) for f in FRACTIONS] for h in (0, 1)}, "test top-1 (%)",
