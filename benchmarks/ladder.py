@@ -1,13 +1,13 @@
 """The accuracy ladder (issue 22): every method trained for the same number of epochs, one protocol.
 
 Each method keeps its preset's recipe (``configs/<method>_fashion_mnist.yaml``: optimiser, batch,
-views, heads) on one backbone, a ResNet-18 of ``--width`` with the small stem (ViT-tiny with 4 px
-patches for MaskFeat, and a DINO-ViT row), for ``--epochs`` epochs: epochs, not minutes, so that
-machines of different speed give comparable rows. Every encoder is then scored by the same code:
-weighted kNN at k = 20 and k = 200 (T = 0.07), the linear probe on the full training set, and the
-online probe's last top-1 (trained beside the run). Floors and ceiling in the same table: raw
-pixels, the backbone at random initialisation, and the backbone trained with labels
-(``selfsup supervised``) for the same epochs. ``--seeds`` repeats the methods of ``--seeded`` so the
+views, heads; the warm-up capped at a tenth of the run) on one backbone, a ResNet-18 of ``--width``
+with the small stem (ViT-tiny with 4 px patches for MaskFeat, and a DINO-ViT row), for ``--epochs``
+epochs: epochs, not minutes, so that machines of different speed give comparable rows. Every encoder
+is then scored by the same code: weighted kNN at k = 20 and k = 200 (T = 0.07), the linear probe on
+the full training set, and the online probe's last top-1 (trained beside the run). Floors and ceiling
+in the same table: raw pixels, the backbone at random initialisation, and the backbone trained with
+labels (``selfsup supervised``) for the same epochs. ``--seeds`` repeats the methods of ``--seeded`` so the
 table states its noise. Rows carry img/s, wall minutes and the pretraining's peak RSS.
 
 Resumable: every finished row is written to ``OUT/ladder.json`` at once, each pretraining runs in its
@@ -49,14 +49,22 @@ PROTOCOLS = ["knn-grid", "linear"]
 EVAL = ["eval.knn_grid_k=[20, 200]", "eval.knn_grid_temperatures=[0.07]"]
 
 
-def child(command: list[str]) -> tuple[float, int]:
-    """Run ``selfsup COMMAND`` in its own process; (wall minutes, its peak RSS in MiB)."""
+def child(command: list[str], program: tuple[str, ...] = (sys.executable, "-m", "selfsup")) -> tuple[float, int]:
+    """Run ``selfsup COMMAND`` (or ``PROGRAM COMMAND``) in its own process; (wall minutes, its peak RSS in MiB)."""
     started = time.perf_counter()
-    process = subprocess.Popen([sys.executable, "-m", "selfsup", *command])
+    process = subprocess.Popen([*program, *command])
     _, status, usage = os.wait4(process.pid, 0)
     if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"failed: selfsup {' '.join(command)}")
+        raise SystemExit(f"failed: {' '.join(program[1:] if program[0] == sys.executable else program)} "
+                         f"{' '.join(command)}")
     return round((time.perf_counter() - started) / 60, 2), round(usage.ru_maxrss / 1024)  # Linux: KiB
+
+
+def warmup_overrides(method: str, epochs: int) -> list[str]:
+    """The preset's warm-up, at most a tenth of the run: the presets' warm-ups (BYOL's, Barlow Twins' and
+    DINO's 10 epochs) are written for 100 epochs and would otherwise fill a short run."""
+    preset = resolve(read_yaml(find_config(f"{method}_fashion_mnist"))).optim.warmup_epochs
+    return [f"optim.warmup_epochs={min(preset, epochs / 10):g}"] if preset > epochs / 10 else []
 
 
 def scores(results: dict) -> dict:
@@ -171,7 +179,8 @@ def main() -> None:
         name = label if seed == args.seeds[0] else f"{label} seed {seed}"
         if name not in rows:
             run_dir = out / name.replace(" (vit_tiny)", "-vit").replace(" ", "-")
-            done(name, method_row(method, overrides + [f"train.seed={seed}"], run_dir))
+            done(name, method_row(method, overrides + warmup_overrides(method, args.epochs) + [f"train.seed={seed}"],
+                                  run_dir))
 
     print(f"\n{report['machine']}; {args.epochs} epochs each, ResNet-18 width {args.width} (ViT-tiny where marked)\n")
     print(table(rows))

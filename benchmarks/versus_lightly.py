@@ -1,0 +1,188 @@
+"""selfsup against lightly, method by method, at equal settings and equal epochs (issue 22, part 2).
+
+For SimCLR, MoCo v2, BYOL, SimSiam, Barlow Twins and DINO (on the ResNet), each method is trained
+twice on Fashion-MNIST from its preset (``configs/<method>_fashion_mnist.yaml``, with the ladder's
+shared settings: ResNet-18 of ``--width`` with the small stem, ``--epochs`` epochs, the warm-up capped
+at a tenth of the run):
+
+* **selfsup**: ``selfsup pretrain``, then ``selfsup export`` to torchvision weights;
+* **lightly**: lightly's own transforms, heads, losses, momentum utilities, LARS and schedules, wired
+  as lightly's examples wire them (:mod:`lightly_recipes`), at the same hyper-parameters, backbone,
+  epochs, batch size and precision; its backbone saved with the same torchvision names.
+
+Both weight files are then imported (``selfsup import``) and scored by the same evaluation code
+as the ladder: weighted kNN at k = 20 and 200 (T = 0.07) and the linear probe on the full
+60k / 10k split. The evaluated network is the paper's on both sides (DINO's teacher, the online
+backbone otherwise). The target is selfsup >= lightly - 1 point on kNN and on linear for every
+method; the table states each gap, and, with ``--seeds`` of two or more, its standard error.
+
+Resumable: each finished row goes to ``OUT/versus-lightly.json`` at once, each training runs in its
+own process (selfsup's with ``--resume``, lightly's from its last finished epoch), a rerun skips the
+rows it has.
+
+    python benchmarks/versus_lightly.py --epochs 10                  # all six, width 16, CPU (hours)
+    python benchmarks/versus_lightly.py --methods simclr byol --seeds 0 1
+    python benchmarks/versus_lightly.py --device cuda --width 64 --epochs 100
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+from ladder import EVAL, PROTOCOLS, child, scores, warmup_overrides
+from lightly_recipes import METHODS, train_with_lightly
+from selfsup.config import apply_overrides, find_config, read_yaml, resolve
+from selfsup.engine.runtime import describe_device, library_versions
+from selfsup.export import import_torchvision
+from selfsup.figures import grouped_bars
+from selfsup.files import write_json
+from selfsup.recipes.evaluate import checkpoint_evaluator
+from selfsup.tables import markdown_table
+
+ROOT = Path(__file__).resolve().parents[1]
+SIDES = ("selfsup", "lightly")
+METRICS = {"knn20": "kNN k=20", "knn200": "kNN k=200", "linear": "linear"}
+
+
+def method_config(method: str, overrides: list[str]):  # noqa: ANN201
+    return resolve(apply_overrides(read_yaml(find_config(f"{method}_fashion_mnist")), overrides))
+
+
+def score(weights: Path, method: str, overrides: list[str], folder: Path) -> dict:
+    """kNN and linear top-1 of torchvision weights, imported as a checkpoint: one path for both sides."""
+    if not (folder / "checkpoints" / "last.pt").is_file():
+        import_torchvision(weights, folder, method_config(method, overrides), quiet=True)
+    evaluator, config = checkpoint_evaluator(folder, EVAL, quiet=True)
+    return scores(evaluator.run(PROTOCOLS, config.eval, config.train.seed)[evaluator.name])
+
+
+def train(side: str, method: str, overrides: list[str], run_dir: Path, workers: int) -> dict:
+    """Train one side in its own process; its weights file and what the row records about the run."""
+    sets = [arg for value in overrides for arg in ("--set", value)]
+    weights = run_dir / "backbone.safetensors"
+    if side == "selfsup":
+        minutes, rss = child(["pretrain", "-c", f"{method}_fashion_mnist", "--run-dir", str(run_dir), "--resume",
+                              "--quiet", *sets])
+        if not weights.is_file():
+            child(["export", str(run_dir), "--out", str(weights), "--quiet"])
+        summary = json.loads((run_dir / "summary.json").read_text())
+        return {"weights": weights, "img_per_s": summary["img_per_s"], "steps": summary["steps"],
+                "wall_minutes": minutes, "peak_rss_mib": rss}
+    minutes, rss = child(["--train-lightly", method, "--run-dir", str(run_dir), "--workers", str(workers), *sets],
+                         program=(sys.executable, str(Path(__file__).resolve())))
+    summary = json.loads((run_dir / "summary.json").read_text())
+    return {"weights": weights, "img_per_s": summary["img_per_s"], "steps": summary["steps"], "wall_minutes": minutes,
+            "peak_rss_mib": rss, "loader_workers": summary["loader_workers"]}
+
+
+def gaps(rows: dict[str, dict], methods: list[str], seeds: list[int], margin: float) -> list[dict]:
+    """selfsup - lightly per method and metric: the mean over seeds, its standard error (paired by seed)."""
+    out = []
+    for method in methods:
+        pairs = [(rows.get(row_name(method, "selfsup", s)), rows.get(row_name(method, "lightly", s))) for s in seeds]
+        pairs = [(a, b) for a, b in pairs if a and b]
+        if not pairs:
+            continue
+        line = {"method": method, "seeds": len(pairs)}
+        for key, label in METRICS.items():
+            differences = [a[key] - b[key] for a, b in pairs]
+            mean = statistics.fmean(differences)
+            error = statistics.stdev(differences) / len(differences) ** 0.5 if len(differences) > 1 else None
+            line[label] = f"{mean:+.2f}" + (f" ± {error:.2f}" if error is not None else "")
+            line[f"{key}_gap"] = round(mean, 2)
+        line["target"] = "met" if all(line[f"{k}_gap"] >= -margin for k in METRICS) else "not met"
+        out.append(line)
+    return out
+
+
+def row_name(method: str, side: str, seed: int) -> str:
+    return f"{method}: {side}" + (f" seed {seed}" if seed else "")
+
+
+def train_lightly_main(argv: list[str]) -> None:
+    """``--train-lightly METHOD --run-dir DIR [--workers N] [--set KEY=VALUE ...]``: one lightly run."""
+    parser = argparse.ArgumentParser(prog="versus_lightly.py --train-lightly")
+    parser.add_argument("--train-lightly", dest="method", choices=METHODS, required=True)
+    parser.add_argument("--run-dir", required=True)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    args = parser.parse_args(argv)
+    train_with_lightly(args.method, method_config(args.method, args.overrides), Path(args.run_dir),
+                       workers=args.workers, progress=sys.stderr.isatty())
+
+
+def main() -> None:
+    if "--train-lightly" in sys.argv:
+        return train_lightly_main(sys.argv[1:])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--width", type=int, default=16, help="ResNet-18 width (64 = standard)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--precision", default="auto", help="both sides (auto: bf16 where native, else fp32)")
+    parser.add_argument("--workers", type=int, default=2, help="lightly's DataLoader workers (its examples: one a core)")
+    parser.add_argument("--margin", type=float, default=1.0, help="the target: selfsup >= lightly - margin points")
+    parser.add_argument("--subset", type=int, help="train on this many images (smoke runs; default: all 60k)")
+    parser.add_argument("--data-root", help="the Fashion-MNIST folder (default: where selfsup looks)")
+    parser.add_argument("--backbone", default="resnet18", help="(tests: toy)")
+    parser.add_argument("--batch-size", type=int, help="every run's batch (default: each preset's)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "out" / "versus-lightly"))
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    report_file = out / "versus-lightly.json"
+    report = json.loads(report_file.read_text()) if report_file.is_file() else {"rows": {}}
+    shared = [f"train.epochs={args.epochs}", "train.minutes=null", "train.knn_every=0", "train.online_probe=false",
+              f"backbone.name={args.backbone}", f"backbone.width={args.width}", "backbone.patch_size=null",
+              "backbone.registers=0", "backbone.drop_path=0.0", f"train.device={args.device}",
+              f"train.precision={args.precision}"]
+    shared += [f"data.root={args.data_root}"] if args.data_root else []
+    shared += [f"data.subset={args.subset}"] if args.subset else []
+    shared += [f"train.batch_size={args.batch_size}"] if args.batch_size else []
+    report.update({"date": datetime.date.today().isoformat(),
+                   "command": " ".join(["python benchmarks/versus_lightly.py", *sys.argv[1:]]),
+                   "machine": describe_device(torch.device("cuda") if torch.cuda.is_available()
+                                              and args.device != "cpu" else torch.device("cpu")),
+                   "versions": library_versions(), "shared_overrides": shared, "margin": args.margin})
+    rows = report["rows"]
+    for method in args.methods:
+        for seed in args.seeds:
+            overrides = shared + warmup_overrides(method, args.epochs) + [f"train.seed={seed}"]
+            for side in SIDES:
+                name = row_name(method, side, seed)
+                if name in rows:
+                    continue
+                folder = out / name.replace(": ", "-").replace(" ", "-")
+                trained = train(side, method, overrides, folder / "run", args.workers)
+                row = {**score(trained.pop("weights"), method, overrides, folder / "scored"), **trained,
+                       "epochs": args.epochs, "seed": seed,
+                       "batch_size": method_config(method, overrides).train.batch_size}
+                rows[name] = row
+                report["gaps"] = gaps(rows, args.methods, args.seeds, args.margin)
+                write_json(report_file, report)
+                print(json.dumps({name: row}), flush=True)
+
+    columns = ["row", *METRICS.values(), "img/s", "wall (min)", "peak RSS (MiB)"]
+    table = markdown_table([{"row": name, **{label: row[key] for key, label in METRICS.items()},
+                             "img/s": row["img_per_s"], "wall (min)": row["wall_minutes"],
+                             "peak RSS (MiB)": row["peak_rss_mib"]} for name, row in rows.items()], columns)
+    gap_table = markdown_table(report.get("gaps", []), ["method", "seeds", *METRICS.values(), "target"])
+    text = (f"{report['machine']}; {args.epochs} epochs, ResNet-18 width {args.width}, precision {args.precision}\n\n"
+            f"{table}\n\nselfsup - lightly (points; target: >= -{args.margin:g} on every metric)\n\n{gap_table}\n")
+    (out / "versus-lightly.md").write_text(text)
+    print("\n" + text)
+    names = [n for n in rows if n.endswith(": selfsup") or n.endswith(": lightly")]
+    grouped_bars(out / "versus-lightly.png", names, {label: [rows[n][key] for n in names]
+                                                     for key, label in METRICS.items()},
+                 "top-1 (%)", f"Fashion-MNIST, {args.epochs} epochs each: selfsup and lightly", zoom=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,158 @@
+"""benchmarks/versus_lightly.py (issue 22, part 2): lightly's side built from the preset's settings, both
+sides scored by one path, the run resumable."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+pytest.importorskip("lightly")
+
+from lightly_recipes import METHODS, LightlyMethod, lightly_transform, torchvision_weights  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from selfsup.config import apply_overrides, find_config, read_yaml, resolve  # noqa: E402
+
+
+def preset(method: str, *overrides: str):  # noqa: ANN201
+    """The method's Fashion-MNIST preset on a ResNet-18 (DINO's preset is a ViT), with ``overrides``."""
+    resnet = ["backbone.name=resnet18", "backbone.patch_size=null", "backbone.registers=0", "backbone.drop_path=0.0"]
+    return resolve(apply_overrides(read_yaml(find_config(f"{method}_fashion_mnist")), resnet + list(overrides)))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_lightly_transform_gives_the_preset_views(method):
+    config = preset(method)
+    views = lightly_transform(method, config, 28, (0.29,), (0.35,))(Image.new("L", (28, 28), 128))
+    if method == "dino":
+        assert [tuple(v.shape) for v in views] == [(1, 28, 28)] * 2 + [(1, 12, 12)] * config.views["num_local"]
+    else:
+        assert [tuple(v.shape) for v in views] == [(1, 28, 28)] * 2
+    assert all(torch.isfinite(v).all() for v in views)
+
+
+def test_the_preset_jitter_reaches_lightly_as_given():
+    transform = lightly_transform("simclr", preset("simclr"), 28, (0.5,), (0.5,))
+    steps = transform.transforms[0].transform.transforms
+    crop = next(t for t in steps if type(t).__name__ == "RandomResizedCrop")
+    assert crop.scale == (0.2, 1.0) and crop.size == (28, 28)
+    jitter = next(t for t in steps if type(t).__name__ == "RandomApply").transforms[0]
+    assert jitter.brightness == (0.6, 1.4) and jitter.contrast == (0.6, 1.4)
+    assert jitter.saturation is None and jitter.hue is None  # grayscale: brightness and contrast only
+
+
+@pytest.mark.parametrize("change, reason", [
+    ("views.local_augment.jitter=[0.8, 0.8, 0.0, 0.0]", "jitters every crop alike"),
+    ("views.global_augment.solarize_p=0.3", "solarizes the second global view only"),
+])
+def test_views_lightly_cannot_express_are_refused(change, reason):
+    with pytest.raises(ValueError, match=reason):
+        lightly_transform("dino", preset("dino", change), 28, (0.5,), (0.5,))
+
+
+def test_split_batch_norm_exports_as_torchvision_batch_norm_with_averaged_statistics():
+    config = preset("moco", "backbone.width=4")
+    torch.manual_seed(0)
+    model = LightlyMethod("moco", config.backbone.build(1, 16), dict(config.method), total_steps=4, steps_per_epoch=2)
+    images = torch.randn(16, 1, 16, 16)
+    loss = model.loss([images, images.flip(-1)], step=0)
+    loss.backward()
+    assert torch.isfinite(loss)
+    split = model.backbone.net.bn1
+    expected = split.running_mean.view(8, -1).mean(0)
+    weights = torchvision_weights(model.backbone)
+    import torchvision
+
+    reference = torchvision.models.resnet18().state_dict()
+    assert set(weights) == {k for k in reference if not k.startswith("fc.")}
+    assert weights["bn1.running_mean"].shape == (4,)
+    torch.testing.assert_close(weights["bn1.running_mean"], expected)
+    assert model.backbone.net.bn1.training  # exporting left the trained model as it was
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_each_lightly_method_steps_with_the_preset_groups(method):
+    config = preset(method, "backbone.width=4")
+    torch.manual_seed(0)
+    model = LightlyMethod(method, config.backbone.build(1, 16), dict(config.method), total_steps=4, steps_per_epoch=2)
+    crops = 2 + (config.views["num_local"] if method == "dino" else 0)
+    views = [torch.randn(16, 1, 16 if i < 2 else 8, 16 if i < 2 else 8) for i in range(crops)]
+    loss = model.loss(views, step=0)
+    loss.backward()
+    model.before_optimizer_step(0)
+    groups = model.parameter_groups()
+    trained = {id(p) for g in groups for p in g["params"]}
+    assert all(id(p) in trained for p in model.backbone.parameters())
+    assert all(g["wd_scale"] == 0.0 for g in groups if all(p.ndim <= 1 for p in g["params"]))
+    assert any(g["fixed_lr"] for g in groups) == (method == "simsiam")
+    if model.teacher_backbone is not None:
+        before = [p.clone() for p in model.teacher_backbone.parameters()]
+        with torch.no_grad():
+            for p in model.backbone.parameters():
+                p.add_(1.0)
+        model.after_step(0)
+        assert all(not torch.equal(a, b) for a, b in zip(before, model.teacher_backbone.parameters()))
+        if method == "moco":
+            assert model.momentum_at(3) == config.method["momentum"]
+        else:
+            assert model.momentum_at(0) == pytest.approx(config.method["base_momentum"])
+            assert model.momentum_at(4) == pytest.approx(1.0)
+
+
+def test_the_side_by_side_scores_both_sides_alike_and_a_rerun_skips_what_is_done(mnist_root, tmp_path):
+    out = tmp_path / "versus"
+    command = [sys.executable, str(ROOT / "benchmarks" / "versus_lightly.py"), "--methods", "dino",
+               "--epochs", "1", "--width", "4", "--batch-size", "16", "--data-root", str(mnist_root), "--device", "cpu",
+               "--workers", "0", "--out", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    report = json.loads((out / "versus-lightly.json").read_text())
+    assert list(report["rows"]) == ["dino: selfsup", "dino: lightly"]
+    for row in report["rows"].values():
+        assert all(0 <= row[key] <= 100 for key in ("knn20", "knn200", "linear"))
+        assert row["steps"] == 5 and row["epochs"] == 1 and row["peak_rss_mib"] > 0
+    for side in ("selfsup", "lightly"):  # both sides went through one import: a torchvision checkpoint each
+        assert (out / f"dino-{side}" / "scored" / "checkpoints" / "last.pt").is_file()
+    assert [g["method"] for g in report["gaps"]] == ["dino"]
+    assert all(g["target"] in ("met", "not met") for g in report["gaps"])
+    summary = json.loads((out / "dino-lightly" / "run" / "summary.json").read_text())
+    assert summary["evaluated"] == "teacher" and len(summary["epoch_losses"]) == 1
+    assert not (out / "dino-lightly" / "run" / "last-epoch.pt").exists()
+    assert (out / "versus-lightly.png").stat().st_size > 5000
+    assert "| dino: lightly |" in (out / "versus-lightly.md").read_text()
+    again = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0 and '{"' not in again.stdout
+
+
+def test_a_killed_lightly_run_continues_from_its_last_finished_epoch(mnist_root, tmp_path, monkeypatch):
+    from lightly_recipes import train_with_lightly
+
+    config = preset("simclr", "backbone.width=4", "train.batch_size=16", "train.epochs=2", f"data.root={mnist_root}",
+                    "train.device=cpu", "train.precision=fp32")
+    steps = []
+    original = LightlyMethod.after_step
+
+    class Killed(Exception):
+        pass
+
+    def dies_in_the_second_epoch(self, step):
+        steps.append(step)
+        if step == 6 and not (tmp_path / "died").exists():
+            (tmp_path / "died").touch()
+            raise Killed
+        original(self, step)
+
+    monkeypatch.setattr(LightlyMethod, "after_step", dies_in_the_second_epoch)
+    with pytest.raises(Killed):
+        train_with_lightly("simclr", config, tmp_path / "run", workers=0, progress=False)
+    first_epoch = torch.load(tmp_path / "run" / "last-epoch.pt", weights_only=False)
+    assert first_epoch["epoch"] == 1 and not (tmp_path / "run" / "summary.json").exists()
+    steps.clear()
+    summary = train_with_lightly("simclr", config, tmp_path / "run", workers=0, progress=False)
+    assert steps == list(range(5, 10))  # the second epoch only, from its start
+    assert summary["epoch_losses"][0] == round(first_epoch["losses"][0], 5) and len(summary["epoch_losses"]) == 2
+    assert (tmp_path / "run" / "backbone.safetensors").is_file()
