@@ -13,6 +13,23 @@ optimiser, learning rate and its warm-up and decay, weight decay, clipping, prec
 
 Where lightly's transform cannot express a preset's views (different jitter per view, another crop
 ratio), :func:`lightly_transform` refuses with the reason rather than train something else.
+
+Made equal to selfsup's settings where lightly's defaults differ (each a comment at its line): SimCLR's
+head without lightly's output BatchNorm, MoCo's two directions in one loss call (against the queue as
+it was before the step, as selfsup and MoCo's CIFAR demo), DINO's second global view jittered as the
+others (lightly 1.6 drops ``cj_strength`` there), MoCo's queue saved with the weights for a resume.
+
+Differences that are lightly's recipe, kept and stated:
+
+* one backbone pass per view (B images per BatchNorm; DINO: 8 student and 2 teacher passes), where
+  selfsup passes the views of a batch together (2B; DINO: 2 student passes, 1 teacher pass);
+* views drawn per image in PIL (DINO's crops bicubic, antialiased, rounded to uint8 after each
+  operation, jitter order random per image) where selfsup draws them on the batch (kornia, bilinear);
+* schedules from ``lightly.utils.scheduler``: warm-up reaching the peak one step earlier, cosine and
+  momentum ends one step earlier; DINO's frozen last layer in whole epochs;
+* lightly's LARS trust ratio ``||w|| / (||g|| + wd ||w||)`` where selfsup's is ``||w|| / ||g + wd w||``;
+* lightly's losses computed in the autocast dtype (bf16) where selfsup's cast to fp32 first;
+* a resume restarts at the last finished epoch (selfsup's: at the step, bit-exact).
 """
 from __future__ import annotations
 
@@ -68,9 +85,15 @@ def lightly_transform(method: str, config: RunConfig, size: int, mean, std) -> C
                              "scale; the preset's views differ")
         if first["solarize_p"] or local["solarize_p"]:
             raise ValueError("lightly's DINOTransform solarizes the second global view only")
+        if views.get("global_size") not in (None, size):
+            raise ValueError("lightly's side crops DINO's global views at the image's size")
+        # lightly 1.6's DINOTransform builds its second global view without ``cj_strength`` (its default,
+        # 0.5, applies there): strength 0.5 with every factor doubled gives the preset's jitter on every view
+        colour = {**_colour(first), "cj_strength": 0.5,
+                  **{key: 2 * _colour(first)[key] for key in ("cj_bright", "cj_contrast", "cj_sat", "cj_hue")}}
         return DINOTransform(global_crop_size=size, global_crop_scale=tuple(first["crop_scale"]),
                              local_crop_size=views["local_size"], local_crop_scale=tuple(local["crop_scale"]),
-                             n_local_views=views["num_local"], **_colour(first),
+                             n_local_views=views["num_local"], **colour,
                              gaussian_blur=(first["blur_p"], second["blur_p"], local["blur_p"]),
                              solarization_prob=second["solarize_p"], normalize=normalize)
 
@@ -87,6 +110,8 @@ def lightly_transform(method: str, config: RunConfig, size: int, mean, std) -> C
                              BYOLView2Transform(**common(second), solarization_prob=second["solarize_p"]))
     if first["solarize_p"]:
         raise ValueError(f"lightly's {method} transform does not solarize")
+    if views.get("augment_b"):
+        raise ValueError(f"lightly's {method} transform draws both views alike; the preset sets views.augment_b")
     kind = {"simclr": SimCLRTransform, "moco": MoCoV2Transform, "simsiam": SimSiamTransform}[method]
     return kind(**common(first))
 
@@ -103,7 +128,7 @@ class LightlyMethod(nn.Module):
                  steps_per_epoch: int) -> None:
         from lightly.loss import BarlowTwinsLoss, DINOLoss, NegativeCosineSimilarity, NTXentLoss
         from lightly.models.modules import BarlowTwinsProjectionHead, BYOLPredictionHead, BYOLProjectionHead, \
-            DINOProjectionHead, MoCoProjectionHead, SimCLRProjectionHead, SimSiamPredictionHead
+            DINOProjectionHead, MoCoProjectionHead, SimSiamPredictionHead
         from lightly.models.modules.heads import ProjectionHead
         from lightly.models.utils import deactivate_requires_grad
 
@@ -114,14 +139,19 @@ class LightlyMethod(nn.Module):
         self.total_steps, self.steps_per_epoch = total_steps, steps_per_epoch
         dim, self.predictor = backbone.num_features, None
         if method == "simclr":
-            self.head = SimCLRProjectionHead(dim, settings["proj_hidden_dim"], settings["proj_dim"],
-                                             num_layers=settings.get("proj_layers", 2))
+            # lightly's SimCLRProjectionHead ends with a BatchNorm; selfsup's (and the paper's v1 code's)
+            # output layer is a plain linear one: the same head from lightly's parts
+            hidden, layers = settings["proj_hidden_dim"], settings.get("proj_layers", 2)
+            self.head = ProjectionHead([(dim if i == 0 else hidden, hidden, nn.BatchNorm1d(hidden), nn.ReLU())
+                                        for i in range(layers - 1)] +
+                                       [(hidden if layers > 1 else dim, settings["proj_dim"], None, None)])
             self.criterion = NTXentLoss(temperature=settings["temperature"])
         elif method == "moco":
             from lightly.models.batchnorm import SplitBatchNorm
 
             if settings.get("version", 2) != 2:
                 raise ValueError("the side-by-side runs MoCo v2")
+            self.symmetric = settings.get("symmetric", False)
             splits = settings.get("bn_splits", 8)
             if splits > 1:  # lightly's CIFAR-10 benchmark: the ResNet's BatchNorms split in 8
                 _replace_batch_norms(backbone, lambda bn: SplitBatchNorm(bn.num_features, splits))
@@ -155,7 +185,8 @@ class LightlyMethod(nn.Module):
 
             self.head = dino_head()
             self.criterion = DINOLoss(output_dim=settings["out_dim"], student_temp=settings["student_temperature"],
-                                      teacher_temp=settings["teacher_temperature"])
+                                      teacher_temp=settings["teacher_temperature"],
+                                      center_momentum=settings.get("center_momentum", 0.9))
         self.teacher_backbone = self.teacher_head = None
         if method in ("moco", "byol", "dino"):
             self.teacher_backbone = copy.deepcopy(backbone)
@@ -192,13 +223,17 @@ class LightlyMethod(nn.Module):
             p = [self.predictor(x) for x in z]
             return 0.5 * (self.criterion(p[0], z[1].detach()) + self.criterion(p[1], z[0].detach()))
         if method == "moco":
-            queries = [self.head(self.backbone(v)) for v in views]
+            directions = [(0, 1), (1, 0)] if self.symmetric else [(0, 1)]
+            queries = [self.head(self.backbone(views[q])) for q, _ in directions]
             keys = []
             with torch.no_grad():
-                for view in views:
-                    shuffled, order = batch_shuffle(view)
+                for _, k in directions:
+                    shuffled, order = batch_shuffle(views[k])
                     keys.append(batch_unshuffle(self.teacher_head(self.teacher_backbone(shuffled)), order))
-            return self.criterion(queries[0], keys[1]) + self.criterion(queries[1], keys[0])
+            # One call: both directions against the queue as it was before this step, then every key
+            # enqueued (two calls would make a query's own key from the other direction its negative);
+            # times the directions, so the two directions are summed as on selfsup's side
+            return len(directions) * self.criterion(torch.cat(queries), torch.cat(keys))
         if method == "byol":
             p = [self.predictor(self.head(self.backbone(v))) for v in views]
             with torch.no_grad():
@@ -212,7 +247,8 @@ class LightlyMethod(nn.Module):
         student = [self.head(self.backbone(v)) for v in views]
         return self.criterion(teacher, student, teacher_temp=temperature)
 
-    def before_optimizer_step(self, step: int) -> None:
+    def after_backward(self, step: int) -> None:
+        """DINO's frozen last layer (lightly's ``cancel_last_layer_gradients``, in whole epochs), before clipping."""
         if self.method == "dino":
             self.head.cancel_last_layer_gradients(step // self.steps_per_epoch)
 
@@ -225,6 +261,18 @@ class LightlyMethod(nn.Module):
         momentum = self.momentum_at(step)
         update_momentum(self.backbone, self.teacher_backbone, momentum)
         update_momentum(self.head, self.teacher_head, momentum)
+
+    def queue_state(self) -> dict[str, torch.Tensor]:
+        """MoCo's queue: lightly keeps it out of the state dict (non-persistent buffers), a resume needs it."""
+        if self.method != "moco":
+            return {}
+        bank = self.criterion.memory_bank
+        return {"bank": bank.bank.clone(), "bank_ptr": bank.bank_ptr.clone()}
+
+    def load_queue_state(self, state: dict[str, torch.Tensor]) -> None:
+        if state:
+            self.criterion.memory_bank.bank.copy_(state["bank"])
+            self.criterion.memory_bank.bank_ptr.copy_(state["bank_ptr"])
 
     def parameter_groups(self) -> list[dict]:
         """lightly's weight-decay split (no decay, hence no LARS scaling, for norms and biases); SimSiam's
@@ -331,10 +379,12 @@ def train_with_lightly(method: str, config: RunConfig, run_dir: Path, *, workers
     peak = scaled_lr(optim.lr, train.batch_size, optim.lr_scaling)
     optimizer = build_optimizer(model.parameter_groups(), config, peak)
     warmup = min(total, round(optim.warmup_epochs * steps_per_epoch))
+    scaler = torch.amp.GradScaler(device.type, enabled=precision.needs_scaler)  # fp16 on older GPUs, as selfsup
     epoch, seconds, losses = 0, 0.0, []
     if state_file.is_file():
         state = torch.load(state_file, map_location=device, weights_only=False)
         model.load_state_dict(state["model"])
+        model.load_queue_state(state["queue"])
         optimizer.load_state_dict(state["optimizer"])
         epoch, seconds, losses = state["epoch"], state["seconds"], state["losses"]
         loader.generator.set_state(state["generator"])
@@ -362,16 +412,18 @@ def train_with_lightly(method: str, config: RunConfig, run_dir: Path, *, workers
             with precision.autocast(device):
                 loss = model.loss(views, step)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            scaler.scale(loss).backward()
+            model.after_backward(step)
             if optim.clip_grad is not None:
+                scaler.unscale_(optimizer)
                 parameters = [p for p in model.parameters() if p.grad is not None]
                 if optim.clip_mode == "per_parameter":
                     for parameter in parameters:
                         torch.nn.utils.clip_grad_norm_(parameter, optim.clip_grad)
                 else:
                     torch.nn.utils.clip_grad_norm_(parameters, optim.clip_grad)
-            model.before_optimizer_step(step)
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             model.after_step(step)
             running.append(loss.item())
             if not torch.isfinite(loss):
@@ -383,7 +435,8 @@ def train_with_lightly(method: str, config: RunConfig, run_dir: Path, *, workers
         losses.append(sum(running) / len(running))
         epoch += 1
         partial = state_file.with_name(state_file.name + ".partial")
-        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+        torch.save({"model": model.state_dict(), "queue": model.queue_state(), "optimizer": optimizer.state_dict(),
+                    "epoch": epoch,
                     "seconds": seconds, "losses": losses, "generator": loader.generator.get_state(),
                     "torch_rng": torch.get_rng_state()}, partial)
         partial.replace(state_file)

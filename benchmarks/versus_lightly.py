@@ -7,8 +7,9 @@ at a tenth of the run):
 
 * **selfsup**: ``selfsup pretrain``, then ``selfsup export`` to torchvision weights;
 * **lightly**: lightly's own transforms, heads, losses, momentum utilities, LARS and schedules, wired
-  as lightly's examples wire them (:mod:`lightly_recipes`), at the same hyper-parameters, backbone,
-  epochs, batch size and precision; its backbone saved with the same torchvision names.
+  as lightly's examples wire them (:mod:`lightly_recipes`, which lists what differs by recipe: one
+  backbone pass per view, PIL views, a step's shift in the schedules), at the same hyper-parameters,
+  backbone, epochs, batch size and precision; its backbone saved with the same torchvision names.
 
 Both weight files are then imported (``selfsup import``) and scored by the same evaluation code
 as the ladder: weighted kNN at k = 20 and 200 (T = 0.07) and the linear probe on the full

@@ -35,23 +35,36 @@ def test_lightly_transform_gives_the_preset_views(method):
     assert all(torch.isfinite(v).all() for v in views)
 
 
-def test_the_preset_jitter_reaches_lightly_as_given():
-    transform = lightly_transform("simclr", preset("simclr"), 28, (0.5,), (0.5,))
-    steps = transform.transforms[0].transform.transforms
-    crop = next(t for t in steps if type(t).__name__ == "RandomResizedCrop")
-    assert crop.scale == (0.2, 1.0) and crop.size == (28, 28)
-    jitter = next(t for t in steps if type(t).__name__ == "RandomApply").transforms[0]
-    assert jitter.brightness == (0.6, 1.4) and jitter.contrast == (0.6, 1.4)
-    assert jitter.saturation is None and jitter.hue is None  # grayscale: brightness and contrast only
+def jitters(transform) -> list:  # noqa: ANN001
+    """The ColorJitter of every view a lightly multi-view transform draws."""
+    return [next(t for t in view.transform.transforms if type(t).__name__ == "RandomApply").transforms[0]
+            for view in transform.transforms]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_the_preset_jitter_reaches_every_lightly_view_as_given(method):
+    transform = lightly_transform(method, preset(method), 28, (0.5,), (0.5,))
+    for jitter in jitters(transform):  # DINO's second global view too (lightly leaves its strength at 0.5)
+        assert jitter.brightness == pytest.approx((0.6, 1.4)) and jitter.contrast == pytest.approx((0.6, 1.4))
+        assert jitter.saturation is None and jitter.hue is None  # grayscale: brightness and contrast only
+    if method == "simclr":
+        crop = next(t for t in transform.transforms[0].transform.transforms if type(t).__name__ == "RandomResizedCrop")
+        assert crop.scale == (0.2, 1.0) and crop.size == (28, 28)
 
 
 @pytest.mark.parametrize("change, reason", [
     ("views.local_augment.jitter=[0.8, 0.8, 0.0, 0.0]", "jitters every crop alike"),
     ("views.global_augment.solarize_p=0.3", "solarizes the second global view only"),
+    ("views.global_size=24", "global views at the image's size"),
 ])
 def test_views_lightly_cannot_express_are_refused(change, reason):
     with pytest.raises(ValueError, match=reason):
         lightly_transform("dino", preset("dino", change), 28, (0.5,), (0.5,))
+
+
+def test_a_second_view_spec_is_refused_where_lightly_draws_both_views_alike():
+    with pytest.raises(ValueError, match="draws both views alike"):
+        lightly_transform("simclr", preset("simclr", "views.augment_b.solarize_p=0.2"), 28, (0.5,), (0.5,))
 
 
 def test_split_batch_norm_exports_as_torchvision_batch_norm_with_averaged_statistics():
@@ -62,6 +75,8 @@ def test_split_batch_norm_exports_as_torchvision_batch_norm_with_averaged_statis
     loss = model.loss([images, images.flip(-1)], step=0)
     loss.backward()
     assert torch.isfinite(loss)
+    # both directions scored against the queue as it was, then all 2B keys enqueued at once
+    assert model.criterion.memory_bank.bank_ptr.item() == 32
     split = model.backbone.net.bn1
     expected = split.running_mean.view(8, -1).mean(0)
     weights = torchvision_weights(model.backbone)
@@ -83,7 +98,7 @@ def test_each_lightly_method_steps_with_the_preset_groups(method):
     views = [torch.randn(16, 1, 16 if i < 2 else 8, 16 if i < 2 else 8) for i in range(crops)]
     loss = model.loss(views, step=0)
     loss.backward()
-    model.before_optimizer_step(0)
+    model.after_backward(0)
     groups = model.parameter_groups()
     trained = {id(p) for g in groups for p in g["params"]}
     assert all(id(p) in trained for p in model.backbone.parameters())
@@ -131,9 +146,9 @@ def test_the_side_by_side_scores_both_sides_alike_and_a_rerun_skips_what_is_done
 def test_a_killed_lightly_run_continues_from_its_last_finished_epoch(mnist_root, tmp_path, monkeypatch):
     from lightly_recipes import train_with_lightly
 
-    config = preset("simclr", "backbone.width=4", "train.batch_size=16", "train.epochs=2", f"data.root={mnist_root}",
+    config = preset("moco", "backbone.width=4", "train.batch_size=16", "train.epochs=2", f"data.root={mnist_root}",
                     "train.device=cpu", "train.precision=fp32")
-    steps = []
+    steps, queue_ends = [], []
     original = LightlyMethod.after_step
 
     class Killed(Exception):
@@ -141,6 +156,7 @@ def test_a_killed_lightly_run_continues_from_its_last_finished_epoch(mnist_root,
 
     def dies_in_the_second_epoch(self, step):
         steps.append(step)
+        queue_ends.append(self.criterion.memory_bank.bank_ptr.item())
         if step == 6 and not (tmp_path / "died").exists():
             (tmp_path / "died").touch()
             raise Killed
@@ -148,11 +164,12 @@ def test_a_killed_lightly_run_continues_from_its_last_finished_epoch(mnist_root,
 
     monkeypatch.setattr(LightlyMethod, "after_step", dies_in_the_second_epoch)
     with pytest.raises(Killed):
-        train_with_lightly("simclr", config, tmp_path / "run", workers=0, progress=False)
+        train_with_lightly("moco", config, tmp_path / "run", workers=0, progress=False)
     first_epoch = torch.load(tmp_path / "run" / "last-epoch.pt", weights_only=False)
     assert first_epoch["epoch"] == 1 and not (tmp_path / "run" / "summary.json").exists()
-    steps.clear()
-    summary = train_with_lightly("simclr", config, tmp_path / "run", workers=0, progress=False)
+    steps.clear(), queue_ends.clear()
+    summary = train_with_lightly("moco", config, tmp_path / "run", workers=0, progress=False)
     assert steps == list(range(5, 10))  # the second epoch only, from its start
+    assert queue_ends[0] == 6 * 32  # the queue came back with the weights (lightly keeps it out of state_dict)
     assert summary["epoch_losses"][0] == round(first_epoch["losses"][0], 5) and len(summary["epoch_losses"]) == 2
     assert (tmp_path / "run" / "backbone.safetensors").is_file()
