@@ -89,9 +89,15 @@ def test_split_batch_norm_exports_as_torchvision_batch_norm_with_averaged_statis
     assert model.backbone.net.bn1.training  # exporting left the trained model as it was
 
 
+SMALL_HEADS = {"simclr": ["method.proj_hidden_dim=32"], "moco": ["method.proj_hidden_dim=32"],
+               "byol": ["method.proj_hidden_dim=32", "method.pred_hidden_dim=32"],
+               "simsiam": ["method.proj_dim=32", "method.pred_hidden_dim=16"], "barlow_twins": ["method.proj_dim=32"],
+               "dino": ["method.out_dim=64", "method.hidden_dim=32", "method.bottleneck_dim=16"]}
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_each_lightly_method_steps_with_the_preset_groups(method):
-    config = preset(method, "backbone.width=4")
+    config = preset(method, "backbone.width=4", *SMALL_HEADS[method])
     torch.manual_seed(0)
     model = LightlyMethod(method, config.backbone.build(1, 16), dict(config.method), total_steps=4, steps_per_epoch=2)
     crops = 2 + (config.views["num_local"] if method == "dino" else 0)
