@@ -17,6 +17,7 @@ skips the rows it has.
     python benchmarks/ladder.py --epochs 10                       # every method, width 16, CPU
     python benchmarks/ladder.py --device cuda --width 64 --epochs 100
     python benchmarks/ladder.py --methods simclr rotation --epochs 1 --subset 2000   # a smoke run
+    python benchmarks/ladder.py --score runs/simclr-e30   # one finished run, scored by the ladder's protocol
 """
 from __future__ import annotations
 
@@ -76,13 +77,17 @@ def method_row(method: str, overrides: list[str], run_dir: Path) -> dict:
     sets = [arg for value in overrides for arg in ("--set", value)]
     minutes, rss = child(["pretrain", "-c", f"{method}_fashion_mnist", "--run-dir", str(run_dir), "--resume",
                           "--quiet", *sets])
+    return {**score_run(run_dir), "wall_minutes": minutes, "peak_rss_mib": rss}
+
+
+def score_run(run_dir: Path) -> dict:
+    """A finished pretraining scored by the ladder's protocol, with its online probe and training facts."""
     summary = json.loads((run_dir / "summary.json").read_text())
     evaluator, config = checkpoint_evaluator(run_dir, EVAL, quiet=True)
     probe = [row["probe_top1"] for row in read_rows(run_dir, "epoch") if row.get("probe_top1") is not None]
     return {**scores(evaluator.run(PROTOCOLS, config.eval, config.train.seed)[evaluator.name]),
             "online_probe": probe[-1] if probe else None, "epochs": config.train.epochs, "steps": summary["steps"],
-            "batch_size": config.train.batch_size, "img_per_s": summary["img_per_s"], "wall_minutes": minutes,
-            "peak_rss_mib": rss, "seed": config.train.seed}
+            "batch_size": config.train.batch_size, "img_per_s": summary["img_per_s"], "seed": config.train.seed}
 
 
 def supervised_row(overrides: list[str], epochs: int, run_dir: Path, data_root: str | None,
@@ -142,7 +147,13 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, help="every row's batch (default: each preset's, 256 with labels)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "out" / "ladder"))
+    parser.add_argument("--score", nargs="+", metavar="RUN", help="only score these finished runs by the ladder's "
+                        "protocol and print their rows (choosing E: a run trained apart, e.g. with the kNN monitor)")
     args = parser.parse_args()
+    if args.score:
+        for run in args.score:
+            print(json.dumps({run: score_run(Path(run))}), flush=True)
+        return
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     report_file = out / "ladder.json"

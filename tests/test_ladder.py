@@ -25,3 +25,9 @@ def test_the_ladder_scores_every_row_alike_and_a_rerun_skips_what_is_done(mnist_
     assert (out / "ladder.png").stat().st_size > 5000 and "| simclr seed 1 |" in (out / "ladder.md").read_text()
     again = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0 and '{"' not in again.stdout  # every row read back, none trained or scored again
+    scored = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ladder.py"), "--score", str(out / "simclr")],
+                            capture_output=True, text=True, timeout=900)
+    assert scored.returncode == 0, scored.stderr[-3000:]
+    row = json.loads(scored.stdout.strip().splitlines()[-1])[str(out / "simclr")]
+    assert {key: row[key] for key in ("knn20", "knn200", "linear", "steps")} == \
+        {key: rows["simclr"][key] for key in ("knn20", "knn200", "linear", "steps")}
