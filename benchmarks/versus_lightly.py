@@ -40,7 +40,7 @@ from ladder import EVAL, PROTOCOLS, child, scores, warmup_overrides
 from lightly_recipes import METHODS, train_with_lightly
 from selfsup.config import apply_overrides, find_config, read_yaml, resolve
 from selfsup.engine.runtime import describe_device, library_versions
-from selfsup.export import import_torchvision
+from selfsup.export import export_backbone, import_torchvision
 from selfsup.figures import grouped_bars
 from selfsup.files import write_json
 from selfsup.recipes.evaluate import checkpoint_evaluator
@@ -70,8 +70,8 @@ def train(side: str, method: str, overrides: list[str], run_dir: Path, workers: 
     if side == "selfsup":
         minutes, rss = child(["pretrain", "-c", f"{method}_fashion_mnist", "--run-dir", str(run_dir), "--resume",
                               "--quiet", *sets])
-        if not weights.is_file():
-            child(["export", str(run_dir), "--out", str(weights), "--quiet"])
+        if not weights.is_file():  # `selfsup export`'s function: the paper's network (DINO's teacher)
+            export_backbone(run_dir, weights, quiet=True)
         summary = json.loads((run_dir / "summary.json").read_text())
         return {"weights": weights, "img_per_s": summary["img_per_s"], "steps": summary["steps"],
                 "wall_minutes": minutes, "peak_rss_mib": rss}
