@@ -68,6 +68,27 @@ def warmup_overrides(method: str, epochs: int) -> list[str]:
     return [f"optim.warmup_epochs={min(preset, epochs / 10):g}"] if preset > epochs / 10 else []
 
 
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The settings every row of a side-by-side benchmark shares (epochs and width are each script's)."""
+    parser.add_argument("--subset", type=int, help="train on this many images (smoke runs; default: all 60k)")
+    parser.add_argument("--data-root", help="the Fashion-MNIST folder (default: where selfsup looks)")
+    parser.add_argument("--backbone", default="resnet18", help="(tests: toy)")
+    parser.add_argument("--batch-size", type=int, help="every row's batch (default: each preset's)")
+    parser.add_argument("--device", default="auto")
+
+
+def shared_overrides(args: argparse.Namespace, online_probe: bool) -> list[str]:
+    """The --set overrides of :func:`add_run_arguments`: one backbone, epochs not minutes, no kNN monitor."""
+    shared = [f"train.epochs={args.epochs}", "train.minutes=null", "train.knn_every=0",
+              f"train.online_probe={str(online_probe).lower()}", f"backbone.name={args.backbone}",
+              f"backbone.width={args.width}", "backbone.patch_size=null", "backbone.registers=0",
+              "backbone.drop_path=0.0", f"train.device={args.device}"]
+    shared += [f"data.root={args.data_root}"] if args.data_root else []
+    shared += [f"data.subset={args.subset}"] if args.subset else []
+    return shared + ([f"train.batch_size={args.batch_size}", f"train.knn_test_size={args.batch_size}"]
+                     if args.batch_size else [])
+
+
 def scores(results: dict) -> dict:
     return {"knn20": results["knn k=20, T=0.07"]["top1"], "knn200": results["knn k=200, T=0.07"]["top1"],
             "linear": results["linear"]["top1"]}
@@ -141,11 +162,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--seeded", nargs="*", default=["simclr", "byol", "rotation"],
                         help="methods trained once per --seeds (the others with the first seed)")
-    parser.add_argument("--subset", type=int, help="train on this many images (smoke runs; default: all 60k)")
-    parser.add_argument("--data-root", help="the Fashion-MNIST folder (default: where selfsup looks)")
-    parser.add_argument("--backbone", default="resnet18", help="(tests: toy)")
-    parser.add_argument("--batch-size", type=int, help="every row's batch (default: each preset's, 256 with labels)")
-    parser.add_argument("--device", default="auto")
+    add_run_arguments(parser)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "out" / "ladder"))
     parser.add_argument("--score", nargs="+", metavar="RUN", help="only score these finished runs by the ladder's "
                         "protocol and print their rows (choosing E: a run trained apart, e.g. with the kNN monitor)")
@@ -158,13 +175,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     report_file = out / "ladder.json"
     report = json.loads(report_file.read_text()) if report_file.is_file() else {"rows": {}}
-    shared = [f"train.epochs={args.epochs}", "train.minutes=null", "train.knn_every=0", "train.online_probe=true",
-              f"backbone.name={args.backbone}", f"backbone.width={args.width}", "backbone.patch_size=null",
-              "backbone.registers=0", "backbone.drop_path=0.0", f"train.device={args.device}"]
-    shared += [f"data.root={args.data_root}"] if args.data_root else []
-    shared += [f"data.subset={args.subset}"] if args.subset else []
-    shared += [f"train.batch_size={args.batch_size}", f"train.knn_test_size={args.batch_size}"] if args.batch_size \
-        else []
+    shared = shared_overrides(args, online_probe=True)
     report.update({"date": datetime.date.today().isoformat(),
                    "command": " ".join(["python benchmarks/ladder.py", *sys.argv[1:]]),
                    "machine": describe_device(torch.device("cuda") if torch.cuda.is_available()

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from ladder import EVAL, PROTOCOLS, child, scores, warmup_overrides
+from ladder import EVAL, PROTOCOLS, add_run_arguments, child, scores, shared_overrides, warmup_overrides
 from lightly_recipes import METHODS, train_with_lightly
 from selfsup.config import apply_overrides, find_config, read_yaml, resolve
 from selfsup.engine.runtime import describe_device, library_versions
@@ -129,24 +129,14 @@ def main() -> None:
     parser.add_argument("--precision", default="auto", help="both sides (auto: bf16 where native, else fp32)")
     parser.add_argument("--workers", type=int, default=2, help="lightly's DataLoader workers (its examples: one a core)")
     parser.add_argument("--margin", type=float, default=1.0, help="the target: selfsup >= lightly - margin points")
-    parser.add_argument("--subset", type=int, help="train on this many images (smoke runs; default: all 60k)")
-    parser.add_argument("--data-root", help="the Fashion-MNIST folder (default: where selfsup looks)")
-    parser.add_argument("--backbone", default="resnet18", help="(tests: toy)")
-    parser.add_argument("--batch-size", type=int, help="every run's batch (default: each preset's)")
-    parser.add_argument("--device", default="auto")
+    add_run_arguments(parser)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "out" / "versus-lightly"))
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     report_file = out / "versus-lightly.json"
     report = json.loads(report_file.read_text()) if report_file.is_file() else {"rows": {}}
-    shared = [f"train.epochs={args.epochs}", "train.minutes=null", "train.knn_every=0", "train.online_probe=false",
-              f"backbone.name={args.backbone}", f"backbone.width={args.width}", "backbone.patch_size=null",
-              "backbone.registers=0", "backbone.drop_path=0.0", f"train.device={args.device}",
-              f"train.precision={args.precision}"]
-    shared += [f"data.root={args.data_root}"] if args.data_root else []
-    shared += [f"data.subset={args.subset}"] if args.subset else []
-    shared += [f"train.batch_size={args.batch_size}"] if args.batch_size else []
+    shared = shared_overrides(args, online_probe=False) + [f"train.precision={args.precision}"]
     report.update({"date": datetime.date.today().isoformat(),
                    "command": " ".join(["python benchmarks/versus_lightly.py", *sys.argv[1:]]),
                    "machine": describe_device(torch.device("cuda") if torch.cuda.is_available()
