@@ -17,13 +17,12 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import torch
 
+from ladder import VIT_ONLY, child
 from selfsup.config import apply_overrides, find_config, read_yaml, resolve
 from selfsup.engine.runtime import describe_device, library_versions
 from selfsup.eval import Evaluator
@@ -32,20 +31,14 @@ from selfsup.recipes.evaluate import checkpoint_evaluator, evaluation_splits, pi
 from selfsup.views import EvalView
 
 ROOT = Path(__file__).resolve().parents[1]
-VIT_ONLY = ("maskfeat",)
 VIT = ["backbone.name=vit_tiny", "backbone.width=64", "backbone.patch_size=4", "backbone.registers=0"]  # width: unused
 
 
 def pretrain_in_child(method: str, overrides: list[str], run_dir: Path) -> dict:
     """``selfsup pretrain`` in a child process; its summary plus the child's peak RSS in MiB."""
-    command = [sys.executable, "-m", "selfsup", "pretrain", "-c", f"{method}_fashion_mnist", "--run-dir", str(run_dir),
-               "--quiet"] + [arg for value in overrides for arg in ("--set", value)]
-    child = subprocess.Popen(command)
-    _, status, usage = os.wait4(child.pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{method}: pretraining failed ({' '.join(command)})")
-    summary = json.loads((run_dir / "summary.json").read_text())
-    return summary | {"peak_rss_mib": round(usage.ru_maxrss / 1024)}  # Linux reports KiB
+    _, peak = child(["pretrain", "-c", f"{method}_fashion_mnist", "--run-dir", str(run_dir), "--quiet",
+                     *[arg for value in overrides for arg in ("--set", value)]])
+    return json.loads((run_dir / "summary.json").read_text()) | {"peak_rss_mib": peak}
 
 
 def main() -> None:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import subprocess
 import sys
 import time
@@ -50,15 +49,29 @@ PROTOCOLS = ["knn-grid", "linear"]
 EVAL = ["eval.knn_grid_k=[20, 200]", "eval.knn_grid_temperatures=[0.07]"]
 
 
+def peak_rss_mib(pid: int | str = "self") -> int:
+    """A process's own peak resident memory in MiB (``VmHWM``; 0 once it has exited). Not ``ru_maxrss``:
+    Linux carries that across fork and exec, so a child started by a large parent reports the parent's."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:  # already reaped
+        return 0
+    return next((round(int(line.split()[1]) / 1024) for line in lines if line.startswith("VmHWM:")), 0)  # kB
+
+
 def child(command: list[str], program: tuple[str, ...] = (sys.executable, "-m", "selfsup")) -> tuple[float, int]:
-    """Run ``selfsup COMMAND`` (or ``PROGRAM COMMAND``) in its own process; (wall minutes, its peak RSS in MiB)."""
+    """Run ``selfsup COMMAND`` (or ``PROGRAM COMMAND``) in its own process; (wall minutes, its peak RSS in
+    MiB, read every 0.2 s while it runs: the high-water mark only grows)."""
     started = time.perf_counter()
     process = subprocess.Popen([*program, *command])
-    _, status, usage = os.wait4(process.pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
+    peak = 0
+    while process.poll() is None:
+        peak = max(peak, peak_rss_mib(process.pid))
+        time.sleep(0.2)
+    if process.returncode != 0:
         raise SystemExit(f"failed: {' '.join(program[1:] if program[0] == sys.executable else program)} "
                          f"{' '.join(command)}")
-    return round((time.perf_counter() - started) / 60, 2), round(usage.ru_maxrss / 1024)  # Linux: KiB
+    return round((time.perf_counter() - started) / 60, 2), peak
 
 
 def warmup_overrides(method: str, epochs: int) -> list[str]:
@@ -152,7 +165,8 @@ def table(rows: dict[str, dict]) -> str:
                           columns)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", nargs="*", default=[m for m in METHODS if m not in VIT_ONLY and m != "multitask"],
                         help="methods on the ResNet-18 (default: every single method)")
@@ -166,7 +180,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "out" / "ladder"))
     parser.add_argument("--score", nargs="+", metavar="RUN", help="only score these finished runs by the ladder's "
                         "protocol and print their rows (choosing E: a run trained apart, e.g. with the kNN monitor)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.score:
         for run in args.score:
             print(json.dumps({run: score_run(Path(run))}), flush=True)
@@ -177,7 +191,7 @@ def main() -> None:
     report = json.loads(report_file.read_text()) if report_file.is_file() else {"rows": {}}
     shared = shared_overrides(args, online_probe=True)
     report.update({"date": datetime.date.today().isoformat(),
-                   "command": " ".join(["python benchmarks/ladder.py", *sys.argv[1:]]),
+                   "command": " ".join(["python benchmarks/ladder.py", *argv]),
                    "machine": describe_device(torch.device("cuda") if torch.cuda.is_available()
                                               and args.device != "cpu" else torch.device("cpu")),
                    "versions": library_versions(), "shared_overrides": shared})

@@ -299,7 +299,8 @@ for number, (images, _, _) in enumerate(loader.iterate()):
     views(images)
     if number + 1 == batches:
         break
-own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+# VmHWM, not ru_maxrss: Linux carries maxrss across fork and exec, so this child would report its parent's.
+own = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))  # kB
 workers_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
 print(len(data), own, workers_peak, data.nbytes)
 """

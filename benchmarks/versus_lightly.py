@@ -118,9 +118,10 @@ def train_lightly_main(argv: list[str]) -> None:
                        workers=args.workers, progress=sys.stderr.isatty())
 
 
-def main() -> None:
-    if "--train-lightly" in sys.argv:
-        return train_lightly_main(sys.argv[1:])
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--train-lightly" in argv:
+        return train_lightly_main(argv)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--epochs", type=int, default=10)
@@ -131,14 +132,14 @@ def main() -> None:
     parser.add_argument("--margin", type=float, default=1.0, help="the target: selfsup >= lightly - margin points")
     add_run_arguments(parser)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "out" / "versus-lightly"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     report_file = out / "versus-lightly.json"
     report = json.loads(report_file.read_text()) if report_file.is_file() else {"rows": {}}
     shared = shared_overrides(args, online_probe=False) + [f"train.precision={args.precision}"]
     report.update({"date": datetime.date.today().isoformat(),
-                   "command": " ".join(["python benchmarks/versus_lightly.py", *sys.argv[1:]]),
+                   "command": " ".join(["python benchmarks/versus_lightly.py", *argv]),
                    "machine": describe_device(torch.device("cuda") if torch.cuda.is_available()
                                               and args.device != "cpu" else torch.device("cpu")),
                    "versions": library_versions(), "shared_overrides": shared, "margin": args.margin})

@@ -294,3 +294,23 @@ def wait_until_ready(child, ready: Path) -> None:  # noqa: ANN001 - a subprocess
             child.wait(timeout=0.05)
         except subprocess.TimeoutExpired:
             pass
+
+
+def children_in_process(monkeypatch, benchmark) -> None:  # noqa: ANN001 - a benchmarks/ module
+    """Run a benchmark's ``child`` commands (``selfsup COMMAND``, or another benchmark script's ``main``)
+    inside the test's process: the same code without a Python and torch start per row. ``child`` itself
+    (the process, its wall time and peak RSS) is tested on its own in test_ladder.py."""
+    import importlib
+    import resource
+    import time
+
+    from selfsup.cli import main as selfsup_main
+
+    def in_process(command: list[str], program: tuple[str, ...] = ()) -> tuple[float, int]:
+        started = time.perf_counter()
+        entry = importlib.import_module(Path(program[1]).stem).main if len(program) == 2 else selfsup_main
+        if entry(list(command)) not in (0, None):
+            raise SystemExit(f"failed: {' '.join(command)}")
+        return round((time.perf_counter() - started) / 60, 2), round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+    monkeypatch.setattr(benchmark, "child", in_process)

@@ -1,19 +1,24 @@
 """benchmarks/ladder.py (issue 22) runs end to end on tiny data and continues where it stopped."""
 import json
-import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import ladder  # noqa: E402
+from conftest import children_in_process  # noqa: E402
 
 
-def test_the_ladder_scores_every_row_alike_and_a_rerun_skips_what_is_done(mnist_root, tmp_path):
+def test_the_ladder_scores_every_row_alike_and_a_rerun_skips_what_is_done(mnist_root, tmp_path, monkeypatch, capsys):
+    children_in_process(monkeypatch, ladder)
     out = tmp_path / "ladder"
-    command = [sys.executable, str(ROOT / "benchmarks" / "ladder.py"), "--methods", "simclr", "rotation",
-               "--vit-methods", "--epochs", "1", "--backbone", "toy", "--width", "4", "--seeds", "0", "1",
-               "--seeded", "simclr", "--batch-size", "16", "--data-root", str(mnist_root), "--device", "cpu", "--out", str(out)]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    command = ["--methods", "simclr", "rotation", "--vit-methods", "--epochs", "1", "--backbone", "toy", "--width", "4",
+               "--seeds", "0", "1", "--seeded", "simclr", "--batch-size", "16", "--data-root", str(mnist_root),
+               "--device", "cpu", "--out", str(out)]
+    ladder.main(command)
     rows = json.loads((out / "ladder.json").read_text())["rows"]
     assert list(rows) == ["raw pixels", "random init", "supervised (1 epochs, all labels)", "simclr",
                           "simclr seed 1", "rotation"]
@@ -23,11 +28,33 @@ def test_the_ladder_scores_every_row_alike_and_a_rerun_skips_what_is_done(mnist_
     assert isinstance(rows["simclr"]["img_per_s"], (int, float))  # recorded; its value is the machine's, not tested
     assert rows["simclr"]["seed"] == 0 and rows["simclr seed 1"]["seed"] == 1
     assert (out / "ladder.png").stat().st_size > 5000 and "| simclr seed 1 |" in (out / "ladder.md").read_text()
-    again = subprocess.run(command, capture_output=True, text=True, timeout=900)
-    assert again.returncode == 0 and '{"' not in again.stdout  # every row read back, none trained or scored again
-    scored = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ladder.py"), "--score", str(out / "simclr")],
-                            capture_output=True, text=True, timeout=900)
-    assert scored.returncode == 0, scored.stderr[-3000:]
-    row = json.loads(scored.stdout.strip().splitlines()[-1])[str(out / "simclr")]
+    capsys.readouterr()
+    ladder.main(command)
+    assert '{"' not in capsys.readouterr().out  # every row read back, none trained or scored again
+    ladder.main(["--score", str(out / "simclr")])
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])[str(out / "simclr")]
     assert {key: row[key] for key in ("knn20", "knn200", "linear", "steps")} == \
         {key: rows["simclr"][key] for key in ("knn20", "knn200", "linear", "steps")}
+
+
+def test_a_child_reports_its_own_peak_rss_not_its_parents_and_a_failure_names_its_command(tmp_path, monkeypatch):
+    allocated, seen = tmp_path / "allocated", tmp_path / "seen"
+    read = ladder.peak_rss_mib
+
+    def watched(pid):  # noqa: ANN001, ANN202
+        after_allocation = allocated.exists()
+        value = read(pid)
+        if after_allocation:
+            seen.touch()  # the child may exit: its 80 MB have been read
+        return value
+
+    monkeypatch.setattr(ladder, "peak_rss_mib", watched)
+    code = (f"import pathlib, time\nbuffer = bytearray(80_000_000)\nbuffer[::4096] = bytes(len(buffer[::4096]))\n"
+            f"pathlib.Path({str(allocated)!r}).touch()\n"
+            f"while not pathlib.Path({str(seen)!r}).exists():\n    time.sleep(0.01)")
+    minutes, peak = ladder.child(["-c", code], program=(sys.executable,))
+    # The child's 80 MB and Python (~10 MB); this test's process (torch loaded) holds several hundred, and
+    # ru_maxrss would have reported those.
+    assert minutes >= 0 and 80 <= peak < 200 < read()
+    with pytest.raises(SystemExit, match="failed:.*-c raise SystemExit.3."):
+        ladder.child(["-c", "raise SystemExit(3)"], program=(sys.executable,))

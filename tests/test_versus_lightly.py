@@ -1,7 +1,6 @@
 """benchmarks/versus_lightly.py (issue 22, part 2): lightly's side built from the preset's settings, both
 sides scored by one path, the run resumable."""
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -15,6 +14,7 @@ pytest.importorskip("lightly")
 from lightly_recipes import METHODS, LightlyMethod, lightly_transform, torchvision_weights  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from conftest import children_in_process  # noqa: E402
 from selfsup.config import apply_overrides, find_config, read_yaml, resolve  # noqa: E402
 
 
@@ -124,13 +124,15 @@ def test_each_lightly_method_steps_with_the_preset_groups(method):
             assert model.momentum_at(4) == pytest.approx(1.0)
 
 
-def test_the_side_by_side_scores_both_sides_alike_and_a_rerun_skips_what_is_done(mnist_root, tmp_path):
+def test_the_side_by_side_scores_both_sides_alike_and_a_rerun_skips_what_is_done(mnist_root, tmp_path, monkeypatch,
+                                                                                  capsys):
+    import versus_lightly
+
+    children_in_process(monkeypatch, versus_lightly)
     out = tmp_path / "versus"
-    command = [sys.executable, str(ROOT / "benchmarks" / "versus_lightly.py"), "--methods", "dino",
-               "--epochs", "1", "--width", "4", "--batch-size", "16", "--data-root", str(mnist_root), "--device", "cpu",
-               "--workers", "0", "--out", str(out)]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    command = ["--methods", "dino", "--epochs", "1", "--width", "4", "--batch-size", "16", "--data-root",
+               str(mnist_root), "--device", "cpu", "--workers", "0", "--out", str(out)]
+    versus_lightly.main(command)
     report = json.loads((out / "versus-lightly.json").read_text())
     assert list(report["rows"]) == ["dino: selfsup", "dino: lightly"]
     for row in report["rows"].values():
@@ -145,8 +147,9 @@ def test_the_side_by_side_scores_both_sides_alike_and_a_rerun_skips_what_is_done
     assert not (out / "dino-lightly" / "run" / "last-epoch.pt").exists()
     assert (out / "versus-lightly.png").stat().st_size > 5000
     assert "| dino: lightly |" in (out / "versus-lightly.md").read_text()
-    again = subprocess.run(command, capture_output=True, text=True, timeout=900)
-    assert again.returncode == 0 and '{"' not in again.stdout
+    capsys.readouterr()
+    versus_lightly.main(command)
+    assert '{"' not in capsys.readouterr().out  # every row read back, none trained or scored again
 
 
 def test_a_killed_lightly_run_continues_from_its_last_finished_epoch(mnist_root, tmp_path, monkeypatch):
