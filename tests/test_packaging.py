@@ -61,11 +61,13 @@ def test_presets_ship_in_the_wheel(tmp_path: Path):
     assert {"selfsup/configs/simclr_cifar10.yaml", "selfsup/configs/demo.yaml",
             "selfsup/reproduce/measured.json"} <= names, sorted(names)  # the claims' last measured verdicts
 
-    # A fresh venv (pip comes from ensurepip, offline), the wheel installed into it, not editable.
+    # A fresh venv, the wheel installed into it (not editable) by this interpreter's pip: `pip --python`
+    # spares the venv its own pip (ensurepip takes seconds).
     venv = tmp_path / "venv"
-    _run([sys.executable, "-m", "venv", venv], tmp_path, env)
+    _run([sys.executable, "-m", "venv", "--without-pip", venv], tmp_path, env)
     python, selfsup = venv / "bin" / "python", venv / "bin" / "selfsup"
-    _run([python, "-m", "pip", "install", "--no-deps", "--no-index", "-q", built[0]], tmp_path, env)
+    _run([sys.executable, "-m", "pip", "--python", python, "install", "--no-deps", "--no-index", "-q", built[0]],
+         tmp_path, env)
     fresh_site = Path(_run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                            tmp_path, env).stdout.strip())
     # torch & co. come from this interpreter's site-packages, named in a .pth file. Its editable

@@ -30,8 +30,8 @@ from .metrics import MetricsLog
 from .optim import Schedule, apply_schedule
 from .preemption import Preempted, StopRequests
 from .runtime import Precision
-from .steps import (clip_gradients, divergence_message, format_seconds, forward_views, non_finite_state,
-                    seconds_per_step)
+from .steps import (FrozenParts, clip_gradients, divergence_message, format_seconds, forward_views,
+                    non_finite_state, seconds_per_step)
 
 
 class Engine:
@@ -66,10 +66,7 @@ class Engine:
         self.save_due = False
         self.rank, self.world, self.main = dist.rank(), dist.world_size(), dist.is_main()
         self.steps_per_epoch = len(loader)
-        names = {id(p): n for n, p in module.named_parameters()}
-        self.freezes = [(spec, [p for p in module.parameters() if names[id(p)].startswith(spec.prefix)],
-                         [m for n, m in module.named_modules() if n.startswith(spec.prefix.rstrip("."))
-                          and isinstance(m, nn.modules.batchnorm._BatchNorm)]) for spec in freeze]
+        self.freezes = FrozenParts(module, freeze)
         # DDP wraps the whole method without broadcasting buffers: banks, queues and teacher BatchNorm
         # statistics are kept identical by their own gathered updates (broadcasting them would send
         # 31 MB a step for NPID on 60k images); a teacher's frozen parameters take no gradient.
@@ -89,9 +86,7 @@ class Engine:
         total = self.schedule.total_steps
         lr, weight_decay = self.schedule.lr(self.step), self.schedule.weight_decay_at(self.step)
         apply_schedule(self.optimizer, lr, weight_decay, self.schedule.peak_lr)
-        for spec, _, norms in self.freezes:
-            for norm in norms:
-                norm.train(self.step >= spec.until_step)
+        self.freezes.set_norm_modes(self.step)
         out = forward_views(self.module, images, targets, index, self.step / total, precision=self.precision,
                             device=self.device, channels_last=self.channels_last, model=self.model)
         loss = out["loss"]
@@ -109,10 +104,7 @@ class Engine:
             raise NonFiniteLoss(self._divergence_message(f"the loss became {loss_value}"))
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
-        for spec, params, _ in self.freezes:
-            if self.step < spec.until_step:
-                for param in params:
-                    param.grad = None
+        self.freezes.drop_gradients(self.step)
         row: dict[str, float] = {"loss": loss_value, "lr": lr}
         if self.schedule.final_weight_decay is not None:
             row["weight_decay"] = weight_decay

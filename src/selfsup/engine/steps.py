@@ -1,5 +1,5 @@
 """Small pieces of a training step the loop and the recipes share: the memory layout of views,
-running a block without leaving a trace, DINO's per-parameter clipping, timing on a device."""
+running a block without leaving a trace, frozen parts, DINO's per-parameter clipping, timing on a device."""
 from __future__ import annotations
 
 import contextlib
@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from . import dist
-from .contracts import Batch, Images, Precropped
+from .contracts import Batch, Freeze, Images, Precropped
 from .runtime import Precision
 
 
@@ -113,6 +113,33 @@ def non_finite_state(module: nn.Module) -> str | None:
     if bool(torch.stack(norms).isfinite().all()):
         return None
     return next((name for name, t in state.items() if not bool(torch.isfinite(t).all())), "weights")
+
+
+class FrozenParts:
+    """The parameters and BatchNorm layers each :class:`~.contracts.Freeze` names, found once by name;
+    iterates as ``(spec, parameters, norms)``."""
+
+    def __init__(self, module: nn.Module, specs: tuple[Freeze, ...]) -> None:
+        names = {id(p): n for n, p in module.named_parameters()}
+        self.parts = [(spec, [p for p in module.parameters() if names[id(p)].startswith(spec.prefix)],
+                       [m for n, m in module.named_modules() if n.startswith(spec.prefix.rstrip("."))
+                        and isinstance(m, nn.modules.batchnorm._BatchNorm)]) for spec in specs]
+
+    def __iter__(self) -> Iterator[tuple[Freeze, list[nn.Parameter], list[nn.Module]]]:
+        return iter(self.parts)
+
+    def set_norm_modes(self, step: int) -> None:
+        """A frozen part's BatchNorm keeps its statistics (eval mode) until its step."""
+        for spec, _, norms in self.parts:
+            for norm in norms:
+                norm.train(step >= spec.until_step)
+
+    def drop_gradients(self, step: int) -> None:
+        """Neither the optimiser nor weight decay moves a part before its step."""
+        for spec, params, _ in self.parts:
+            if step < spec.until_step:
+                for param in params:
+                    param.grad = None
 
 
 def clip_gradients(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, limit: float,
