@@ -49,17 +49,17 @@ PROTOCOLS = ["knn-grid", "linear"]
 EVAL = ["eval.knn_grid_k=[20, 200]", "eval.knn_grid_temperatures=[0.07]"]
 
 
-def peak_rss_mib(pid: int | str = "self") -> int:
+def peak_rss_mib(pid: int | str = "self") -> float:
     """A process's own peak resident memory in MiB (``VmHWM``; 0 once it has exited). Not ``ru_maxrss``:
     Linux carries that across fork and exec, so a child started by a large parent reports the parent's."""
     try:
         lines = Path(f"/proc/{pid}/status").read_text().splitlines()
     except OSError:  # already reaped
         return 0
-    return next((round(int(line.split()[1]) / 1024) for line in lines if line.startswith("VmHWM:")), 0)  # kB
+    return next((round(int(line.split()[1]) / 1024, 1) for line in lines if line.startswith("VmHWM:")), 0)  # kB
 
 
-def child(command: list[str], program: tuple[str, ...] = (sys.executable, "-m", "selfsup")) -> tuple[float, int]:
+def child(command: list[str], program: tuple[str, ...] = (sys.executable, "-m", "selfsup")) -> tuple[float, float]:
     """Run ``selfsup COMMAND`` (or ``PROGRAM COMMAND``) in its own process; (wall minutes, its peak RSS in
     MiB, read every 0.2 s while it runs: the high-water mark only grows)."""
     started = time.perf_counter()

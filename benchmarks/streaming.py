@@ -299,8 +299,9 @@ for number, (images, _, _) in enumerate(loader.iterate()):
     views(images)
     if number + 1 == batches:
         break
-# VmHWM, not ru_maxrss: Linux carries maxrss across fork and exec, so this child would report its parent's.
-own = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))  # kB
+sys.path.insert(0, sys.argv[4])
+from ladder import peak_rss_mib  # not ru_maxrss: this child would report its parent's
+own = peak_rss_mib()
 workers_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
 print(len(data), own, workers_peak, data.nbytes)
 """
@@ -312,10 +313,11 @@ def rss_part(args: argparse.Namespace) -> dict:
         folder = Path(args.scratch) / f"small-{count}"
         if not folder.is_dir():
             make_jpegs(folder, count, 64, 128)
-        out = subprocess.run([sys.executable, "-c", RSS_CHILD, str(folder), str(args.rss_batches), str(args.workers)],
+        out = subprocess.run([sys.executable, "-c", RSS_CHILD, str(folder), str(args.rss_batches), str(args.workers),
+                              str(Path(__file__).parent)],
                              capture_output=True, text=True, check=True).stdout.split()
-        images, own, worker, decoded = (int(v) for v in out[-4:])
-        rows[str(count)] = {"images": images, "peak_rss_mb": round(own / 1024, 1),
+        images, own, worker, decoded = int(out[-4]), float(out[-3]), int(out[-2]), int(out[-1])
+        rows[str(count)] = {"images": images, "peak_rss_mb": own,
                             "peak_worker_rss_mb": round(worker / 1024, 1),
                             "decoded_at_64px_mb": round(decoded / 2**20, 1)}
         print(f"rss {count}: {rows[str(count)]}", flush=True)
