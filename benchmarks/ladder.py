@@ -1,7 +1,8 @@
 """The accuracy ladder (issue 22): every method trained for the same number of epochs, one protocol.
 
 Each method keeps its preset's recipe (``configs/<method>_fashion_mnist.yaml``: optimiser, batch,
-views, heads; the warm-up capped at a tenth of the run) on one backbone, a ResNet-18 of ``--width``
+views, heads; the warm-up capped at a tenth of the run; DINO on the ResNet the official convnet recipe,
+``dino_resnet_fashion_mnist``) on one backbone, a ResNet-18 of ``--width``
 with the small stem (ViT-tiny with 4 px patches for MaskFeat, and a DINO-ViT row), for ``--epochs``
 epochs: epochs, not minutes, so that machines of different speed give comparable rows. Every encoder
 is then scored by the same code: weighted kNN at k = 20 and k = 200 (T = 0.07), the linear probe on
@@ -74,11 +75,17 @@ def child(command: list[str], program: tuple[str, ...] = (sys.executable, "-m", 
     return round((time.perf_counter() - started) / 60, 2), peak
 
 
-def warmup_overrides(method: str, epochs: int) -> list[str]:
+def preset(method: str, vit: bool = False) -> str:
+    """The method's Fashion-MNIST preset; DINO on a convnet takes the official code's convnet recipe
+    (``dino_resnet_fashion_mnist``: SGD, constant weight decay, smaller crops), not its ViT one."""
+    return "dino_resnet_fashion_mnist" if method == "dino" and not vit else f"{method}_fashion_mnist"
+
+
+def warmup_overrides(method: str, epochs: int, vit: bool = False) -> list[str]:
     """The preset's warm-up, at most a tenth of the run: the presets' warm-ups (BYOL's, Barlow Twins' and
     DINO's 10 epochs) are written for 100 epochs and would otherwise fill a short run."""
-    preset = resolve(read_yaml(find_config(f"{method}_fashion_mnist"))).optim.warmup_epochs
-    return [f"optim.warmup_epochs={min(preset, epochs / 10):g}"] if preset > epochs / 10 else []
+    warmup = resolve(read_yaml(find_config(preset(method, vit)))).optim.warmup_epochs
+    return [f"optim.warmup_epochs={min(warmup, epochs / 10):g}"] if warmup > epochs / 10 else []
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -107,9 +114,9 @@ def scores(results: dict) -> dict:
             "linear": results["linear"]["top1"]}
 
 
-def method_row(method: str, overrides: list[str], run_dir: Path) -> dict:
+def method_row(method: str, overrides: list[str], run_dir: Path, vit: bool = False) -> dict:
     sets = [arg for value in overrides for arg in ("--set", value)]
-    minutes, rss = child(["pretrain", "-c", f"{method}_fashion_mnist", "--run-dir", str(run_dir), "--resume",
+    minutes, rss = child(["pretrain", "-c", preset(method, vit), "--run-dir", str(run_dir), "--resume",
                           "--quiet", *sets])
     return {**score_run(run_dir), "wall_minutes": minutes, "peak_rss_mib": rss}
 
@@ -208,15 +215,15 @@ def main(argv: list[str] | None = None) -> None:
     name = f"supervised ({args.epochs} epochs, all labels)"
     if name not in rows:
         done(name, supervised_row(shared, args.epochs, out / "supervised", args.data_root, args.batch_size))
-    runs = [(method, method, shared, seed) for method in args.methods
+    runs = [(method, method, False, seed) for method in args.methods
             for seed in (args.seeds if method in args.seeded else args.seeds[:1])]
-    runs += [(f"{method} (vit_tiny)", method, shared + VIT, args.seeds[0]) for method in args.vit_methods]
-    for label, method, overrides, seed in runs:
+    runs += [(f"{method} (vit_tiny)", method, True, args.seeds[0]) for method in args.vit_methods]
+    for label, method, vit, seed in runs:
         name = label if seed == args.seeds[0] else f"{label} seed {seed}"
         if name not in rows:
             run_dir = out / name.replace(" (vit_tiny)", "-vit").replace(" ", "-")
-            done(name, method_row(method, overrides + warmup_overrides(method, args.epochs) + [f"train.seed={seed}"],
-                                  run_dir))
+            overrides = shared + (VIT if vit else []) + warmup_overrides(method, args.epochs, vit)
+            done(name, method_row(method, overrides + [f"train.seed={seed}"], run_dir, vit))
 
     print(f"\n{report['machine']}; {args.epochs} epochs each, ResNet-18 width {args.width} (ViT-tiny where marked)\n")
     print(table(rows))

@@ -1,9 +1,9 @@
 """selfsup against lightly, method by method, at equal settings and equal epochs (issue 22, part 2).
 
 For SimCLR, MoCo v2, BYOL, SimSiam, Barlow Twins and DINO (on the ResNet), each method is trained
-twice on Fashion-MNIST from its preset (``configs/<method>_fashion_mnist.yaml``, with the ladder's
-shared settings: ResNet-18 of ``--width`` with the small stem, ``--epochs`` epochs, the warm-up capped
-at a tenth of the run):
+twice on Fashion-MNIST from its preset (``configs/<method>_fashion_mnist.yaml``; for DINO the convnet
+recipe ``dino_resnet_fashion_mnist``), with the ladder's shared settings: ResNet-18 of ``--width`` with
+the small stem, ``--epochs`` epochs, the warm-up capped at a tenth of the run:
 
 * **selfsup**: ``selfsup pretrain``, then ``selfsup export`` to torchvision weights;
 * **lightly**: lightly's own transforms, heads, losses, momentum utilities, LARS and schedules, wired
@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from ladder import EVAL, PROTOCOLS, add_run_arguments, child, scores, shared_overrides, warmup_overrides
+from ladder import EVAL, PROTOCOLS, add_run_arguments, child, preset, scores, shared_overrides, warmup_overrides
 from lightly_recipes import METHODS, train_with_lightly
 from selfsup.config import apply_overrides, find_config, read_yaml, resolve
 from selfsup.engine.runtime import describe_device, library_versions
@@ -52,7 +52,7 @@ METRICS = {"knn20": "kNN k=20", "knn200": "kNN k=200", "linear": "linear"}
 
 
 def method_config(method: str, overrides: list[str]):  # noqa: ANN201
-    return resolve(apply_overrides(read_yaml(find_config(f"{method}_fashion_mnist")), overrides))
+    return resolve(apply_overrides(read_yaml(find_config(preset(method))), overrides))
 
 
 def score(weights: Path, method: str, overrides: list[str], folder: Path) -> dict:
@@ -68,7 +68,7 @@ def train(side: str, method: str, overrides: list[str], run_dir: Path, workers: 
     sets = [arg for value in overrides for arg in ("--set", value)]
     weights = run_dir / "backbone.safetensors"
     if side == "selfsup":
-        minutes, rss = child(["pretrain", "-c", f"{method}_fashion_mnist", "--run-dir", str(run_dir), "--resume",
+        minutes, rss = child(["pretrain", "-c", preset(method), "--run-dir", str(run_dir), "--resume",
                               "--quiet", *sets])
         if not weights.is_file():  # `selfsup export`'s function: the paper's network (DINO's teacher)
             export_backbone(run_dir, weights, quiet=True)

@@ -58,3 +58,14 @@ def test_a_child_reports_its_own_peak_rss_not_its_parents_and_a_failure_names_it
     assert minutes >= 0 and 80 <= peak < 200 < read()
     with pytest.raises(SystemExit, match="failed:.*-c raise SystemExit.3."):
         ladder.child(["-c", "raise SystemExit(3)"], program=(sys.executable,))
+
+
+def test_dino_on_a_convnet_trains_by_the_official_convnet_recipe_and_on_a_vit_by_the_vit_one():
+    from selfsup.config import find_config, read_yaml, resolve
+
+    convnet = resolve(read_yaml(find_config(ladder.preset("dino"))))
+    assert (convnet.backbone.name, convnet.optim.name, convnet.optim.weight_decay_end) == ("resnet18", "sgd", None)
+    assert convnet.views["global_augment"]["crop_scale"] == [0.14, 1.0]
+    assert convnet.views["local_augment"]["crop_scale"] == [0.05, 0.14]
+    assert ladder.preset("dino", vit=True) == "dino_fashion_mnist" and ladder.preset("byol") == "byol_fashion_mnist"
+    assert ladder.warmup_overrides("dino", 10) == ["optim.warmup_epochs=1"]
