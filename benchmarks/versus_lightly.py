@@ -82,10 +82,12 @@ def train(side: str, method: str, overrides: list[str], run_dir: Path, workers: 
             "peak_rss_mib": rss, "loader_workers": summary["loader_workers"]}
 
 
-def gaps(rows: dict[str, dict], methods: list[str], seeds: list[int], margin: float) -> list[dict]:
-    """selfsup - lightly per method and metric: the mean over seeds, its standard error (paired by seed)."""
+def gaps(rows: dict[str, dict], margin: float) -> list[dict]:
+    """selfsup - lightly per method and metric, over every seed the report holds both sides of (this run's
+    and earlier runs'): the mean over seeds, its standard error (paired by seed)."""
     out = []
-    for method in methods:
+    for method in METHODS:
+        seeds = sorted({row["seed"] for name, row in rows.items() if name.startswith(f"{method}: ")})
         pairs = [(rows.get(row_name(method, "selfsup", s)), rows.get(row_name(method, "lightly", s))) for s in seeds]
         pairs = [(a, b) for a, b in pairs if a and b]
         if not pairs:
@@ -157,10 +159,12 @@ def main(argv: list[str] | None = None) -> None:
                        "epochs": args.epochs, "seed": seed,
                        "batch_size": method_config(method, overrides).train.batch_size}
                 rows[name] = row
-                report["gaps"] = gaps(rows, args.methods, args.seeds, args.margin)
+                report["gaps"] = gaps(rows, args.margin)
                 write_json(report_file, report)
                 print(json.dumps({name: row}), flush=True)
 
+    report["gaps"] = gaps(rows, args.margin)  # rows of earlier runs (other methods, seeds) as well
+    write_json(report_file, report)
     columns = ["row", *METRICS.values(), "img/s", "wall (min)", "peak RSS (MiB)"]
     table = markdown_table([{"row": name, **{label: row[key] for key, label in METRICS.items()},
                              "img/s": row["img_per_s"], "wall (min)": row["wall_minutes"],

@@ -183,3 +183,20 @@ def test_a_killed_lightly_run_continues_from_its_last_finished_epoch(mnist_root,
     assert queue_ends[0] == 6 * 32  # the queue came back with the weights (lightly keeps it out of state_dict)
     assert summary["epoch_losses"][0] == round(first_epoch["losses"][0], 5) and len(summary["epoch_losses"]) == 2
     assert (tmp_path / "run" / "backbone.safetensors").is_file()
+
+
+def test_the_gap_table_pairs_every_seed_of_every_method_the_report_holds():
+    from versus_lightly import gaps
+
+    def row(seed, knn20, linear):  # noqa: ANN001, ANN202
+        return {"seed": seed, "knn20": knn20, "knn200": 80.0, "linear": linear}
+
+    rows = {"simclr: selfsup": row(0, 84.0, 87.0), "simclr: lightly": row(0, 84.5, 87.0),
+            "moco: selfsup": row(0, 84.0, 85.0), "moco: lightly": row(0, 83.0, 86.5),
+            "simclr: selfsup seed 1": row(1, 85.0, 88.0), "simclr: lightly seed 1": row(1, 84.5, 87.0),
+            "byol: selfsup": row(0, 80.0, 80.0)}  # lightly's side not trained yet: no gap
+    table = {line["method"]: line for line in gaps(rows, margin=1.0)}
+    assert list(table) == ["simclr", "moco"]  # the benchmark's order, whichever run trained them
+    assert table["simclr"]["seeds"] == 2 and table["simclr"]["knn20_gap"] == 0.0
+    assert table["simclr"]["linear"] == "+0.50 ± 0.50" and table["simclr"]["target"] == "met"
+    assert table["moco"]["seeds"] == 1 and table["moco"]["linear"] == "-1.50" and table["moco"]["target"] == "not met"
