@@ -81,10 +81,15 @@ def preset(method: str, vit: bool = False) -> str:
     return "dino_resnet_fashion_mnist" if method == "dino" and not vit else f"{method}_fashion_mnist"
 
 
+def preset_config(method: str, overrides: list[str] = (), vit: bool = False):  # noqa: ANN201
+    """That preset, resolved, with ``overrides``."""
+    return resolve(apply_overrides(read_yaml(find_config(preset(method, vit))), list(overrides)))
+
+
 def warmup_overrides(method: str, epochs: int, vit: bool = False) -> list[str]:
     """The preset's warm-up, at most a tenth of the run: the presets' warm-ups (BYOL's, Barlow Twins' and
     DINO's 10 epochs) are written for 100 epochs and would otherwise fill a short run."""
-    warmup = resolve(read_yaml(find_config(preset(method, vit)))).optim.warmup_epochs
+    warmup = preset_config(method, vit=vit).optim.warmup_epochs
     return [f"optim.warmup_epochs={min(warmup, epochs / 10):g}"] if warmup > epochs / 10 else []
 
 

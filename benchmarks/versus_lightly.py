@@ -36,9 +36,9 @@ from pathlib import Path
 
 import torch
 
-from ladder import EVAL, PROTOCOLS, add_run_arguments, child, preset, scores, shared_overrides, warmup_overrides
+from ladder import (EVAL, PROTOCOLS, add_run_arguments, child, preset, preset_config, scores, shared_overrides,
+                    warmup_overrides)
 from lightly_recipes import METHODS, train_with_lightly
-from selfsup.config import apply_overrides, find_config, read_yaml, resolve
 from selfsup.engine.runtime import describe_device, library_versions
 from selfsup.export import export_backbone, import_torchvision
 from selfsup.figures import grouped_bars
@@ -51,14 +51,10 @@ SIDES = ("selfsup", "lightly")
 METRICS = {"knn20": "kNN k=20", "knn200": "kNN k=200", "linear": "linear"}
 
 
-def method_config(method: str, overrides: list[str]):  # noqa: ANN201
-    return resolve(apply_overrides(read_yaml(find_config(preset(method))), overrides))
-
-
 def score(weights: Path, method: str, overrides: list[str], folder: Path) -> dict:
     """kNN and linear top-1 of torchvision weights, imported as a checkpoint: one path for both sides."""
     if not (folder / "checkpoints" / "last.pt").is_file():
-        import_torchvision(weights, folder, method_config(method, overrides), quiet=True)
+        import_torchvision(weights, folder, preset_config(method, overrides), quiet=True)
     evaluator, config = checkpoint_evaluator(folder, EVAL, quiet=True)
     return scores(evaluator.run(PROTOCOLS, config.eval, config.train.seed)[evaluator.name])
 
@@ -116,7 +112,7 @@ def train_lightly_main(argv: list[str]) -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args(argv)
-    train_with_lightly(args.method, method_config(args.method, args.overrides), Path(args.run_dir),
+    train_with_lightly(args.method, preset_config(args.method, args.overrides), Path(args.run_dir),
                        workers=args.workers, progress=sys.stderr.isatty())
 
 
@@ -157,13 +153,12 @@ def main(argv: list[str] | None = None) -> None:
                 trained = train(side, method, overrides, folder / "run", args.workers)
                 row = {**score(trained.pop("weights"), method, overrides, folder / "scored"), **trained,
                        "epochs": args.epochs, "seed": seed,
-                       "batch_size": method_config(method, overrides).train.batch_size}
+                       "batch_size": preset_config(method, overrides).train.batch_size}
                 rows[name] = row
-                report["gaps"] = gaps(rows, args.margin)
                 write_json(report_file, report)
                 print(json.dumps({name: row}), flush=True)
 
-    report["gaps"] = gaps(rows, args.margin)  # rows of earlier runs (other methods, seeds) as well
+    report["gaps"] = gaps(rows, args.margin)  # from every row held, earlier runs' too
     write_json(report_file, report)
     columns = ["row", *METRICS.values(), "img/s", "wall (min)", "peak RSS (MiB)"]
     table = markdown_table([{"row": name, **{label: row[key] for key, label in METRICS.items()},

@@ -11,18 +11,17 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 pytest.importorskip("lightly")
 
-from ladder import preset as preset_name  # noqa: E402
+from ladder import preset_config  # noqa: E402
 from lightly_recipes import METHODS, LightlyMethod, lightly_transform, torchvision_weights  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from conftest import children_in_process  # noqa: E402
-from selfsup.config import apply_overrides, find_config, read_yaml, resolve  # noqa: E402
 
 
 def preset(method: str, *overrides: str):  # noqa: ANN201
     """The method's Fashion-MNIST preset on a ResNet-18 as the benchmark takes it, with ``overrides``."""
     resnet = ["backbone.name=resnet18", "backbone.patch_size=null", "backbone.registers=0", "backbone.drop_path=0.0"]
-    return resolve(apply_overrides(read_yaml(find_config(preset_name(method))), resnet + list(overrides)))
+    return preset_config(method, resnet + list(overrides))
 
 
 @pytest.mark.parametrize("method", METHODS)
