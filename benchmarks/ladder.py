@@ -11,9 +11,11 @@ in the same table: raw pixels, the backbone at random initialisation, and the ba
 labels (``selfsup supervised``) for the same epochs. ``--seeds`` repeats the methods of ``--seeded`` so the
 table states its noise. Rows carry img/s, wall minutes and the pretraining's peak RSS.
 
-Resumable: every finished row is written to ``OUT/ladder.json`` at once, each pretraining runs in its
-own process with ``--resume`` (a killed ladder continues inside the run it was in), and a rerun
-skips the rows it has.
+Resumable: every finished row is written to ``REPORT/ladder.json`` at once, each pretraining runs in its
+own process with ``--resume`` under ``OUT`` (a killed ladder continues inside the run it was in), and a
+rerun skips the rows it has. The report (rows, ``ladder.md``, ``ladder.png``) is small and lives in the
+repository (``benchmarks/ladder/``) so that a ladder too long for one sitting grows across sessions and
+machines; each row names the machine and precision it was trained on and its date.
 
     python benchmarks/ladder.py --epochs 10                       # every method, width 16, CPU
     python benchmarks/ladder.py --device cuda --width 64 --epochs 100
@@ -23,8 +25,10 @@ skips the rows it has.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -34,6 +38,7 @@ import torch
 
 from selfsup.config import apply_overrides, find_config, read_yaml, resolve
 from selfsup.engine.metrics import read_rows
+from selfsup.engine.preemption import StopRequests
 from selfsup.engine.runtime import describe_device, library_versions
 from selfsup.eval import Evaluator
 from selfsup.figures import grouped_bars
@@ -47,6 +52,7 @@ ROOT = Path(__file__).resolve().parents[1]
 VIT_ONLY = ("maskfeat",)
 VIT = ["backbone.name=vit_tiny", "backbone.width=64", "backbone.patch_size=4"]  # width: unused by a ViT
 PROTOCOLS = ["knn-grid", "linear"]
+STOP_GRACE_S = 300  # a step in progress and the checkpoint's write; then the child is killed
 EVAL = ["eval.knn_grid_k=[20, 200]", "eval.knn_grid_temperatures=[0.07]"]
 
 
@@ -62,13 +68,31 @@ def peak_rss_mib(pid: int | str = "self") -> float:
 
 def child(command: list[str], program: tuple[str, ...] = (sys.executable, "-m", "selfsup")) -> tuple[float, float]:
     """Run ``selfsup COMMAND`` (or ``PROGRAM COMMAND``) in its own process; (wall minutes, its peak RSS in
-    MiB, read every 0.2 s while it runs: the high-water mark only grows)."""
+    MiB, read every 0.2 s while it runs: the high-water mark only grows).
+
+    A stop signal to this process (SIGTERM, SIGUSR1, Ctrl-C) takes the child down with it: the child gets
+    SIGTERM, on which ``selfsup`` saves ``checkpoints/last.pt`` (a rerun resumes), and this process then
+    exits as the signal would have (128 + its number). SIGTERM, not the signal received: after the
+    terminal's own Ctrl-C a second SIGINT would be the child's "stop at once, without saving"."""
     started = time.perf_counter()
     process = subprocess.Popen([*program, *command])
     peak = 0
-    while process.poll() is None:
-        peak = max(peak, peak_rss_mib(process.pid))
-        time.sleep(0.2)
+    try:
+        with StopRequests() as stop:
+            while process.poll() is None and stop.requested is None:
+                peak = max(peak, peak_rss_mib(process.pid))
+                time.sleep(0.2)
+            if stop.requested is not None:
+                print(f"{signal.Signals(stop.requested).name}: stopping the child (pid {process.pid}), which "
+                      "saves its checkpoint; a rerun continues", file=sys.stderr)
+                process.terminate()
+                with contextlib.suppress(subprocess.TimeoutExpired):  # then killed below
+                    process.wait(timeout=STOP_GRACE_S)
+                raise SystemExit(128 + stop.requested)
+    finally:  # also on a second Ctrl-C or any error here: never leave a training running unwatched
+        if process.poll() is None:
+            process.kill()
+            process.wait()
     if process.returncode != 0:
         raise SystemExit(f"failed: {' '.join(program[1:] if program[0] == sys.executable else program)} "
                          f"{' '.join(command)}")
@@ -126,6 +150,12 @@ def method_row(method: str, overrides: list[str], run_dir: Path, vit: bool = Fal
     return {**score_run(run_dir), "wall_minutes": minutes, "peak_rss_mib": rss}
 
 
+def trained_on(run_dir: Path) -> dict:
+    """Where and when a run trained, from its ``meta.json``: rows of one ladder may come from several machines."""
+    meta = json.loads((run_dir / "meta.json").read_text())
+    return {"machine": meta["device"], "precision": meta["precision"], "date": meta["date"][:10]}
+
+
 def score_run(run_dir: Path) -> dict:
     """A finished pretraining scored by the ladder's protocol, with its online probe and training facts."""
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -133,7 +163,8 @@ def score_run(run_dir: Path) -> dict:
     probe = [row["probe_top1"] for row in read_rows(run_dir, "epoch") if row.get("probe_top1") is not None]
     return {**scores(evaluator.run(PROTOCOLS, config.eval, config.train.seed)[evaluator.name]),
             "online_probe": probe[-1] if probe else None, "epochs": config.train.epochs, "steps": summary["steps"],
-            "batch_size": config.train.batch_size, "img_per_s": summary["img_per_s"], "seed": config.train.seed}
+            "batch_size": config.train.batch_size, "img_per_s": summary["img_per_s"], "seed": config.train.seed,
+            **trained_on(run_dir)}
 
 
 def supervised_row(overrides: list[str], epochs: int, run_dir: Path, data_root: str | None,
@@ -145,7 +176,8 @@ def supervised_row(overrides: list[str], epochs: int, run_dir: Path, data_root: 
     evaluator, config = checkpoint_evaluator(run_dir, EVAL, quiet=True)
     summary = json.loads((run_dir / "summary.json").read_text())
     return {**scores(evaluator.run(PROTOCOLS, config.eval, config.train.seed)[evaluator.name]),
-            "test_top1": summary.get("test_top1"), "epochs": epochs, "wall_minutes": minutes, "peak_rss_mib": rss}
+            "test_top1": summary.get("test_top1"), "epochs": epochs, "wall_minutes": minutes, "peak_rss_mib": rss,
+            **trained_on(run_dir)}
 
 
 def floor_rows(shared: list[str], vit: bool, out: Path, device: str) -> dict[str, dict]:
@@ -166,12 +198,24 @@ def floor_rows(shared: list[str], vit: bool, out: Path, device: str) -> dict[str
     return rows
 
 
+def machine_kind(row: dict) -> str | None:
+    """A row's machine in a few words: the GPU's name, or the CPU's widest vector feature; and the precision."""
+    if "machine" not in row:
+        return None
+    machine = row["machine"]
+    if machine.endswith(")") and "threads" in machine:  # a CPU: "MODEL (N threads; avx2 avx512f ...)"
+        features = machine.rsplit(";", 1)[-1].rstrip(")").split() if ";" in machine else ["no AVX"]
+        machine = f"CPU {features[-1]}"
+    return f"{machine}, {row['precision']}" if row.get("precision") else machine
+
+
 def table(rows: dict[str, dict]) -> str:
     columns = ["row", "kNN k=20", "kNN k=200", "linear", "online probe", "epochs", "img/s", "wall (min)",
-               "peak RSS (MiB)"]
+               "peak RSS (MiB)", "machine"]
     lines = [{"row": name, "kNN k=20": row["knn20"], "kNN k=200": row["knn200"], "linear": row["linear"],
               "online probe": row.get("online_probe"), "epochs": row.get("epochs"), "img/s": row.get("img_per_s"),
-              "wall (min)": row.get("wall_minutes"), "peak RSS (MiB)": row.get("peak_rss_mib")}
+              "wall (min)": row.get("wall_minutes"), "peak RSS (MiB)": row.get("peak_rss_mib"),
+              "machine": machine_kind(row)}
              for name, row in rows.items()]
     return markdown_table([{key: value for key, value in line.items() if value is not None} for line in lines],
                           columns)
@@ -189,7 +233,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeded", nargs="*", default=["simclr", "byol", "rotation"],
                         help="methods trained once per --seeds (the others with the first seed)")
     add_run_arguments(parser)
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "out" / "ladder"))
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "out" / "ladder"), help="the runs")
+    parser.add_argument("--report", default=str(ROOT / "benchmarks" / "ladder"),
+                        help="the rows, table and chart (default: in the repository, to grow across sessions)")
     parser.add_argument("--score", nargs="+", metavar="RUN", help="only score these finished runs by the ladder's "
                         "protocol and print their rows (choosing E: a run trained apart, e.g. with the kNN monitor)")
     args = parser.parse_args(argv)
@@ -197,9 +243,10 @@ def main(argv: list[str] | None = None) -> None:
         for run in args.score:
             print(json.dumps({run: score_run(Path(run))}), flush=True)
         return
-    out = Path(args.out)
+    out, report_dir = Path(args.out), Path(args.report)
     out.mkdir(parents=True, exist_ok=True)
-    report_file = out / "ladder.json"
+    report_dir.mkdir(parents=True, exist_ok=True)
+    report_file = report_dir / "ladder.json"
     report = json.loads(report_file.read_text()) if report_file.is_file() else {"rows": {}}
     shared = shared_overrides(args, online_probe=True)
     report.update({"date": datetime.date.today().isoformat(),
@@ -215,8 +262,9 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps({name: row}), flush=True)
 
     if "raw pixels" not in rows:
+        here = {"machine": report["machine"], "date": report["date"]}
         for name, row in floor_rows(shared, bool(args.vit_methods), out, args.device).items():
-            done(name, row)
+            done(name, {**row, **here})
     name = f"supervised ({args.epochs} epochs, all labels)"
     if name not in rows:
         done(name, supervised_row(shared, args.epochs, out / "supervised", args.data_root, args.batch_size))
@@ -232,9 +280,9 @@ def main(argv: list[str] | None = None) -> None:
 
     print(f"\n{report['machine']}; {args.epochs} epochs each, ResNet-18 width {args.width} (ViT-tiny where marked)\n")
     print(table(rows))
-    (out / "ladder.md").write_text(table(rows) + "\n")
+    (report_dir / "ladder.md").write_text(table(rows) + "\n")
     names = list(rows)
-    grouped_bars(out / "ladder.png", names, {"kNN k=20": [rows[n]["knn20"] for n in names],
+    grouped_bars(report_dir / "ladder.png", names, {"kNN k=20": [rows[n]["knn20"] for n in names],
                                              "linear": [rows[n]["linear"] for n in names]},
                  "top-1 (%)", f"Fashion-MNIST, {args.epochs} epochs each")
 

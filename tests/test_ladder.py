@@ -1,6 +1,10 @@
 """benchmarks/ladder.py (issue 22) runs end to end on tiny data and continues where it stopped."""
 import json
+import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +21,7 @@ def test_the_ladder_scores_every_row_alike_and_a_rerun_skips_what_is_done(mnist_
     out = tmp_path / "ladder"
     command = ["--methods", "simclr", "rotation", "--vit-methods", "--epochs", "1", "--backbone", "toy", "--width", "4",
                "--seeds", "0", "1", "--seeded", "simclr", "--batch-size", "16", "--data-root", str(mnist_root),
-               "--device", "cpu", "--out", str(out)]
+               "--device", "cpu", "--out", str(tmp_path / "runs"), "--report", str(out)]
     ladder.main(command)
     rows = json.loads((out / "ladder.json").read_text())["rows"]
     assert list(rows) == ["raw pixels", "random init", "supervised (1 epochs, all labels)", "simclr",
@@ -27,12 +31,15 @@ def test_the_ladder_scores_every_row_alike_and_a_rerun_skips_what_is_done(mnist_
     assert rows["simclr"]["epochs"] == 1 and rows["simclr"]["peak_rss_mib"] > 0
     assert isinstance(rows["simclr"]["img_per_s"], (int, float))  # recorded; its value is the machine's, not tested
     assert rows["simclr"]["seed"] == 0 and rows["simclr seed 1"]["seed"] == 1
+    # Rows of one ladder may come from several machines: each names its own.
+    assert all(row["machine"] and row["date"] for row in rows.values())
+    assert rows["simclr"]["precision"] in ("fp32", "bf16") and "| machine |" in (out / "ladder.md").read_text()
     assert (out / "ladder.png").stat().st_size > 5000 and "| simclr seed 1 |" in (out / "ladder.md").read_text()
     capsys.readouterr()
     ladder.main(command)
     assert '{"' not in capsys.readouterr().out  # every row read back, none trained or scored again
-    ladder.main(["--score", str(out / "simclr")])
-    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])[str(out / "simclr")]
+    ladder.main(["--score", str(tmp_path / "runs" / "simclr")])
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])[str(tmp_path / "runs" / "simclr")]
     assert {key: row[key] for key in ("knn20", "knn200", "linear", "steps")} == \
         {key: rows["simclr"][key] for key in ("knn20", "knn200", "linear", "steps")}
 
@@ -58,6 +65,49 @@ def test_a_child_reports_its_own_peak_rss_not_its_parents_and_a_failure_names_it
     assert minutes >= 0 and 80 <= peak < 200 < read()
     with pytest.raises(SystemExit, match="failed:.*-c raise SystemExit.3."):
         ladder.child(["-c", "raise SystemExit(3)"], program=(sys.executable,))
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
+def test_a_stopped_benchmark_stops_its_child_with_sigterm_so_that_it_saves_and_exits_as_the_signal_would(stop, tmp_path):
+    """Real processes: the benchmark, and a child that records which signal reached it (``selfsup`` saves its
+    checkpoint on SIGTERM). Killing the benchmark alone once left its training running."""
+    started, stopped_by = tmp_path / "child-pid", tmp_path / "stopped-by"
+    grandchild = (f"import os, pathlib, signal, sys, time\n"
+                  f"def record(signum, frame):\n"
+                  f"    pathlib.Path({str(stopped_by)!r}).write_text(signal.Signals(signum).name)\n"
+                  f"    sys.exit(0)\n"
+                  f"signal.signal(signal.SIGTERM, record)\nsignal.signal(signal.SIGINT, record)\n"
+                  f"pathlib.Path({str(started)!r}).write_text(str(os.getpid()))\n"
+                  f"while True:\n    time.sleep(0.05)")
+    benchmark = (f"import sys\nsys.path.insert(0, {str(ROOT / 'benchmarks')!r})\nimport ladder\n"
+                 f"ladder.child(['-c', {grandchild!r}], program=(sys.executable,))")
+    process = subprocess.Popen([sys.executable, "-c", benchmark], stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(started.exists, process)
+        process.send_signal(stop)  # to the benchmark alone, not its process group
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 128 + stop, stderr
+    assert stopped_by.read_text() == "SIGTERM" and f"{stop.name}: stopping the child" in stderr
+    with pytest.raises(ProcessLookupError):
+        os.kill(int(started.read_text()), 0)  # gone, and reaped by the benchmark
+
+
+def wait_for(condition, process: subprocess.Popen) -> None:  # noqa: ANN001
+    """Until ``condition()`` holds; fails if the process exits first (no clock: the process bounds it)."""
+    while not condition():
+        assert process.poll() is None, process.communicate()[1]
+        time.sleep(0.05)
+
+
+def test_a_rows_machine_is_named_in_a_few_words():
+    assert ladder.machine_kind({"machine": "AMD EPYC (2 threads; avx2 avx512f avx512_bf16)", "precision": "bf16"}) \
+        == "CPU avx512_bf16, bf16"
+    assert ladder.machine_kind({"machine": "AMD EPYC (2 threads; avx2)", "precision": "fp32"}) == "CPU avx2, fp32"
+    assert ladder.machine_kind({"machine": "NVIDIA H200", "precision": "bf16"}) == "NVIDIA H200, bf16"
+    assert ladder.machine_kind({"machine": "arm (4 threads)"}) == "CPU no AVX"
+    assert ladder.machine_kind({}) is None
 
 
 def test_dino_on_a_convnet_trains_by_the_official_convnet_recipe_and_on_a_vit_by_the_vit_one():
