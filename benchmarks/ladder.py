@@ -9,7 +9,8 @@ is then scored by the same code: weighted kNN at k = 20 and k = 200 (T = 0.07), 
 the full training set, and the online probe's last top-1 (trained beside the run). Floors and ceiling
 in the same table: raw pixels, the backbone at random initialisation, and the backbone trained with
 labels (``selfsup supervised``) for the same epochs. ``--seeds`` repeats the methods of ``--seeded`` so the
-table states its noise. Rows carry img/s, wall minutes and the pretraining's peak RSS.
+table states its noise. Rows carry img/s, training minutes (the run's own, across resumes), the wall
+minutes of the row's last process (training, its test and scoring) and the pretraining's peak RSS.
 
 Resumable: every finished row is written to ``REPORT/ladder.json`` at once, each pretraining runs in its
 own process with ``--resume`` under ``OUT`` (a killed ladder continues inside the run it was in), and a
@@ -74,11 +75,10 @@ def child(command: list[str], program: tuple[str, ...] = (sys.executable, "-m", 
     SIGTERM, on which ``selfsup`` saves ``checkpoints/last.pt`` (a rerun resumes), and this process then
     exits as the signal would have (128 + its number). SIGTERM, not the signal received: after the
     terminal's own Ctrl-C a second SIGINT would be the child's "stop at once, without saving"."""
-    started = time.perf_counter()
-    process = subprocess.Popen([*program, *command])
-    peak = 0
-    try:
-        with StopRequests() as stop:
+    started, peak = time.perf_counter(), 0
+    with StopRequests() as stop:  # before the child starts: no moment in which a stop leaves it running
+        process = subprocess.Popen([*program, *command])
+        try:
             while process.poll() is None and stop.requested is None:
                 peak = max(peak, peak_rss_mib(process.pid))
                 time.sleep(0.2)
@@ -89,10 +89,10 @@ def child(command: list[str], program: tuple[str, ...] = (sys.executable, "-m", 
                 with contextlib.suppress(subprocess.TimeoutExpired):  # then killed below
                     process.wait(timeout=STOP_GRACE_S)
                 raise SystemExit(128 + stop.requested)
-    finally:  # also on a second Ctrl-C or any error here: never leave a training running unwatched
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        finally:  # also on a second Ctrl-C or any error here: never leave a training running unwatched
+            if process.poll() is None:
+                process.kill()
+                process.wait()
     if process.returncode != 0:
         raise SystemExit(f"failed: {' '.join(program[1:] if program[0] == sys.executable else program)} "
                          f"{' '.join(command)}")
@@ -150,21 +150,23 @@ def method_row(method: str, overrides: list[str], run_dir: Path, vit: bool = Fal
     return {**score_run(run_dir), "wall_minutes": minutes, "peak_rss_mib": rss}
 
 
-def trained_on(run_dir: Path) -> dict:
-    """Where and when a run trained, from its ``meta.json``: rows of one ladder may come from several machines."""
-    meta = json.loads((run_dir / "meta.json").read_text())
-    return {"machine": meta["device"], "precision": meta["precision"], "date": meta["date"][:10]}
-
-
 def score_run(run_dir: Path) -> dict:
     """A finished pretraining scored by the ladder's protocol, with its online probe and training facts."""
-    summary = json.loads((run_dir / "summary.json").read_text())
     evaluator, config = checkpoint_evaluator(run_dir, EVAL, quiet=True)
     probe = [row["probe_top1"] for row in read_rows(run_dir, "epoch") if row.get("probe_top1") is not None]
     return {**scores(evaluator.run(PROTOCOLS, config.eval, config.train.seed)[evaluator.name]),
-            "online_probe": probe[-1] if probe else None, "epochs": config.train.epochs, "steps": summary["steps"],
-            "batch_size": config.train.batch_size, "img_per_s": summary["img_per_s"], "seed": config.train.seed,
-            **trained_on(run_dir)}
+            "online_probe": probe[-1] if probe else None, "epochs": config.train.epochs, "seed": config.train.seed,
+            **training_facts(run_dir, config)}
+
+
+def training_facts(run_dir: Path, config) -> dict:  # noqa: ANN001 - a resolved RunConfig
+    """Steps, speed and training minutes from the run's ``summary.json`` (accumulated across resumes, where
+    the row's wall minutes are only the last process's), and where and when it trained (``meta.json``:
+    rows of one ladder may come from several machines)."""
+    summary, meta = (json.loads((run_dir / name).read_text()) for name in ("summary.json", "meta.json"))
+    return {"steps": summary["steps"], "batch_size": config.train.batch_size, "img_per_s": summary["img_per_s"],
+            "train_minutes": summary["train_minutes"], "machine": meta["device"], "precision": meta["precision"],
+            "date": meta["date"][:10]}
 
 
 def supervised_row(overrides: list[str], epochs: int, run_dir: Path, data_root: str | None,
@@ -177,7 +179,7 @@ def supervised_row(overrides: list[str], epochs: int, run_dir: Path, data_root: 
     summary = json.loads((run_dir / "summary.json").read_text())
     return {**scores(evaluator.run(PROTOCOLS, config.eval, config.train.seed)[evaluator.name]),
             "test_top1": summary.get("test_top1"), "epochs": epochs, "wall_minutes": minutes, "peak_rss_mib": rss,
-            **trained_on(run_dir)}
+            **training_facts(run_dir, config)}
 
 
 def floor_rows(shared: list[str], vit: bool, out: Path, device: str) -> dict[str, dict]:
@@ -210,11 +212,11 @@ def machine_kind(row: dict) -> str | None:
 
 
 def table(rows: dict[str, dict]) -> str:
-    columns = ["row", "kNN k=20", "kNN k=200", "linear", "online probe", "epochs", "img/s", "wall (min)",
-               "peak RSS (MiB)", "machine"]
+    columns = ["row", "kNN k=20", "kNN k=200", "linear", "online probe", "epochs", "img/s", "train (min)",
+               "wall (min)", "peak RSS (MiB)", "machine"]
     lines = [{"row": name, "kNN k=20": row["knn20"], "kNN k=200": row["knn200"], "linear": row["linear"],
               "online probe": row.get("online_probe"), "epochs": row.get("epochs"), "img/s": row.get("img_per_s"),
-              "wall (min)": row.get("wall_minutes"), "peak RSS (MiB)": row.get("peak_rss_mib"),
+              "train (min)": row.get("train_minutes"), "wall (min)": row.get("wall_minutes"), "peak RSS (MiB)": row.get("peak_rss_mib"),
               "machine": machine_kind(row)}
              for name, row in rows.items()]
     return markdown_table([{key: value for key, value in line.items() if value is not None} for line in lines],
