@@ -216,8 +216,8 @@ def table(rows: dict[str, dict]) -> str:
                "wall (min)", "peak RSS (MiB)", "machine"]
     lines = [{"row": name, "kNN k=20": row["knn20"], "kNN k=200": row["knn200"], "linear": row["linear"],
               "online probe": row.get("online_probe"), "epochs": row.get("epochs"), "img/s": row.get("img_per_s"),
-              "train (min)": row.get("train_minutes"), "wall (min)": row.get("wall_minutes"), "peak RSS (MiB)": row.get("peak_rss_mib"),
-              "machine": machine_kind(row)}
+              "train (min)": row.get("train_minutes"), "wall (min)": row.get("wall_minutes"),
+              "peak RSS (MiB)": row.get("peak_rss_mib"), "machine": machine_kind(row)}
              for name, row in rows.items()]
     return markdown_table([{key: value for key, value in line.items() if value is not None} for line in lines],
                           columns)

@@ -70,7 +70,7 @@ def test_a_child_reports_its_own_peak_rss_not_its_parents_and_a_failure_names_it
 
 
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
-def test_a_stopped_benchmark_stops_its_child_with_sigterm_so_that_it_saves_and_exits_as_the_signal_would(stop, tmp_path):
+def test_a_stopped_benchmark_stops_its_child_with_sigterm_so_it_saves_and_exits_as_the_signal_would(stop, tmp_path):
     """Real processes: the benchmark, and a child that records which signal reached it (``selfsup`` saves its
     checkpoint on SIGTERM). Killing the benchmark alone once left its training running."""
     started, stopped_by = tmp_path / "child-pid", tmp_path / "stopped-by"
