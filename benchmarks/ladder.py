@@ -151,7 +151,7 @@ def method_row(method: str, overrides: list[str], run_dir: Path, vit: bool = Fal
 
 
 def score_run(run_dir: Path) -> dict:
-    """A finished pretraining scored by the ladder's protocol, with its online probe and training facts."""
+    """A finished run scored by the ladder's protocol, with its online probe (if any) and training facts."""
     evaluator, config = checkpoint_evaluator(run_dir, EVAL, quiet=True)
     probe = [row["probe_top1"] for row in read_rows(run_dir, "epoch") if row.get("probe_top1") is not None]
     return {**scores(evaluator.run(PROTOCOLS, config.eval, config.train.seed)[evaluator.name]),
@@ -166,7 +166,7 @@ def training_facts(run_dir: Path, config) -> dict:  # noqa: ANN001 - a resolved 
     summary, meta = (json.loads((run_dir / name).read_text()) for name in ("summary.json", "meta.json"))
     return {"steps": summary["steps"], "batch_size": config.train.batch_size, "img_per_s": summary["img_per_s"],
             "train_minutes": summary["train_minutes"], "machine": meta["device"], "precision": meta["precision"],
-            "date": meta["date"][:10]}
+            "date": meta["date"][:10], **({"test_top1": summary["test_top1"]} if "test_top1" in summary else {})}
 
 
 def supervised_row(overrides: list[str], epochs: int, run_dir: Path, data_root: str | None,
@@ -175,11 +175,7 @@ def supervised_row(overrides: list[str], epochs: int, run_dir: Path, data_root: 
     root = (["--data-root", data_root] if data_root else []) + (["--batch-size", str(batch_size)] if batch_size else [])
     minutes, rss = child(["supervised", "-c", "simclr_fashion_mnist", "--epochs", str(epochs), "--run-dir", str(run_dir),
                           "--resume", "--quiet", *root, *[arg for value in overrides for arg in ("--set", value)]])
-    evaluator, config = checkpoint_evaluator(run_dir, EVAL, quiet=True)
-    summary = json.loads((run_dir / "summary.json").read_text())
-    return {**scores(evaluator.run(PROTOCOLS, config.eval, config.train.seed)[evaluator.name]),
-            "test_top1": summary.get("test_top1"), "epochs": epochs, "wall_minutes": minutes, "peak_rss_mib": rss,
-            **training_facts(run_dir, config)}
+    return {**score_run(run_dir), "epochs": epochs, "wall_minutes": minutes, "peak_rss_mib": rss}
 
 
 def floor_rows(shared: list[str], vit: bool, out: Path, device: str) -> dict[str, dict]:
