@@ -9,8 +9,11 @@ is then scored by the same code: weighted kNN at k = 20 and k = 200 (T = 0.07), 
 the full training set, and the online probe's last top-1 (trained beside the run). Floors and ceiling
 in the same table: raw pixels, the backbone at random initialisation, and the backbone trained with
 labels (``selfsup supervised``) for the same epochs. ``--seeds`` repeats the methods of ``--seeded`` so the
-table states its noise. Rows carry img/s, training minutes (the run's own, across resumes), the wall
-minutes of the row's last process (training, its test and scoring) and the pretraining's peak RSS.
+table states its noise. ``--equal-images`` adds a row for a method whose epoch is smaller than the training
+set (Exemplar's 8,000 surrogate classes: an epoch is an eighth of the others'), trained for as many images
+as the supervised row saw; its row at equal epochs stays, since epochs are the ladder's unit. Rows carry
+img/s, training minutes (the run's own, across resumes), the wall minutes of the row's last process
+(training, its test and scoring) and the pretraining's peak RSS.
 
 Resumable: every finished row is written to ``REPORT/ladder.json`` at once, each pretraining runs in its
 own process with ``--resume`` under ``OUT`` (a killed ladder continues inside the run it was in), and a
@@ -21,6 +24,7 @@ machines; each row names the machine and precision it was trained on and its dat
     python benchmarks/ladder.py --epochs 10                       # every method, width 16, CPU
     python benchmarks/ladder.py --device cuda --width 64 --epochs 100
     python benchmarks/ladder.py --methods simclr rotation --epochs 1 --subset 2000   # a smoke run
+    python benchmarks/ladder.py --methods exemplar --vit-methods --equal-images exemplar  # + 75 epochs of Exemplar
     python benchmarks/ladder.py --score runs/simclr-e30   # one finished run, scored by the ladder's protocol
 """
 from __future__ import annotations
@@ -169,6 +173,14 @@ def training_facts(run_dir: Path, config) -> dict:  # noqa: ANN001 - a resolved 
             "date": meta["date"][:10], **({"test_top1": summary["test_top1"]} if "test_top1" in summary else {})}
 
 
+def equal_images_epochs(row: dict, reference: dict) -> int:
+    """The epochs at which the method of ``row`` sees as many images as ``reference`` (the supervised row) did,
+    from the steps and batch each row recorded (Exemplar at 10 epochs: 620 x 128 images; supervised: 2,340 x 256,
+    so 75 epochs)."""
+    per_epoch = row["steps"] * row["batch_size"] / row["epochs"]
+    return max(row["epochs"], round(reference["steps"] * reference["batch_size"] / per_epoch))
+
+
 def supervised_row(overrides: list[str], epochs: int, run_dir: Path, data_root: str | None,
                    batch_size: int | None) -> dict:
     """The backbone trained with every label for the same epochs: the ceiling."""
@@ -230,6 +242,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--seeded", nargs="*", default=["simclr", "byol", "rotation"],
                         help="methods trained once per --seeds (the others with the first seed)")
+    parser.add_argument("--equal-images", nargs="*", default=[], metavar="METHOD",
+                        help="also train these methods (after their row at --epochs) for as many images as the "
+                             "supervised row saw: for methods whose epoch is smaller than the training set's")
     add_run_arguments(parser)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "out" / "ladder"), help="the runs")
     parser.add_argument("--report", default=str(ROOT / "benchmarks" / "ladder"),
@@ -263,9 +278,9 @@ def main(argv: list[str] | None = None) -> None:
         here = {"machine": report["machine"], "date": report["date"]}
         for name, row in floor_rows(shared, bool(args.vit_methods), out, args.device).items():
             done(name, {**row, **here})
-    name = f"supervised ({args.epochs} epochs, all labels)"
-    if name not in rows:
-        done(name, supervised_row(shared, args.epochs, out / "supervised", args.data_root, args.batch_size))
+    supervised = f"supervised ({args.epochs} epochs, all labels)"
+    if supervised not in rows:
+        done(supervised, supervised_row(shared, args.epochs, out / "supervised", args.data_root, args.batch_size))
     runs = [(method, method, False, seed) for method in args.methods
             for seed in (args.seeds if method in args.seeded else args.seeds[:1])]
     runs += [(f"{method} (vit_tiny)", method, True, args.seeds[0]) for method in args.vit_methods]
@@ -275,6 +290,15 @@ def main(argv: list[str] | None = None) -> None:
             run_dir = out / name.replace(" (vit_tiny)", "-vit").replace(" ", "-")
             overrides = shared + (VIT if vit else []) + warmup_overrides(method, args.epochs, vit)
             done(name, method_row(method, overrides + [f"train.seed={seed}"], run_dir, vit))
+
+    for method in args.equal_images:
+        if method not in rows:
+            raise SystemExit(f"--equal-images {method}: its {args.epochs}-epoch row comes first (add it to --methods)")
+        epochs = equal_images_epochs(rows[method], rows[supervised])
+        if f"{method} (equal images)" not in rows:
+            overrides = shared + warmup_overrides(method, epochs) + [f"train.epochs={epochs}",
+                                                                      f"train.seed={args.seeds[0]}"]
+            done(f"{method} (equal images)", method_row(method, overrides, out / f"{method}-equal-images"))
 
     print(f"\n{report['machine']}; {args.epochs} epochs each, ResNet-18 width {args.width} (ViT-tiny where marked)\n")
     print(table(rows))

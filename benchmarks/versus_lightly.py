@@ -17,9 +17,12 @@ as the ladder: weighted kNN at k = 20 and 200 (T = 0.07) and the linear probe on
 backbone otherwise). The target is selfsup >= lightly - 1 point on kNN and on linear for every
 method; the table states each gap, and, with ``--seeds`` of two or more, its standard error.
 
-Resumable: each finished row goes to ``OUT/versus-lightly.json`` at once, each training runs in its
-own process (selfsup's with ``--resume``, lightly's from its last finished epoch), a rerun skips the
-rows it has.
+Resumable: each finished row (one side of one method and seed) goes to ``REPORT/versus-lightly.json``
+at once, each training runs in its own process under ``OUT`` (selfsup's with ``--resume``, lightly's
+from its last finished epoch), a rerun skips the rows it has. The report is small and lives in the
+repository (``benchmarks/versus_lightly/``), like the ladder's, so that the pairs, an hour or two each
+on a CPU, accumulate across sessions; each row names the machine, precision and date it was trained
+on. Run a pair's two sides on one machine kind: the img/s ratio is only meaningful side by side.
 
     python benchmarks/versus_lightly.py --epochs 10                  # all six, width 16, CPU (hours)
     python benchmarks/versus_lightly.py --methods simclr byol --seeds 0 1
@@ -36,8 +39,8 @@ from pathlib import Path
 
 import torch
 
-from ladder import (EVAL, PROTOCOLS, add_run_arguments, child, preset, preset_config, scores, shared_overrides,
-                    warmup_overrides)
+from ladder import (EVAL, PROTOCOLS, add_run_arguments, child, machine_kind, preset, preset_config, scores,
+                    shared_overrides, warmup_overrides)
 from lightly_recipes import METHODS, train_with_lightly
 from selfsup.engine.runtime import describe_device, library_versions
 from selfsup.export import export_backbone, import_torchvision
@@ -68,14 +71,14 @@ def train(side: str, method: str, overrides: list[str], run_dir: Path, workers: 
                               "--quiet", *sets])
         if not weights.is_file():  # `selfsup export`'s function: the paper's network (DINO's teacher)
             export_backbone(run_dir, weights, quiet=True)
-        summary = json.loads((run_dir / "summary.json").read_text())
+        summary, meta = (json.loads((run_dir / name).read_text()) for name in ("summary.json", "meta.json"))
         return {"weights": weights, "img_per_s": summary["img_per_s"], "steps": summary["steps"],
-                "wall_minutes": minutes, "peak_rss_mib": rss}
+                "wall_minutes": minutes, "peak_rss_mib": rss, "precision": meta["precision"]}
     minutes, rss = child(["--train-lightly", method, "--run-dir", str(run_dir), "--workers", str(workers), *sets],
                          program=(sys.executable, str(Path(__file__).resolve())))
     summary = json.loads((run_dir / "summary.json").read_text())
     return {"weights": weights, "img_per_s": summary["img_per_s"], "steps": summary["steps"], "wall_minutes": minutes,
-            "peak_rss_mib": rss, "loader_workers": summary["loader_workers"]}
+            "peak_rss_mib": rss, "loader_workers": summary["loader_workers"], "precision": summary["precision"]}
 
 
 def gaps(rows: dict[str, dict], margin: float) -> list[dict]:
@@ -129,11 +132,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=2, help="lightly's DataLoader workers (its examples: one a core)")
     parser.add_argument("--margin", type=float, default=1.0, help="the target: selfsup >= lightly - margin points")
     add_run_arguments(parser)
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "out" / "versus-lightly"))
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "out" / "versus-lightly"), help="the runs")
+    parser.add_argument("--report", default=str(ROOT / "benchmarks" / "versus_lightly"),
+                        help="the rows, tables and chart (default: in the repository, to grow across sessions)")
     args = parser.parse_args(argv)
-    out = Path(args.out)
+    out, report_dir = Path(args.out), Path(args.report)
     out.mkdir(parents=True, exist_ok=True)
-    report_file = out / "versus-lightly.json"
+    report_dir.mkdir(parents=True, exist_ok=True)
+    report_file = report_dir / "versus-lightly.json"
     report = json.loads(report_file.read_text()) if report_file.is_file() else {"rows": {}}
     shared = shared_overrides(args, online_probe=False) + [f"train.precision={args.precision}"]
     report.update({"date": datetime.date.today().isoformat(),
@@ -153,24 +159,26 @@ def main(argv: list[str] | None = None) -> None:
                 trained = train(side, method, overrides, folder / "run", args.workers)
                 row = {**score(trained.pop("weights"), method, overrides, folder / "scored"), **trained,
                        "epochs": args.epochs, "seed": seed,
-                       "batch_size": preset_config(method, overrides).train.batch_size}
+                       "batch_size": preset_config(method, overrides).train.batch_size,
+                       "machine": report["machine"], "date": report["date"]}
                 rows[name] = row
                 write_json(report_file, report)
                 print(json.dumps({name: row}), flush=True)
 
     report["gaps"] = gaps(rows, args.margin)  # from every row held, earlier runs' too
     write_json(report_file, report)
-    columns = ["row", *METRICS.values(), "img/s", "wall (min)", "peak RSS (MiB)"]
+    columns = ["row", *METRICS.values(), "img/s", "wall (min)", "peak RSS (MiB)", "machine", "date"]
     table = markdown_table([{"row": name, **{label: row[key] for key, label in METRICS.items()},
                              "img/s": row["img_per_s"], "wall (min)": row["wall_minutes"],
-                             "peak RSS (MiB)": row["peak_rss_mib"]} for name, row in rows.items()], columns)
+                             "peak RSS (MiB)": row["peak_rss_mib"], "machine": machine_kind(row),
+                             "date": row.get("date")} for name, row in rows.items()], columns)
     gap_table = markdown_table(report.get("gaps", []), ["method", "seeds", *METRICS.values(), "target"])
     text = (f"{report['machine']}; {args.epochs} epochs, ResNet-18 width {args.width}, precision {args.precision}\n\n"
             f"{table}\n\nselfsup - lightly (points; target: >= -{args.margin:g} on every metric)\n\n{gap_table}\n")
-    (out / "versus-lightly.md").write_text(text)
+    (report_dir / "versus-lightly.md").write_text(text)
     print("\n" + text)
     names = [n for n in rows if n.endswith(": selfsup") or n.endswith(": lightly")]
-    grouped_bars(out / "versus-lightly.png", names, {label: [rows[n][key] for n in names]
+    grouped_bars(report_dir / "versus-lightly.png", names, {label: [rows[n][key] for n in names]
                                                      for key, label in METRICS.items()},
                  "top-1 (%)", f"Fashion-MNIST, {args.epochs} epochs each: selfsup and lightly", zoom=True)
 

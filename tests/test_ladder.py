@@ -44,6 +44,21 @@ def test_the_ladder_scores_every_row_alike_and_a_rerun_skips_what_is_done(mnist_
     row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])[str(tmp_path / "runs" / "simclr")]
     assert {key: row[key] for key in ("knn20", "knn200", "linear", "steps")} == \
         {key: rows["simclr"][key] for key in ("knn20", "knn200", "linear", "steps")}
+    # A method whose epoch is smaller than the training set's gets a row at equal images beside its own.
+    with pytest.raises(SystemExit, match="npid: its 1-epoch row comes first"):
+        ladder.main(command + ["--equal-images", "npid"])
+    ladder.main(command + ["--equal-images", "simclr"])
+    rows = json.loads((out / "ladder.json").read_text())["rows"]
+    assert rows["simclr (equal images)"]["epochs"] == ladder.equal_images_epochs(
+        rows["simclr"], rows["supervised (1 epochs, all labels)"])
+    assert (tmp_path / "runs" / "simclr-equal-images" / "summary.json").is_file()
+
+
+def test_equal_images_are_counted_from_the_steps_and_batch_each_row_recorded():
+    supervised = {"steps": 2340, "batch_size": 256, "epochs": 10}
+    assert ladder.equal_images_epochs({"steps": 620, "batch_size": 128, "epochs": 10}, supervised) == 75  # Exemplar
+    assert ladder.equal_images_epochs({"steps": 2340, "batch_size": 256, "epochs": 10}, supervised) == 10
+    assert ladder.equal_images_epochs({"steps": 4680, "batch_size": 256, "epochs": 10}, supervised) == 10  # never fewer
 
 
 def test_a_child_reports_its_own_peak_rss_not_its_parents_and_a_failure_names_its_command(tmp_path, monkeypatch):

@@ -131,13 +131,16 @@ def test_the_side_by_side_scores_both_sides_alike_and_a_rerun_skips_what_is_done
     children_in_process(monkeypatch, versus_lightly)
     out = tmp_path / "versus"
     command = ["--methods", "dino", "--epochs", "1", "--width", "4", "--batch-size", "16", "--data-root",
-               str(mnist_root), "--device", "cpu", "--workers", "0", "--out", str(out)]
+               str(mnist_root), "--device", "cpu", "--workers", "0", "--out", str(out), "--report",
+               str(tmp_path / "report")]
     versus_lightly.main(command)
-    report = json.loads((out / "versus-lightly.json").read_text())
+    report = json.loads((tmp_path / "report" / "versus-lightly.json").read_text())
     assert list(report["rows"]) == ["dino: selfsup", "dino: lightly"]
     for row in report["rows"].values():
         assert all(0 <= row[key] <= 100 for key in ("knn20", "knn200", "linear"))
         assert row["steps"] == 5 and row["epochs"] == 1 and row["peak_rss_mib"] > 0
+        # The report grows across sessions and machines: each row names where and how it was trained.
+        assert row["machine"] and row["date"] and row["precision"] in ("fp32", "bf16")
     for side in ("selfsup", "lightly"):  # both sides went through one import: a torchvision checkpoint each
         assert (out / f"dino-{side}" / "scored" / "checkpoints" / "last.pt").is_file()
     assert [g["method"] for g in report["gaps"]] == ["dino"]
@@ -145,8 +148,9 @@ def test_the_side_by_side_scores_both_sides_alike_and_a_rerun_skips_what_is_done
     summary = json.loads((out / "dino-lightly" / "run" / "summary.json").read_text())
     assert summary["evaluated"] == "teacher" and len(summary["epoch_losses"]) == 1
     assert not (out / "dino-lightly" / "run" / "last-epoch.pt").exists()
-    assert (out / "versus-lightly.png").stat().st_size > 5000
-    assert "| dino: lightly |" in (out / "versus-lightly.md").read_text()
+    assert (tmp_path / "report" / "versus-lightly.png").stat().st_size > 5000
+    assert "| dino: lightly |" in (tmp_path / "report" / "versus-lightly.md").read_text()
+    assert not (out / "versus-lightly.json").exists()  # the runs and the report apart
     capsys.readouterr()
     versus_lightly.main(command)
     assert '{"' not in capsys.readouterr().out  # every row read back, none trained or scored again
