@@ -21,8 +21,8 @@ others (lightly 1.6 drops ``cj_strength`` there), MoCo's queue saved with the we
 
 Differences that are lightly's recipe, kept and stated:
 
-* one backbone pass per view (B images per BatchNorm; DINO: 8 student and 2 teacher passes), where
-  selfsup passes the views of a batch together (2B; DINO: 2 student passes, 1 teacher pass);
+* one backbone pass per view (B images per BatchNorm, the heads' too; DINO: 8 student and 2 teacher
+  passes), where selfsup passes the views of a batch together (2B; DINO: 2 student passes, 1 teacher pass);
 * views drawn per image in PIL (DINO's crops bicubic, antialiased, rounded to uint8 after each
   operation, jitter order random per image) where selfsup draws them on the batch (kornia, bilinear);
 * schedules from ``lightly.utils.scheduler``: warm-up reaching the peak one step earlier, cosine and
@@ -274,9 +274,10 @@ class LightlyMethod(nn.Module):
             self.criterion.memory_bank.bank.copy_(state["bank"])
             self.criterion.memory_bank.bank_ptr.copy_(state["bank_ptr"])
 
-    def parameter_groups(self) -> list[dict]:
-        """lightly's weight-decay split (no decay, hence no LARS scaling, for norms and biases); SimSiam's
-        predictor at the peak rate throughout when the preset says so."""
+    def parameter_groups(self, exempt_lr_scale: float = 1.0) -> list[dict]:
+        """lightly's weight-decay split (no decay, hence no LARS scaling, for norms and biases; these at
+        ``exempt_lr_scale`` of the rate: lightly's Barlow Twins benchmark trains them at 0.0048 against the
+        weights' 0.2, as the paper); SimSiam's predictor at the peak rate throughout when the preset says so."""
         from lightly.models.utils import get_weight_decay_parameters
 
         fixed = self.method == "simsiam" and self.settings.get("fix_predictor_lr", True)
@@ -285,8 +286,10 @@ class LightlyMethod(nn.Module):
         groups = []
         for module, fixed_lr in parts:
             decayed, exempt = get_weight_decay_parameters([module])
-            groups += [{"params": [p for p in decayed if p.requires_grad], "wd_scale": 1.0, "fixed_lr": fixed_lr},
-                       {"params": [p for p in exempt if p.requires_grad], "wd_scale": 0.0, "fixed_lr": fixed_lr}]
+            groups += [{"params": [p for p in decayed if p.requires_grad], "wd_scale": 1.0, "fixed_lr": fixed_lr,
+                        "lr_scale": 1.0},
+                       {"params": [p for p in exempt if p.requires_grad], "wd_scale": 0.0, "fixed_lr": fixed_lr,
+                        "lr_scale": exempt_lr_scale}]
         return [group for group in groups if group["params"]]
 
 
@@ -324,6 +327,7 @@ def build_optimizer(groups: list[dict], config: RunConfig, peak_lr: float) -> to
     optim = config.optim
     for group in groups:
         group["weight_decay"] = optim.weight_decay * group["wd_scale"]
+        group["lr"] = peak_lr * group["lr_scale"]
     if optim.name == "sgd":
         return torch.optim.SGD(groups, lr=peak_lr, momentum=optim.momentum, nesterov=optim.nesterov)
     if optim.name == "lars":
@@ -377,7 +381,7 @@ def train_with_lightly(method: str, config: RunConfig, run_dir: Path, *, workers
     model = LightlyMethod(method, backbone, dict(config.method), total, steps_per_epoch).to(device)
     model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     peak = scaled_lr(optim.lr, train.batch_size, optim.lr_scaling)
-    optimizer = build_optimizer(model.parameter_groups(), config, peak)
+    optimizer = build_optimizer(model.parameter_groups(optim.exempt_lr_scale), config, peak)
     warmup = min(total, round(optim.warmup_epochs * steps_per_epoch))
     scaler = torch.amp.GradScaler(device.type, enabled=precision.needs_scaler)  # fp16 on older GPUs, as selfsup
     epoch, seconds, losses = 0, 0.0, []
@@ -404,7 +408,7 @@ def train_with_lightly(method: str, config: RunConfig, run_dir: Path, *, workers
             decay = optim.weight_decay if optim.weight_decay_end is None else \
                 cosine_schedule(step, total, optim.weight_decay, optim.weight_decay_end)
             for group in optimizer.param_groups:
-                group["lr"] = peak if group["fixed_lr"] else lr
+                group["lr"] = (peak if group["fixed_lr"] else lr) * group["lr_scale"]
                 group["weight_decay"] = decay * group["wd_scale"]
             views = [v.to(device, non_blocking=True) for v in views]
             if channels_last:

@@ -32,6 +32,29 @@ def test_norms_and_biases_are_exempt_from_decay():
     assert len(split_groups([{"name": "all", "params": list(model.parameters())}], {}, exclude_norm_bias=False)) == 1
 
 
+def test_barlow_twins_trains_norms_and_biases_at_the_papers_lower_rate():
+    """Zbontar et al. 2021 (and the official code): LARS at 0.2 x B/256 for the weights, 0.0048 x B/256 for
+    the biases and BatchNorm parameters, which LARS does not adapt: one SGD step moves them 0.024 as far."""
+    model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4))
+    optimizer = build_optimizer([{"name": "all", "params": list(model.parameters())}],
+                                OptimConfig(name="lars", exempt_lr_scale=0.0048 / 0.2, weight_decay=0.0), lr=0.4)
+    weights, norms = optimizer.param_groups
+    assert weights["lr"] == pytest.approx(0.4) and norms["lr"] == pytest.approx(0.4 * 0.024)
+    apply_schedule(optimizer, lr=0.2, weight_decay=0.0)  # the schedule keeps the ratio
+    assert norms["lr"] == pytest.approx(0.2 * 0.024) and weights["lr"] == pytest.approx(0.2)
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    bias = model[0].bias.detach().clone()
+    optimizer.step()
+    assert torch.allclose(bias - model[0].bias, torch.full((4,), 0.2 * 0.024))  # plain SGD, at the lower rate
+    from selfsup.config import find_config, read_yaml
+    for preset in ("fashion_mnist", "cifar10", "cifar100", "stl10", "imagefolder"):
+        assert read_yaml(find_config(f"barlow_twins_{preset}"))["optim"]["exempt_lr_scale"] == pytest.approx(0.024)
+    with pytest.raises(SelfsupError, match="exclude_norm_bias=false gives no group"):
+        build_optimizer([{"name": "all", "params": list(model.parameters())}],
+                        OptimConfig(exclude_norm_bias=False, exempt_lr_scale=0.1), lr=1.0)
+
+
 class _Net(nn.Module):
     def __init__(self):
         super().__init__()

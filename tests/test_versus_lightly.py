@@ -110,6 +110,8 @@ def test_each_lightly_method_steps_with_the_preset_groups(method):
     assert all(id(p) in trained for p in model.backbone.parameters())
     assert all(g["wd_scale"] == 0.0 for g in groups if all(p.ndim <= 1 for p in g["params"]))
     assert any(g["fixed_lr"] for g in groups) == (method == "simsiam")
+    # Norms and biases at their own fraction of the rate where the recipe says (Barlow Twins: 0.0048 / 0.2).
+    assert {g["lr_scale"] for g in model.parameter_groups(0.024) if g["wd_scale"] == 0.0} == {0.024}
     if model.teacher_backbone is not None:
         before = [p.clone() for p in model.teacher_backbone.parameters()]
         with torch.no_grad():
