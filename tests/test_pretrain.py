@@ -3,6 +3,7 @@ import os
 import signal
 import subprocess
 import sys
+from functools import partial
 
 import pytest
 import torch
@@ -227,8 +228,8 @@ def test_the_faster_memory_layout_is_measured_on_fp32_cpus_without_side_effects(
             return seconds[channels_last]
 
         monkeypatch.setattr(module, "time_forward_backward", timed)
-        config = tiny_config(mnist_root, backbone__name="resnet18", train__precision="fp32", train__knn_every=0,
-                             train__channels_last="null")
+        config = tiny_config(mnist_root, backbone__name="resnet18", backbone__width=16, train__precision="fp32",
+                             train__knn_every=0, train__channels_last="null")
         run = Pretraining(config, tmp_path / str(faster), quiet=False)
         printed = capsys.readouterr().out
         layout = "channels_last" if faster else "NCHW"
@@ -236,7 +237,7 @@ def test_the_faster_memory_layout_is_measured_on_fp32_cpus_without_side_effects(
                f"(fp32 on this CPU) -> {layout}" in printed
         assert len(calls) == 4 and run.channels_last is faster
         assert json.loads((tmp_path / str(faster) / "meta.json").read_text())["channels_last"] is faster
-    fresh = Pretraining(tiny_config(mnist_root, backbone__name="resnet18", train__precision="fp32",
+    fresh = Pretraining(tiny_config(mnist_root, backbone__name="resnet18", backbone__width=16, train__precision="fp32",
                                     train__knn_every=0, train__channels_last=False), tmp_path / "fresh", quiet=True)
     _assert_same_weights(run.method.state_dict(), fresh.method.state_dict())  # timing left no trace
 
@@ -244,7 +245,7 @@ def test_the_faster_memory_layout_is_measured_on_fp32_cpus_without_side_effects(
     monkeypatch.setattr(module, "time_forward_backward", lambda *args: 1.0 if args[-1] else 2.0)
     again = Pretraining(config, tmp_path / "again", quiet=False)
     assert again.channels_last is False and "measured for this model on this machine before" in capsys.readouterr().out
-    other_size = tiny_config(mnist_root, backbone__name="resnet18", backbone__width=16, train__precision="fp32",
+    other_size = tiny_config(mnist_root, backbone__name="resnet18", backbone__width=32, train__precision="fp32",
                              train__knn_every=0, train__channels_last="null")
     assert Pretraining(other_size, tmp_path / "other", quiet=True).channels_last is True  # another model: timed
     (tmp_path / "cache-False" / "layouts.json").write_text("{cut")
@@ -275,8 +276,8 @@ def test_a_resumed_run_keeps_the_layout_its_run_chose(mnist_root, tmp_path, monk
     from selfsup.recipes.pretrain import Pretraining
 
     monkeypatch.setenv("SELFSUP_CACHE", str(tmp_path / "cache"))
-    config = tiny_config(mnist_root, backbone__name="resnet18", train__precision="fp32", train__knn_every=0,
-                         train__channels_last="null", train__epochs=1)
+    config = tiny_config(mnist_root, backbone__name="resnet18", backbone__width=16, train__precision="fp32",
+                         train__knn_every=0, train__channels_last="null", train__epochs=1)
     monkeypatch.setattr(module, "time_forward_backward", lambda *args: 1.0 if args[-1] else 2.0)
     Pretraining(config, tmp_path / "run", quiet=True).fit()
     assert checkpoint.load(tmp_path / "run" / "checkpoints" / "last.pt")["channels_last"] is True
@@ -286,10 +287,48 @@ def test_a_resumed_run_keeps_the_layout_its_run_chose(mnist_root, tmp_path, monk
         raise AssertionError("a resumed run measured the layout again")
 
     monkeypatch.setattr(module, "time_forward_backward", must_not_time)
-    longer = tiny_config(mnist_root, backbone__name="resnet18", train__precision="fp32", train__knn_every=0,
-                         train__channels_last="null", train__epochs=2)
+    longer = tiny_config(mnist_root, backbone__name="resnet18", backbone__width=16, train__precision="fp32",
+                         train__knn_every=0, train__channels_last="null", train__epochs=2)
     resumed = Pretraining(longer, tmp_path / "run", resume=True, quiet=True, allow_change=("train.epochs",))
     assert resumed.channels_last is True
+
+
+def test_channels_last_is_never_chosen_where_onednn_gets_the_weight_gradient_wrong(mnist_root, tmp_path, capsys,
+                                                                                     monkeypatch):
+    """oneDNN#6035: the CPU weight gradient of a strided 1x1 convolution with fewer input channels than
+    a channel block (16 on AVX-512) writes past its workspace in channels_last; a ResNet of width 4
+    hung the suite on an AVX2 CPU. Nothing here runs such a gradient: the choice is made before."""
+    from selfsup.engine import resolve_precision
+    from selfsup.models import build_backbone
+    from selfsup.recipes import layout as module
+    from selfsup.recipes.pretrain import Pretraining
+
+    assert module.channels_last_hazards(build_backbone("resnet18", 1, 16, width=4)) == [
+        "net.layer2.0.downsample.0", "net.layer3.0.downsample.0"]  # 4 and 8 input channels; layer4's 16 are safe
+    assert module.channels_last_hazards(build_backbone("resnet18", 1, 16, width=16)) == []
+
+    def must_not_time(*args):  # noqa: ANN002, ANN202
+        raise AssertionError("a layout oneDNN gets wrong was timed")
+
+    monkeypatch.setattr(module, "time_forward_backward", must_not_time)
+    monkeypatch.setenv("SELFSUP_CACHE", str(tmp_path / "cache"))
+    narrow = tiny_config(mnist_root, backbone__name="resnet18", backbone__width=8, train__precision="fp32",
+                         train__knn_every=0, train__channels_last="null")
+    assert Pretraining(narrow, tmp_path / "auto", quiet=False).channels_last is False
+    assert "memory layout: NCHW (the strided 1x1 convolution backbone.net.layer2.0.downsample.0 has fewer than 16 " \
+           "input channels" in capsys.readouterr().out
+    forced = tiny_config(mnist_root, backbone__name="resnet18", backbone__width=8, train__knn_every=0,
+                         train__channels_last=True)
+    with pytest.raises(SelfsupError, match=r"train.channels_last=true cannot train this model on the CPU.*oneDNN"):
+        Pretraining(forced, tmp_path / "forced", quiet=True)
+
+    # A run that chose channels_last elsewhere (a GPU, or before this guard) resumes on the CPU in NCHW.
+    method = Pretraining(narrow, tmp_path / "method", quiet=True).method
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    fp32 = resolve_precision("fp32", cpu)
+    choose = partial(module.choose_channels_last, narrow, method, must_not_time, precision=fp32, quiet=True)
+    assert choose(cpu, kept=True) is False
+    assert choose(cuda, kept=None) is True and choose(cuda, kept=False) is False  # the bug is oneDNN's, on CPUs
 
 
 def test_best_pt_follows_the_knn_monitor_only_and_says_so(mnist_root, tmp_path, monkeypatch):

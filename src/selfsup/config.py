@@ -43,7 +43,9 @@ class TrainConfig:
     """auto: bf16 on GPUs and on CPUs with AVX-512 BF16/AMX, fp16 on older GPUs, else fp32."""
     channels_last: bool | None = None
     """None: channels_last for convolutional backbones on GPUs and bf16 CPUs; on fp32 CPUs the
-    faster layout is measured on the first steps."""
+    faster layout is measured on the first steps. On CPUs, never channels_last for a model with a
+    strided 1x1 convolution of fewer than 16 input channels (a ResNet narrower than 16): oneDNN
+    computes its weight gradient wrongly there (oneDNN#6035), and ``true`` is refused."""
     device: str = "auto"
     """auto (CUDA when present), cpu, cuda, cuda:1, ..."""
     seed: Count = 0

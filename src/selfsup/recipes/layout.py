@@ -7,6 +7,12 @@ their weights differ in the last bits: a timing that flipped between two runs of
 make them differ. The decision is therefore kept: in the run's checkpoints (a resumed run
 reuses it) and per machine and model in ``layouts.json`` of the cache folder (a later run of the
 same model on the same machine reuses it; delete the file to measure again).
+
+One exception comes first: on the CPU, oneDNN computes the weight gradient of a strided 1x1
+convolution with fewer input channels than its channel block (8 on AVX2, 16 on AVX-512) wrongly
+in channels_last: it writes past its workspace, and the run hangs, crashes or trains on wrong
+gradients (uxlfoundation/oneDNN#6035, open; torch 2.14.1 bundles oneDNN 3.12: a ResNet of
+width 4 hung on a 2-core AVX2 CPU, one thread crashed). Such models train in NCHW on the CPU.
 """
 from __future__ import annotations
 
@@ -28,16 +34,34 @@ from ..errors import SelfsupError
 from ..models import prefers_channels_last, trunk_of
 
 MEMO = "layouts.json"
+#: The widest channel block of oneDNN's x64 1x1 convolutions (AVX-512's; AVX2's is 8): a strided one
+#: with fewer input channels gets its weight gradient wrong in channels_last (oneDNN#6035).
+ONEDNN_CHANNEL_BLOCK = 16
+ONEDNN_ISSUE = "https://github.com/uxlfoundation/oneDNN/issues/6035"
 
 
 def choose_channels_last(config: RunConfig, method: nn.Module, first_batch: Callable[[], Images],
-                         device: torch.device, precision: Precision, quiet: bool) -> bool:
-    """``train.channels_last`` or, when None, the faster layout for this model on this machine
-    (``first_batch()`` is asked for only when the layouts are timed)."""
+                         device: torch.device, precision: Precision, quiet: bool, kept: bool | None = None) -> bool:
+    """``train.channels_last`` or, when None, the layout a resumed run ``kept``, else the faster
+    layout for this model on this machine (``first_batch()`` is asked for only when the layouts
+    are timed); never channels_last where oneDNN's CPU weight gradient would be wrong in it."""
+    hazards = channels_last_hazards(method) if device.type == "cpu" else []
     if config.train.channels_last is not None:
+        if config.train.channels_last and hazards:
+            raise SelfsupError(f"train.channels_last=true cannot train this model on the CPU: {describe(hazards)}, "
+                               f"and oneDNN computes their weight gradient wrongly in channels_last (it hangs, crashes or "
+                               f"corrupts memory: {ONEDNN_ISSUE}); set train.channels_last=false or leave it unset "
+                               f"(NCHW is then chosen), or widen the backbone to at least {ONEDNN_CHANNEL_BLOCK} channels")
         return config.train.channels_last
     if not prefers_channels_last(method):
         return False
+    if hazards:
+        if dist.is_main() and not quiet:
+            print(f"memory layout: NCHW ({describe(hazards)}: oneDNN computes their weight gradient wrongly in "
+                  f"channels_last on the CPU, {ONEDNN_ISSUE})")
+        return False
+    if kept is not None:
+        return kept
     if device.type == "cuda" or precision.dtype is not None:
         return True
     memo, key = default_cache_root() / MEMO, layout_key(config, method, device)
@@ -58,6 +82,21 @@ def choose_channels_last(config: RunConfig, method: nn.Module, first_batch: Call
             print(f"memory layout: channels_last {timings[True]:.2f} s/step, NCHW {timings[False]:.2f} s/step "
                   f"(fp32 on this CPU) -> {'channels_last' if choice else 'NCHW'}")
     return choice
+
+
+def channels_last_hazards(method: nn.Module) -> list[str]:
+    """The convolutions of ``method`` whose weight gradient oneDNN gets wrong in channels_last on
+    the CPU: 1x1, strided, fewer input channels than :data:`ONEDNN_CHANNEL_BLOCK`."""
+    return [name for name, module in method.named_modules()
+            if isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1) and module.stride != (1, 1)
+            and module.in_channels < ONEDNN_CHANNEL_BLOCK]
+
+
+def describe(hazards: list[str]) -> str:
+    if len(hazards) == 1:
+        return f"the strided 1x1 convolution {hazards[0]} has fewer than {ONEDNN_CHANNEL_BLOCK} input channels"
+    return (f"{len(hazards)} strided 1x1 convolutions ({hazards[0]}, ...) have fewer than {ONEDNN_CHANNEL_BLOCK} "
+            f"input channels")
 
 
 def layout_key(config: RunConfig, method: nn.Module, device: torch.device) -> str:

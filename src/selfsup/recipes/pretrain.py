@@ -138,11 +138,10 @@ class Pretraining:
             raise SelfsupError(f"train.batch_size={cfg.batch_size} is larger than the training set "
                                f"({len(self.splits.train)} images{f' over {world} processes' if world > 1 else ''}); "
                                "lower the batch size")
-        if resumed is not None and resumed.get("channels_last") is not None and cfg.channels_last is None:
-            self.channels_last = bool(resumed["channels_last"])  # decided once per run: a resumed run computes alike
-        else:
-            self.channels_last = choose_channels_last(config, self.method, self._first_batch, self.device,
-                                                      self.precision, quiet or not self.main)
+        kept = None if resumed is None or resumed.get("channels_last") is None else bool(resumed["channels_last"])
+        # Decided once per run (a resumed run computes alike), except where the layout would be wrong here.
+        self.channels_last = choose_channels_last(config, self.method, self._first_batch, self.device, self.precision,
+                                                  quiet or not self.main, kept=kept)
         self.method.to(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
         self.steps_per_epoch = len(self.loader)
         total = cfg.epochs * self.steps_per_epoch if cfg.max_steps is None else \
