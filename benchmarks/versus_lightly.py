@@ -167,13 +167,15 @@ def main(argv: list[str] | None = None) -> None:
 
     report["gaps"] = gaps(rows, args.margin)  # from every row held, earlier runs' too
     write_json(report_file, report)
-    columns = ["row", *METRICS.values(), "img/s", "wall (min)", "peak RSS (MiB)", "machine", "date"]
+    columns = ["row", *METRICS.values(), "epochs", "img/s", "wall (min)", "peak RSS (MiB)", "machine", "date"]
     table = markdown_table([{"row": name, **{label: row[key] for key, label in METRICS.items()},
-                             "img/s": row["img_per_s"], "wall (min)": row["wall_minutes"],
+                             "epochs": row.get("epochs"), "img/s": row["img_per_s"], "wall (min)": row["wall_minutes"],
                              "peak RSS (MiB)": row["peak_rss_mib"], "machine": machine_kind(row),
                              "date": row.get("date")} for name, row in rows.items()], columns)
     gap_table = markdown_table(report.get("gaps", []), ["method", "seeds", *METRICS.values(), "target"])
-    text = (f"{report['machine']}; {args.epochs} epochs, ResNet-18 width {args.width}, precision {args.precision}\n\n"
+    # rows accumulate across sessions and machines: each names its own, the header only what they share
+    text = (f"ResNet-18 width {args.width}, equal settings on both sides; each row names its machine, precision and "
+            f"date, and a pair's two sides ran on one machine kind\n\n"
             f"{table}\n\nselfsup - lightly (points; target: >= -{args.margin:g} on every metric)\n\n{gap_table}\n")
     (report_dir / "versus-lightly.md").write_text(text)
     print("\n" + text)
