@@ -55,6 +55,7 @@ from selfsup.views import EvalView
 
 ROOT = Path(__file__).resolve().parents[1]
 VIT_ONLY = ("maskfeat",)
+RESNET_METHODS = [m for m in METHODS if m not in VIT_ONLY and m != "multitask"]  # the default ResNet rows
 VIT = ["backbone.name=vit_tiny", "backbone.width=64", "backbone.patch_size=4"]  # width: unused by a ViT
 PROTOCOLS = ["knn-grid", "linear"]
 STOP_GRACE_S = 300  # a step in progress and the checkpoint's write; then the child is killed
@@ -235,7 +236,7 @@ def table(rows: dict[str, dict]) -> str:
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--methods", nargs="*", default=[m for m in METHODS if m not in VIT_ONLY and m != "multitask"],
+    parser.add_argument("--methods", nargs="*", default=RESNET_METHODS,
                         help="methods on the ResNet-18 (default: every single method)")
     parser.add_argument("--vit-methods", nargs="*", default=["maskfeat", "dino"])
     parser.add_argument("--epochs", type=int, default=10)

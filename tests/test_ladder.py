@@ -141,10 +141,12 @@ def test_dino_on_a_convnet_trains_by_the_official_convnet_recipe_and_on_a_vit_by
 def test_the_shared_overrides_keep_dinos_vit_drop_path_and_every_resnet_row_resolves():
     import argparse
 
-    args = argparse.Namespace(epochs=10, backbone="resnet18", width=16, device="cpu", data_root=None, subset=None,
-                              batch_size=None)
+    parser = argparse.ArgumentParser()
+    ladder.add_run_arguments(parser)  # the ladder's own defaults for the shared settings
+    args = parser.parse_args([])
+    args.epochs, args.width = 10, 16
     shared = ladder.shared_overrides(args, online_probe=True)
     vit = ladder.preset_config("dino", shared + ladder.VIT, vit=True)
     assert (vit.backbone.name, vit.backbone.drop_path) == ("vit_tiny", 0.1)  # the DINO paper's stochastic depth
-    for method in ("dino", "byol", "simclr", "moco", "barlow_twins", "simsiam"):
-        assert ladder.preset_config(method, shared).backbone.drop_path == 0.0
+    for method in ladder.RESNET_METHODS:
+        assert ladder.preset_config(method, shared).backbone.drop_path == 0.0, method
