@@ -1,4 +1,5 @@
-"""What the views cost: kornia's ColorJitter against selfsup's batched one, and a whole view.
+"""What the views cost: kornia's ColorJitter against selfsup's batched one, and a whole view with
+selfsup's random resized crop (``selfsup.views.crop``) and with kornia's, which it replaced.
 
 Both jitters get the same batch and the same strengths; they run interleaved for several
 rounds and the medians are reported (ms per batch), with the ratio paired within each round.
@@ -29,6 +30,17 @@ SETTINGS = {  # name: (side, channels, jitter, blur): the Fashion-MNIST and STL-
 }
 
 
+def previous_crop(augment: Augment) -> torch.nn.Module:
+    """The kornia crop an augmentation used before :mod:`selfsup.views.crop` (image by image)."""
+    spec = augment.spec
+    return K.RandomResizedCrop((augment.size, augment.size), scale=spec.crop_scale, ratio=spec.crop_ratio)
+
+
+def with_previous_crop(augment: Augment) -> Augment:
+    augment.ops[0] = previous_crop(augment)
+    return augment
+
+
 def milliseconds(fn, x: torch.Tensor, repeats: int) -> float:  # noqa: ANN001
     start = time.perf_counter()
     for _ in range(repeats):
@@ -50,11 +62,12 @@ def main() -> None:
         unit = images.float() / 255
         info = ImageInfo(side, channels, (0.5,) * channels, (0.25,) * channels)
         brightness, contrast, saturation, hue = jitter if channels == 3 else (*jitter[:2], 0.0, 0.0)
+        spec = AugmentSpec(jitter=jitter, blur_p=blur, grayscale_p=0.2)
         variants = {
             "kornia ColorJitter": K.ColorJitter(brightness, contrast, saturation, hue, p=0.8),
             "selfsup ColorJitter": ColorJitter(*jitter, p=0.8, channels=channels),
-            "whole view (selfsup Augment)": lambda x, a=Augment(info, AugmentSpec(jitter=jitter, blur_p=blur,
-                                                                                  grayscale_p=0.2)): a(images),
+            "whole view (selfsup Augment)": lambda x, a=Augment(info, spec): a(images),
+            "whole view, kornia crop": lambda x, a=with_previous_crop(Augment(info, spec)): a(images),
         }
         times = {label: [] for label in variants}
         for fn in variants.values():
@@ -63,7 +76,9 @@ def main() -> None:
             for label, fn in variants.items():
                 times[label].append(milliseconds(fn, unit, args.repeats))
         ratio = [k / s for k, s in zip(times["kornia ColorJitter"], times["selfsup ColorJitter"])]
+        crop_ratio = [k / s for k, s in zip(times["whole view, kornia crop"], times["whole view (selfsup Augment)"])]
         rows[name] = {"ms": {label: round(statistics.median(v), 1) for label, v in times.items()},
+                      "whole view, kornia crop / selfsup crop": round(statistics.median(crop_ratio), 2),
                       "kornia / selfsup jitter": round(statistics.median(ratio), 2),
                       "ratio min-max": [round(min(ratio), 2), round(max(ratio), 2)]}
         print(json.dumps({name: rows[name]}), flush=True)
@@ -73,13 +88,15 @@ def main() -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     print(f"\n{report['machine']} ({' '.join(flags)}), batch {args.batch_size}, median ms over {args.rounds} rounds")
-    print("| setting | kornia ColorJitter | selfsup ColorJitter | ratio (min-max) | whole view |")
-    print("|---|---|---|---|---|")
+    print("| setting | kornia ColorJitter | selfsup ColorJitter | ratio (min-max) | whole view | "
+          "whole view, kornia crop | ratio |")
+    print("|---|---|---|---|---|---|---|")
     for name, row in rows.items():
         ms = row["ms"]
         print(f"| {name} | {ms['kornia ColorJitter']} | {ms['selfsup ColorJitter']} | "
               f"{row['kornia / selfsup jitter']} ({row['ratio min-max'][0]}-{row['ratio min-max'][1]}) | "
-              f"{ms['whole view (selfsup Augment)']} |")
+              f"{ms['whole view (selfsup Augment)']} | {ms['whole view, kornia crop']} | "
+              f"{row['whole view, kornia crop / selfsup crop']} |")
 
 
 if __name__ == "__main__":

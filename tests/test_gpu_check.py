@@ -26,3 +26,20 @@ def test_the_gpu_check_runs_end_to_end_on_the_cpu(mnist_root, tmp_path):
     assert "| simclr: end to end / model only |" in text and "(d) decoding 64 JPEGs" in text
     assert "(e) SimCLR smoke:" in text
     assert not list(scratch.glob("selfsup-*"))  # its 0.4 GB of data and runs are removed
+
+
+def test_the_views_profile_runs_on_the_cpu(tmp_path):
+    out = tmp_path / "gpu_views.json"
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_views.py"), "--device", "cpu", "--quick",
+                           "--methods", "dino", "--profile", "dino", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT / "benchmarks")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    row = json.loads(out.read_text())["methods"]["dino"]
+    assert "error" not in row, row
+    assert row["views"] == 8 and set(row["ops ms"]) == {"global_crop", "global_crop_b", "local_crop"}
+    for timings in row["ops ms"].values():  # each replacement timed beside what it replaced
+        assert {"RandomResizedCrop", "kornia RandomResizedCrop (before)", "ColorJitter",
+                "ColorJitter in chunks (before)", "Normalize"} <= set(timings)
+        assert all(ms > 0 for ms in timings.values())
+    assert row["views with the previous crop and jitter ms"] > 0 and "aten::nonzero" in row["profile"]["table"] + str(
+        row["profile"]["host syncs and copies (3 calls)"])

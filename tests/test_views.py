@@ -94,3 +94,69 @@ def test_colour_jitter_draws_per_image_and_does_not_depend_on_slicing(monkeypatc
     assert torch.equal(gray(x[:, :1]), x[:, :1])  # saturation and hue do not exist for one channel
     with pytest.raises(ValueError, match="hue must be in"):
         color.ColorJitter(hue=0.7)
+
+
+def test_random_resized_crop_resamples_each_box_as_roi_align():
+    from torchvision.ops import roi_align
+
+    from selfsup.data import CropSpec
+    from selfsup.views.crop import RandomResizedCrop, resize_boxes, sample_boxes
+
+    torch.manual_seed(0)
+    images = torch.rand(12, 3, 20, 28)
+    boxes = sample_boxes(12, 28, 20, CropSpec(9, (0.05, 1.0)), images.device)
+    # roi_align (aligned, one sample per bin) puts its bilinear samples where F.interpolate of the crop
+    # would (align_corners=False), reading the image itself beyond the box's edge.
+    expected = roi_align(images, torch.cat([torch.arange(12.0)[:, None], boxes[:, :2], boxes[:, :2] + boxes[:, 2:]], 1),
+                         output_size=9, spatial_scale=1.0, sampling_ratio=1, aligned=True)
+    assert torch.allclose(resize_boxes(images, boxes, 9), expected, atol=1e-5)
+    crop = RandomResizedCrop(CropSpec(9, (0.05, 1.0)))
+    out = crop(images)
+    assert out.shape == (12, 3, 9, 9)
+    assert ((crop.last_box >= 0) & (crop.last_box <= 1)).all()
+    assert (crop.last_box[:, 2:] > crop.last_box[:, :2]).all()
+
+
+def test_crop_boxes_follow_torchvision_sampling():
+    import math
+
+    from torchvision.transforms import RandomResizedCrop as TorchvisionCrop
+
+    from selfsup.data import CropSpec
+    from selfsup.data.stream import centred_box
+    from selfsup.views.crop import sample_boxes
+
+    torch.manual_seed(0)
+    height, width, draws = 24, 32, 4000
+    ours = sample_boxes(draws, width, height, CropSpec(8), torch.device("cpu"))
+    assert torch.equal(ours, ours.round()) and (ours[:, 2:] >= 1).all()
+    assert (ours[:, 0] + ours[:, 2] <= width).all() and (ours[:, 1] + ours[:, 3] <= height).all()
+    image = torch.zeros(1, height, width)
+    theirs = torch.tensor([TorchvisionCrop.get_params(image, [0.08, 1.0], [3 / 4, 4 / 3]) for _ in range(draws)],
+                          dtype=torch.float)[:, [1, 0, 3, 2]]  # (top, left, h, w) -> (left, top, w, h)
+
+    def summary(boxes):
+        area = boxes[:, 2] * boxes[:, 3] / (height * width)
+        centre = (boxes[:, 0] + boxes[:, 2] / 2) / width
+        return torch.stack([area.mean(), area.std(), (boxes[:, 2] / boxes[:, 3]).log().mean(), centre.mean(),
+                            centre.std()])
+
+    assert torch.allclose(summary(ours), summary(theirs), atol=0.015)
+    # No try fits an aspect of 3 to 4 on a square image: torchvision's centred fallback, for every image.
+    fallback = sample_boxes(5, 16, 16, CropSpec(8, (0.9, 1.0), (3.0, 4.0)), torch.device("cpu"))
+    assert fallback.tolist() == [list(map(float, centred_box(16, 16, (3.0, 4.0))))] * 5
+    assert not math.isnan(float(summary(ours).sum()))
+
+
+def test_colour_jitter_whole_batch_equals_chunks():
+    from selfsup.views import color
+
+    x = _images(40, channels=3).float() / 255
+    generator = torch.Generator().manual_seed(2)
+    drawn = torch.rand(40, generator=generator) < 0.8
+    steps = [(name, torch.empty(40).uniform_(low, high, generator=generator))
+             for name, low, high in (("hue", -0.1, 0.1), ("contrast", 0.6, 1.4), ("saturation", 0.6, 1.4),
+                                     ("brightness", 0.6, 1.4))]
+    chunks = color.jitter_in_chunks(x, drawn, steps)
+    assert torch.allclose(color.jitter_whole_batch(x, drawn, steps), chunks, atol=1e-5)
+    assert torch.equal(chunks[~drawn], x[~drawn])

@@ -62,11 +62,17 @@ def crop_box(width: int, height: int, spec: CropSpec, generator: torch.Generator
             top = int(torch.randint(0, height - h + 1, (1,), generator=generator))
             left = int(torch.randint(0, width - w + 1, (1,), generator=generator))
             return left, top, w, h
+    return centred_box(width, height, spec.ratio)
+
+
+def centred_box(width: int, height: int, ratio: tuple[float, float]) -> tuple[int, int, int, int]:
+    """(left, top, width, height) of the largest centred box of an aspect within ``ratio``: a random
+    resized crop's fallback when none of its tries fits (torchvision's)."""
     aspect = width / height
-    if aspect < spec.ratio[0]:
-        w, h = width, round(width / spec.ratio[0])
-    elif aspect > spec.ratio[1]:
-        w, h = round(height * spec.ratio[1]), height
+    if aspect < ratio[0]:
+        w, h = width, round(width / ratio[0])
+    elif aspect > ratio[1]:
+        w, h = round(height * ratio[1]), height
     else:
         w, h = width, height
     return (width - w) // 2, (height - h) // 2, w, h

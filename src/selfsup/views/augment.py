@@ -18,6 +18,7 @@ from torch import nn
 from ..arguments import Ascending, Fraction, NonNegative, Positive, Range
 from ..data import CropSpec, DataFacts
 from .color import ColorJitter
+from .crop import RandomResizedCrop
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,7 @@ class Augment(nn.Module):
                  normalize: bool = True) -> None:
         super().__init__()
         self.spec, self.size = spec, size or image.size
-        self.crop = K.RandomResizedCrop((self.size, self.size), scale=spec.crop_scale, ratio=spec.crop_ratio)
+        self.crop = RandomResizedCrop(self.crop_spec)
         self.flip = K.RandomHorizontalFlip(p=spec.flip_p) if spec.flip_p > 0 else None
         ops: list[nn.Module] = [self.crop]
         if spec.rotation_degrees > 0:
@@ -113,15 +114,12 @@ class Augment(nn.Module):
     def geometry(self) -> torch.Tensor:
         """(B, 5) of the last call: the crop box [x0, y0, x1, y1] as fractions of the image side
         and 1.0 where the view was mirrored (the transform an inverse-predictive task predicts)."""
-        params = getattr(self.crop, "_params", None)
         if getattr(self, "_worker_box", None) is not None:
             box = self._worker_box.float()
-        elif not params or "src" not in params:
+        elif self.crop.last_box is None:
             raise RuntimeError("geometry() describes the last view made: call the augmentation first")
         else:
-            corners = params["src"].float()                                      # (B, 4, 2) x, y
-            side = params["input_size"].float().flip(-1)                          # (B, 2) as (W, H)
-            box = torch.cat([corners[:, 0], corners[:, 2] + 1], dim=1) / side.repeat(1, 2)
+            box = self.crop.last_box
         flipped = self.flip._params["batch_prob"].float() if self.flip is not None else torch.zeros(len(box))
         return torch.cat([box, flipped.to(box.device).view(-1, 1)], dim=1)
 

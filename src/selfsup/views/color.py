@@ -4,7 +4,8 @@ Brightness, contrast, saturation and hue give torchvision's results for the same
 (``adjust_brightness``, ``adjust_contrast``, ``adjust_saturation``, ``adjust_hue``; tested).
 What makes it fast on a CPU: the hue shift goes from RGB to hue and straight back (max, min
 and the hue of each pixel, no full HSV tensors), and the batch is processed in slices of
-``CHUNK`` images so that the dozen elementwise passes stay in the cache. kornia's ColorJitter
+``CHUNK`` images so that the dozen elementwise passes stay in the cache. On a GPU the whole
+batch goes in one pass, with no host sync (:func:`jitter_whole_batch`). kornia's ColorJitter
 took 177 ms for 256 images of 96 px on the CPU of benchmarks/RESULTS.md, half of a whole
 SimCLR view; this takes a fraction of that.
 """
@@ -63,6 +64,36 @@ def adjust_hue(x: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
 
 ADJUST = {"brightness": adjust_brightness, "contrast": adjust_contrast, "saturation": adjust_saturation,
           "hue": adjust_hue}
+IDENTITY = {"brightness": 1.0, "contrast": 1.0, "saturation": 1.0, "hue": 0.0}
+"""The factor of each adjustment that leaves an image as it is."""
+
+
+Steps = list[tuple[str, torch.Tensor]]
+"""A jitter's adjustments in the order applied: (name in ``ADJUST``, factor per image (B,))."""
+
+
+def jitter_in_chunks(x: torch.Tensor, drawn: torch.Tensor, steps: Steps) -> torch.Tensor:
+    """The CPU's way: the ``drawn`` images only, ``CHUNK`` at a time, so that each slice's dozen
+    elementwise passes stay in the cache."""
+    chosen = drawn.nonzero().squeeze(1)
+    out = x.clone()
+    for start in range(0, len(chosen), CHUNK):
+        rows = chosen[start:start + CHUNK]
+        y = x[rows]
+        for name, factor in steps:
+            y = ADJUST[name](y, factor[rows])
+        out[rows] = y
+    return out
+
+
+def jitter_whole_batch(x: torch.Tensor, drawn: torch.Tensor, steps: Steps) -> torch.Tensor:
+    """A GPU's way: the whole batch in one pass, identity factors for the images not ``drawn``.
+    Picking those out (a host sync) and slicing into chunks cost a GPU ten times the arithmetic
+    (benchmarks/gpu_views.py). The same result as :func:`jitter_in_chunks` up to float rounding
+    (a zero hue shift goes to hue and back)."""
+    for name, factor in steps:
+        x = ADJUST[name](x, torch.where(drawn, factor, IDENTITY[name]))
+    return x
 
 
 class ColorJitter(nn.Module):
@@ -70,7 +101,7 @@ class ColorJitter(nn.Module):
     order (one order per batch, as kornia; SimCLR draws it per image), each with its own factor
     per image: brightness, contrast, saturation factors uniform in [max(0, 1 - s), 1 + s], hue in
     [-hue, hue] turns (torchvision's ``ColorJitter`` ranges). Saturation and hue are skipped for
-    1-channel images.
+    1-channel images. On a CPU in cache-sized chunks, elsewhere the whole batch at once.
     """
 
     def __init__(self, brightness: float = 0.0, contrast: float = 0.0, saturation: float = 0.0, hue: float = 0.0,
@@ -83,26 +114,23 @@ class ColorJitter(nn.Module):
         self.strengths = {"brightness": brightness, "contrast": contrast, "saturation": saturation, "hue": hue}
         self.p = p
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) in [0, 1] -> the same, jittered."""
-        chosen = (torch.rand(len(x), device=x.device) < self.p).nonzero().squeeze(1)
-        if len(chosen) == 0:
-            return x
+    def draw(self, x: torch.Tensor) -> tuple[torch.Tensor, Steps]:
+        """For the batch ``x``: which images are jittered (B,) and the adjustments, in their order."""
+        drawn = torch.rand(len(x), device=x.device) < self.p
         steps = []
         for index in torch.randperm(4).tolist():
             name = ("brightness", "contrast", "saturation", "hue")[index]
             strength = self.strengths[name]
             if strength > 0:
                 low, high = (-strength, strength) if name == "hue" else (max(0.0, 1 - strength), 1 + strength)
-                steps.append((ADJUST[name], torch.empty(len(chosen), device=x.device).uniform_(low, high)))
-        out = x.clone()
-        for start in range(0, len(chosen), CHUNK):
-            rows = chosen[start:start + CHUNK]
-            y = x[rows]
-            for adjust, factor in steps:
-                y = adjust(y, factor[start:start + CHUNK])
-            out[rows] = y
-        return out
+                steps.append((name, torch.empty(len(x), device=x.device).uniform_(low, high)))
+        return drawn, steps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) in [0, 1] -> the same, jittered."""
+        if x.device.type == "cpu":
+            return jitter_in_chunks(x, *self.draw(x))
+        return jitter_whole_batch(x, *self.draw(x))
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in self.strengths.items()) + f", p={self.p}"
