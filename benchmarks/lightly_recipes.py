@@ -22,9 +22,12 @@ others (lightly 1.6 drops ``cj_strength`` there), MoCo's queue saved with the we
 Differences that are lightly's recipe, kept and stated:
 
 * one backbone pass per view (B images per BatchNorm, the heads' too; DINO: 8 student and 2 teacher
-  passes), where selfsup passes the views of a batch together (2B; DINO: 2 student passes, 1 teacher pass);
+  passes), where selfsup passes the views of a batch together for SimCLR and MoCo (2B) and DINO (2
+  student passes, 1 teacher pass), and, since 2026-12-04, one per view for BYOL, SimSiam and Barlow
+  Twins as their official code (``method.views_in_one_pass``; rows before that date ran one pass);
 * views drawn per image in PIL (DINO's crops bicubic, antialiased, rounded to uint8 after each
-  operation, jitter order random per image) where selfsup draws them on the batch (kornia, bilinear);
+  operation, jitter order random per image) where selfsup draws them on the batch (bilinear; kornia's
+  crop before 2026-12-04, its own batched one since);
 * schedules from ``lightly.utils.scheduler``: warm-up reaching the peak one step earlier, cosine and
   momentum ends one step earlier; DINO's frozen last layer in whole epochs;
 * lightly's LARS trust ratio ``||w|| / (||g|| + wd ||w||)`` where selfsup's is ``||w|| / ||g + wd w||``;

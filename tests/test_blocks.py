@@ -331,6 +331,23 @@ def _eval_head() -> CountingHead:
 
 
 @torch.no_grad()
+def test_forward_views_normalises_each_view_alone_or_all_together():
+    from selfsup.blocks import forward_views
+
+    norm = torch.nn.BatchNorm1d(3)  # in training mode: the statistics of the batch it is given
+    generator = torch.Generator().manual_seed(0)
+    views = [torch.randn(5, 3, generator=generator), torch.randn(4, 3, generator=generator) + 2]
+    alone = forward_views(norm, views, one_pass=False)
+    together = forward_views(norm, views, one_pass=True)
+    for view, out in zip(views, alone):
+        assert torch.allclose(out, (view - view.mean(0)) / (view.var(0, unbiased=False) + norm.eps).sqrt(), atol=1e-5)
+    both = torch.cat(views)
+    expected = (both - both.mean(0)) / (both.var(0, unbiased=False) + norm.eps).sqrt()
+    assert [len(out) for out in together] == [5, 4] and torch.allclose(torch.cat(together), expected, atol=1e-5)
+    assert not torch.allclose(alone[1], together[1], atol=0.1)
+
+
+@torch.no_grad()
 def test_forward_by_resolution_makes_one_call_per_run_of_equal_sizes_in_input_order():
     head = _eval_head()
     # Two globals of 8 px and three locals of 4 px, with different batch sizes to check the split.

@@ -175,6 +175,25 @@ def test_barlow_twins_loss_is_its_formula_on_the_projections():
     assert out["loss"].item() == pytest.approx(barlow_twins(a, b, 0.01).item(), rel=1e-4)
 
 
+@pytest.mark.parametrize("name", ["simsiam", "byol", "barlow_twins"])
+def test_each_view_has_its_own_pass_and_batchnorm_statistics_unless_asked(name):
+    sizes = {}
+    for one_pass in (False, True):
+        method = _method(name, proj_dim=16, views_in_one_pass=one_pass)
+        calls = []
+        method.backbone.register_forward_hook(lambda module, inputs, output: calls.append(len(inputs[0])))
+        views = _views(method)
+        batch = Batch(views, torch.full((6,), -1), torch.arange(6))
+        method.eval()  # with running statistics, how the views are grouped changes nothing
+        in_eval = method(batch, 0.0)["loss"].item()
+        calls.clear()
+        method.train()
+        sizes[one_pass] = (method(batch, 0.0)["loss"].item(), list(calls), in_eval)
+    assert sizes[False][1] == [6, 6] and sizes[True][1] == [12]  # the official code's passes, or one
+    assert sizes[False][0] != pytest.approx(sizes[True][0], rel=1e-4)  # batch statistics per view differ
+    assert sizes[False][2] == pytest.approx(sizes[True][2], rel=1e-4)
+
+
 # ---------------------------------------------------------------- DINO
 
 def _dino(backbone="toy", **args):

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ..arguments import NonNegative, PositiveInt
+from ..blocks import forward_views
 from ..engine import Batch
 from ..losses import barlow_twins
 from ..models.heads import mlp
@@ -26,7 +27,10 @@ class BarlowTwins(Method):
     setting): the loss grows with the square of the width, and 8192 x 8192 correlations are slow
     on a CPU. The presets train with the paper's LARS and its two rates: the weights at ``optim.lr``,
     the biases and BatchNorm parameters (not LARS-adapted, not decayed) at 0.024 of it
-    (``optim.exempt_lr_scale``: 0.0048 against 0.2). The online backbone is evaluated.
+    (``optim.exempt_lr_scale``: 0.0048 against 0.2). Each view goes through the network in its own
+    pass, as in the official code, so BatchNorm normalises each view by its own statistics;
+    ``views_in_one_pass`` normalises both together (fewer, larger batches; a deviation). The online
+    backbone is evaluated.
     """
 
     def __init__(
@@ -37,8 +41,10 @@ class BarlowTwins(Method):
         proj_dim: PositiveInt = 8192,
         proj_layers: PositiveInt = 3,
         off_diagonal_weight: NonNegative = 5e-3,
+        views_in_one_pass: bool = False,
     ) -> None:
         super().__init__(backbone, views)
+        self.views_in_one_pass = views_in_one_pass
         self.projector = mlp(backbone.num_features, proj_dim, proj_dim, proj_layers)
         self.off_diagonal_weight = off_diagonal_weight
 
@@ -47,6 +53,5 @@ class BarlowTwins(Method):
         return self.projector(self.backbone(x)).float()
 
     def forward(self, batch: Batch, progress: float) -> dict[str, torch.Tensor]:
-        view_a, view_b = batch.views
-        proj_a, proj_b = self.projector(self.backbone(torch.cat([view_a, view_b]))).chunk(2)
+        proj_a, proj_b = forward_views(lambda x: self.projector(self.backbone(x)), batch.views, self.views_in_one_pass)
         return {"loss": barlow_twins(proj_a, proj_b, self.off_diagonal_weight)}

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..arguments import PositiveInt
+from ..blocks import forward_views
 from ..engine import Batch
 from ..losses import negative_cosine
 from ..models.heads import mlp
@@ -27,8 +28,9 @@ class SimSiam(Method):
     layer. (The CIFAR variant of the paper uses a 2-layer projector: ``proj_layers``.) The
     predictor trains at the peak rate throughout, without warm-up or decay (Sec. 4.2: slightly
     better, "the predictor should adapt to the latest representations"); ``fix_predictor_lr``.
-    Both views go through the network in one pass, so BatchNorm normalises them together (the
-    reference runs one pass per view: statistics of one view at a time); evaluated: the backbone.
+    Each view goes through the network in its own pass, as in the official code, so BatchNorm
+    normalises each view by its own statistics; ``views_in_one_pass`` normalises both together
+    (fewer, larger batches; a deviation). Evaluated: the backbone.
     """
 
     embedding_head = "projector"
@@ -42,9 +44,10 @@ class SimSiam(Method):
         proj_layers: PositiveInt = 3,
         pred_hidden_dim: PositiveInt = 512,
         fix_predictor_lr: bool = True,
+        views_in_one_pass: bool = False,
     ) -> None:
         super().__init__(backbone, views)
-        self.fix_predictor_lr = fix_predictor_lr
+        self.fix_predictor_lr, self.views_in_one_pass = fix_predictor_lr, views_in_one_pass
         self.projector = mlp(backbone.num_features, proj_dim, proj_dim, proj_layers, last_batch_norm=True)
         self.predictor = mlp(proj_dim, pred_hidden_dim, proj_dim)
 
@@ -54,10 +57,8 @@ class SimSiam(Method):
                 {"name": "predictor", "params": list(self.predictor.parameters()), "fixed_lr": self.fix_predictor_lr}]
 
     def forward(self, batch: Batch, progress: float) -> dict[str, torch.Tensor]:
-        view_a, view_b = batch.views
-        proj = self.projector(self.backbone(torch.cat([view_a, view_b])))
-        proj_a, proj_b = proj.chunk(2)
-        pred_a, pred_b = self.predictor(proj).chunk(2)
+        proj_a, proj_b = forward_views(lambda x: self.projector(self.backbone(x)), batch.views, self.views_in_one_pass)
+        pred_a, pred_b = forward_views(self.predictor, [proj_a, proj_b], self.views_in_one_pass)
         loss = (negative_cosine(pred_a, proj_b) + negative_cosine(pred_b, proj_a)) / 2
         output_std = F.normalize(proj_a.detach().float(), dim=1).std(0).mean()
         return {"loss": loss, "output_std": output_std}
