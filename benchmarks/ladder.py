@@ -44,7 +44,7 @@ import torch
 from selfsup.config import apply_overrides, find_config, read_yaml, resolve
 from selfsup.engine.metrics import read_rows
 from selfsup.engine.preemption import StopRequests
-from selfsup.engine.runtime import describe_device, library_versions
+from selfsup.engine.runtime import describe_device, git_revision, library_versions
 from selfsup.eval import Evaluator
 from selfsup.figures import grouped_bars
 from selfsup.files import write_json
@@ -167,12 +167,13 @@ def score_run(run_dir: Path) -> dict:
 
 def training_facts(run_dir: Path, config) -> dict:  # noqa: ANN001 - a resolved RunConfig
     """Steps, speed and training minutes from the run's ``summary.json`` (accumulated across resumes, where
-    the row's wall minutes are only the last process's), and where and when it trained (``meta.json``:
-    rows of one ladder may come from several machines)."""
+    the row's wall minutes are only the last process's), and where, when and from which commit it trained
+    (``meta.json``: rows of one ladder may come from several machines and several versions of the code)."""
     summary, meta = (json.loads((run_dir / name).read_text()) for name in ("summary.json", "meta.json"))
     return {"steps": summary["steps"], "batch_size": config.train.batch_size, "img_per_s": summary["img_per_s"],
             "train_minutes": summary["train_minutes"], "machine": meta["device"], "precision": meta["precision"],
-            "date": meta["date"][:10], **({"test_top1": summary["test_top1"]} if "test_top1" in summary else {})}
+            "date": meta["date"][:10], "commit": meta.get("git_revision", "unknown"),
+            **({"test_top1": summary["test_top1"]} if "test_top1" in summary else {})}
 
 
 def equal_images_epochs(row: dict, reference: dict) -> int:
@@ -277,7 +278,7 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps({name: row}), flush=True)
 
     if "raw pixels" not in rows:
-        here = {"machine": report["machine"], "date": report["date"]}
+        here = {"machine": report["machine"], "date": report["date"], "commit": git_revision()}
         for name, row in floor_rows(shared, bool(args.vit_methods), out, args.device).items():
             done(name, {**row, **here})
     supervised = f"supervised ({args.epochs} epochs, all labels)"

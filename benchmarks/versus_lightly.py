@@ -42,7 +42,7 @@ import torch
 from ladder import (EVAL, PROTOCOLS, add_run_arguments, child, machine_kind, preset, preset_config, scores,
                     shared_overrides, warmup_overrides)
 from lightly_recipes import METHODS, train_with_lightly
-from selfsup.engine.runtime import describe_device, library_versions
+from selfsup.engine.runtime import describe_device, git_revision, library_versions
 from selfsup.export import export_backbone, import_torchvision
 from selfsup.figures import grouped_bars
 from selfsup.files import write_json
@@ -73,12 +73,14 @@ def train(side: str, method: str, overrides: list[str], run_dir: Path, workers: 
             export_backbone(run_dir, weights, quiet=True)
         summary, meta = (json.loads((run_dir / name).read_text()) for name in ("summary.json", "meta.json"))
         return {"weights": weights, "img_per_s": summary["img_per_s"], "steps": summary["steps"],
-                "wall_minutes": minutes, "peak_rss_mib": rss, "precision": meta["precision"]}
+                "wall_minutes": minutes, "peak_rss_mib": rss, "precision": meta["precision"],
+                "commit": meta.get("git_revision", "unknown")}
     minutes, rss = child(["--train-lightly", method, "--run-dir", str(run_dir), "--workers", str(workers), *sets],
                          program=(sys.executable, str(Path(__file__).resolve())))
     summary = json.loads((run_dir / "summary.json").read_text())
     return {"weights": weights, "img_per_s": summary["img_per_s"], "steps": summary["steps"], "wall_minutes": minutes,
-            "peak_rss_mib": rss, "loader_workers": summary["loader_workers"], "precision": summary["precision"]}
+            "peak_rss_mib": rss, "loader_workers": summary["loader_workers"], "precision": summary["precision"],
+            "commit": git_revision()}
 
 
 def gaps(rows: dict[str, dict], margin: float) -> list[dict]:

@@ -34,7 +34,7 @@ def test_the_ladder_scores_every_row_alike_and_a_rerun_skips_what_is_done(mnist_
     assert isinstance(rows["simclr"]["img_per_s"], (int, float))  # recorded; its value is the machine's, not tested
     assert rows["simclr"]["seed"] == 0 and rows["simclr seed 1"]["seed"] == 1
     # Rows of one ladder may come from several machines: each names its own.
-    assert all(row["machine"] and row["date"] for row in rows.values())
+    assert all(row["machine"] and row["date"] and row["commit"] for row in rows.values())
     assert rows["simclr"]["precision"] in ("fp32", "bf16") and "| machine |" in (out / "ladder.md").read_text()
     assert (out / "ladder.png").stat().st_size > 5000 and "| simclr seed 1 |" in (out / "ladder.md").read_text()
     capsys.readouterr()

@@ -142,7 +142,7 @@ def test_the_side_by_side_scores_both_sides_alike_and_a_rerun_skips_what_is_done
         assert all(0 <= row[key] <= 100 for key in ("knn20", "knn200", "linear"))
         assert row["steps"] == 5 and row["epochs"] == 1 and row["peak_rss_mib"] > 0
         # The report grows across sessions and machines: each row names where and how it was trained.
-        assert row["machine"] and row["date"] and row["precision"] in ("fp32", "bf16")
+        assert row["machine"] and row["date"] and row["commit"] and row["precision"] in ("fp32", "bf16")
     for side in ("selfsup", "lightly"):  # both sides went through one import: a torchvision checkpoint each
         assert (out / f"dino-{side}" / "scored" / "checkpoints" / "last.pt").is_file()
     assert [g["method"] for g in report["gaps"]] == ["dino"]
