@@ -34,6 +34,7 @@ import torch
 
 from gpu_check import cifar_like, trainer
 from selfsup.engine.runtime import describe_device, pick_device
+from selfsup.engine.steps import synchronize
 from selfsup.views.augment import Augment, to_unit_float
 from selfsup.views import color
 from selfsup.views.color import ColorJitter
@@ -41,11 +42,6 @@ from throughput import ours_model_only
 from views import previous_crop
 
 METHODS = ("simclr", "byol", "dino")
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def median_ms(fn, device: torch.device, repeats: int, warmup: int = 2) -> float:  # noqa: ANN001
@@ -96,16 +92,17 @@ def measure(method: str, data: Path, scratch: Path, args: argparse.Namespace, de
     model_step = ours_model_only(run)
     row["step on replayed views ms"] = median_ms(model_step, device, args.repeats)
     ops: dict[str, dict[str, float]] = {}
+    augments = unique_augments(views)
+    kornia_crops = {name: previous_crop(augment).to(device) for name, augment in augments.items()}
     with torch.no_grad():
-        for name, augment in unique_augments(views).items():
+        for name, augment in augments.items():
             x, timings = to_unit_float(images), {}
             timings["to float"] = median_ms(lambda: to_unit_float(images), device, args.repeats)
             for op in augment.ops:
                 label = type(op).__name__
                 timings[label] = median_ms(lambda op=op, x=x: op(x), device, args.repeats)
                 if op is augment.crop:
-                    kornia_crop = previous_crop(augment).to(device)
-                    timings["kornia RandomResizedCrop (before)"] = median_ms(lambda c=kornia_crop, x=x: c(x),
+                    timings["kornia RandomResizedCrop (before)"] = median_ms(lambda c=kornia_crops[name], x=x: c(x),
                                                                             device, args.repeats)
                 if isinstance(op, ColorJitter):
                     timings["ColorJitter in chunks (before)"] = median_ms(lambda op=op, x=x: jitter_in_chunks(op, x),
@@ -113,13 +110,13 @@ def measure(method: str, data: Path, scratch: Path, args: argparse.Namespace, de
                 x = op(x)
             ops[name] = timings
         row["ops ms"] = ops
-        augments, jitters = list(unique_augments(views).values()), [m for m in views.modules() if isinstance(m, ColorJitter)]
-        for augment in augments:
-            augment.ops[0] = previous_crop(augment).to(device)
+        jitters = [m for m in views.modules() if isinstance(m, ColorJitter)]
+        for name, augment in augments.items():
+            augment.ops[0] = kornia_crops[name]
         for module in jitters:
             module.forward = lambda x, module=module: jitter_in_chunks(module, x)
         row["views with the previous crop and jitter ms"] = median_ms(lambda: views(images), device, args.repeats)
-        for augment in augments:
+        for augment in augments.values():
             augment.ops[0] = augment.crop
         for module in jitters:
             del module.forward
