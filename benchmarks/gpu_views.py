@@ -13,9 +13,11 @@ against what they replaced, side by side:
 * each augmentation's operations one by one (crop, flip, colour jitter, grayscale, blur, solarize,
   normalise), each on the previous one's output;
 * the crop (:mod:`selfsup.views.crop`, one ``grid_sample`` per batch) against kornia's
-  ``RandomResizedCrop`` (image by image), and the colour jitter on the device (the whole batch,
+  ``RandomResizedCrop`` (image by image), the colour jitter on the device (the whole batch,
   :func:`~selfsup.views.color.jitter_whole_batch`) against the CPU's way there (chunks of ``CHUNK``
-  images picked out with ``nonzero``), and the whole views with the two previous ones put back;
+  images picked out with ``nonzero``), flip, grayscale, solarize and normalisation
+  (:mod:`selfsup.views.coins`, a coin per image and ``torch.where``) against kornia's, and the whole
+  views with all the previous ones put back;
 * a profiler's table of one method's views: the operations by device time and the host syncs.
 
 Everything goes to ``--out`` (JSON, rewritten after each part) and is printed as it is measured.
@@ -39,7 +41,7 @@ from selfsup.views.augment import Augment, to_unit_float
 from selfsup.views import color
 from selfsup.views.color import ColorJitter
 from throughput import ours_model_only
-from views import previous_crop
+from views import previous_coin, previous_crop
 
 METHODS = ("simclr", "byol", "dino")
 
@@ -104,6 +106,10 @@ def measure(method: str, data: Path, scratch: Path, args: argparse.Namespace, de
                 if op is augment.crop:
                     timings["kornia RandomResizedCrop (before)"] = median_ms(lambda c=kornia_crops[name], x=x: c(x),
                                                                             device, args.repeats)
+                before = previous_coin(op)
+                if before is not None:
+                    timings[f"kornia {label} (before)"] = median_ms(lambda b=before.to(device), x=x: b(x), device,
+                                                                   args.repeats)
                 if isinstance(op, ColorJitter):
                     timings["ColorJitter in chunks (before)"] = median_ms(lambda op=op, x=x: jitter_in_chunks(op, x),
                                                                           device, args.repeats)
@@ -111,18 +117,24 @@ def measure(method: str, data: Path, scratch: Path, args: argparse.Namespace, de
             ops[name] = timings
         row["ops ms"] = ops
         jitters = [m for m in views.modules() if isinstance(m, ColorJitter)]
+        ours = {name: list(augment.ops) for name, augment in augments.items()}
         for name, augment in augments.items():
             augment.ops[0] = kornia_crops[name]
+            for index, op in enumerate(ours[name]):
+                before = previous_coin(op)
+                if before is not None:
+                    augment.ops[index] = before.to(device)
         for module in jitters:
             module.forward = lambda x, module=module: jitter_in_chunks(module, x)
-        row["views with the previous crop and jitter ms"] = median_ms(lambda: views(images), device, args.repeats)
-        for augment in augments.values():
-            augment.ops[0] = augment.crop
+        row["views with every previous op ms"] = median_ms(lambda: views(images), device, args.repeats)
+        for name, augment in augments.items():
+            for index, op in enumerate(ours[name]):
+                augment.ops[index] = op
         for module in jitters:
             del module.forward
     row["views / network"] = round(row["views ms"] / row["step on replayed views ms"], 2)
     row["previous views / network"] = round(
-        row["views with the previous crop and jitter ms"] / row["step on replayed views ms"], 2)
+        row["views with every previous op ms"] / row["step on replayed views ms"], 2)
     if method == args.profile:
         row["profile"] = profile(views, images, device)
     return row

@@ -1,5 +1,7 @@
-"""What the views cost: kornia's ColorJitter against selfsup's batched one, and a whole view with
-selfsup's random resized crop (``selfsup.views.crop``) and with kornia's, which it replaced.
+"""What the views cost: kornia's ColorJitter against selfsup's batched one, and a whole view as
+selfsup makes it, with kornia's random resized crop put back (replaced by ``selfsup.views.crop``),
+and with kornia's flip, grayscale, solarize and normalisation put back (replaced by
+``selfsup.views.coins``).
 
 Both jitters get the same batch and the same strengths; they run interleaved for several
 rounds and the medians are reported (ms per batch), with the ratio paired within each round.
@@ -21,6 +23,7 @@ import torch
 
 from selfsup.engine.runtime import describe_device, library_versions
 from selfsup.views import Augment, AugmentSpec, ImageInfo
+from selfsup.views.coins import Normalize, RandomGrayscale, RandomHorizontalFlip, RandomSolarize
 from selfsup.views.color import ColorJitter
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,8 +39,29 @@ def previous_crop(augment: Augment) -> torch.nn.Module:
     return K.RandomResizedCrop((augment.size, augment.size), scale=spec.crop_scale, ratio=spec.crop_ratio)
 
 
+def previous_coin(op: torch.nn.Module) -> torch.nn.Module | None:
+    """The kornia operation that ``op`` of :mod:`selfsup.views.coins` replaced; None for the others."""
+    if isinstance(op, RandomHorizontalFlip):
+        return K.RandomHorizontalFlip(p=op.p)
+    if isinstance(op, RandomGrayscale):
+        return K.RandomGrayscale(p=op.p)
+    if isinstance(op, RandomSolarize):
+        return K.RandomSolarize(thresholds=0.0, additions=0.0, p=op.p)
+    if isinstance(op, Normalize):
+        return K.Normalize(op.mean.flatten(), op.std.flatten())
+    return None
+
+
 def with_previous_crop(augment: Augment) -> Augment:
     augment.ops[0] = previous_crop(augment)
+    return augment
+
+
+def with_previous_coins(augment: Augment) -> Augment:
+    for index, op in enumerate(augment.ops):
+        before = previous_coin(op)
+        if before is not None:
+            augment.ops[index] = before
     return augment
 
 
@@ -68,6 +92,7 @@ def main() -> None:
             "selfsup ColorJitter": ColorJitter(*jitter, p=0.8, channels=channels),
             "whole view (selfsup Augment)": lambda x, a=Augment(info, spec): a(images),
             "whole view, kornia crop": lambda x, a=with_previous_crop(Augment(info, spec)): a(images),
+            "whole view, kornia coins": lambda x, a=with_previous_coins(Augment(info, spec)): a(images),
         }
         times = {label: [] for label in variants}
         for fn in variants.values():
@@ -76,9 +101,12 @@ def main() -> None:
             for label, fn in variants.items():
                 times[label].append(milliseconds(fn, unit, args.repeats))
         ratio = [k / s for k, s in zip(times["kornia ColorJitter"], times["selfsup ColorJitter"])]
-        crop_ratio = [k / s for k, s in zip(times["whole view, kornia crop"], times["whole view (selfsup Augment)"])]
+        ours = times["whole view (selfsup Augment)"]
+        crop_ratio = [k / s for k, s in zip(times["whole view, kornia crop"], ours)]
+        coin_ratio = [k / s for k, s in zip(times["whole view, kornia coins"], ours)]
         rows[name] = {"ms": {label: round(statistics.median(v), 1) for label, v in times.items()},
                       "whole view, kornia crop / selfsup crop": round(statistics.median(crop_ratio), 2),
+                      "whole view, kornia coins / selfsup coins": round(statistics.median(coin_ratio), 2),
                       "kornia / selfsup jitter": round(statistics.median(ratio), 2),
                       "ratio min-max": [round(min(ratio), 2), round(max(ratio), 2)]}
         print(json.dumps({name: rows[name]}), flush=True)
@@ -89,14 +117,15 @@ def main() -> None:
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     print(f"\n{report['machine']} ({' '.join(flags)}), batch {args.batch_size}, median ms over {args.rounds} rounds")
     print("| setting | kornia ColorJitter | selfsup ColorJitter | ratio (min-max) | whole view | "
-          "whole view, kornia crop | ratio |")
-    print("|---|---|---|---|---|---|---|")
+          "whole view, kornia crop | ratio | whole view, kornia flip, gray, solarize, normalize | ratio |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, row in rows.items():
         ms = row["ms"]
         print(f"| {name} | {ms['kornia ColorJitter']} | {ms['selfsup ColorJitter']} | "
               f"{row['kornia / selfsup jitter']} ({row['ratio min-max'][0]}-{row['ratio min-max'][1]}) | "
               f"{ms['whole view (selfsup Augment)']} | {ms['whole view, kornia crop']} | "
-              f"{row['whole view, kornia crop / selfsup crop']} |")
+              f"{row['whole view, kornia crop / selfsup crop']} | {ms['whole view, kornia coins']} | "
+              f"{row['whole view, kornia coins / selfsup coins']} |")
 
 
 if __name__ == "__main__":

@@ -160,3 +160,33 @@ def test_colour_jitter_whole_batch_equals_chunks():
     chunks = color.jitter_in_chunks(x, drawn, steps)
     assert torch.allclose(color.jitter_whole_batch(x, drawn, steps), chunks, atol=1e-5)
     assert torch.equal(chunks[~drawn], x[~drawn])
+
+
+@pytest.mark.parametrize("name", ["flip", "grayscale", "solarize"])
+def test_coin_ops_equal_kornias_where_the_coin_came_up_and_leave_the_rest(name):
+    import kornia.augmentation as K
+
+    from selfsup.views import coins
+
+    ours, theirs = {"flip": (coins.RandomHorizontalFlip, K.RandomHorizontalFlip),
+                    "grayscale": (coins.RandomGrayscale, K.RandomGrayscale),
+                    "solarize": (coins.RandomSolarize, lambda p: K.RandomSolarize(0.0, 0.0, p=p))}[name]
+    x = _images(400, channels=3).float() / 255
+    assert torch.allclose(ours(1.0)(x), theirs(p=1.0)(x), atol=1e-6)
+    assert torch.equal(ours(0.0)(x), x)
+    torch.manual_seed(3)
+    op = ours(0.3)
+    out, drawn = op(x), op.last_drawn
+    assert 80 < int(drawn.sum()) < 160  # 120 expected of 400; seeded, so the count is fixed
+    assert torch.equal(out[~drawn], x[~drawn]) and torch.allclose(out[drawn], theirs(p=1.0)(x[drawn]), atol=1e-6)
+
+
+def test_normalize_equals_kornias_and_the_eval_views():
+    import kornia.augmentation as K
+
+    from selfsup.views.coins import Normalize
+
+    x = _images(4, channels=3).float() / 255
+    mean, std = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
+    assert torch.allclose(Normalize(mean, std)(x), K.Normalize(torch.tensor(mean), torch.tensor(std))(x), atol=1e-6)
+    assert torch.allclose(EvalView(16, mean, std)(_images(4, channels=3)), Normalize(mean, std)(x), atol=1e-6)

@@ -17,6 +17,7 @@ from torch import nn
 
 from ..arguments import Ascending, Fraction, NonNegative, Positive, Range
 from ..data import CropSpec, DataFacts
+from .coins import Normalize, RandomGrayscale, RandomHorizontalFlip, RandomSolarize
 from .color import ColorJitter
 from .crop import RandomResizedCrop
 
@@ -77,7 +78,7 @@ class Augment(nn.Module):
         super().__init__()
         self.spec, self.size = spec, size or image.size
         self.crop = RandomResizedCrop(self.crop_spec)
-        self.flip = K.RandomHorizontalFlip(p=spec.flip_p) if spec.flip_p > 0 else None
+        self.flip = RandomHorizontalFlip(spec.flip_p) if spec.flip_p > 0 else None
         ops: list[nn.Module] = [self.crop]
         if spec.rotation_degrees > 0:
             ops.append(K.RandomRotation(spec.rotation_degrees, p=1.0))
@@ -86,16 +87,15 @@ class Augment(nn.Module):
         if spec.jitter_p > 0 and any(spec.jitter[:2] if image.channels == 1 else spec.jitter):
             ops.append(ColorJitter(*spec.jitter, p=spec.jitter_p, channels=image.channels))
         if spec.grayscale_p > 0 and image.channels == 3:
-            ops.append(K.RandomGrayscale(p=spec.grayscale_p))
+            ops.append(RandomGrayscale(spec.grayscale_p))
         if spec.blur_p > 0:
             # SimCLR: kernel 10% of the image side, odd.
             kernel = max(3, int(0.1 * self.size) // 2 * 2 + 1)
             ops.append(K.RandomGaussianBlur((kernel, kernel), spec.blur_sigma, p=spec.blur_p))
         if spec.solarize_p > 0:
-            # BYOL's solarize: threshold 0.5, no random shift.
-            ops.append(K.RandomSolarize(thresholds=0.0, additions=0.0, p=spec.solarize_p))
+            ops.append(RandomSolarize(spec.solarize_p))  # BYOL's: threshold 0.5
         if normalize:
-            ops.append(K.Normalize(torch.tensor(image.mean), torch.tensor(image.std)))
+            ops.append(Normalize(image.mean, image.std))
         self.ops = nn.Sequential(*ops)
 
     @property
@@ -120,7 +120,7 @@ class Augment(nn.Module):
             raise RuntimeError("geometry() describes the last view made: call the augmentation first")
         else:
             box = self.crop.last_box
-        flipped = self.flip._params["batch_prob"].float() if self.flip is not None else torch.zeros(len(box))
+        flipped = self.flip.last_drawn.float() if self.flip is not None else torch.zeros(len(box))
         return torch.cat([box, flipped.to(box.device).view(-1, 1)], dim=1)
 
 
@@ -130,8 +130,7 @@ class EvalView(nn.Module):
     def __init__(self, image_size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
         super().__init__()
         self.image_size = image_size
-        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+        self.normalize = Normalize(mean, std)
 
     @classmethod
     def of(cls, data: DataFacts) -> EvalView:
@@ -143,4 +142,4 @@ class EvalView(nn.Module):
         if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
             x = nn.functional.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear",
                                           antialias=True, align_corners=False)
-        return (x - self.mean) / self.std
+        return self.normalize(x)

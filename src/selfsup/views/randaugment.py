@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .augment import Augment, AugmentSpec, ImageInfo
+from .coins import Normalize
 from .color import adjust_brightness, adjust_contrast, adjust_saturation
 
 GRAY = 0.5
@@ -154,12 +155,10 @@ class StrongAugment(nn.Module):
         super().__init__()
         self.weak = Augment(image, weak, normalize=False)
         self.ops, self.cutout_fraction = ops, cutout_fraction
-        self.register_buffer("mean", torch.tensor(image.mean).view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(image.std).view(1, -1, 1, 1), persistent=False)
+        self.normalize = Normalize(image.mean, image.std)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = rand_augment(self.weak(images), self.ops, self.cutout_fraction)
-        return (x - self.mean) / self.std
+        return self.normalize(rand_augment(self.weak(images), self.ops, self.cutout_fraction))
 
 
 __all__ = ["OPERATIONS", "StrongAugment", "cutout", "equalize", "rand_augment"]

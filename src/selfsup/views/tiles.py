@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..errors import SelfsupError
+from .coins import grayscale, toss
 
 MIN_TILE = 6
 """Smallest tile side (px) a tile method accepts: below it a ResNet sees hardly any structure."""
@@ -140,9 +141,7 @@ def random_grayscale(x: torch.Tensor, p: float) -> torch.Tensor:
     aberration shortcuts); 1-channel images are returned unchanged."""
     if p <= 0 or x.shape[1] != 3:
         return x
-    luma = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2])[:, None].expand_as(x)
-    chosen = (torch.rand(x.shape[0], device=x.device) < p).view(-1, 1, 1, 1)
-    return torch.where(chosen, luma, x)
+    return toss(x, p, grayscale)[0]
 
 
 def shuffle_tiles(tiles: torch.Tensor, permutations: torch.Tensor) -> torch.Tensor:
