@@ -133,6 +133,8 @@ CONFIG_VALUES = [  # (--set values for pretrain, what the one line must say)
     (["backbone.name=vit_tiny", "backbone.width=64", "backbone.drop_path=1.0"], "'backbone.drop_path': must be in [0, 1)"),
     (["backbone.registers=-1"], "'backbone.registers': must be >= 0"),
     (["backbone.norm=instance"], "backbone.norm must be one of"),
+    (["backbone.pool=max"], "'backbone.pool'"),
+    (["backbone.pool=mean"], "backbone.pool are ViT settings"),
     (["views.augment.crop_scale=[1.0, 0.2]"], "'views.augment.crop_scale': must be in ascending order"),
     (["views.augment.crop_scale=[0.2, 1.5]"], "'views.augment.crop_scale[1]': must be in [0, 1]"),
     (["views.augment.crop_ratio=[2.0, 0.5]"], "'views.augment.crop_ratio': must be in ascending order"),

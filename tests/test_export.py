@@ -57,8 +57,9 @@ def encoder_output(ckpt, x):
     (VIT, "torchvision"),
     (VIT, "timm"),
     ({**VIT, "registers": 2}, "timm"),
+    ({**VIT, "registers": 1, "pool": "mean"}, "timm"),  # global_pool='avg' must skip the register too
 ], ids=["resnet-torchvision", "resnet50-timm", "resnet-layernorm-timm", "resnet-timm", "vit-torchvision", "vit-timm",
-        "vit-registers-timm"])
+        "vit-registers-timm", "vit-mean-pool-timm"])
 def test_the_cards_recipe_rebuilds_the_encoder_in_plain_torchvision_and_timm(tmp_path, monkeypatch, capsys,
                                                                             backbone, library):
     pytest.importorskip("timm")
@@ -186,6 +187,8 @@ def test_export_refuses_what_it_cannot_do_naming_the_file_or_key_and_the_fix(tmp
 
     registers = write_checkpoint(tmp_path / "vit.pt", {**VIT, "registers": 2})
     _fails([registers, "--out", tmp_path / "v.safetensors"], capsys, "2 register tokens", "--format timm")
+    mean_pool = write_checkpoint(tmp_path / "vit-mean.pt", {**VIT, "pool": "mean"})
+    _fails([mean_pool, "--out", tmp_path / "m.safetensors"], capsys, "backbone.pool: mean", "--format timm")
     toy = write_checkpoint(tmp_path / "toy.pt", {"name": "toy", "width": 8})
     _fails([toy, "--out", tmp_path / "t.safetensors"], capsys, str(toy), "backbone 'toy'", "resnet18")
 

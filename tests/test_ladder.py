@@ -54,6 +54,16 @@ def test_the_ladder_scores_every_row_alike_and_a_rerun_skips_what_is_done(mnist_
     assert (tmp_path / "runs" / "simclr-equal-images" / "summary.json").is_file()
 
 
+def test_vit_floors_read_a_random_vit_both_ways_and_only_missing_floors_are_scored(mnist_root, tmp_path):
+    shared = ["train.epochs=1", "backbone.name=toy", "backbone.width=4", "backbone.patch_size=null",
+              "backbone.registers=0", "train.device=cpu", f"data.root={mnist_root}"]
+    rows = ladder.floor_rows(shared, True, tmp_path, "cpu", have={"raw pixels", "random init"})
+    cls, mean = "random init (vit_tiny)", f"random init (vit_tiny, {ladder.MEAN_POOL})"
+    assert list(rows) == [cls, mean]
+    assert all(0 <= row[key] <= 100 for row in rows.values() for key in ("knn20", "knn200", "linear"))
+    assert ladder.floor_rows(shared, True, tmp_path, "cpu", have={"raw pixels", "random init", cls, mean}) == {}
+
+
 def test_equal_images_are_counted_from_the_steps_and_batch_each_row_recorded():
     supervised = {"steps": 2340, "batch_size": 256, "epochs": 10}
     assert ladder.equal_images_epochs({"steps": 620, "batch_size": 128, "epochs": 10}, supervised) == 75  # Exemplar

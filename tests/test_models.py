@@ -119,6 +119,18 @@ def test_vit_registers_join_the_tokens_and_are_dropped_at_the_output():
         assert not torch.allclose(changed, registered(x))
 
 
+def test_vit_mean_pool_returns_the_mean_of_the_normed_patch_tokens_alone():
+    x = torch.randn(2, 3, 16, 16)
+    pooled = _vit(patch_size=4, registers=2, pool="mean")
+    parts = pooled.tokens(x)
+    assert torch.allclose(pooled(x), parts["patches"].mean(1), atol=1e-6)
+    assert not torch.allclose(pooled(x), parts["cls"])
+    assert pooled.arch["pool"] == "mean" and "pool" not in _vit(patch_size=4).arch  # old arches unchanged
+    # Pooling changes the output only: the same seed gives the same weights as a [CLS] ViT.
+    assert all(torch.equal(a, b) for a, b in zip(pooled.state_dict().values(),
+                                                 _vit(patch_size=4, registers=2).state_dict().values()))
+
+
 def test_vit_attention_maps_are_row_stochastic_over_all_tokens():
     vit = _vit(patch_size=4, registers=2)
     x = torch.randn(2, 3, 16, 16)
@@ -148,3 +160,7 @@ def test_vit_settings_are_checked():
         build_backbone("vit_tiny", 3, 16, width=32)
     with pytest.raises(SelfsupError, match="ViT settings"):
         build_backbone("resnet18", 3, 16, registers=4)
+    with pytest.raises(SelfsupError, match="ViT settings"):
+        build_backbone("resnet18", 3, 16, pool="mean")
+    with pytest.raises(SelfsupError, match="backbone.pool must be one of cls, mean, got 'max'"):
+        _vit(pool="max")

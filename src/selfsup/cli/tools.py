@@ -184,7 +184,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="backbone.safetensors",
                    help=".safetensors (default) or .pt: the target model's state dict; the card goes to OUT.json")
     p.add_argument("--format", default="torchvision", choices=("torchvision", "timm"),
-                   help="the library whose model loads the weights (default torchvision; ViTs with registers: timm)")
+                   help="the library whose model loads the weights (default torchvision; ViTs with registers or mean pooling: timm)")
     p.add_argument("--onnx", nargs="?", const="", default=None, metavar="PATH",
                    help="also write the encoder as ONNX (default path: OUT with .onnx), with a dynamic batch, and "
                         "check it with onnxruntime against PyTorch (needs pip install 'selfsup[export]')")

@@ -2,12 +2,16 @@
 
 Ours: patch conv, [CLS] + patches plus one position embedding for those 1 + N tokens, then
 register tokens inserted after [CLS] (no position embedding), pre-norm blocks (LayerNorm eps
-1e-6, exact GELU, MLP ratio 4, qkv with bias), final LayerNorm, output the [CLS] token.
+1e-6, exact GELU, MLP ratio 4, qkv with bias), final LayerNorm, output the [CLS] token (or, with
+``backbone.pool: mean``, the mean of the normed patch tokens).
 
 timm (``class_token=True, global_pool='token', no_embed_class=False``) concatenates [CLS],
 registers and patches and then adds a ``pos_embed`` covering all 1 + R + N tokens: with zeros at
-the register positions it computes exactly our forward. torchvision's ViT is the same network
-without registers (its attention packs q, k, v in one ``in_proj`` in the same order as our qkv).
+the register positions it computes exactly our forward. Mean pooling is timm's ``global_pool='avg'``
+with ``fc_norm=False`` (the final norm on every token before the mean, as ours; timm's default for
+'avg' would move it after the mean). torchvision's ViT is the same network without registers and
+with the [CLS] output only (its attention packs q, k, v in one ``in_proj`` in the same order as our
+qkv).
 """
 from __future__ import annotations
 
@@ -53,7 +57,8 @@ def timm_arguments(arch: dict) -> dict:
     dim, depth, heads = VIT_SIZES[arch["size"]]
     return {"img_size": arch["image_size"], "patch_size": arch["patch_size"], "in_chans": arch["in_channels"],
             "num_classes": 0, "embed_dim": dim, "depth": depth, "num_heads": heads, "mlp_ratio": 4.0,
-            "qkv_bias": True, "class_token": True, "global_pool": "token", "no_embed_class": False,
+            "qkv_bias": True, "class_token": True, "no_embed_class": False,
+            **({"global_pool": "avg", "fc_norm": False} if arch.get("pool") == "mean" else {"global_pool": "token"}),
             **({"reg_tokens": arch["registers"]} if arch["registers"] else {})}
 
 
@@ -92,7 +97,8 @@ def vit_target(vit: VisionTransformer, library: str) -> Target:
     if library == "timm":
         position = weights.pop("position").detach()
         out = _rename(weights, TIMM_TOP, TIMM_BLOCK, "blocks.{i}.")
-        changes = []
+        changes = ["global_pool='avg', fc_norm=False: the model returns the mean of the normed patch tokens"
+                   ] if arch.get("pool") == "mean" else []
         if registers:  # timm adds pos_embed after inserting the registers; ours gives them none: zeros there
             zeros = position.new_zeros(1, registers, position.shape[-1])
             position = torch.cat([position[:, :1], zeros, position[:, 1:]], dim=1)
@@ -104,6 +110,10 @@ def vit_target(vit: VisionTransformer, library: str) -> Target:
     if registers:
         raise SelfsupError(f"this ViT has {registers} register tokens, which torchvision's VisionTransformer has no "
                            "place for; export it with --format timm (timm's VisionTransformer has reg_tokens)")
+    if arch.get("pool") == "mean":
+        raise SelfsupError("this ViT returns the mean of its patch tokens (backbone.pool: mean), and torchvision's "
+                           "VisionTransformer returns only its class token; export it with --format timm "
+                           "(global_pool='avg')")
     changes = ["heads = Identity: the model returns the [CLS] features"]
     if arch["in_channels"] != 3:
         changes.insert(0, f"conv_proj takes {arch['in_channels']} channels")

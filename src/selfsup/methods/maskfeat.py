@@ -29,7 +29,9 @@ class MaskFeat(Method):
     half the patch from 8 px patches up, one cell per patch below), each cell's histogram
     L2-normalised, RGB channels concatenated (:func:`selfsup.blocks.hog`), minimal augmentation
     (crop and flip). Deviation: patches are masked uniformly at random, not in BEiT's blocks.
-    Needs a ViT backbone (``backbone.name: vit_tiny``).
+    Needs a ViT backbone (``backbone.name: vit_tiny``). The network evaluated is the backbone; the
+    presets read it as the official fine-tuning does, by the mean of its patch tokens
+    (``backbone.pool: mean``; SlowFast's ``USE_MEAN_POOLING``): pretraining puts no loss on the [CLS] output.
     """
 
     views_class = OneView

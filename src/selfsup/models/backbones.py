@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Any, Protocol, runtime_checkable
+from typing import Annotated, Any, Literal, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -96,12 +96,15 @@ class BackboneConfig:
     """ResNet and toy: ``batch`` (BatchNorm) or ``layer`` (one group of GroupNorm: each sample
     normalised over its channels and positions alone, CPC v2's layer norm, so that no image
     sees another's statistics)."""
+    pool: Literal["cls", "mean"] = "cls"
+    """ViT: the features it returns, ``cls`` (the final [CLS] token: DINO, iBOT) or ``mean`` (the
+    mean of the final patch tokens: MaskFeat's and MAE's classifiers, whose presets set it)."""
 
     def build(self, in_channels: int, image_size: int) -> nn.Module:
         """This backbone for images of ``in_channels`` x ``image_size``^2."""
         return build_backbone(self.name, in_channels, image_size, self.small_stem, self.width,
                               patch_size=self.patch_size, registers=self.registers, norm=self.norm,
-                              drop_path=self.drop_path)
+                              drop_path=self.drop_path, pool=self.pool)
 
 
 NORMS: dict[str, Callable[[int], nn.Module]] = {"batch": nn.BatchNorm2d, "layer": lambda channels: nn.GroupNorm(1, channels)}
@@ -282,11 +285,11 @@ BACKBONES: dict[str, Callable[..., nn.Module]] = {
 
 def build_backbone(name: str, in_channels: int, image_size: int, small_stem: bool | None = None,
                    width: int = 64, *, patch_size: int | None = None, registers: int = 0,
-                   norm: str = "batch", drop_path: float = 0.0) -> nn.Module:
+                   norm: str = "batch", drop_path: float = 0.0, pool: str = "cls") -> nn.Module:
     """Backbone ``name`` for images of ``in_channels`` x ``image_size``^2.
 
     ResNets: ``small_stem=None`` picks the small stem for images of 64 px or less. ViTs:
-    ``patch_size`` (None: :func:`default_patch_size`), ``registers`` and ``drop_path``. ``norm``: a
+    ``patch_size`` (None: :func:`default_patch_size`), ``registers``, ``drop_path`` and ``pool``. ``norm``: a
     key of :data:`NORMS`.
     """
     if name not in BACKBONES:
@@ -299,10 +302,10 @@ def build_backbone(name: str, in_channels: int, image_size: int, small_stem: boo
             raise SelfsupError("backbone.norm chooses a ResNet's normalisation; a ViT always uses layer norm")
         return BACKBONES[name](image_size=image_size, in_channels=in_channels,
                                patch_size=patch_size or default_patch_size(image_size), registers=registers,
-                               drop_path=drop_path)
-    if patch_size is not None or registers or drop_path:
-        raise SelfsupError(f"backbone.patch_size, backbone.registers and backbone.drop_path are ViT settings; "
-                           f"{name} has none of them")
+                               drop_path=drop_path, pool=pool)
+    if patch_size is not None or registers or drop_path or pool != "cls":
+        raise SelfsupError(f"backbone.patch_size, backbone.registers, backbone.drop_path and backbone.pool are ViT "
+                           f"settings; {name} has none of them (it averages its last feature map)")
     if norm not in NORMS:
         raise SelfsupError(f"backbone.norm must be one of {', '.join(NORMS)}, got '{norm}'")
     if width < 1:

@@ -14,6 +14,9 @@ from torch import nn
 
 from ..errors import SelfsupError
 
+#: What ``forward`` returns: the final [CLS] token, or the mean of the final patch tokens.
+POOLINGS = ("cls", "mean")
+
 #: (embedding dim, depth, heads) of the DeiT sizes DINO trains (Touvron et al. 2021).
 VIT_SIZES = {"tiny": (192, 12, 3), "small": (384, 12, 6)}
 
@@ -89,7 +92,9 @@ class Block(nn.Module):
 class VisionTransformer(nn.Module):
     """ViT backbone: patch embedding, [CLS] + patch tokens (+ registers), pre-norm blocks.
 
-    ``forward(x) -> (B, dim)``, the final [CLS] token (DINO's representation). Register tokens
+    ``forward(x) -> (B, dim)``: with ``pool="cls"`` the final [CLS] token (DINO's representation),
+    with ``pool="mean"`` the mean of the final patch tokens (after the final LayerNorm; [CLS] and
+    registers left out), which MaskFeat's and MAE's classifiers read. Register tokens
     (``registers`` > 0) are learnable tokens appended after the patch embedding, without
     position embedding, that take part in attention and are dropped at the output (Darcet et al.
     2024, Sec. 3); ``tokens(x)`` returns all final tokens by kind, ``attention_maps(x)`` the
@@ -102,7 +107,7 @@ class VisionTransformer(nn.Module):
     prefers_channels_last = False
 
     def __init__(self, size: str = "tiny", image_size: int = 32, in_channels: int = 3, patch_size: int = 4,
-                 registers: int = 0, drop_path: float = 0.0) -> None:
+                 registers: int = 0, drop_path: float = 0.0, pool: str = "cls") -> None:
         super().__init__()
         if size not in VIT_SIZES:
             raise SelfsupError(f"unknown ViT size '{size}'; known: {', '.join(VIT_SIZES)}")
@@ -111,9 +116,14 @@ class VisionTransformer(nn.Module):
                                f"(divisors: {', '.join(str(d) for d in range(2, image_size) if image_size % d == 0)})")
         if registers < 0:
             raise SelfsupError(f"backbone.registers must be >= 0, got {registers}")
+        if pool not in POOLINGS:
+            raise SelfsupError(f"backbone.pool must be one of {', '.join(POOLINGS)}, got '{pool}'")
         dim, depth, heads = VIT_SIZES[size]
         self.arch = {"size": size, "image_size": image_size, "in_channels": in_channels, "patch_size": patch_size,
                      "registers": registers}
+        if pool != "cls":  # absent from the arch of [CLS] networks, as in checkpoints before the option
+            self.arch["pool"] = pool
+        self.pooling = pool
         self.patch_size, self.num_registers, self.num_features = patch_size, registers, dim
         self.grid = image_size // patch_size
         self.patch_embed = nn.Conv2d(in_channels, dim, patch_size, patch_size)
@@ -167,7 +177,10 @@ class VisionTransformer(nn.Module):
         return {"cls": out[:, 0], "registers": out[:, 1:1 + r], "patches": out[:, 1 + r:]}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_tokens(x)[:, 0]
+        tokens = self.forward_tokens(x)
+        if self.pooling == "mean":
+            return tokens[:, 1 + self.num_registers:].mean(1)
+        return tokens[:, 0]
 
     @torch.no_grad()
     def attention_maps(self, x: torch.Tensor) -> torch.Tensor:
