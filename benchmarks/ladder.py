@@ -42,7 +42,7 @@ from pathlib import Path
 
 import torch
 
-from selfsup.config import apply_overrides, find_config, read_yaml, resolve
+from selfsup.config import RunConfig, apply_overrides, find_config, read_yaml, resolve
 from selfsup.engine.metrics import read_rows
 from selfsup.engine.preemption import StopRequests
 from selfsup.engine.runtime import describe_device, git_revision, library_versions
@@ -195,24 +195,30 @@ def supervised_row(overrides: list[str], epochs: int, run_dir: Path, data_root: 
     return {**score_run(run_dir), "epochs": epochs, "wall_minutes": minutes, "peak_rss_mib": rss}
 
 
-def floor_rows(shared: list[str], vit: bool, out: Path, device: str, have: Collection[str] = ()) -> dict[str, dict]:
-    """The rows every method must beat, those not in ``have``: raw pixels and random networks (with ViT
-    rows, a random ViT read both ways: its [CLS] token, and the mean of its patch tokens as MaskFeat's
-    row is)."""
+def floor_networks(shared: list[str], vit: bool) -> dict[str, RunConfig]:
+    """The random networks every method must beat, by row name: the ResNet, and with ViT rows a random
+    ViT read both ways (its [CLS] token, and the mean of its patch tokens as MaskFeat's row is)."""
     config = resolve(apply_overrides(read_yaml(find_config("simclr_fashion_mnist")), shared + EVAL))
+    if not vit:
+        return {"random init": config}
+    return {"random init": config, "random init (vit_tiny)": resolve(apply_overrides(config.to_dict(), VIT)),
+            f"random init (vit_tiny, {MEAN_POOL})": resolve(apply_overrides(config.to_dict(),
+                                                                            [*VIT, "backbone.pool=mean"]))}
+
+
+def floor_rows(shared: list[str], vit: bool, out: Path, device: str, have: Collection[str] = ()) -> dict[str, dict]:
+    """The rows every method must beat that are not in ``have``: raw pixels and :func:`floor_networks`."""
+    networks = {name: config for name, config in floor_networks(shared, vit).items() if name not in have}
+    config = floor_networks(shared, False)["random init"]
     rows = {}
     if "raw pixels" not in have:
         rows["raw pixels"] = scores(pixel_evaluator(config, out / "pixels", quiet=True).run(
             PROTOCOLS, config.eval, 0)["raw pixels"])
+    if not networks:
+        return rows
     splits = evaluation_splits(config, quiet=True)
     mean, std = splits.train.stats()
-    backbones = [("random init", config)] + ([
-        ("random init (vit_tiny)", resolve(apply_overrides(config.to_dict(), VIT))),
-        (f"random init (vit_tiny, {MEAN_POOL})", resolve(apply_overrides(config.to_dict(), [*VIT, "backbone.pool=mean"])))]
-        if vit else [])
-    for name, backbone in backbones:
-        if name in have:
-            continue
+    for name, backbone in networks.items():
         torch.manual_seed(0)
         network = backbone.backbone.build(splits.train.channels, splits.train.image_size)
         evaluator = Evaluator(name, splits.train, splits.test, EvalView(splits.train.image_size, mean, std),
@@ -291,6 +297,8 @@ def main(argv: list[str] | None = None) -> None:
     here = {"machine": report["machine"], "date": report["date"], "commit": git_revision()}
     for name, row in floor_rows(shared, bool(args.vit_methods), out, args.device, have=rows).items():
         done(name, {**row, **here})
+    floors = [name for name in ["raw pixels", *floor_networks(shared, True)] if name in rows]
+    report["rows"] = rows = {**{name: rows[name] for name in floors}, **rows}  # the floors first, as they came
     supervised = f"supervised ({args.epochs} epochs, all labels)"
     if supervised not in rows:
         done(supervised, supervised_row(shared, args.epochs, out / "supervised", args.data_root, args.batch_size))

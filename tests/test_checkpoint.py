@@ -103,3 +103,15 @@ def test_a_config_key_added_after_the_checkpoint_is_no_difference():
     checkpoint.check_compatible(state, {"method": {"name": "simclr"}, "backbone": {"name": "resnet18", "norm": "batch"}})
     with pytest.raises(SelfsupError, match="backbone.name"):
         checkpoint.check_compatible(state, {"method": {"name": "simclr"}, "backbone": {"name": "resnet50"}})
+
+
+def test_a_network_may_be_read_another_way_but_its_training_resumes_only_as_it_was():
+    state = {"path": "maskfeat.pt", "config": {"method": {"name": "maskfeat"},
+                                               "backbone": {"name": "vit_tiny", "pool": "mean"}}}
+    by_cls = {"method": {"name": "maskfeat"}, "backbone": {"name": "vit_tiny", "pool": "cls"}}
+    checkpoint.check_compatible(state, by_cls, readout_may_differ=True)  # eval --set backbone.pool=cls
+    with pytest.raises(SelfsupError, match="backbone.pool: checkpoint 'mean', config 'cls'"):
+        checkpoint.check_compatible(state, by_cls)  # resuming
+    with pytest.raises(SelfsupError, match="backbone.name"):
+        checkpoint.check_compatible(state, {**by_cls, "backbone": {"name": "vit_small", "pool": "mean"}},
+                                    readout_may_differ=True)

@@ -71,6 +71,8 @@ def test_the_cards_recipe_rebuilds_the_encoder_in_plain_torchvision_and_timm(tmp
     assert f"wrote {out}" in printed and card["recipe"].splitlines()[0] in printed
     assert "selfsup" not in card["recipe"] and card["architecture"]["library"] == library
     assert card["recipe_check"]["max_abs_diff"] < 1e-5
+    if backbone.get("pool") == "mean":
+        assert card["output"].endswith("the mean of the patch tokens after the final LayerNorm")
 
     monkeypatch.chdir(out.parent)  # the recipe names the weights file as it lies next to the card
     namespace: dict = {}
@@ -294,3 +296,13 @@ def test_onnx_falls_back_to_the_torch_export_exporter(tmp_path, capsys, monkeypa
     card = json.loads(out.with_suffix(".json").read_text())["onnx"]
     assert card["exporter"] == "dynamo" and card["max_abs_diff"] < 1e-4
     assert sorted(card["checked_batch_sizes"]) == [1, 2, 5]
+
+
+def test_a_mean_pooled_vit_is_read_by_its_class_token_on_request(tmp_path):
+    ckpt = write_checkpoint(tmp_path / "maskfeat.pt", {**VIT, "pool": "mean"})
+    by_mean, by_cls = load_encoder(ckpt)[0].eval(), load_encoder(ckpt, ["backbone.pool=cls"])[0].eval()
+    x = torch.randn(2, 1, 16, 16)
+    with torch.no_grad():
+        tokens = by_mean.tokens(x)
+        assert torch.allclose(by_mean(x), tokens["patches"].mean(1), atol=1e-6)
+        assert torch.allclose(by_cls(x), tokens["cls"], atol=1e-6)

@@ -70,16 +70,23 @@ def architecture(config: dict[str, Any]) -> dict[str, Any]:
     return {"method": config["method"], "backbone": config["backbone"]}
 
 
-def check_compatible(state: dict[str, Any], config: dict[str, Any]) -> None:
-    """Refuse a checkpoint of another architecture, naming what differs.
+READOUT_KEYS = {"backbone": ("pool",)}
+"""Settings that choose how a trained network is read, not what its weights are: a checkpoint can be
+evaluated with another value (a ViT's [CLS] token or its patch tokens' mean), but not resumed."""
+
+
+def check_compatible(state: dict[str, Any], config: dict[str, Any], readout_may_differ: bool = False) -> None:
+    """Refuse a checkpoint of another architecture, naming what differs; with ``readout_may_differ``
+    (reading a network, not resuming its training), :data:`READOUT_KEYS` may differ.
 
     A key the checkpoint's config lacks was added to selfsup after it was written (its run used
     what became the default, which ``config`` holds after resolution): not a difference."""
     saved, wanted = architecture(state["config"]), architecture(config)
     differences = []
     for section in ("method", "backbone"):
+        free = READOUT_KEYS.get(section, ()) if readout_may_differ else ()
         for key in sorted(saved[section]):
-            if saved[section].get(key) != wanted[section].get(key):
+            if key not in free and saved[section].get(key) != wanted[section].get(key):
                 differences.append(f"{section}.{key}: checkpoint {saved[section].get(key)!r}, "
                                    f"config {wanted[section].get(key)!r}")
     if differences:

@@ -128,7 +128,8 @@ def export_backbone(checkpoint_path: str | Path, out: str | Path, library: str =
             "architecture": {**target.architecture(), "selfsup_backbone": backbone_name, "selfsup_arch": encoder.arch},
             "num_features": encoder.num_features,
             "output": f"features float32 (B, {encoder.num_features}): " + (
-                "the [CLS] token after the final LayerNorm" if kind == "ViT" else "globally average-pooled res5"),
+                ("the mean of the patch tokens after the final LayerNorm" if encoder.arch.get("pool") == "mean"
+                 else "the [CLS] token after the final LayerNorm") if kind == "ViT" else "globally average-pooled res5"),
             "preprocessing": preprocessing(data, kind == "ViT"),
             "provenance": provenance(meta),
             "results": results(meta),

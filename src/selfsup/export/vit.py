@@ -78,6 +78,7 @@ def torchvision_arguments(arch: dict) -> dict:
 
 
 def torchvision_vit_recipe(arch: dict, weights_file: str) -> str:
+    refuse_for_torchvision(arch)
     imports, load = load_lines(weights_file)
     dim, patch, channels = VIT_SIZES[arch["size"]][0], arch["patch_size"], arch["in_channels"]
     lines = imports + ["import torch", "import torchvision", "from torch import nn", "",
@@ -88,6 +89,17 @@ def torchvision_vit_recipe(arch: dict, weights_file: str) -> str:
     lines += ["model.heads = nn.Identity()  # the encoder's features ([CLS] after the final norm)",
               f"model.load_state_dict({load})"]
     return "\n".join(lines) + "\n"
+
+
+def refuse_for_torchvision(arch: dict) -> None:
+    """What torchvision's VisionTransformer cannot be: with registers, or read by its patch tokens' mean."""
+    if arch["registers"]:
+        raise SelfsupError(f"this ViT has {arch['registers']} register tokens, which torchvision's VisionTransformer "
+                           "has no place for; export it with --format timm (timm's VisionTransformer has reg_tokens)")
+    if arch.get("pool") == "mean":
+        raise SelfsupError("this ViT returns the mean of its patch tokens (backbone.pool: mean), and torchvision's "
+                           "VisionTransformer returns only its class token; export it with --format timm "
+                           "(global_pool='avg')")
 
 
 def vit_target(vit: VisionTransformer, library: str) -> Target:
@@ -107,13 +119,7 @@ def vit_target(vit: VisionTransformer, library: str) -> Target:
         out["pos_embed"] = position.contiguous()
         return Target("timm", "timm.models.vision_transformer.VisionTransformer", timm_arguments(arch), out,
                       lambda weights_file: timm_vit_recipe(arch, weights_file), changes)
-    if registers:
-        raise SelfsupError(f"this ViT has {registers} register tokens, which torchvision's VisionTransformer has no "
-                           "place for; export it with --format timm (timm's VisionTransformer has reg_tokens)")
-    if arch.get("pool") == "mean":
-        raise SelfsupError("this ViT returns the mean of its patch tokens (backbone.pool: mean), and torchvision's "
-                           "VisionTransformer returns only its class token; export it with --format timm "
-                           "(global_pool='avg')")
+    refuse_for_torchvision(arch)
     changes = ["heads = Identity: the model returns the [CLS] features"]
     if arch["in_channels"] != 3:
         changes.insert(0, f"conv_proj takes {arch['in_channels']} channels")

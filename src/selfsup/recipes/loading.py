@@ -39,7 +39,7 @@ def load_checkpoint_config(path: str | Path, overrides: list[str] = ()) -> tuple
     """The checkpoint (weights on the CPU) and its config with ``overrides`` applied."""
     state = checkpoint.load(path)
     config = resolve(apply_overrides(state["config"], list(overrides)))
-    checkpoint.check_compatible(state, config.to_dict())
+    checkpoint.check_compatible(state, config.to_dict(), readout_may_differ=True)
     return config, RunMeta.of(state)
 
 
