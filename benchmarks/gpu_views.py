@@ -41,7 +41,7 @@ from selfsup.views.augment import Augment, to_unit_float
 from selfsup.views import color
 from selfsup.views.color import ColorJitter
 from throughput import ours_model_only
-from views import previous_coin, previous_crop
+from views import previous_coin, previous_crop, with_previous_coins
 
 METHODS = ("simclr", "byol", "dino")
 
@@ -120,10 +120,7 @@ def measure(method: str, data: Path, scratch: Path, args: argparse.Namespace, de
         ours = {name: list(augment.ops) for name, augment in augments.items()}
         for name, augment in augments.items():
             augment.ops[0] = kornia_crops[name]
-            for index, op in enumerate(ours[name]):
-                before = previous_coin(op)
-                if before is not None:
-                    augment.ops[index] = before.to(device)
+            with_previous_coins(augment).to(device)
         for module in jitters:
             module.forward = lambda x, module=module: jitter_in_chunks(module, x)
         row["views with every previous op ms"] = median_ms(lambda: views(images), device, args.repeats)

@@ -208,8 +208,9 @@ def floor_networks(shared: list[str], vit: bool) -> dict[str, RunConfig]:
 
 def floor_rows(shared: list[str], vit: bool, out: Path, device: str, have: Collection[str] = ()) -> dict[str, dict]:
     """The rows every method must beat that are not in ``have``: raw pixels and :func:`floor_networks`."""
-    networks = {name: config for name, config in floor_networks(shared, vit).items() if name not in have}
-    config = floor_networks(shared, False)["random init"]
+    every = floor_networks(shared, vit)
+    config = every["random init"]
+    networks = {name: network for name, network in every.items() if name not in have}
     rows = {}
     if "raw pixels" not in have:
         rows["raw pixels"] = scores(pixel_evaluator(config, out / "pixels", quiet=True).run(
