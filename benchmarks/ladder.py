@@ -252,6 +252,16 @@ def table(rows: dict[str, dict]) -> str:
                           columns)
 
 
+def write_table_and_chart(report_dir: Path, rows: dict[str, dict], epochs: int) -> None:
+    """``ladder.md`` and ``ladder.png`` from the rows (also after a row written by a ladder still running:
+    ``python -c "import ladder; ladder.write_table_and_chart(...)"`` from ``benchmarks/``)."""
+    (report_dir / "ladder.md").write_text(table(rows) + "\n")
+    names = list(rows)
+    grouped_bars(report_dir / "ladder.png", names, {"kNN k=20": [rows[n]["knn20"] for n in names],
+                                             "linear": [rows[n]["linear"] for n in names]},
+                 "top-1 (%)", f"Fashion-MNIST, {epochs} epochs each")
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -291,8 +301,11 @@ def main(argv: list[str] | None = None) -> None:
     rows = report["rows"]
 
     def done(name: str, row: dict) -> None:
+        # The table and chart follow every row, so that a ladder stopped between rows leaves a
+        # report that matches its rows (a session commits them one row at a time).
         rows[name] = row
         write_json(report_file, report)
+        write_table_and_chart(report_dir, rows, args.epochs)
         print(json.dumps({name: row}), flush=True)
 
     here = {"machine": report["machine"], "date": report["date"], "commit": git_revision()}
@@ -324,11 +337,7 @@ def main(argv: list[str] | None = None) -> None:
 
     print(f"\n{report['machine']}; {args.epochs} epochs each, ResNet-18 width {args.width} (ViT-tiny where marked)\n")
     print(table(rows))
-    (report_dir / "ladder.md").write_text(table(rows) + "\n")
-    names = list(rows)
-    grouped_bars(report_dir / "ladder.png", names, {"kNN k=20": [rows[n]["knn20"] for n in names],
-                                             "linear": [rows[n]["linear"] for n in names]},
-                 "top-1 (%)", f"Fashion-MNIST, {args.epochs} epochs each")
+    write_table_and_chart(report_dir, rows, args.epochs)
 
 
 if __name__ == "__main__":

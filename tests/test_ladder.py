@@ -54,6 +54,30 @@ def test_the_ladder_scores_every_row_alike_and_a_rerun_skips_what_is_done(mnist_
     assert (tmp_path / "runs" / "simclr-equal-images" / "summary.json").is_file()
 
 
+def test_a_ladder_stopped_between_rows_leaves_a_table_and_chart_of_the_rows_it_has(tmp_path, monkeypatch):
+    """The rows are faked (their training is the test above's): the second method is stopped as a signal would."""
+    def row(top1: float) -> dict:
+        return {"knn20": top1, "knn200": top1 - 1, "linear": top1 + 1}
+
+    def method_row(method, overrides, run_dir, vit=False):  # noqa: ANN001, ANN202
+        if method == "rotation":
+            raise KeyboardInterrupt
+        return row(80.0)
+
+    monkeypatch.setattr(ladder, "floor_rows", lambda *args, **kwargs: {"raw pixels": row(85.0)})
+    monkeypatch.setattr(ladder, "supervised_row", lambda *args: row(92.0))
+    monkeypatch.setattr(ladder, "method_row", method_row)
+    out = tmp_path / "report"
+    with pytest.raises(KeyboardInterrupt):
+        ladder.main(["--methods", "simclr", "rotation", "--vit-methods", "--seeds", "0", "--epochs", "1",
+                     "--out", str(tmp_path / "runs"), "--report", str(out)])
+    assert list(json.loads((out / "ladder.json").read_text())["rows"]) == \
+        ["raw pixels", "supervised (1 epochs, all labels)", "simclr"]
+    table = (out / "ladder.md").read_text()
+    assert "| simclr | 80.0 | 79.0 | 81.0 |" in table.replace(".00", ".0") and "rotation" not in table
+    assert (out / "ladder.png").stat().st_size > 5000
+
+
 def test_vit_floors_read_a_random_vit_both_ways_and_only_missing_floors_are_scored(mnist_root, tmp_path):
     shared = ["train.epochs=1", "backbone.name=toy", "backbone.width=4", "backbone.patch_size=null",
               "backbone.registers=0", "train.device=cpu", f"data.root={mnist_root}"]
