@@ -33,32 +33,53 @@ def curves(path: Path, series: list[Series], xlabel: str, ylabel: str, title: st
     return _save(figure, path)
 
 
+HORIZONTAL_FROM = 12  # from this many names on, rotated names under columns collide: one row per name
+
+
 def grouped_bars(path: Path, names: list[str], groups: dict[str, list[float | None]], ylabel: str, title: str,
                  errors: dict[str, list[float | None]] | None = None, zoom: bool = False) -> Path:
     """One group of bars per name, one bar per series (a missing value leaves a gap), values written on
     top; ``errors`` (same shape, e.g. standard deviations over seeds) draws error bars; ``zoom`` starts
-    the axis a few points below the lowest bar, for differences of a point or two between high values."""
-    figure, axis = plt.subplots(figsize=(min(14.0, max(5.0, 0.9 * len(names) * max(len(groups), 1) + 1.5)), 3.8),
-                                dpi=110)
+    the axis a few points below the lowest bar, for differences of a point or two between high values.
+    From :data:`HORIZONTAL_FROM` names on the bars lie horizontally, one row per name, top to bottom in
+    the order given, so that long names (a benchmark's rows) stay readable."""
+    horizontal = len(names) >= HORIZONTAL_FROM
+    per_name = 0.9 * max(len(groups), 1)
+    size = ((8.0, 0.22 * len(names) * max(len(groups), 1) + 1.2) if horizontal
+            else (min(14.0, max(5.0, per_name * len(names) + 1.5)), 3.8))
+    figure, axis = plt.subplots(figsize=size, dpi=110)
     width = 0.8 / max(len(groups), 1)
     for offset, (label, values) in enumerate(groups.items()):
-        xs = [i + (offset - (len(groups) - 1) / 2) * width for i in range(len(names))]
+        positions = [i + (offset - (len(groups) - 1) / 2) * width for i in range(len(names))]
         spread = (errors or {}).get(label) or [None] * len(values)
-        shown = [(x, v, e) for x, v, e in zip(xs, values, spread) if v is not None]
+        shown = [(x, v, e) for x, v, e in zip(positions, values, spread) if v is not None]
         if shown:
-            bars = axis.bar([x for x, _, _ in shown], [v for _, v, _ in shown], width, label=label,
-                            yerr=[e or 0.0 for _, _, e in shown] if errors else None, capsize=3 if errors else 0)
-            axis.bar_label(bars, fmt="%.1f", fontsize=7)
-    axis.set_xticks(range(len(names)), names, rotation=30 if len(names) > 4 else 0, ha="right" if len(names) > 4
-                    else "center", fontsize=8)
-    if zoom:
-        shown_values = [v for values in groups.values() for v in values if v is not None]
-        if shown_values:
-            axis.set_ylim(bottom=max(0.0, 5 * (min(shown_values) // 5) - 5))
-    axis.set_ylabel(ylabel)
+            where, heights, error = ([x for x, _, _ in shown], [v for _, v, _ in shown],
+                                     [e or 0.0 for _, _, e in shown] if errors else None)
+            bars = (axis.barh(where, heights, width, label=label, xerr=error, capsize=3 if errors else 0)
+                    if horizontal else
+                    axis.bar(where, heights, width, label=label, yerr=error, capsize=3 if errors else 0))
+            axis.bar_label(bars, fmt="%.1f", fontsize=7, padding=2)
+    shown_values = [v for values in groups.values() for v in values if v is not None]
+    bottom = max(0.0, 5 * (min(shown_values) // 5) - 5) if zoom and shown_values else None
+    if horizontal:
+        axis.set_yticks(range(len(names)), names, fontsize=8)
+        axis.invert_yaxis()
+        axis.margins(x=0.08, y=0.01)
+        if bottom is not None:
+            axis.set_xlim(left=bottom)
+        axis.set_xlabel(ylabel)
+        axis.grid(alpha=0.3, axis="x")
+        axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    else:
+        axis.set_xticks(range(len(names)), names, rotation=30 if len(names) > 4 else 0,
+                        ha="right" if len(names) > 4 else "center", fontsize=8)
+        if bottom is not None:
+            axis.set_ylim(bottom=bottom)
+        axis.set_ylabel(ylabel)
+        axis.grid(alpha=0.3, axis="y")
+        axis.legend(fontsize=8)
     axis.set_title(title, fontsize=10)
-    axis.grid(alpha=0.3, axis="y")
-    axis.legend(fontsize=8)
     return _save(figure, path)
 
 

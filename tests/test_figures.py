@@ -1,0 +1,42 @@
+"""The figures' layout: what a reader sees when a chart has many bars."""
+import pytest
+
+from selfsup import figures
+
+
+def drawn_axis(monkeypatch, tmp_path, count: int):
+    """The axis grouped_bars draws for ``count`` names of two series, caught as it is saved."""
+    caught = {}
+    save = figures._save
+
+    def catch(figure, path):
+        caught["axis"] = figure.axes[0]
+        caught["ticks"] = ([t.get_text() for t in figure.axes[0].get_yticklabels()],
+                           [t.get_text() for t in figure.axes[0].get_xticklabels()])
+        return save(figure, path)
+
+    monkeypatch.setattr(figures, "_save", catch)
+    names = [f"a long benchmark row name {i}" for i in range(count)]
+    path = figures.grouped_bars(tmp_path / f"{count}.png", names,
+                                {"kNN": [60.0 + i for i in range(count)], "linear": [None] + [70.0] * (count - 1)},
+                                "top-1 (%)", "rows")
+    assert path.stat().st_size > 0
+    return caught["axis"], caught["ticks"], names
+
+
+def test_grouped_bars_stand_as_columns_while_their_names_fit_under_them(monkeypatch, tmp_path):
+    axis, (_, x_labels), names = drawn_axis(monkeypatch, tmp_path, figures.HORIZONTAL_FROM - 1)
+    bars = axis.patches
+    assert len(bars) == 2 * len(names) - 1  # the missing value leaves a gap
+    assert all(bar.get_width() == pytest.approx(0.4) for bar in bars)
+    assert x_labels == names
+
+
+def test_grouped_bars_lie_one_row_per_name_once_names_would_collide(monkeypatch, tmp_path):
+    axis, (y_labels, _), names = drawn_axis(monkeypatch, tmp_path, figures.HORIZONTAL_FROM)
+    bars = axis.patches
+    assert len(bars) == 2 * len(names) - 1
+    assert all(bar.get_height() == pytest.approx(0.4) for bar in bars)
+    assert sorted(bar.get_width() for bar in bars)[-1] == pytest.approx(60.0 + len(names) - 1)
+    assert y_labels == names
+    assert axis.yaxis_inverted()  # the first name on top, as in the table beside the chart
