@@ -40,3 +40,23 @@ def test_grouped_bars_lie_one_row_per_name_once_names_would_collide(monkeypatch,
     assert sorted(bar.get_width() for bar in bars)[-1] == pytest.approx(60.0 + len(names) - 1)
     assert y_labels == names
     assert axis.yaxis_inverted()  # the first name on top, as in the table beside the chart
+
+
+def test_horizontal_bars_keep_their_error_bars_and_zoom_on_the_value_axis(monkeypatch, tmp_path):
+    caught = {}
+    save = figures._save
+    monkeypatch.setattr(figures, "_save", lambda figure, path: (caught.setdefault("axis", figure.axes[0]),
+                                                                save(figure, path))[1])
+    count = figures.HORIZONTAL_FROM
+    names = [f"row {i}" for i in range(count)]
+    figures.grouped_bars(tmp_path / "zoomed.png", names, {"kNN": [81.0 + i / 10 for i in range(count)]},
+                         "top-1 (%)", "rows", errors={"kNN": [0.5] * count}, zoom=True)
+    axis = caught["axis"]
+    assert axis.get_xlim()[0] == pytest.approx(75.0)  # a few points below the lowest bar, on the value axis
+    assert axis.get_ylim()[0] > axis.get_ylim()[1]  # names top to bottom, not zoomed
+    (bars,) = [container for container in axis.containers if getattr(container, "errorbar", None) is not None]
+    (whiskers,) = bars.errorbar.lines[2]
+    segments = whiskers.get_segments()
+    assert len(segments) == count
+    assert all(segment[0][1] == segment[1][1] and segment[1][0] - segment[0][0] == pytest.approx(1.0)
+               for segment in segments)  # +- 0.5 along the value axis, one per bar
