@@ -4,8 +4,9 @@ import pytest
 from selfsup import figures
 
 
-def drawn_axis(monkeypatch, tmp_path, count: int):
-    """The axis grouped_bars draws for ``count`` names of two series, caught as it is saved."""
+def drawn_axis(monkeypatch, tmp_path, count: int, groups: dict | None = None, **options):
+    """The axis grouped_bars draws for ``count`` names (by default of two series), caught as it is saved,
+    with its (y, x) tick labels."""
     caught = {}
     save = figures._save
 
@@ -17,9 +18,8 @@ def drawn_axis(monkeypatch, tmp_path, count: int):
 
     monkeypatch.setattr(figures, "_save", catch)
     names = [f"a long benchmark row name {i}" for i in range(count)]
-    path = figures.grouped_bars(tmp_path / f"{count}.png", names,
-                                {"kNN": [60.0 + i for i in range(count)], "linear": [None] + [70.0] * (count - 1)},
-                                "top-1 (%)", "rows")
+    groups = groups or {"kNN": [60.0 + i for i in range(count)], "linear": [None] + [70.0] * (count - 1)}
+    path = figures.grouped_bars(tmp_path / f"{count}.png", names, groups, "top-1 (%)", "rows", **options)
     assert path.stat().st_size > 0
     return caught["axis"], caught["ticks"], names
 
@@ -43,15 +43,9 @@ def test_grouped_bars_lie_one_row_per_name_once_names_would_collide(monkeypatch,
 
 
 def test_horizontal_bars_keep_their_error_bars_and_zoom_on_the_value_axis(monkeypatch, tmp_path):
-    caught = {}
-    save = figures._save
-    monkeypatch.setattr(figures, "_save", lambda figure, path: (caught.setdefault("axis", figure.axes[0]),
-                                                                save(figure, path))[1])
     count = figures.HORIZONTAL_FROM
-    names = [f"row {i}" for i in range(count)]
-    figures.grouped_bars(tmp_path / "zoomed.png", names, {"kNN": [81.0 + i / 10 for i in range(count)]},
-                         "top-1 (%)", "rows", errors={"kNN": [0.5] * count}, zoom=True)
-    axis = caught["axis"]
+    axis, _, _ = drawn_axis(monkeypatch, tmp_path, count, {"kNN": [81.0 + i / 10 for i in range(count)]},
+                            errors={"kNN": [0.5] * count}, zoom=True)
     assert axis.get_xlim()[0] == pytest.approx(75.0)  # a few points below the lowest bar, on the value axis
     assert axis.get_ylim()[0] > axis.get_ylim()[1]  # names top to bottom, not zoomed
     (bars,) = [container for container in axis.containers if getattr(container, "errorbar", None) is not None]

@@ -44,41 +44,33 @@ def grouped_bars(path: Path, names: list[str], groups: dict[str, list[float | No
     From :data:`HORIZONTAL_FROM` names on the bars lie horizontally, one row per name, top to bottom in
     the order given, so that long names (a benchmark's rows) stay readable."""
     horizontal = len(names) >= HORIZONTAL_FROM
-    per_name = 0.9 * max(len(groups), 1)
-    size = ((8.0, 0.22 * len(names) * max(len(groups), 1) + 1.2) if horizontal
-            else (min(14.0, max(5.0, per_name * len(names) + 1.5)), 3.8))
-    figure, axis = plt.subplots(figsize=size, dpi=110)
-    width = 0.8 / max(len(groups), 1)
+    series = max(len(groups), 1)
+    figure, axis = plt.subplots(figsize=(8.0, 0.22 * len(names) * series + 1.2) if horizontal
+                                else (min(14.0, max(5.0, 0.9 * len(names) * series + 1.5)), 3.8), dpi=110)
+    name_axis, value_axis = (axis.yaxis, axis.xaxis) if horizontal else (axis.xaxis, axis.yaxis)
+    draw, error_key = (axis.barh, "xerr") if horizontal else (axis.bar, "yerr")
+    width = 0.8 / series
     for offset, (label, values) in enumerate(groups.items()):
         positions = [i + (offset - (len(groups) - 1) / 2) * width for i in range(len(names))]
         spread = (errors or {}).get(label) or [None] * len(values)
         shown = [(x, v, e) for x, v, e in zip(positions, values, spread) if v is not None]
         if shown:
-            where, heights, error = ([x for x, _, _ in shown], [v for _, v, _ in shown],
-                                     [e or 0.0 for _, _, e in shown] if errors else None)
-            bars = (axis.barh(where, heights, width, label=label, xerr=error, capsize=3 if errors else 0)
-                    if horizontal else
-                    axis.bar(where, heights, width, label=label, yerr=error, capsize=3 if errors else 0))
+            bars = draw([x for x, _, _ in shown], [v for _, v, _ in shown], width, label=label,
+                        **{error_key: [e or 0.0 for _, _, e in shown] if errors else None},
+                        capsize=3 if errors else 0)
             axis.bar_label(bars, fmt="%.1f", fontsize=7, padding=2)
-    shown_values = [v for values in groups.values() for v in values if v is not None]
-    bottom = max(0.0, 5 * (min(shown_values) // 5) - 5) if zoom and shown_values else None
+    slanted = not horizontal and len(names) > 4
+    name_axis.set_ticks(range(len(names)), names, rotation=30 if slanted else 0,
+                        ha="right" if horizontal or slanted else "center", fontsize=8)
     if horizontal:
-        axis.set_yticks(range(len(names)), names, fontsize=8)
-        axis.invert_yaxis()
-        axis.margins(x=0.08, y=0.01)
-        if bottom is not None:
-            axis.set_xlim(left=bottom)
-        axis.set_xlabel(ylabel)
-        axis.grid(alpha=0.3, axis="x")
-        axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    else:
-        axis.set_xticks(range(len(names)), names, rotation=30 if len(names) > 4 else 0,
-                        ha="right" if len(names) > 4 else "center", fontsize=8)
-        if bottom is not None:
-            axis.set_ylim(bottom=bottom)
-        axis.set_ylabel(ylabel)
-        axis.grid(alpha=0.3, axis="y")
-        axis.legend(fontsize=8)
+        axis.invert_yaxis()  # the first name on top, as in the table beside the chart
+        axis.margins(x=0.08, y=0.01)  # room for the values written after the bars
+    shown_values = [v for values in groups.values() for v in values if v is not None]
+    if zoom and shown_values:
+        (axis.set_xlim if horizontal else axis.set_ylim)(max(0.0, 5 * (min(shown_values) // 5) - 5))
+    value_axis.set_label_text(ylabel)
+    axis.grid(alpha=0.3, axis="x" if horizontal else "y")
+    axis.legend(fontsize=8, **({"loc": "upper left", "bbox_to_anchor": (1.0, 1.0)} if horizontal else {}))
     axis.set_title(title, fontsize=10)
     return _save(figure, path)
 
