@@ -105,6 +105,22 @@ def gaps(rows: dict[str, dict], margin: float) -> list[dict]:
     return out
 
 
+def side_means(rows: dict[str, dict]) -> tuple[list[str], dict[str, list[float]], dict[str, list[float | None]]]:
+    """The chart's bars: one per method and side, in the report's order, the mean over the seeds it holds
+    (named "(N seeds)" when more than one) and half their range as the error bar, so no seed is left out."""
+    sides: dict[tuple[str, str], list[dict]] = {}
+    for name, row in rows.items():
+        method, side = name.split(": ", 1)
+        sides.setdefault((method, side.split(" seed ")[0]), []).append(row)
+    names = [f"{method}: {side}" + (f" ({len(held)} seeds)" if len(held) > 1 else "")
+             for (method, side), held in sides.items()]
+    values = {label: [round(statistics.fmean(r[key] for r in held), 2) for held in sides.values()]
+              for key, label in METRICS.items()}
+    spreads = {label: [(max(r[key] for r in held) - min(r[key] for r in held)) / 2 if len(held) > 1 else None
+                       for held in sides.values()] for key, label in METRICS.items()}
+    return names, values, spreads
+
+
 def row_name(method: str, side: str, seed: int) -> str:
     return f"{method}: {side}" + (f" seed {seed}" if seed else "")
 
@@ -181,10 +197,10 @@ def main(argv: list[str] | None = None) -> None:
             f"{table}\n\nselfsup - lightly (points; target: >= -{args.margin:g} on every metric)\n\n{gap_table}\n")
     (report_dir / "versus-lightly.md").write_text(text)
     print("\n" + text)
-    names = [n for n in rows if n.endswith(": selfsup") or n.endswith(": lightly")]
-    grouped_bars(report_dir / "versus-lightly.png", names, {label: [rows[n][key] for n in names]
-                                                     for key, label in METRICS.items()},
-                 "top-1 (%)", f"Fashion-MNIST, {args.epochs} epochs each: selfsup and lightly", zoom=True)
+    names, values, spreads = side_means(rows)
+    grouped_bars(report_dir / "versus-lightly.png", names, values, "top-1 (%)",
+                 f"Fashion-MNIST, {args.epochs} epochs each: selfsup and lightly (over seeds: mean, half the range)",
+                 errors=spreads if any(e for series in spreads.values() for e in series) else None, zoom=True)
 
 
 if __name__ == "__main__":

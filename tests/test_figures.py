@@ -54,3 +54,11 @@ def test_horizontal_bars_keep_their_error_bars_and_zoom_on_the_value_axis(monkey
     assert len(segments) == count
     assert all(segment[0][1] == segment[1][1] and segment[1][0] - segment[0][0] == pytest.approx(1.0)
                for segment in segments)  # +- 0.5 along the value axis, one per bar
+
+
+def test_a_bar_without_a_spread_gets_no_whisker_beside_bars_with_one(monkeypatch, tmp_path):
+    axis, _, _ = drawn_axis(monkeypatch, tmp_path, 3, {"kNN": [80.0, 81.0, 82.0]}, errors={"kNN": [0.5, None, 0.25]})
+    (bars,) = [container for container in axis.containers if getattr(container, "errorbar", None) is not None]
+    (whiskers,) = bars.errorbar.lines[2]
+    lengths = sorted(abs(s[1][1] - s[0][1]) for s in whiskers.get_segments() if len(s) == 2)
+    assert lengths == pytest.approx([0.5, 1.0])  # one seed, one number: nothing drawn, not a zero-width cap

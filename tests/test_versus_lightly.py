@@ -205,3 +205,17 @@ def test_the_gap_table_pairs_every_seed_of_every_method_the_report_holds():
     assert table["simclr"]["seeds"] == 2 and table["simclr"]["knn20_gap"] == 0.0
     assert table["simclr"]["linear"] == "+0.50 ± 0.50" and table["simclr"]["target"] == "met"
     assert table["moco"]["seeds"] == 1 and table["moco"]["linear"] == "-1.50" and table["moco"]["target"] == "not met"
+
+
+def test_the_chart_shows_each_side_as_its_mean_over_seeds_with_half_the_range():
+    from versus_lightly import side_means
+
+    def row(seed, knn20):  # noqa: ANN001, ANN202
+        return {"seed": seed, "knn20": knn20, "knn200": 80.0, "linear": 85.0}
+
+    rows = {"simclr: selfsup": row(0, 84.0), "simclr: lightly": row(0, 84.5),
+            "simclr: lightly seed 1": row(1, 83.5), "simclr: selfsup seed 1": row(1, 85.0), "moco: selfsup": row(0, 83.0)}
+    names, values, spreads = side_means(rows)
+    assert names == ["simclr: selfsup (2 seeds)", "simclr: lightly (2 seeds)", "moco: selfsup"]
+    assert values["kNN k=20"] == [84.5, 84.0, 83.0] and values["linear"] == [85.0, 85.0, 85.0]
+    assert spreads["kNN k=20"] == [0.5, 0.5, None] and spreads["linear"] == [0.0, 0.0, None]

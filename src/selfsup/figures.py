@@ -4,6 +4,7 @@ layer may draw: the report's curves and maps, the searches' contact sheets, the 
 continual learning's accuracy matrices, multi-task accuracies, a ViT's tokens, a dataset's samples."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -39,7 +40,7 @@ HORIZONTAL_FROM = 12  # from this many names on, rotated names under columns col
 def grouped_bars(path: Path, names: list[str], groups: dict[str, list[float | None]], ylabel: str, title: str,
                  errors: dict[str, list[float | None]] | None = None, zoom: bool = False) -> Path:
     """One group of bars per name, one bar per series (a missing value leaves a gap), values written on
-    top; ``errors`` (same shape, e.g. standard deviations over seeds) draws error bars; ``zoom`` starts
+    top; ``errors`` (same shape, e.g. standard deviations over seeds; None where a bar has none) draws error bars; ``zoom`` starts
     the axis a few points below the lowest bar, for differences of a point or two between high values.
     From :data:`HORIZONTAL_FROM` names on the bars lie horizontally, one row per name, top to bottom in
     the order given, so that long names (a benchmark's rows) stay readable."""
@@ -56,7 +57,7 @@ def grouped_bars(path: Path, names: list[str], groups: dict[str, list[float | No
         shown = [(x, v, e) for x, v, e in zip(positions, values, spread) if v is not None]
         if shown:
             bars = draw([x for x, _, _ in shown], [v for _, v, _ in shown], width, label=label,
-                        **{error_key: [e or 0.0 for _, _, e in shown] if errors else None},
+                        **{error_key: [math.nan if e is None else e for _, _, e in shown] if errors else None},
                         capsize=3 if errors else 0)
             axis.bar_label(bars, fmt="%.1f", fontsize=7, padding=2)
     slanted = not horizontal and len(names) > 4
