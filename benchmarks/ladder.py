@@ -252,10 +252,14 @@ def table(rows: dict[str, dict]) -> str:
                           columns)
 
 
+COLUMNS_NOTE = ("train (min): the training's minutes summed over every process of a run that was stopped and "
+                "resumed; wall (min): the last process's minutes, its training and the scoring.")
+
+
 def write_table_and_chart(report_dir: Path, rows: dict[str, dict], epochs: int) -> None:
     """``ladder.md`` and ``ladder.png`` from the rows (also after a row written by a ladder still running:
     ``python -c "import ladder; ladder.write_table_and_chart(...)"`` from ``benchmarks/``)."""
-    (report_dir / "ladder.md").write_text(table(rows) + "\n")
+    (report_dir / "ladder.md").write_text(table(rows) + "\n\n" + COLUMNS_NOTE + "\n")
     names = list(rows)
     grouped_bars(report_dir / "ladder.png", names, {"kNN k=20": [rows[n]["knn20"] for n in names],
                                              "linear": [rows[n]["linear"] for n in names]},

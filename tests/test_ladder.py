@@ -31,6 +31,7 @@ def test_the_ladder_scores_every_row_alike_and_a_rerun_skips_what_is_done(mnist_
     assert rows["simclr"]["epochs"] == 1 and rows["simclr"]["peak_rss_mib"] > 0
     assert rows["supervised (1 epochs, all labels)"]["steps"] > 0 and rows["simclr"]["steps"] > 0
     assert rows["simclr"]["train_minutes"] >= 0 and "| train (min) |" in (out / "ladder.md").read_text()
+    assert ladder.COLUMNS_NOTE in (out / "ladder.md").read_text()
     assert isinstance(rows["simclr"]["img_per_s"], (int, float))  # recorded; its value is the machine's, not tested
     assert rows["simclr"]["seed"] == 0 and rows["simclr seed 1"]["seed"] == 1
     # Rows of one ladder may come from several machines: each names its own.
