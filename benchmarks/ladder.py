@@ -261,9 +261,12 @@ def write_table_and_chart(report_dir: Path, rows: dict[str, dict], epochs: int) 
     ``python -c "import ladder; ladder.write_table_and_chart(...)"`` from ``benchmarks/``)."""
     (report_dir / "ladder.md").write_text(table(rows) + "\n\n" + COLUMNS_NOTE + "\n")
     names = list(rows)
+    pixels = rows.get("raw pixels")
     grouped_bars(report_dir / "ladder.png", names, {"kNN k=20": [rows[n]["knn20"] for n in names],
                                              "linear": [rows[n]["linear"] for n in names]},
-                 "top-1 (%)", f"Fashion-MNIST, {epochs} epochs each")
+                 "top-1 (%)", f"Fashion-MNIST, {epochs} epochs each",
+                 references={"kNN k=20": pixels["knn20"], "linear": pixels["linear"]} if pixels else None,
+                 reference_name="raw pixels", zoom=True)
 
 
 def main(argv: list[str] | None = None) -> None:

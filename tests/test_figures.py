@@ -62,3 +62,15 @@ def test_a_bar_without_a_spread_gets_no_whisker_beside_bars_with_one(monkeypatch
     (whiskers,) = bars.errorbar.lines[2]
     lengths = sorted(abs(s[1][1] - s[0][1]) for s in whiskers.get_segments() if len(s) == 2)
     assert lengths == pytest.approx([0.5, 1.0])  # one seed, one number: nothing drawn, not a zero-width cap
+
+
+def test_a_reference_is_a_dashed_line_in_its_series_colour_and_an_unknown_series_is_refused(monkeypatch, tmp_path):
+    count = figures.HORIZONTAL_FROM
+    axis, _, _ = drawn_axis(monkeypatch, tmp_path, count, references={"linear": 84.7}, reference_name="raw pixels")
+    (line,) = axis.get_lines()
+    assert line.get_linestyle() == "--" and list(line.get_xdata()) == [84.7, 84.7]  # across the horizontal bars
+    linear_bars = [bars for bars in axis.containers if bars.get_label() == "linear"][0]
+    assert line.get_color() == pytest.approx(linear_bars.patches[0].get_facecolor())
+    assert "raw pixels, linear" in [text.get_text() for text in axis.get_legend().get_texts()]
+    with pytest.raises(ValueError, match="not drawn"):
+        figures.grouped_bars(tmp_path / "x.png", ["a"], {"kNN": [1.0]}, "top-1", "t", references={"linear": 2.0})

@@ -38,12 +38,18 @@ HORIZONTAL_FROM = 12  # from this many names on, rotated names under columns col
 
 
 def grouped_bars(path: Path, names: list[str], groups: dict[str, list[float | None]], ylabel: str, title: str,
-                 errors: dict[str, list[float | None]] | None = None, zoom: bool = False) -> Path:
+                 errors: dict[str, list[float | None]] | None = None, zoom: bool = False,
+                 references: dict[str, float] | None = None, reference_name: str = "reference") -> Path:
     """One group of bars per name, one bar per series (a missing value leaves a gap), values written on
     top; ``errors`` (same shape, e.g. standard deviations over seeds; None where a bar has none) draws error bars; ``zoom`` starts
     the axis a few points below the lowest bar, for differences of a point or two between high values.
+    ``references`` (series -> value) draws a dashed line across the chart at that value in the series'
+    colour, named "``reference_name``, series" in the legend: a floor each bar can be read against.
     From :data:`HORIZONTAL_FROM` names on the bars lie horizontally, one row per name, top to bottom in
     the order given, so that long names (a benchmark's rows) stay readable."""
+    unknown = set(references or {}) - set(groups)
+    if unknown:
+        raise ValueError(f"references for series that are not drawn: {sorted(unknown)} (series: {list(groups)})")
     horizontal = len(names) >= HORIZONTAL_FROM
     series = max(len(groups), 1)
     figure, axis = plt.subplots(figsize=(8.0, 0.22 * len(names) * series + 1.2) if horizontal
@@ -60,6 +66,10 @@ def grouped_bars(path: Path, names: list[str], groups: dict[str, list[float | No
                         **{error_key: [math.nan if e is None else e for _, _, e in shown] if errors else None},
                         capsize=3 if errors else 0)
             axis.bar_label(bars, fmt="%.1f", fontsize=7, padding=2)
+            if label in (references or {}):
+                (axis.axvline if horizontal else axis.axhline)(references[label], color=bars.patches[0].get_facecolor(),
+                                                               linestyle="--", linewidth=1,
+                                                               label=f"{reference_name}, {label}")
     slanted = not horizontal and len(names) > 4
     name_axis.set_ticks(range(len(names)), names, rotation=30 if slanted else 0,
                         ha="right" if horizontal or slanted else "center", fontsize=8)
