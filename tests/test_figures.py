@@ -69,7 +69,7 @@ def test_a_reference_is_a_dashed_line_in_its_series_colour_and_an_unknown_series
     axis, _, _ = drawn_axis(monkeypatch, tmp_path, count, references={"linear": 84.7}, reference_name="raw pixels")
     (line,) = axis.get_lines()
     assert line.get_linestyle() == "--" and list(line.get_xdata()) == [84.7, 84.7]  # across the horizontal bars
-    linear_bars = [bars for bars in axis.containers if bars.get_label() == "linear"][0]
+    linear_bars = next(bars for bars in axis.containers if bars.get_label() == "linear")
     assert line.get_color() == pytest.approx(linear_bars.patches[0].get_facecolor())
     assert "raw pixels, linear" in [text.get_text() for text in axis.get_legend().get_texts()]
     with pytest.raises(ValueError, match="not drawn"):
