@@ -260,12 +260,12 @@ def write_table_and_chart(report_dir: Path, rows: dict[str, dict], epochs: int) 
     """``ladder.md`` and ``ladder.png`` from the rows (also after a row written by a ladder still running:
     ``python -c "import ladder; ladder.write_table_and_chart(...)"`` from ``benchmarks/``)."""
     (report_dir / "ladder.md").write_text(table(rows) + "\n\n" + COLUMNS_NOTE + "\n")
-    names = list(rows)
+    names, series = list(rows), {"kNN k=20": "knn20", "linear": "linear"}
     pixels = rows.get("raw pixels")
-    grouped_bars(report_dir / "ladder.png", names, {"kNN k=20": [rows[n]["knn20"] for n in names],
-                                             "linear": [rows[n]["linear"] for n in names]},
+    grouped_bars(report_dir / "ladder.png", names,
+                 {label: [rows[n][key] for n in names] for label, key in series.items()},
                  "top-1 (%)", f"Fashion-MNIST, {epochs} epochs each",
-                 references={"kNN k=20": pixels["knn20"], "linear": pixels["linear"]} if pixels else None,
+                 references={label: pixels[key] for label, key in series.items()} if pixels else None,
                  reference_name="raw pixels", zoom=True)
 
 

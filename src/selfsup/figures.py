@@ -47,7 +47,8 @@ def grouped_bars(path: Path, names: list[str], groups: dict[str, list[float | No
     colour, named "``reference_name``, series" in the legend: a floor each bar can be read against.
     From :data:`HORIZONTAL_FROM` names on the bars lie horizontally, one row per name, top to bottom in
     the order given, so that long names (a benchmark's rows) stay readable."""
-    unknown = set(references or {}) - set(groups)
+    references = references or {}
+    unknown = set(references) - set(groups)
     if unknown:
         raise ValueError(f"references for series that are not drawn: {sorted(unknown)} (series: {list(groups)})")
     horizontal = len(names) >= HORIZONTAL_FROM
@@ -66,7 +67,7 @@ def grouped_bars(path: Path, names: list[str], groups: dict[str, list[float | No
                         **{error_key: [math.nan if e is None else e for _, _, e in shown] if errors else None},
                         capsize=3 if errors else 0)
             axis.bar_label(bars, fmt="%.1f", fontsize=7, padding=2)
-            if label in (references or {}):
+            if label in references:
                 (axis.axvline if horizontal else axis.axhline)(references[label], color=bars.patches[0].get_facecolor(),
                                                                linestyle="--", linewidth=1,
                                                                label=f"{reference_name}, {label}")
