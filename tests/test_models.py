@@ -145,6 +145,50 @@ def test_vit_attention_maps_are_row_stochastic_over_all_tokens():
     assert torch.allclose(explicit, vit(x), atol=1e-5)
 
 
+def test_vit_attention_on_a_cpu_in_bf16_is_the_explicit_product_and_elsewhere_the_fused_kernel(monkeypatch):
+    """On a CPU in bf16 the fused kernel was 4-8.8x slower (RESULTS 33): the explicit product is taken there,
+    and gives the fused kernel's output to bf16 rounding; fp32 (and a GPU) keep the fused kernel."""
+    from selfsup.models import vit as vit_module
+
+    fused, rule = torch.nn.functional.scaled_dot_product_attention, vit_module.fused_attention_is_faster
+    calls = []
+
+    def counted(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        calls.append(args[0].dtype)
+        return fused(*args, **kwargs)
+
+    monkeypatch.setattr(vit_module.F, "scaled_dot_product_attention", counted)
+    model, x = _vit(patch_size=4), torch.randn(2, 3, 16, 16)
+    reference = model(x)
+    assert calls == [torch.float32] * len(model.blocks)
+    calls.clear()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = model(x)
+    assert calls == []  # (the output is the final LayerNorm's, fp32 under autocast)
+    monkeypatch.setattr(vit_module, "fused_attention_is_faster", lambda q: True)  # the fused kernel, as before
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low_fused = model(x)
+    assert len(calls) == len(model.blocks)
+    # One rounding apart: the two bf16 paths agree as closely as either does with fp32.
+    assert (low.float() - low_fused.float()).abs().max() <= 2 * (low_fused.float() - reference).abs().max()
+    assert torch.nn.functional.cosine_similarity(low.float(), low_fused.float()).min() > 0.999
+    q = torch.empty(1)
+    assert rule(q) and not rule(q.bfloat16()) and rule(q.half())  # fp16 on a CPU: not measured, not changed
+    assert rule(torch.empty(1, dtype=torch.bfloat16, device="meta"))  # not a CPU
+
+
+def test_drop_path_drops_whole_samples_and_keeps_the_mean():
+    from selfsup.models.vit import DropPath
+
+    torch.manual_seed(0)
+    drop, x = DropPath(0.25), torch.randn(4000, 3, 5) + 2
+    out = drop(x)
+    kept = (out != 0).flatten(1).any(1)
+    assert torch.equal((out != 0).flatten(1).all(1), kept)  # a sample is dropped whole or not at all
+    assert torch.allclose(out[kept], x[kept] / 0.75) and abs(kept.float().mean().item() - 0.75) < 0.03
+    assert drop.eval()(x) is x and DropPath(0.0).train()(x) is x
+
+
 def test_vit_takes_other_image_sizes_by_interpolating_its_position_embedding():
     vit = _vit(patch_size=4)
     assert vit(torch.randn(2, 3, 8, 8)).shape == (2, 192)     # DINO's local crops
