@@ -185,3 +185,30 @@ def test_the_shared_overrides_keep_dinos_vit_drop_path_and_every_resnet_row_reso
     assert (vit.backbone.name, vit.backbone.drop_path) == ("vit_tiny", 0.1)  # the DINO paper's stochastic depth
     for method in ladder.RESNET_METHODS:
         assert ladder.preset_config(method, shared).backbone.drop_path == 0.0, method
+
+
+def test_the_gpu_script_grows_a_copy_of_the_ladder_with_the_dino_vit_row_alone(mnist_root, tmp_path):
+    """``benchmarks/device_ladder.sh`` runs once on a scarce lent GPU, so it is run here for real, on the CPU:
+    the ladder ($LADDER) is copied under $OUT, the rows it has are skipped (here faked), only the DINO-ViT row
+    trains, the report and the run's csv and json come back, the checkpoints do not, and the copied ladder is
+    untouched."""
+    have = {name: {"knn20": 50.0, "knn200": 49.0, "linear": 51.0} for name in
+            ["raw pixels", *ladder.floor_networks([], vit=True), "supervised (1 epochs, all labels)"]}
+    source = tmp_path / "ladder"
+    source.mkdir()
+    (source / "ladder.json").write_text(json.dumps({"rows": have}))
+    before = (source / "ladder.json").read_bytes()
+    out, runs = tmp_path / "out", tmp_path / "runs"
+    environment = {**os.environ, "OUT": str(out), "RUNS": str(runs), "LADDER": str(source),
+                   "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}  # python3: this test's
+    completed = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "device_ladder.sh"), "--device", "cpu", "--epochs", "1", "--backbone",
+         "toy", "--width", "4", "--batch-size", "16", "--data-root", str(mnist_root)],
+        env=environment, capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    rows = json.loads((out / "ladder" / "ladder.json").read_text())["rows"]
+    assert list(rows) == [*have, "dino (vit_tiny)"] and all(rows[name] == row for name, row in have.items())
+    assert rows["dino (vit_tiny)"]["epochs"] == 1 and "| dino (vit_tiny) |" in (out / "ladder" / "ladder.md").read_text()
+    assert {path.name for path in (out / "runs" / "dino-vit").iterdir()} >= {"epochs.csv", "summary.json"}
+    assert not list(out.rglob("*.pt")) and list((runs / "dino-vit").rglob("*.pt"))
+    assert (source / "ladder.json").read_bytes() == before and "dino (vit_tiny)" in (out / "ladder.log").read_text()
