@@ -21,7 +21,8 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ||
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
 data=()
 [ -d data/fashion-mnist ] && data=(--data-root data/fashion-mnist)
-# 540 s: a stop (SIGTERM) leaves the run's last checkpoint and the logs below still come back
+# 540 s, within the device's 10-minute call: a stop (SIGTERM) saves the run's checkpoint under $RUNS and the
+# logs below still come back; the same call on the still-warm machine then resumes the run
 timeout -s TERM 540 python3 benchmarks/ladder.py --device cuda --epochs 10 --methods --vit-methods dino \
     "${data[@]}" --out "$runs" --report "$out/ladder" "$@" 2>&1 | tee "$out/ladder.log"
 for run in "$runs"/*/; do

@@ -24,8 +24,9 @@ VIT_SIZES = {"tiny": (192, 12, 3), "small": (384, 12, 6)}
 def fused_attention_is_faster(q: torch.Tensor) -> bool:
     """Whether PyTorch's fused attention kernel beats the explicit product for these queries. Not on a CPU in
     bf16: there the fused kernel took 4x (50 tokens) to 8.8x (10 tokens) the explicit product's time forward
-    and backward at ViT-tiny's shapes, and 42% of a DINO-ViT step (RESULTS 33). In fp32 it was level (50
-    tokens) or faster (10); on a GPU it is the fast one and spares the (tokens x tokens) maps."""
+    and backward at ViT-tiny's shapes, and 46% of a DINO-ViT step (RESULTS 33). In fp32 it was level (50
+    tokens) or faster (10). GPUs keep it (not measured here): it is their flash path, which also spares
+    the (tokens x tokens) maps."""
     return q.device.type != "cpu" or q.dtype != torch.bfloat16
 
 
