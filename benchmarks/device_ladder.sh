@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The ladder's DINO-ViT row (RESULTS 29) on a lent GPU machine: 10 epochs of DINO on ViT-tiny, 2 global
-# + 6 local crops, about 6.5 hours on a 2-core CPU (longer than a session, whose run folders do not
-# survive it) and a few minutes on an H200. Needs only the Fashion-MNIST files carried
+# + 6 local crops, 2.5 to 6.5 hours on a 2-core CPU (RESULTS 29, 33: longer than a session, whose run
+# folders do not survive it), minutes expected on an H200 (not yet timed). Needs only the Fashion-MNIST files carried
 # (benchmarks/device_prepare.sh writes them):
 #   run(command="bash benchmarks/device_ladder.sh", carry=["data/fashion-mnist"], timeout_s=590)
 # The ladder's report is copied under $OUT and grown there: the floor and supervised rows it already
@@ -25,7 +25,9 @@ data=()
 # logs below still come back; the same call on the still-warm machine then resumes the run
 timeout -s TERM 540 python3 benchmarks/ladder.py --device cuda --epochs 10 --methods --vit-methods dino \
     "${data[@]}" --out "$runs" --report "$out/ladder" "$@" 2>&1 | tee "$out/ladder.log"
+status=$?  # the ladder's (pipefail): 124 when the cap stopped it
 for run in "$runs"/*/; do
     mkdir -p "$out/runs/$(basename "$run")"
     cp "$run"/*.csv "$run"/*.json "$out/runs/$(basename "$run")/" 2>/dev/null || true
 done
+exit $status
