@@ -40,7 +40,7 @@ SHAPES = {"50 tokens (28 px view), batch 512": (512, 3, 50, 64),
 
 
 def explicit(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    return (q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5).softmax(-1) @ v
+    return vit.attention_weights(q, k) @ v
 
 
 def attention_ms(function, shape: tuple[int, ...], dtype: torch.dtype, repeats: int) -> float:  # noqa: ANN001

@@ -30,6 +30,11 @@ def fused_attention_is_faster(q: torch.Tensor) -> bool:
     return q.device.type != "cpu" or q.dtype != torch.bfloat16
 
 
+def attention_weights(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """The explicit product's softmax maps, ``softmax(q k^T / sqrt(d))`` (DINO's ``Attention``)."""
+    return (q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])).softmax(-1)
+
+
 class Attention(nn.Module):
     """Multi-head self-attention; ``keep_attention`` stores the softmax maps of the last call.
 
@@ -50,7 +55,7 @@ class Attention(nn.Module):
         batch, tokens, dim = x.shape
         q, k, v = self.qkv(x).view(batch, tokens, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
         if self.keep_attention or not fused_attention_is_faster(q):
-            weights = (q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])).softmax(-1)
+            weights = attention_weights(q, k)
             if self.keep_attention:  # the maps, to look at
                 self.attention = weights.detach()
             out = weights @ v
