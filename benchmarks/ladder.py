@@ -17,7 +17,8 @@ img/s, training minutes (the run's own, across resumes), the wall minutes of the
 
 Resumable: every finished row is written to ``REPORT/ladder.json`` at once, each pretraining runs in its
 own process with ``--resume`` under ``OUT`` (a killed ladder continues inside the run it was in), and a
-rerun skips the rows it has. The report (rows, ``ladder.md``, ``ladder.png``) is small and lives in the
+rerun skips the rows it has (``--again ROW`` trains a method row once more, in a fresh ``--out``, and
+replaces the report's row when the new one finishes: the same row on another machine). The report (rows, ``ladder.md``, ``ladder.png``) is small and lives in the
 repository (``benchmarks/ladder/``) so that a ladder too long for one sitting grows across sessions and
 machines; each row names the machine and precision it was trained on and its date.
 
@@ -287,6 +288,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "out" / "ladder"), help="the runs")
     parser.add_argument("--report", default=str(ROOT / "benchmarks" / "ladder"),
                         help="the rows, table and chart (default: in the repository, to grow across sessions)")
+    parser.add_argument("--again", nargs="+", default=[], metavar="ROW",
+                        help="method rows to train again though the report has them, e.g. 'dino (vit_tiny)': "
+                             "the new row replaces the report's when it finishes (in a fresh --out: a run "
+                             "finished there is only scored again)")
     parser.add_argument("--score", nargs="+", metavar="RUN", help="only score these finished runs by the ladder's "
                         "protocol and print their rows (choosing E: a run trained apart, e.g. with the kNN monitor)")
     args = parser.parse_args(argv)
@@ -294,6 +299,11 @@ def main(argv: list[str] | None = None) -> None:
         for run in args.score:
             print(json.dumps({run: score_run(Path(run))}), flush=True)
         return
+    runs = [(method if seed == args.seeds[0] else f"{method} seed {seed}", method, False, seed)
+            for method in args.methods for seed in (args.seeds if method in args.seeded else args.seeds[:1])]
+    runs += [(f"{method} (vit_tiny)", method, True, args.seeds[0]) for method in args.vit_methods]
+    if unknown := sorted(set(args.again) - {name for name, *_ in runs}):
+        parser.error(f"--again {unknown}: not a row this command trains ({', '.join(name for name, *_ in runs)})")
     out, report_dir = Path(args.out), Path(args.report)
     out.mkdir(parents=True, exist_ok=True)
     report_dir.mkdir(parents=True, exist_ok=True)
@@ -323,12 +333,8 @@ def main(argv: list[str] | None = None) -> None:
     supervised = f"supervised ({args.epochs} epochs, all labels)"
     if supervised not in rows:
         done(supervised, supervised_row(shared, args.epochs, out / "supervised", args.data_root, args.batch_size))
-    runs = [(method, method, False, seed) for method in args.methods
-            for seed in (args.seeds if method in args.seeded else args.seeds[:1])]
-    runs += [(f"{method} (vit_tiny)", method, True, args.seeds[0]) for method in args.vit_methods]
-    for label, method, vit, seed in runs:
-        name = label if seed == args.seeds[0] else f"{label} seed {seed}"
-        if name not in rows:
+    for name, method, vit, seed in runs:
+        if name not in rows or name in args.again:
             run_dir = out / name.replace(" (vit_tiny)", "-vit").replace(" ", "-")
             overrides = shared + (VIT if vit else []) + warmup_overrides(method, args.epochs, vit)
             done(name, method_row(method, overrides + [f"train.seed={seed}"], run_dir, vit))

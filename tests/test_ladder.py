@@ -55,6 +55,16 @@ def test_the_ladder_scores_every_row_alike_and_a_rerun_skips_what_is_done(mnist_
     assert (tmp_path / "runs" / "simclr-equal-images" / "summary.json").is_file()
 
 
+def test_again_names_a_row_the_command_trains_or_stops_before_anything_runs(tmp_path, capsys):
+    command = ["--methods", "simclr", "--vit-methods", "dino", "--seeds", "0", "--out", str(tmp_path / "runs"),
+               "--report", str(tmp_path / "ladder")]
+    with pytest.raises(SystemExit) as stopped:
+        ladder.main(command + ["--again", "simclr seed 1", "dino (vit_tiny)"])
+    assert stopped.value.code == 2 and "--again ['simclr seed 1']: not a row this command trains (simclr, dino " \
+        "(vit_tiny))" in capsys.readouterr().err
+    assert not (tmp_path / "ladder").exists() and not (tmp_path / "runs").exists()
+
+
 def test_a_ladder_stopped_between_rows_leaves_a_table_and_chart_of_the_rows_it_has(tmp_path, monkeypatch):
     """The rows are faked (their training is the test above's): the second method is stopped as a signal would."""
     def row(top1: float) -> dict:
